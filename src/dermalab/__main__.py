@@ -1,0 +1,3 @@
+from dermalab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""``dermalab`` command line: parses arguments and calls one function per command.
+
+Errors caused by input (bad files, configs, splits) print one line naming the problem and exit
+with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from dermalab.errors import DermalabError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML recipe (see configs/)")
+    p.add_argument("--data", help="dataset: folder, HAM10000 CSV/folder, .npz or hmnist CSV")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                   metavar="KEY=VALUE", help="override config keys, e.g. train.epochs=1")
+
+
+def _load_cfg(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from dermalab.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "data", None):
+        overrides.append(f"data.source={args.data}")
+    if getattr(args, "format", None):
+        overrides.append(f"data.format={args.format}")
+    return load_config(args.config, overrides)
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    """``dermalab data inspect SOURCE``."""
+    from dermalab.data.inspect import format_report, inspect_dataset, plot_split_counts
+
+    cfg = _load_cfg(args)
+    split_out = Path(args.split_out) if args.split_out else None
+    report = inspect_dataset(cfg.data, args.source, split_out)
+    if split_out is not None:
+        plot_split_counts(report, split_out / "class_counts.png")
+        (split_out / "inspect.json").write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+    bad = bool(report["unreadable"]) or (bool(report["bad"]) and not cfg.data.skip_bad)
+    leak = report["group_overlap"] > 0 or report["duplicate_overlap"] > 0
+    if bad and not cfg.data.skip_bad:
+        print(f"error: {len(report['unreadable'])} unreadable image(s)", file=sys.stderr)
+    if leak:
+        print(f"error: split leaks: {report['group_overlap']} group(s) and "
+              f"{report['duplicate_overlap']} identical file(s) cross splits", file=sys.stderr)
+    return 1 if (bad and not cfg.data.skip_bad) or leak else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``dermalab train``."""
+    from dermalab.engine.fit import fit
+
+    if args.resume:
+        if args.config or args.overrides or args.data:
+            raise DermalabError("--resume takes the run's saved config; do not pass "
+                                "--config/--set/--data with it")
+        fit(None, args.resume, resume=True, progress=not args.no_progress)  # type: ignore[arg-type]
+        return 0
+    cfg = _load_cfg(args)
+    out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (Path(out) / "checkpoints" / "last.pt").exists():
+        raise DermalabError(f"{out} already holds a run; use --resume {out} or another --out")
+    fit(cfg, out, progress=not args.no_progress)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``dermalab evaluate RUN_DIR``."""
+    from dermalab.engine.evaluate import evaluate_run
+
+    res = evaluate_run(args.run_dir, data=args.data, split=args.split,
+                       progress=not args.json)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    auc = res["roc_auc_macro"]
+    print(f"{res['split']} ({res['n']} images from {res['data']}): balanced accuracy "
+          f"{res['balanced_accuracy']:.4f}, accuracy {res['accuracy']:.4f}, macro-F1 "
+          f"{res['macro_f1']:.4f}, ROC-AUC {auc:.4f}" if auc is not None else "")
+    for c, r in res["per_class"].items():
+        print(f"  {c:<10} precision {r['precision']:.3f} recall {r['recall']:.3f} "
+              f"f1 {r['f1']:.3f} support {r['support']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of all commands."""
+    parser = argparse.ArgumentParser(
+        prog="dermalab",
+        description="Train, evaluate, explain and serve skin-disease image classifiers "
+                    "(decision support, not a diagnosis).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset tools")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    insp = dsub.add_parser("inspect", help="class counts, sizes, bad files, duplicates, leaks")
+    insp.add_argument("source", help="dataset path")
+    insp.add_argument("--format", choices=["auto", "folder", "ham10000", "medmnist", "hmnist"])
+    insp.add_argument("--split-out", help="write splits.csv, inspect.json and a bar chart here")
+    insp.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    insp.add_argument("--config", "-c")
+    insp.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[])
+    insp.set_defaults(func=cmd_data_inspect)
+
+    train = sub.add_parser("train", help="fine-tune a backbone and evaluate it")
+    _add_config_args(train)
+    train.add_argument("--out", help="run directory (default runs/<name>-<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
+    ev.add_argument("run_dir")
+    ev.add_argument("--data", help="another dataset with the same classes")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dermalab`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DermalabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

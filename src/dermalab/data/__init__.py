@@ -1,0 +1,1 @@
+"""Data layer: sources -> samples -> leak-free splits -> cached, transformed tensors."""

@@ -1,0 +1,84 @@
+"""A map-style Dataset over an image store, and the data loaders of a run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+
+from dermalab.data.cache import ImageStore
+
+
+class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
+    """``(image tensor, class index)`` pairs for the given sample ids.
+
+    A bad image raises :class:`~dermalab.errors.ImageError` naming its file; nothing is ever
+    silently replaced by another sample.
+    """
+
+    def __init__(
+        self,
+        store: ImageStore,
+        sample_ids: Sequence[str],
+        targets: Sequence[int],
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        if len(sample_ids) != len(targets):
+            raise ValueError("sample_ids and targets differ in length")
+        self.store = store
+        self.sample_ids = list(sample_ids)
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = torch.from_numpy(self.store.get(self.sample_ids[i])).permute(2, 0, 1).contiguous()
+        return self.transform(img), int(self.targets[i])
+
+
+def class_counts(targets: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
+    """Images per class index."""
+    return np.bincount(np.asarray(targets, dtype=np.int64), minlength=num_classes)
+
+
+def balanced_sampler(
+    targets: Sequence[int] | np.ndarray, num_classes: int, power: float
+) -> WeightedRandomSampler:
+    """Oversample rare classes: sample weight ``1 / n_c ** power`` (1: balanced, 0.5: sqrt).
+
+    Draws ``len(targets)`` samples with replacement per epoch, from torch's global RNG, which
+    the training loop reseeds at every epoch: the order is a function of (seed, epoch), so a
+    resumed run sees exactly the batches an uninterrupted one would.
+    """
+    counts = class_counts(targets, num_classes).astype(np.float64)
+    per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0) ** power, 0.0)
+    weights = per_class[np.asarray(targets, dtype=np.int64)]
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(weights),
+                                 replacement=True)
+
+
+def make_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    sampler: Sampler[int] | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader[tuple[torch.Tensor, int]]:
+    """A DataLoader drawing its shuffle order and worker seeds from torch's global RNG (reseeded
+    per epoch by the training loop, for exact resume)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -1,0 +1,181 @@
+"""``dermalab data inspect``: what is in a dataset, and whether its split is sound.
+
+Decodes every image (to find unreadable ones; every problem is listed, not only the first),
+collects image sizes, finds byte-identical files, makes or reads the split and checks it for
+group and duplicate leaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dermalab.config import DataConfig
+from dermalab.data.images import open_rgb
+from dermalab.data.samples import Sample, SourceData
+from dermalab.data.sources import load_source
+from dermalab.data.splits import SPLITS, check_leaks, resolve_split, write_split
+from dermalab.errors import ImageError
+
+
+def _probe(data: SourceData, s: Sample) -> tuple[str, tuple[int, int] | None, str | None]:
+    """(content hash, original (width, height), error) of one sample."""
+    if s.path is None:
+        assert data.arrays is not None and s.index is not None
+        arr = data.arrays[s.index]
+        return (hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(),
+                (int(arr.shape[1]), int(arr.shape[0])), None)
+    try:
+        raw = Path(s.path).read_bytes()
+    except OSError as exc:
+        return "", None, f"cannot read file: {exc.strerror or exc}"
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        img = open_rgb(raw, name=s.path, draft_size=32)
+        # draft() shrinks the decoded size; the header knows the true one.
+        with Image.open(io.BytesIO(raw)) as hdr:
+            size = hdr.size
+        del img
+        return digest, size, None
+    except ImageError as exc:
+        return digest, None, exc.reason
+
+
+def inspect_dataset(
+    cfg: DataConfig,
+    source: str | None = None,
+    split_out: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Inspect a dataset; returns the JSON-able report (see the CLI's ``--json``)."""
+    data = load_source(cfg, source)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        probes = list(pool.map(lambda s: _probe(data, s), data.samples))
+    unreadable = []
+    hashes: dict[str, str] = {}
+    sizes: list[tuple[int, int]] = []
+    good: list[Sample] = []
+    for s, (digest, size, err) in zip(data.samples, probes, strict=True):
+        if err is not None:
+            unreadable.append({"path": s.path or s.sample_id, "error": err})
+            continue
+        hashes[s.sample_id] = digest
+        assert size is not None
+        sizes.append(size)
+        good.append(s)
+    dup_groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in good:
+        dup_groups[hashes[s.sample_id]].append(s)
+    dups = [g for g in dup_groups.values() if len(g) > 1]
+    conflicting = [g for g in dups if len({s.label for s in g}) > 1]
+    split = resolve_split(
+        good,
+        ratios=cfg.split_ratios,
+        seed=cfg.split_seed,
+        saved=None,
+        external=cfg.split_file,
+        given=({k: v for k, v in data.given_split.items() if k in hashes}
+               if data.given_split else None),
+        hashes=lambda: hashes,
+    )
+    leaks = check_leaks(good, split, hashes)
+    split_file = None
+    if split_out is not None:
+        split_out.mkdir(parents=True, exist_ok=True)
+        split_file = split_out / "splits.csv"
+        write_split(split_file, good, split)
+    per_split: dict[str, dict[str, int]] = {}
+    for sp in SPLITS:
+        c = Counter(s.label for s in good if split.assignment.get(s.sample_id) == sp)
+        per_split[sp] = {k: c.get(k, 0) for k in sorted({s.label for s in good})}
+    w = np.array([sz[0] for sz in sizes]) if sizes else np.zeros(0)
+    h = np.array([sz[1] for sz in sizes]) if sizes else np.zeros(0)
+    size_stats = {}
+    if len(w):
+        size_stats = {
+            "width": {"min": int(w.min()), "median": float(np.median(w)), "max": int(w.max())},
+            "height": {"min": int(h.min()), "median": float(np.median(h)), "max": int(h.max())},
+            "most_common": [f"{a}x{b}" for (a, b), _ in Counter(sizes).most_common(3)],
+        }
+    return {
+        "source": data.location,
+        "format": data.kind,
+        "n_images": len(data.samples),
+        "n_readable": len(good),
+        "classes": data.class_counts(),
+        "display_names": data.display_names,
+        "n_groups": len({s.group for s in data.samples}),
+        "splits": per_split,
+        "split_origin": split.origin,
+        "split_file": str(split_file) if split_file else None,
+        "split_warnings": split.warnings,
+        "group_overlap": leaks.group_overlap,
+        "group_overlap_pairs": leaks.pairs,
+        "duplicate_overlap": leaks.duplicate_overlap,
+        "duplicates": {"groups": len(dups), "files": sum(len(g) for g in dups),
+                       "conflicting_labels": len(conflicting),
+                       "examples": [[s.sample_id for s in g] for g in dups[:5]]},
+        "image_sizes": size_stats,
+        "unreadable": unreadable,
+        "bad": data.bad,
+        "ignored": {"count": len(data.ignored), "examples": data.ignored[:5]},
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A plain-text table of the report for the terminal."""
+    classes = list(report["classes"])
+    width = max([len(c) for c in classes] + [5]) + 2
+    lines = [
+        f"source   {report['source']} ({report['format']})",
+        f"images   {report['n_images']:,} ({report['n_readable']:,} readable), "
+        f"groups {report['n_groups']:,}, classes {len(classes)}",
+        "",
+        "class".ljust(width) + "".join(s.rjust(8) for s in ["total", *SPLITS]),
+    ]
+    for c in classes:
+        row = [report["classes"][c]] + [report["splits"][sp].get(c, 0) for sp in SPLITS]
+        lines.append(c.ljust(width) + "".join(f"{v:>8,}" for v in row))
+    totals = [report["n_images"]] + [sum(report["splits"][sp].values()) for sp in SPLITS]
+    lines.append("total".ljust(width) + "".join(f"{v:>8,}" for v in totals))
+    lines.append("")
+    lines.append(f"split    {report['split_origin']}"
+                 + (f" -> {report['split_file']}" if report["split_file"] else ""))
+    for warning in report["split_warnings"]:
+        lines.append(f"warning  {warning}")
+    lines.append(f"leaks    groups in >1 split: {report['group_overlap']} "
+                 f"{report['group_overlap_pairs']}; identical files across splits: "
+                 f"{report['duplicate_overlap']}")
+    d = report["duplicates"]
+    lines.append(f"dupes    {d['groups']} group(s) of byte-identical files ({d['files']} files, "
+                 f"{d['conflicting_labels']} with conflicting labels)")
+    if report["image_sizes"]:
+        s = report["image_sizes"]
+        lines.append(f"sizes    width {s['width']['min']}-{s['width']['max']}, height "
+                     f"{s['height']['min']}-{s['height']['max']}, most common "
+                     f"{', '.join(s['most_common'])}")
+    lines.append(f"ignored  {report['ignored']['count']} non-image/hidden file(s)")
+    lines.append(f"bad      {len(report['unreadable'])} unreadable image(s), "
+                 f"{len(report['bad'])} skipped input problem(s)")
+    for u in report["unreadable"][:20]:
+        lines.append(f"  {u['path']}: {u['error']}")
+    return "\n".join(lines)
+
+
+def plot_split_counts(report: dict[str, Any], path: Path) -> None:
+    """Grouped bar chart: images per class in each split (log scale: HAM10000 is 58:1)."""
+    from dermalab.plots import bar_counts
+
+    fig = bar_counts(report["splits"], title=f"Images per class and split - {report['source']}")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

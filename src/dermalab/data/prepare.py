@@ -1,0 +1,122 @@
+"""From a data config to what training needs: samples, a leak-checked split and an image store."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from dermalab.config import DataConfig
+from dermalab.data.cache import (
+    CachedImages,
+    DecodingImages,
+    ImageStore,
+    build_cache,
+    default_cache_dir,
+    sample_hashes,
+)
+from dermalab.data.samples import Sample, SourceData
+from dermalab.data.sources import load_source
+from dermalab.data.splits import (
+    SPLITS,
+    LeakReport,
+    Split,
+    assert_no_leaks,
+    check_leaks,
+    resolve_split,
+    write_split,
+)
+
+
+@dataclass
+class PreparedData:
+    """A dataset ready for training and evaluation."""
+
+    source: SourceData
+    split: Split
+    store: ImageStore
+    hashes: dict[str, str]
+    leaks: LeakReport
+    image_size: int
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names; their order defines the model's output indices."""
+        return self.source.classes
+
+    def samples(self, split: str) -> list[Sample]:
+        """Samples of one split, sorted by id."""
+        by_id = {s.sample_id: s for s in self.source.samples}
+        return [by_id[i] for i in self.split.ids(split) if i in by_id]
+
+    def targets(self, split: str) -> list[int]:
+        """Class indices of one split, aligned with :meth:`samples`."""
+        idx = {c: i for i, c in enumerate(self.classes)}
+        return [idx[s.label] for s in self.samples(split)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """split -> class -> images."""
+        out = {}
+        for sp in SPLITS:
+            c = Counter(s.label for s in self.samples(sp))
+            out[sp] = {k: c.get(k, 0) for k in self.classes}
+        return out
+
+
+def prepare_data(
+    cfg: DataConfig,
+    image_size: int,
+    *,
+    split_path: Path | None = None,
+    source: str | None = None,
+    progress: bool = True,
+) -> PreparedData:
+    """Load the source, decode/cache every image, resolve the split and check it for leaks.
+
+    Args:
+        cfg: data config.
+        image_size: side of the square images fed to the model.
+        split_path: ``splits.csv`` to reuse when it exists, and to write otherwise.
+        source: dataset location overriding ``cfg.source``.
+        progress: show a progress bar while building the cache.
+
+    Raises:
+        DataError: unusable dataset or split; ImageError: a bad image (unless ``skip_bad``);
+        LeakError: a split with shared groups or identical files (unless ``allow_leaks``).
+    """
+    data = load_source(cfg, source)
+    store: ImageStore
+    if cfg.cache:
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        cached = build_cache(data, image_size, cfg.resize_mode, cache_dir,
+                             skip_bad=cfg.skip_bad, progress=progress)
+        if cached.bad:
+            keep = set(cached.ids)
+            data.samples = [s for s in data.samples if s.sample_id in keep]
+            data.bad = data.bad + cached.bad
+            data.classes = sorted({s.label for s in data.samples})
+        store = cached
+        hashes = cached.hashes
+    else:
+        store = DecodingImages(data, image_size, cfg.resize_mode)
+        hashes = sample_hashes(data, data.samples)
+    split = resolve_split(
+        data.samples,
+        ratios=cfg.split_ratios,
+        seed=cfg.split_seed,
+        saved=split_path,
+        external=cfg.split_file,
+        given=data.given_split,
+        hashes=lambda: hashes,
+    )
+    leaks = check_leaks(data.samples, split, hashes)
+    if not cfg.allow_leaks:
+        assert_no_leaks(leaks, f"split ({split.origin})")
+    if split_path is not None and not split_path.is_file():
+        write_split(split_path, data.samples, split)
+    return PreparedData(data, split, store, hashes, leaks, image_size)
+
+
+def is_cached(store: ImageStore) -> bool:
+    """True when the store is a decoded-image cache."""
+    return isinstance(store, CachedImages)

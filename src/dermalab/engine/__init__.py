@@ -1,0 +1,1 @@
+"""Training engine: optimisers and schedules, the epoch loops, checkpoints and ``fit()``."""

@@ -1,0 +1,36 @@
+"""Exceptions with messages a user can act on.
+
+Every error that stems from user input (a file, a config key, a dataset) names the thing at fault
+and what is wrong with it, so the CLI can print it without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class DermalabError(Exception):
+    """Base class for errors the CLI reports as a one-line message (exit code 2)."""
+
+
+class ConfigError(DermalabError):
+    """A config file or override is invalid."""
+
+
+class DataError(DermalabError):
+    """A dataset, CSV or split is invalid."""
+
+
+class ImageError(DataError):
+    """One image file cannot be used; ``path`` names it and ``reason`` says why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class LeakError(DataError):
+    """A split shares groups (lesions/patients) or byte-identical images between its parts."""
+
+
+class PretrainedWeightsUnavailable(DermalabError):
+    """Pretrained weights were asked for but cannot be obtained; never fall back to random."""

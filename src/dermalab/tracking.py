@@ -1,0 +1,84 @@
+"""MLflow tracking: a local SQLite store by default, any tracking URI when configured.
+
+MLflow is imported lazily (it is slow to import) and only on the main process. Telemetry is
+switched off, since this tool often runs where nothing may leave the machine. A resumed run
+continues the same MLflow run (its id is kept in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from dermalab.config import TrackingConfig
+
+
+def default_uri(run_dir: Path) -> str:
+    """``sqlite:///<parent of the run dir>/mlflow.db``: all runs in one folder share a store."""
+    return f"sqlite:///{(run_dir.resolve().parent / 'mlflow.db')}"
+
+
+class Tracker:
+    """Thin wrapper: start/resume a run, log params/metrics/artifacts, end it."""
+
+    def __init__(self, cfg: TrackingConfig, run_dir: Path, *, active: bool = True) -> None:
+        self.enabled = cfg.enabled and active
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.run_id: str | None = None
+        self._mlflow: Any = None
+
+    def start(self, run_name: str, resume_id: str | None = None) -> str | None:
+        """Start (or resume) the MLflow run; returns its id."""
+        if not self.enabled:
+            return None
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("DO_NOT_TRACK", "true")
+        import mlflow
+
+        self._mlflow = mlflow
+        uri = self.cfg.uri or default_uri(self.run_dir)
+        mlflow.set_tracking_uri(uri)
+        exp = mlflow.get_experiment_by_name(self.cfg.experiment)
+        if exp is None:
+            artifacts = None
+            if uri.startswith("sqlite:///"):
+                artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+            exp_id = mlflow.create_experiment(self.cfg.experiment, artifact_location=artifacts)
+        else:
+            exp_id = exp.experiment_id
+        run = mlflow.start_run(run_id=resume_id, experiment_id=exp_id,
+                               run_name=None if resume_id else run_name)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log parameters (values truncated to MLflow's limit)."""
+        if self._mlflow is None:
+            return
+        existing = self._mlflow.get_run(self.run_id).data.params
+        new = {k: str(v)[:500] for k, v in params.items() if k not in existing}
+        if new:
+            self._mlflow.log_params(new)
+
+    def log_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
+        """Log finite numeric metrics."""
+        if self._mlflow is None:
+            return
+        clean = {k: float(v) for k, v in metrics.items()
+                 if isinstance(v, int | float) and math.isfinite(float(v))}
+        if clean:
+            self._mlflow.log_metrics(clean, step=step)
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        """Upload one file to the run's artifact store."""
+        if self._mlflow is not None and path.is_file():
+            self._mlflow.log_artifact(str(path), artifact_path=subdir)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """End the run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+        if self._mlflow is not None:
+            self._mlflow.end_run(status=status)
+            self._mlflow = None
