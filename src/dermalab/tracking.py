@@ -72,6 +72,19 @@ class Tracker:
         if clean:
             self._mlflow.log_metrics(clean, step=step)
 
+    def backfill(self, rows: list[dict[str, Any]], probe: str = "val_loss") -> int:
+        """Log epochs of ``rows`` that the run lacks (a kill can land between the checkpoint and
+        the MLflow call); returns how many were logged."""
+        if self._mlflow is None:
+            return 0
+        client = self._mlflow.MlflowClient()
+        have = {m.step for m in client.get_metric_history(self.run_id, probe)}
+        missing = [r for r in rows if int(r["epoch"]) not in have]
+        for r in missing:
+            self.log_metrics({k: v for k, v in r.items() if k not in ("epoch", "frozen_body")},
+                             step=int(r["epoch"]))
+        return len(missing)
+
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         """Upload one file to the run's artifact store."""
         if self._mlflow is not None and path.is_file():

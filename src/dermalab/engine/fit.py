@@ -236,6 +236,7 @@ def fit(
     tracker.log_params({**flatten_config(to_dict(cfg)), "n_classes": len(classes),
                         "image_size": size, "weights_origin": origin,
                         **{f"n_train_{c}": int(n) for c, n in zip(classes, counts, strict=True)}})
+    tracker.backfill(history)
 
     def checkpoint_payload(epoch: int) -> dict[str, Any]:
         return {

