@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from dermalab.config import ModelConfig
-from dermalab.errors import PretrainedWeightsUnavailable
+from dermalab.errors import PretrainedWeightsUnavailableError
 from dermalab.models import (
     REGISTRY,
     build_for_inference,
@@ -60,7 +60,7 @@ def test_unavailable_pretrained_weights_fail_with_the_ways_to_supply_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(PretrainedWeightsUnavailable) as info:
+    with pytest.raises(PretrainedWeightsUnavailableError) as info:
         create_model(ModelConfig(backbone="resnet18"), 7)
     msg = str(info.value)
     for hint in ("model.weights=", "HF_HUB_CACHE", "tf_efficientnet_lite0",
@@ -78,7 +78,7 @@ def test_local_weights_file(tmp_path: Path) -> None:
     assert torch.equal(model.conv1.weight, donor.conv1.weight)
     assert model.get_classifier().out_features == 3
     assert data_cfg["input_size"] == (3, 224, 224)
-    with pytest.raises(PretrainedWeightsUnavailable, match="not found"):
+    with pytest.raises(PretrainedWeightsUnavailableError, match="not found"):
         create_model(ModelConfig(backbone="resnet18", weights=str(tmp_path / "no.pth")), 3)
 
 

@@ -32,5 +32,5 @@ class LeakError(DataError):
     """A split shares groups (lesions/patients) or byte-identical images between its parts."""
 
 
-class PretrainedWeightsUnavailable(DermalabError):
+class PretrainedWeightsUnavailableError(DermalabError):
     """Pretrained weights were asked for but cannot be obtained; never fall back to random."""

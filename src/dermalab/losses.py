@@ -74,7 +74,7 @@ class FocalLoss(nn.Module):
         per_class = -onehot * (1 - p).pow(self.gamma) * logp
         loss = per_class.sum(dim=1)
         if self.weight is not None:
-            w = self.weight[target]
+            w = self.weight[target]  # type: ignore[index]
             return (loss * w).sum() / w.sum()
         return loss.mean()
 
@@ -109,7 +109,7 @@ class ClassBalancedLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        w = self.weight[target]
+        w = self.weight[target]  # type: ignore[index]
         if self.loss_type == "softmax":
             per = F.cross_entropy(logits, target, reduction="none",
                                   label_smoothing=self.label_smoothing)

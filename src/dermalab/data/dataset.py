@@ -57,8 +57,7 @@ def balanced_sampler(
     counts = class_counts(targets, num_classes).astype(np.float64)
     per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0) ** power, 0.0)
     weights = per_class[np.asarray(targets, dtype=np.int64)]
-    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(weights),
-                                 replacement=True)
+    return WeightedRandomSampler(weights.tolist(), len(weights), replacement=True)
 
 
 def make_loader(

@@ -108,7 +108,8 @@ def open_rgb(
     except UnidentifiedImageError:
         raise ImageError(label, "not an image (unrecognised file format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(label, f"too large to decode safely (decompression bomb?): {exc}") from None
+        raise ImageError(label, f"too large to decode safely (decompression bomb): {exc}"
+                         ) from None
     except OSError as exc:
         raise ImageError(label, f"cannot open image: {exc}") from None
     width, height = img.size
@@ -127,10 +128,10 @@ def open_rgb(
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(label, f"truncated or corrupt image data ({exc})") from None
     try:
-        img = ImageOps.exif_transpose(img)
+        upright: Image.Image = ImageOps.exif_transpose(img)
     except Exception as exc:  # a malformed EXIF block must not hide behind a generic error
         raise ImageError(label, f"corrupt EXIF orientation data ({exc})") from None
-    return _to_rgb(img)
+    return _to_rgb(upright)
 
 
 def resize_rgb(img: Image.Image, size: int, mode: str = "squash") -> Image.Image:

@@ -123,7 +123,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable softmax over the last axis."""
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
 
 
 def mean_loss(loss_fn: nn.Module, logits: np.ndarray, targets: np.ndarray) -> float:

@@ -76,8 +76,8 @@ class EpochScheduler:
         self.plateau = None
         if cfg.name == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=monitor_mode, factor=cfg.gamma, patience=cfg.patience,
-                min_lr=cfg.min_lr)
+                optimizer, mode="min" if monitor_mode == "min" else "max", factor=cfg.gamma,
+                patience=cfg.patience, min_lr=cfg.min_lr)
         self.plateau_scale = [1.0] * len(self.base_lrs)
 
     def start_epoch(self, epoch: int) -> None:
