@@ -94,6 +94,60 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``dermalab report RUN_DIR``: redo calibration/analysis and write report.html."""
+    from dermalab.engine.finalize import finalize_run
+
+    m = finalize_run(args.run_dir, progress=True)
+    print(f"{Path(args.run_dir) / 'report.html'}: temperature {m['temperature']:.3f}, ECE "
+          f"{m['ece_before']:.4f} -> {m['ece_after']:.4f}, NLL {m['nll_before']:.4f} -> "
+          f"{m['nll_after']:.4f}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``dermalab export RUN_DIR --format onnx``."""
+    from dermalab.export import export_onnx
+
+    meta = export_onnx(args.run_dir, args.out)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "export"
+    par = meta["extra"]["parity"]
+    print(f"wrote {out / 'model.onnx'} and {out / 'model.json'} (ONNX Runtime vs PyTorch: max "
+          f"abs diff {par['max_abs_diff']:.2e}, argmax agreement {par['argmax_agreement']:.0%})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``dermalab predict MODEL IMAGE...``."""
+    from dermalab.predictor import Predictor
+
+    predictor = Predictor.load(args.model)
+    results = predictor.predict(args.images, top_k=args.top_k, tta=args.tta)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    print(f"model: {predictor.info.backbone} via {predictor.backend}, temperature "
+          f"{predictor.info.temperature:.3f} (decision support, not a diagnosis)")
+    for r in results:
+        print(r["image"])
+        for t in r["top"]:
+            print(f"  {t['probability']:6.1%}  {t['class']:<8} {t['name']}")
+        if "malignant_score" in r:
+            flag = "  -> see a dermatologist soon" if r["malignant_flag"] else ""
+            print(f"  possibly malignant: {r['malignant_score']:.1%}{flag}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """``dermalab explain RUN_DIR [--images ... | --misclassified N]``."""
+    from dermalab.engine.explain_run import explain_command
+
+    out = explain_command(args.run_dir, images=args.images, misclassified=args.misclassified,
+                          method=args.method, target_class=args.target_class, out_dir=args.out)
+    print(f"wrote Grad-CAM overlays to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all commands."""
     parser = argparse.ArgumentParser(
@@ -126,6 +180,36 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="calibrate, analyse and write report.html for a run")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=cmd_report)
+
+    exp = sub.add_parser("export", help="export the best model (ONNX + model.json)")
+    exp.add_argument("run_dir")
+    exp.add_argument("--format", default="onnx", choices=["onnx"])
+    exp.add_argument("--out", help="output folder (default RUN_DIR/export)")
+    exp.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("predict", help="top-k calibrated classes for images")
+    pr.add_argument("model", help="a run directory or an exported model (folder or .onnx)")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--tta", action="store_true", help="average over flips")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("explain", help="Grad-CAM heat-maps")
+    ex.add_argument("run_dir")
+    group = ex.add_mutually_exclusive_group()
+    group.add_argument("--images", nargs="+", help="image files to explain")
+    group.add_argument("--misclassified", type=int, default=None, metavar="N",
+                       help="the N worst-misclassified test images (default 12)")
+    ex.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++"])
+    ex.add_argument("--class", dest="target_class", help="explain this class (default: the "
+                    "predicted one)")
+    ex.add_argument("--out", help="output folder (default RUN_DIR/explain)")
+    ex.set_defaults(func=cmd_explain)
     return parser
 
 

@@ -122,6 +122,20 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """What the final evaluation adds: calibration, TTA, the malignant operating point,
+    subgroups and the Grad-CAM gallery of the report."""
+
+    malignant_classes: list[str] = field(default_factory=lambda: ["mel", "bcc", "akiec"])
+    target_sensitivity: float = 0.9  # operating point for "any malignant-suspect class"
+    ece_bins: int = 15
+    tta: bool = False  # also evaluate with flip test-time augmentation
+    gallery: int = 12  # worst-misclassified test images shown with Grad-CAM (0: none)
+    cam_method: str = "gradcam"  # gradcam | gradcam++
+    report: bool = True  # write report.html at the end of training
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow experiment tracking."""
 
@@ -141,6 +155,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -155,6 +170,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "sched.name": ("none", "step", "cosine", "plateau"),
     "train.monitor": ("balanced_accuracy", "macro_f1", "loss"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "eval.cam_method": ("gradcam", "gradcam++"),
 }
 
 

@@ -82,3 +82,75 @@ def save(fig: Figure, path: str) -> None:
     """Save and close a figure."""
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def roc_curves(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> Figure:
+    """One-vs-rest ROC curve per class (classes absent from ``targets`` are skipped)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for k, name in enumerate(classes):
+        pos = targets == k
+        if pos.all() or not pos.any():
+            continue
+        fpr, tpr, _ = roc_curve(pos, probs[:, k])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(pos, probs[:, k]):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC curves (one vs rest, test)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(panels: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
+                        n_bins: int = 15) -> Figure:
+    """Side-by-side reliability diagrams: ``(title, probs, targets, ece)`` per panel.
+
+    Bars show accuracy per confidence bin; the diagonal is perfect calibration; the gap to it
+    is what ECE averages (weighted by the bin counts, shown as a histogram below).
+    """
+    from dermalab.calibration import reliability
+
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 5.6),
+                             gridspec_kw={"height_ratios": [3, 1]}, squeeze=False)
+    for j, (title, probs, targets, ece) in enumerate(panels):
+        r = reliability(probs, targets, n_bins)
+        centers = (r.edges[:-1] + r.edges[1:]) / 2
+        width = 1.0 / n_bins
+        acc = np.nan_to_num(r.accuracy)
+        conf = np.nan_to_num(r.confidence)
+        ax = axes[0, j]
+        ax.bar(centers, acc, width=width, edgecolor="k", alpha=0.8, label="accuracy")
+        ax.bar(centers, conf - acc, bottom=acc, width=width, color="tab:red", alpha=0.3,
+               label="gap")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{title}: ECE {ece:.3f}")
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=8, loc="upper left")
+        axh = axes[1, j]
+        axh.bar(centers, r.count, width=width, color="gray")
+        axh.set_yscale("log")
+        axh.set_xlim(0, 1)
+        axh.set_xlabel("confidence (top class)")
+        axh.set_ylabel("images")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], cols: int = 4) -> Figure:
+    """A grid of uint8 RGB images with small titles."""
+    n = max(1, len(images))
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 3.3 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i])
+            ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig

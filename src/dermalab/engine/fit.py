@@ -27,6 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
+from dermalab.analysis import Predictions
 from dermalab.config import ExperimentConfig, TrainConfig, from_dict, save_config, to_dict
 from dermalab.config import flatten as flatten_config
 from dermalab.data.dataset import ImageDataset, balanced_sampler, class_counts, make_loader
@@ -340,11 +341,19 @@ def fit(
         if accelerator.is_main_process:
             paths.metrics.write_text(json.dumps(results, indent=2))
             write_run_plots(history, results, classes, paths)
-            tracker.log_metrics({f"test_{k}": results[k] for k in
+            if ids["val"] and ids["test"]:
+                from dermalab.engine.finalize import finalize_run
+
+                results = finalize_run(paths.root, data=data)
+            tracker.log_metrics({f"test_{k}": results.get(k) for k in
                                  ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro",
-                                  "weighted_precision", "weighted_recall")})
+                                  "weighted_precision", "weighted_recall", "ece_before",
+                                  "ece_after", "nll_before", "nll_after", "temperature")})
+            if results.get("malignant"):
+                tracker.log_metrics({f"test_malignant_{k}": results["malignant"][k]
+                                     for k in ("sensitivity", "specificity", "threshold")})
             for p in [paths.metrics, paths.history, paths.config, paths.splits,
-                      *sorted(paths.plots.glob("*.png"))]:
+                      paths.root / "report.html", *sorted(paths.plots.glob("*.png"))]:
                 tracker.log_artifact(p)
             print(summary(results, classes), flush=True)
         status = "FINISHED"
@@ -374,10 +383,16 @@ def final_evaluation(
             cfg.train.eval_batch_size, num_workers=cfg.data.num_workers))
         logits, targets = predict(model, loader, accelerator,
                                   channels_last=cfg.model.channels_last)
+        tta_logits = None
+        if cfg.eval.tta:
+            tta_logits, _ = predict(model, loader, accelerator,
+                                    channels_last=cfg.model.channels_last, tta=True)
         probs = softmax(logits)
         if accelerator.is_main_process:
             write_predictions(paths.root / f"predictions_{sp}.csv", ids[sp], targets, probs,
                               data.classes)
+            Predictions(ids[sp], targets, logits, tta_logits).save(
+                paths.root / f"predictions_{sp}.npz")
         if sp == "test":
             out = classification_metrics(targets, probs, data.classes)
             out["loss"] = mean_loss(loss_fn, logits, targets)

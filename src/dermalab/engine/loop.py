@@ -86,6 +86,20 @@ def train_one_epoch(
     return EpochStats(tl / max(s, 1), c / max(s, 1), int(s), time.perf_counter() - start)
 
 
+def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """The flip views of test-time augmentation: identity, horizontal, vertical, both.
+
+    Dermoscopy has no canonical orientation, so each view is as valid as the original.
+    """
+    return [images, images.flip(-1), images.flip(-2), images.flip(-1).flip(-2)]
+
+
+def forward_tta(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Mean logits over the flip views (a log-space average, which temperature scaling
+    then calibrates like plain logits)."""
+    return torch.stack([model(v) for v in tta_views(images)]).mean(0)
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -95,6 +109,7 @@ def predict(
     channels_last: bool = False,
     progress: bool = False,
     desc: str = "eval",
+    tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits and targets for every sample of ``loader``, gathered from all processes once.
 
@@ -109,7 +124,7 @@ def predict(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
-            logits = model(images)
+            logits = forward_tta(model, images) if tta else model(images)
         logits, targets = accelerator.gather_for_metrics((logits.float(), targets))
         all_logits.append(logits.cpu())
         all_targets.append(targets.cpu())

@@ -1,0 +1,133 @@
+"""The trust stage of a run: calibrate, measure, explain, and write the report.
+
+Runs at the end of ``dermalab train`` and again on ``dermalab report RUN_DIR`` (idempotent):
+fits the temperature on validation, stores it (and the malignant operating threshold) in
+``best.pt``, adds calibration/operating-point/subgroup results to ``metrics.json``, draws ROC
+and reliability plots, a Grad-CAM gallery of the worst test mistakes, and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermalab import plots
+from dermalab.analysis import Predictions, analyze
+from dermalab.calibration import calibrated_probs
+from dermalab.data.prepare import PreparedData, prepare_data
+from dermalab.engine.checkpoint import load_checkpoint, save_checkpoint
+from dermalab.engine.evaluate import LoadedRun, load_run
+
+
+def worst_mistakes(test: Predictions, probs: np.ndarray, n: int) -> list[int]:
+    """Indices of the ``n`` misclassified test images the model was most confident about."""
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != test.targets)
+    order = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
+    return [int(i) for i in order[:n]]
+
+
+def gallery(run: LoadedRun, data: PreparedData, test: Predictions, probs: np.ndarray, n: int,
+            method: str, out_png: Path) -> list[dict[str, Any]]:
+    """Grad-CAM overlays (for the predicted class) of the worst mistakes, as one grid PNG."""
+    from dermalab.explain import cam_maps, overlay
+
+    idx = worst_mistakes(test, probs, n)
+    if not idx:
+        return []
+    images = np.stack([data.store.get(test.ids[i]) for i in idx])
+    pred = probs.argmax(1)
+    maps, _ = cam_maps(run.model, run.backbone, images, run.mean, run.std,
+                       [int(pred[i]) for i in idx], method)
+    shown, titles, entries = [], [], []
+    for j, i in enumerate(idx):
+        true_c, pred_c = run.classes[test.targets[i]], run.classes[pred[i]]
+        conf = float(probs[i, pred[i]])
+        shown.append(overlay(images[j], maps[j], size=max(160, images.shape[1])))
+        titles.append(f"{test.ids[i][-24:]}\ntrue {true_c} / pred {pred_c} ({conf:.2f})")
+        entries.append({"sample_id": test.ids[i], "true": true_c, "pred": pred_c,
+                        "confidence": conf})
+    plots.save(plots.image_grid(shown, titles), str(out_png))
+    return entries
+
+
+def _predictions(run: LoadedRun, data: PreparedData, split: str, run_dir: Path) -> Predictions:
+    """Saved predictions of a split, or (runs from older versions) computed and saved now."""
+    path = run_dir / f"predictions_{split}.npz"
+    if path.is_file():
+        return Predictions.load(path)
+    from dermalab.data.dataset import ImageDataset, make_loader
+    from dermalab.data.transforms import eval_transform
+    from dermalab.engine.fit import make_accelerator
+    from dermalab.engine.loop import predict
+
+    ids = [s.sample_id for s in data.samples(split)]
+    index = {c: i for i, c in enumerate(run.classes)}
+    targets = [index[s.label] for s in data.samples(split)]
+    accelerator = make_accelerator(run.config.train)
+    loader = make_loader(ImageDataset(data.store, ids, targets,
+                                      eval_transform(run.mean, run.std)),
+                         run.config.train.eval_batch_size)
+    logits, y = predict(run.model, loader, accelerator)
+    tta = predict(run.model, loader, accelerator, tta=True)[0] if run.config.eval.tta else None
+    preds = Predictions(ids, y, logits.astype(np.float64), tta)
+    preds.save(path)
+    return preds
+
+
+def finalize_run(
+    run_dir: str | Path,
+    *,
+    data: PreparedData | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Calibration, operating point, subgroups, plots, gallery and report for a finished run.
+
+    Returns the updated ``metrics.json`` content.
+    """
+    from dermalab.report import write_report
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    cfg = run.config
+    if data is None:
+        data = prepare_data(cfg.data, run.image_size, split_path=run_dir / "splits.csv",
+                            progress=progress)
+    val = _predictions(run, data, "val", run_dir)
+    test = _predictions(run, data, "test", run_dir)
+    by_id = {s.sample_id: s for s in data.source.samples}
+    meta = [dict(by_id[i].meta) if i in by_id else {} for i in test.ids]
+    extra = analyze(val, test, run.classes, cfg.eval, meta)
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.update(extra)
+    # The temperature and threshold travel with the model: every later use applies them.
+    best_path = run_dir / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(best_path)
+    ckpt.pop("format", None)
+    ckpt["temperature"] = extra["temperature"]
+    mal = extra.get("malignant")
+    ckpt["malignant"] = ({"classes": mal["classes"], "threshold": mal["threshold"]}
+                         if mal else None)
+    save_checkpoint(ckpt, best_path)
+
+    plot_dir = run_dir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    t = extra["temperature"]
+    before, after = calibrated_probs(test.logits), calibrated_probs(test.logits, t)
+    plots.save(plots.roc_curves(test.targets, after, run.classes), str(plot_dir / "roc.png"))
+    plots.save(plots.reliability_diagram(
+        [("before temperature scaling", before, test.targets, extra["ece_before"]),
+         (f"after (T = {t:.2f})", after, test.targets, extra["ece_after"])],
+        cfg.eval.ece_bins), str(plot_dir / "reliability.png"))
+    if cfg.eval.gallery > 0:
+        metrics["gallery"] = gallery(run, data, test, after, cfg.eval.gallery,
+                                     cfg.eval.cam_method,
+                                     plot_dir / "misclassified_gradcam.png")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if cfg.eval.report:
+        write_report(run_dir)
+    return metrics

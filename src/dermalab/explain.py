@@ -1,0 +1,80 @@
+"""Grad-CAM heat-maps with pytorch-grad-cam, on each backbone's registered target layer.
+
+Grad-CAM (Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391) weights the target
+layer's feature maps by the spatially averaged gradient of the class score; Grad-CAM++
+(Chattopadhay et al., WACV 2018, https://arxiv.org/abs/1710.11063) uses higher-order gradient
+weights that localise several instances better. Both come from the ``grad-cam`` package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from dermalab.models import cam_target_layer
+
+METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+
+
+def to_input(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(N, S, S, 3)`` uint8 -> normalised ``(N, 3, S, S)`` float tensor."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def cam_maps(
+    model: nn.Module,
+    backbone: str,
+    images: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_indices: Sequence[int] | None = None,
+    method: str = "gradcam",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Heat-maps in [0, 1] and the model's logits.
+
+    Args:
+        model: a classifier (eval mode is set here).
+        backbone: registry name (selects the target layer).
+        images: ``(N, S, S, 3)`` uint8 model-input images.
+        class_indices: the class to explain per image; ``None`` explains the predicted class.
+        method: ``gradcam`` or ``gradcam++``.
+
+    Returns:
+        ``(maps (N, S, S) float32, logits (N, K))``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    model.eval()
+    x = to_input(images, mean, std)
+    with torch.no_grad():
+        logits = model(x).float().numpy()
+    targets = [ClassifierOutputTarget(int(k)) for k in
+               (class_indices if class_indices is not None else logits.argmax(1))]
+    layer = cam_target_layer(model, backbone)
+    # Gradients are needed w.r.t. activations only; keep parameter grads off where possible.
+    with torch.enable_grad(), METHODS[method](model=model, target_layers=[layer]) as cam:
+        maps = cam(input_tensor=x, targets=targets)
+    return np.asarray(maps, dtype=np.float32), logits
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Heat-map blended over the image (uint8 RGB), optionally upscaled for display."""
+    img = image
+    heat = cam
+    if size and size != image.shape[0]:
+        img = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+        heat = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(
+            (size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    out: np.ndarray = show_cam_on_image(img.astype(np.float32) / 255.0, heat, use_rgb=True,
+                                        image_weight=0.55)
+    return out

@@ -1,0 +1,180 @@
+"""One predictor for the CLI and the web service: image in, calibrated class probabilities out.
+
+It loads either a run directory (PyTorch, from ``checkpoints/best.pt``; ONNX Runtime when the
+run has ``export/model.onnx``) or an exported model (``model.onnx`` + ``model.json``). Images go
+through exactly the decoding and resizing used in training, so a bad file raises the same
+:class:`~dermalab.errors.ImageError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermalab.data.images import load_resized
+from dermalab.errors import DermalabError
+
+
+@dataclass
+class ModelInfo:
+    """What a predictor needs besides weights (also the exported ``model.json``)."""
+
+    classes: list[str]
+    display_names: dict[str, str]
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    resize_mode: str
+    backbone: str
+    temperature: float = 1.0
+    malignant: dict[str, Any] | None = None  # {"classes": [...], "threshold": t}
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict for ``model.json``."""
+        return {"format": 1, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ModelInfo:
+        """Read ``model.json``."""
+        keys = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in obj.items() if k in keys})
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> ModelInfo:
+        """From a training checkpoint (temperature/threshold present once analysed)."""
+        return cls(
+            classes=list(ckpt["classes"]),
+            display_names=dict(ckpt["display_names"]),
+            mean=[float(v) for v in ckpt["normalization"]["mean"]],
+            std=[float(v) for v in ckpt["normalization"]["std"]],
+            image_size=int(ckpt["image_size"]),
+            resize_mode=str(ckpt["resize_mode"]),
+            backbone=str(ckpt["backbone"]),
+            temperature=float(ckpt.get("temperature", 1.0)),
+            malignant=ckpt.get("malignant"),
+        )
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+class Predictor:
+    """Calibrated top-k predictions from ONNX Runtime or PyTorch."""
+
+    def __init__(self, info: ModelInfo, *, onnx_path: Path | None = None,
+                 torch_model: Any = None, run_dir: Path | None = None) -> None:
+        if onnx_path is None and torch_model is None:
+            raise DermalabError("a predictor needs an ONNX file or a PyTorch model")
+        self.info = info
+        self.run_dir = run_dir
+        self._torch = torch_model
+        self._session = None
+        if onnx_path is not None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = int(os.environ.get("DERMALAB_ORT_THREADS", "0"))
+            self._session = ort.InferenceSession(str(onnx_path), opts,
+                                                 providers=["CPUExecutionProvider"])
+            self._input = self._session.get_inputs()[0].name
+        self.backend = "onnxruntime" if self._session is not None else "torch"
+
+    @classmethod
+    def load(cls, path: str | Path, prefer_onnx: bool = True) -> Predictor:
+        """A run directory, an export directory, or a ``model.onnx`` with ``model.json`` beside.
+
+        Raises:
+            DermalabError: nothing loadable at ``path``.
+        """
+        p = Path(path)
+        if p.is_file() and p.suffix == ".onnx":
+            p_json = p.with_suffix(".json")
+            if not p_json.is_file():
+                raise DermalabError(f"{p}: no {p_json.name} beside it (export writes both)")
+            return cls(ModelInfo.from_json(json.loads(p_json.read_text())), onnx_path=p)
+        if (p / "model.onnx").is_file() and (p / "model.json").is_file():
+            return cls(ModelInfo.from_json(json.loads((p / "model.json").read_text())),
+                       onnx_path=p / "model.onnx")
+        if (p / "checkpoints" / "best.pt").is_file():
+            from dermalab.engine.evaluate import load_run
+
+            run = load_run(p)
+            info = ModelInfo.from_checkpoint(run.checkpoint)
+            onnx = p / "export" / "model.onnx"
+            use_onnx = prefer_onnx and onnx.is_file()
+            return cls(info, onnx_path=onnx if use_onnx else None, torch_model=run.model,
+                       run_dir=p)
+        raise DermalabError(f"{p}: not a run directory (checkpoints/best.pt) or an exported "
+                            "model (model.onnx + model.json)")
+
+    @property
+    def torch_model(self) -> Any:
+        """The PyTorch model (for Grad-CAM), when loaded from a run directory."""
+        return self._torch
+
+    def preprocess(self, source: str | os.PathLike[str] | bytes, name: str | None = None
+                   ) -> np.ndarray:
+        """Decode, orient, convert and resize exactly as in training: ``(S, S, 3)`` uint8."""
+        return load_resized(source, self.info.image_size, self.info.resize_mode, name=name)
+
+    def _normalise(self, images: np.ndarray) -> np.ndarray:
+        x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        m = np.asarray(self.info.mean, np.float32).reshape(1, 3, 1, 1)
+        s = np.asarray(self.info.std, np.float32).reshape(1, 3, 1, 1)
+        out: np.ndarray = (x - m) / s
+        return np.ascontiguousarray(out)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        if self._session is not None:
+            out: np.ndarray = self._session.run(None, {self._input: x})[0]
+            return out.astype(np.float64)
+        import torch
+
+        with torch.no_grad():
+            out_t: np.ndarray = self._torch(torch.from_numpy(x)).double().numpy()
+            return out_t
+
+    def logits(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Raw logits of ``(N, S, S, 3)`` uint8 images (mean over flip views with ``tta``)."""
+        x = self._normalise(images)
+        if not tta:
+            return self._forward(x)
+        views = [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]]
+        return np.mean([self._forward(np.ascontiguousarray(v)) for v in views], axis=0)
+
+    def probabilities(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Temperature-calibrated class probabilities."""
+        return _softmax(self.logits(images, tta) / self.info.temperature)
+
+    def predict(self, sources: list[str], top_k: int = 3, tta: bool = False
+                ) -> list[dict[str, Any]]:
+        """Top-k calibrated predictions per image path (errors raise, naming the file)."""
+        images = np.stack([self.preprocess(s) for s in sources])
+        probs = self.probabilities(images, tta)
+        return [self.describe(src, p, top_k) for src, p in zip(sources, probs, strict=True)]
+
+    def describe(self, image: str, probs: np.ndarray, top_k: int = 3) -> dict[str, Any]:
+        """``{"image", "top": [{"class", "name", "probability"}], "malignant_score"}``."""
+        order = np.argsort(-probs)[: max(1, min(top_k, len(probs)))]
+        top = [{"class": self.info.classes[i],
+                "name": self.info.display_names.get(self.info.classes[i],
+                                                    self.info.classes[i]),
+                "probability": float(probs[i])} for i in order]
+        out: dict[str, Any] = {"image": image, "top": top}
+        mal = self.info.malignant
+        if mal and mal.get("classes"):
+            idx = [self.info.classes.index(c) for c in mal["classes"] if c in self.info.classes]
+            score = float(probs[idx].sum())
+            out["malignant_score"] = score
+            out["malignant_flag"] = bool(mal.get("threshold") is not None
+                                         and score >= float(mal["threshold"]))
+        return out
