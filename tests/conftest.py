@@ -90,7 +90,7 @@ def folder_dataset(tmp_path: Path) -> Path:
 
 
 def write_ham_dataset(root: Path, lesions_per_class: int = 8, images_per_lesion: int = 2,
-                      split_dirs: bool = True) -> Path:
+                      split_dirs: bool = True, photos: bool = False) -> Path:
     """A HAM10000-style CSV + images (spread over two part folders) with several images per
     lesion; returns the CSV path."""
     root.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,8 @@ def write_ham_dataset(root: Path, lesions_per_class: int = 8, images_per_lesion:
                 image_id = f"ISIC_{n:07d}"
                 part = root / (f"HAM10000_images_part_{1 + n % 2}" if split_dirs else "images")
                 part.mkdir(exist_ok=True)
-                coloured_image(colour, seed=n).save(part / f"{image_id}.jpg")
+                img = photo_image(ci, seed=n) if photos else coloured_image(colour, seed=n)
+                img.save(part / f"{image_id}.jpg")
                 age = "" if n % 7 == 0 else str(30 + 5 * (n % 9))
                 rows.append([f"HAM_{ci}{lesion:05d}", image_id, dx, "histo", age,
                              "male" if n % 2 else "female", "back"])

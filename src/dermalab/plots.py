@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def bar_counts(per_split: Mapping[str, Mapping[str, int]], title: str = "") -> Figure:
@@ -42,6 +43,7 @@ def curves(
         if key in history and len(history[key]):
             ax.plot(epochs, history[key], marker="o", ms=3, label=key)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
