@@ -57,6 +57,38 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 1 if (bad and not cfg.data.skip_bad) or leak else 0
 
 
+def cmd_data_push(args: argparse.Namespace) -> int:
+    """``dermalab data push LOCAL_DIR s3://bucket/prefix``."""
+    from dermalab.data.s3 import push
+
+    t0 = time.perf_counter()
+    res = push(args.local, args.uri, endpoint_url=args.endpoint_url, workers=args.workers,
+               progress=not args.json)
+    return _report_sync(res.as_dict(), time.perf_counter() - t0, args.json,
+                        f"pushed {args.local} -> {args.uri}")
+
+
+def cmd_data_pull(args: argparse.Namespace) -> int:
+    """``dermalab data pull s3://bucket/prefix LOCAL_DIR``."""
+    from dermalab.data.s3 import pull
+
+    t0 = time.perf_counter()
+    res = pull(args.uri, args.local, endpoint_url=args.endpoint_url, workers=args.workers,
+               progress=not args.json)
+    return _report_sync(res.as_dict(), time.perf_counter() - t0, args.json,
+                        f"pulled {args.uri} -> {args.local}")
+
+
+def _report_sync(res: dict[str, int], seconds: float, as_json: bool, what: str) -> int:
+    if as_json:
+        print(json.dumps({**res, "seconds": round(seconds, 3)}))
+    else:
+        print(f"{what}: {res['files']} files, {res['transferred']} transferred "
+              f"({res['bytes_transferred'] / 1e6:.1f} MB), {res['skipped']} unchanged, "
+              f"{res['verified']} verified, {seconds:.1f}s")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``dermalab train``."""
     from dermalab.engine.fit import fit
@@ -80,7 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from dermalab.engine.evaluate import evaluate_run
 
     res = evaluate_run(args.run_dir, data=args.data, split=args.split,
-                       progress=not args.json)
+                       progress=not args.json, tta=args.tta)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -88,6 +120,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{res['split']} ({res['n']} images from {res['data']}): balanced accuracy "
           f"{res['balanced_accuracy']:.4f}, accuracy {res['accuracy']:.4f}, macro-F1 "
           f"{res['macro_f1']:.4f}, ROC-AUC {auc:.4f}" if auc is not None else "")
+    print(f"calibration (T = {res['temperature']:.3f}{', with TTA' if res['tta'] else ''}): "
+          f"ECE {res['ece_raw']:.4f} -> {res['ece']:.4f}, NLL {res['nll_raw']:.4f} -> "
+          f"{res['nll']:.4f}")
     for c, r in res["per_class"].items():
         print(f"  {c:<10} precision {r['precision']:.3f} recall {r['recall']:.3f} "
               f"f1 {r['f1']:.3f} support {r['support']}")
@@ -166,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--config", "-c")
     insp.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[])
     insp.set_defaults(func=cmd_data_inspect)
+    for name, func, first, second in (("push", cmd_data_push, "local", "uri"),
+                                      ("pull", cmd_data_pull, "uri", "local")):
+        sp = dsub.add_parser(name, help=f"{name} a folder {'to' if name == 'push' else 'from'} "
+                                        "s3://bucket/prefix (checksummed, resumable)")
+        sp.add_argument(first)
+        sp.add_argument(second)
+        sp.add_argument("--endpoint-url", help="S3-compatible server (default "
+                                               "$AWS_ENDPOINT_URL)")
+        sp.add_argument("--workers", type=int, default=8)
+        sp.add_argument("--json", action="store_true")
+        sp.set_defaults(func=func)
 
     train = sub.add_parser("train", help="fine-tune a backbone and evaluate it")
     _add_config_args(train)
@@ -178,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--data", help="another dataset with the same classes")
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    ev.add_argument("--tta", action="store_true", help="average over flip views")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 

@@ -142,6 +142,8 @@ class TrackingConfig:
     enabled: bool = True
     uri: str | None = None  # default: sqlite:///<run dir parent>/mlflow.db
     experiment: str = "dermalab"
+    artifact_location: str | None = None  # new experiments store artifacts here (s3://...)
+    upload_to: str | None = None  # s3://bucket/prefix: the run directory is pushed there
 
 
 @dataclass(frozen=True)

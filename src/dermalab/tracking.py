@@ -43,12 +43,22 @@ class Tracker:
         mlflow.set_tracking_uri(uri)
         exp = mlflow.get_experiment_by_name(self.cfg.experiment)
         if exp is None:
-            artifacts = None
-            if uri.startswith("sqlite:///"):
+            artifacts = self.cfg.artifact_location
+            if artifacts and artifacts.startswith("s3://"):
+                # MLflow's S3 store reads its endpoint from its own variable.
+                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+                    "AWS_ENDPOINT_URL")
+                if endpoint:
+                    os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
+            elif artifacts is None and uri.startswith("sqlite:///"):
                 artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
             exp_id = mlflow.create_experiment(self.cfg.experiment, artifact_location=artifacts)
         else:
             exp_id = exp.experiment_id
+        if exp is not None and str(exp.artifact_location).startswith("s3://"):
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            if endpoint:
+                os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
         run = mlflow.start_run(run_id=resume_id, experiment_id=exp_id,
                                run_name=None if resume_id else run_name)
         self.run_id = run.info.run_id

@@ -174,8 +174,8 @@ def test_hmnist_bad_pixel_count(tmp_path: Path) -> None:
 def test_missing_dataset_and_remote(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="dataset not found"):
         load_source(DataConfig(source=str(tmp_path / "nothing")))
-    with pytest.raises(DataError, match="remote datasets are not supported"):
-        load_source(DataConfig(source="s3://bucket/prefix"))
+    with pytest.raises(DataError, match="only local paths and s3:// URIs are supported"):
+        load_source(DataConfig(source="gs://bucket/prefix"))
 
 
 def test_unknown_csv_layout(tmp_path: Path) -> None:

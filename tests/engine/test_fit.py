@@ -165,3 +165,30 @@ def test_kill_minus_9_then_resume_matches_uninterrupted(reference_run: Path, dat
     steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss"))
     assert steps[-1] == 3 and set(steps) == {1, 2, 3}
     assert runs[0].data.metrics["test_balanced_accuracy"] == pytest.approx(mb["balanced_accuracy"])
+
+
+def test_evaluate_on_another_dataset_with_tta(reference_run: Path, tmp_path: Path) -> None:
+    other = write_photo_dataset(tmp_path / "other", per_class=4)
+    res = evaluate_run(reference_run, data=str(other), split="all", tta=True)
+    assert res["n"] == 12 and res["tta"] is True
+    assert res["n_by_class"] == {"akiec": 4, "bcc": 4, "nv": 4}
+    assert 0 <= res["ece"] <= 1 and res["nll"] > 0
+
+
+def test_skipped_inputs_are_listed_in_the_run(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
+    (ds / "nv" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    cfg = load_config(None, [*TINY, f"data.source={ds}", "train.epochs=1", "eval.gallery=0",
+                             "eval.report=false"])
+    from dermalab.errors import ImageError
+
+    with pytest.raises(ImageError, match=r"broken\.jpg"):
+        fit(cfg, tmp_path / "strict", progress=False)
+    fit(load_config(None, [*TINY, f"data.source={ds}", "train.epochs=1", "data.skip_bad=true",
+                           "eval.gallery=0", "eval.report=false"]), tmp_path / "lenient",
+        progress=False)
+    listed = json.loads((tmp_path / "lenient" / "skipped_inputs.json").read_text())
+    assert [Path(b["path"]).name for b in listed["bad"]] == ["broken.jpg"]

@@ -1,8 +1,9 @@
 """Where dataset locations resolve to local paths.
 
-Only local paths are handled today. Remote URIs (``s3://``) are recognised and refused with a
-clear message; the S3 sync (checksummed, resumable, cached by URI) will resolve them to a local
-cache folder here, so no source reader needs to change.
+Local paths are used as they are. ``s3://bucket/prefix`` datasets are synced into the local
+cache (``$DERMALAB_CACHE/s3/<name>-<hash of endpoint and URI>``) with checksums, reusing
+unchanged files on the next run, and the cached copy is read like any local dataset. Other
+remote schemes are refused with a clear message.
 """
 
 from __future__ import annotations
@@ -11,24 +12,29 @@ from pathlib import Path
 
 from dermalab.errors import DataError
 
-REMOTE_SCHEMES = ("s3://", "gs://", "http://", "https://")
+UNSUPPORTED_SCHEMES = ("gs://", "http://", "https://", "az://", "abfs://")
 
 
 def is_remote(location: str) -> bool:
     """True for a URI that names remote storage."""
-    return location.lower().startswith(REMOTE_SCHEMES)
+    return location.lower().startswith(("s3://", *UNSUPPORTED_SCHEMES))
 
 
-def local_path(location: str) -> Path:
-    """The local path of a dataset location.
+def local_path(location: str, *, progress: bool = True) -> Path:
+    """The local path of a dataset location, syncing ``s3://`` URIs into the cache first.
 
     Raises:
-        DataError: for remote URIs, which this version cannot read yet.
+        DataError: for remote schemes other than ``s3://``, or S3 problems (named).
     """
-    if is_remote(location):
+    if location.lower().startswith("s3://"):
+        from dermalab.data.cache import default_cache_dir
+        from dermalab.data.s3 import sync_dataset
+
+        return sync_dataset(location, default_cache_dir(), progress=progress)
+    if location.lower().startswith(UNSUPPORTED_SCHEMES):
         raise DataError(
-            f"{location}: remote datasets are not supported in this version; copy the data to a "
-            "local folder and pass its path"
+            f"{location}: only local paths and s3:// URIs are supported; copy the data to a "
+            "local folder or an S3 bucket"
         )
     if location.startswith("file://"):
         location = location[len("file://"):]

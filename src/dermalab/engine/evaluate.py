@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dermalab.calibration import calibrated_probs, expected_calibration_error, nll
 from dermalab.config import ExperimentConfig, from_dict, replace
 from dermalab.data.dataset import ImageDataset, make_loader
 from dermalab.data.prepare import prepare_data
@@ -64,6 +65,7 @@ def evaluate_run(
     data: str | None = None,
     split: str = "test",
     progress: bool = False,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Metrics of a run's best checkpoint.
 
@@ -72,6 +74,10 @@ def evaluate_run(
         data: another dataset with the same classes (or a subset of them); default: the run's.
         split: ``train`` | ``val`` | ``test`` | ``all``. With another dataset, its own split is
             made with the run's split settings (or use ``all``).
+        tta: average the logits over flip views (test-time augmentation).
+
+    Besides the classification metrics, reports ECE and NLL with and without the run's
+    temperature (``ece_raw``/``ece``, ``nll_raw``/``nll``).
     """
     run_dir = Path(run_dir)
     run = load_run(run_dir)
@@ -101,9 +107,17 @@ def evaluate_run(
         ImageDataset(prepared.store, ids, targets, eval_transform(run.mean, run.std)),
         cfg.train.eval_batch_size))
     model = accelerator.prepare(run.model)
-    logits, y = predict(model, loader, accelerator, progress=progress)
+    logits, y = predict(model, loader, accelerator, progress=progress, tta=tta)
     probs = softmax(logits)
     out = classification_metrics(y, probs, run.classes)
+    t = float(run.checkpoint.get("temperature", 1.0))
+    bins = cfg.eval.ece_bins
+    out.update({
+        "tta": tta, "temperature": t,
+        "ece_raw": expected_calibration_error(probs, y, bins),
+        "ece": expected_calibration_error(calibrated_probs(logits, t), y, bins),
+        "nll_raw": nll(logits, y), "nll": nll(logits, y, t),
+    })
     out["split"] = split
     out["data"] = prepared.source.location
     with torch.no_grad():

@@ -172,6 +172,13 @@ def fit(
     data = prepare_data(cfg.data, size, split_path=paths.splits,
                         progress=progress and accelerator.is_main_process)
     classes = data.classes
+    if accelerator.is_main_process and (data.source.bad or data.source.ignored):
+        # Skipped inputs are listed, never dropped silently.
+        (paths.root / "skipped_inputs.json").write_text(json.dumps(
+            {"bad": data.source.bad, "ignored": data.source.ignored}, indent=2))
+    if data.source.bad:
+        _log(accelerator, f"warning: {len(data.source.bad)} bad input(s) skipped "
+                          f"(data.skip_bad=true); listed in {paths.root / 'skipped_inputs.json'}")
     for warning in data.split.warnings:
         _log(accelerator, f"warning: {warning}")
     if data.leaks.leaky:
@@ -356,6 +363,13 @@ def fit(
                       paths.root / "report.html", *sorted(paths.plots.glob("*.png"))]:
                 tracker.log_artifact(p)
             print(summary(results, classes), flush=True)
+            if cfg.tracking.upload_to:
+                from dermalab.data.s3 import push
+
+                dest = f"{cfg.tracking.upload_to.rstrip('/')}/{paths.root.resolve().name}"
+                res = push(paths.root, dest, progress=progress)
+                print(f"uploaded the run to {dest} ({res.transferred} files sent, "
+                      f"{res.skipped} unchanged, all verified)", flush=True)
         status = "FINISHED"
         return results
     finally:
