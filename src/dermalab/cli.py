@@ -183,6 +183,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``dermalab serve RUN_DIR``."""
+    import uvicorn
+
+    from dermalab.serve.app import create_app
+    from dermalab.serve.service import ServeSettings
+
+    settings = ServeSettings(run_dir=args.run_dir, database_url=args.db,
+                             image_store=args.images)
+    print(f"dermalab: serving {args.run_dir} on http://{args.host}:{args.port} "
+          "(decision support, not a diagnosis)", flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
+                workers=1)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all commands."""
     parser = argparse.ArgumentParser(
@@ -257,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "predicted one)")
     ex.add_argument("--out", help="output folder (default RUN_DIR/explain)")
     ex.set_defaults(func=cmd_explain)
+
+    sv = sub.add_parser("serve", help="the web page and API for photo analysis")
+    sv.add_argument("run_dir")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--db", help="history database URL (default SQLite in RUN_DIR/serving; "
+                                 "postgresql+psycopg://... for PostgreSQL)")
+    sv.add_argument("--images", help="where uploads are kept: a folder or s3://bucket/prefix")
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 

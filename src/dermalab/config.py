@@ -133,6 +133,9 @@ class EvalConfig:
     gallery: int = 12  # worst-misclassified test images shown with Grad-CAM (0: none)
     cam_method: str = "gradcam"  # gradcam | gradcam++
     report: bool = True  # write report.html at the end of training
+    serving: bool = True  # fit the web service's "not skin" and "not sure" thresholds
+    ood_target_fpr: float = 0.02  # share of genuine val images allowed to be called not-skin
+    uncertain_target_accuracy: float = 0.85  # accuracy required above the "not sure" line
 
 
 @dataclass(frozen=True)

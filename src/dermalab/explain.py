@@ -25,7 +25,7 @@ METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
 
 def to_input(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``(N, S, S, 3)`` uint8 -> normalised ``(N, 3, S, S)`` float tensor."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     return (x - m) / s

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dermalab.engine.evaluate import load_run
+from dermalab.models import FeaturesAndLogits
 from dermalab.predictor import ModelInfo
 
 OPSET = 17
@@ -43,9 +44,11 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
     example = torch.randn(2, 3, s, s)
     onnx_path = out / "model.onnx"
     tmp = out / ".model.onnx.tmp"
-    torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=OPSET,
-                      input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    both = FeaturesAndLogits(model).eval()
+    torch.onnx.export(both, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                      input_names=["image"], output_names=["logits", "features"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"},
+                                    "features": {0: "batch"}})
     tmp.replace(onnx_path)
 
     if check_images is None:
@@ -60,7 +63,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
     parity = {"max_abs_diff": float(np.abs(got - ref).max()),
               "argmax_agreement": float(np.mean(got.argmax(1) == ref.argmax(1))),
               "n": len(check_images)}
-    info.extra = {"opset": OPSET, "input": "image", "output": "logits", "layout": "NCHW",
+    info.extra = {"opset": OPSET, "input": "image", "outputs": ["logits", "features"],
+                  "layout": "NCHW",
                   "source_run": str(run_dir.resolve()), "parity": parity}
     meta = info.to_json()
     (out / "model.json").write_text(json.dumps(meta, indent=2))

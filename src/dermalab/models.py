@@ -237,6 +237,21 @@ def set_body_trainable(model: nn.Module, trainable: bool) -> None:
             p.requires_grad_(trainable)
 
 
+class FeaturesAndLogits(nn.Module):
+    """Wraps a timm classifier to return ``(logits, penultimate features)`` in one pass (for
+    out-of-distribution scores next to the prediction, also in the ONNX export)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.forward_head(  # type: ignore[operator]
+            self.model.forward_features(x), pre_logits=True)  # type: ignore[operator]
+        logits = self.model.get_classifier()(feats)  # type: ignore[operator]
+        return logits, feats
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters."""
     return sum(p.numel() for p in model.parameters())

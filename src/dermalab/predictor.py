@@ -134,14 +134,26 @@ class Predictor:
         return np.ascontiguousarray(out)
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
+        return self._forward_both(x)[0]
+
+    def _forward_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, penultimate features) in one pass."""
         if self._session is not None:
-            out: np.ndarray = self._session.run(None, {self._input: x})[0]
-            return out.astype(np.float64)
+            outs = self._session.run(None, {self._input: x})
+            if len(outs) < 2:
+                raise DermalabError("this ONNX export has no 'features' output; re-export it")
+            return outs[0].astype(np.float64), outs[1].astype(np.float64)
         import torch
 
+        from dermalab.models import FeaturesAndLogits
+
         with torch.no_grad():
-            out_t: np.ndarray = self._torch(torch.from_numpy(x)).double().numpy()
-            return out_t
+            logits, feats = FeaturesAndLogits(self._torch).eval()(torch.from_numpy(x))
+        return logits.double().numpy(), feats.double().numpy()
+
+    def logits_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits and penultimate features of ``(N, S, S, 3)`` uint8 images."""
+        return self._forward_both(self._normalise(images))
 
     def logits(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """Raw logits of ``(N, S, S, 3)`` uint8 images (mean over flip views with ``tta``)."""

@@ -78,6 +78,57 @@ def _predictions(run: LoadedRun, data: PreparedData, split: str, run_dir: Path) 
     return preds
 
 
+def features_of(run: LoadedRun, data: PreparedData, ids: list[str], batch: int = 64
+                ) -> np.ndarray:
+    """Penultimate features of cached images (eval mode, no augmentation)."""
+    import torch
+
+    from dermalab.explain import to_input
+    from dermalab.models import FeaturesAndLogits
+
+    both = FeaturesAndLogits(run.model).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(ids), batch):
+            x = to_input(np.stack([data.store.get(s) for s in ids[i:i + batch]]), run.mean,
+                         run.std)
+            out.append(both(x)[1].double().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperature: float,
+                run_dir: Path, max_train: int = 3000) -> dict[str, Any]:
+    """Fit the web service's "not skin" detector and "not sure" threshold on this run's data
+    (train features for the detector, validation for both thresholds); writes
+    ``RUN_DIR/serving/ood.npz`` and ``serving.json``."""
+    from dermalab.serve.ood import fit_mahalanobis, selective_threshold
+
+    cfg = run.config.eval
+    train = data.samples("train")
+    rng = np.random.default_rng(0)
+    if len(train) > max_train:
+        train = [train[i] for i in sorted(rng.choice(len(train), max_train, replace=False))]
+    index = {c: i for i, c in enumerate(run.classes)}
+    f_train = features_of(run, data, [s.sample_id for s in train])
+    f_val = features_of(run, data, val.ids)
+    ood = fit_mahalanobis(f_train, np.array([index[s.label] for s in train]), f_val,
+                          cfg.ood_target_fpr)
+    probs = calibrated_probs(val.logits, temperature)
+    t_unsure = selective_threshold(probs.max(1), probs.argmax(1) == val.targets,
+                                   cfg.uncertain_target_accuracy)
+    folder = run_dir / "serving"
+    folder.mkdir(exist_ok=True)
+    ood.save(folder / "ood.npz")
+    out = {"uncertain_threshold": t_unsure,
+           "uncertain_target_accuracy": cfg.uncertain_target_accuracy,
+           "val_uncertain_rate": float(np.mean(probs.max(1) < t_unsure)),
+           "ood_threshold": ood.threshold, "ood_target_fpr": cfg.ood_target_fpr,
+           "val_ood_rate": float(np.mean(ood.is_ood(f_val))),
+           "ood_fit_images": len(train)}
+    (folder / "serving.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
 def finalize_run(
     run_dir: str | Path,
     *,
@@ -127,6 +178,8 @@ def finalize_run(
         metrics["gallery"] = gallery(run, data, test, after, cfg.eval.gallery,
                                      cfg.eval.cam_method,
                                      plot_dir / "misclassified_gradcam.png")
+    if cfg.eval.serving:
+        metrics["serving"] = fit_serving(run, data, val, t, run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if cfg.eval.report:
         write_report(run_dir)

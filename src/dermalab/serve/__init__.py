@@ -1,0 +1,1 @@
+"""The web service: FastAPI app, predictor service, history store and the web page."""

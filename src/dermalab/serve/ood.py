@@ -1,0 +1,87 @@
+"""Out-of-distribution detection ("is this a skin photo like the training data?") and the
+"not sure" threshold, both fitted on the run's own data.
+
+OOD score: the Mahalanobis distance of the backbone's penultimate features to the closest class
+mean under a shared covariance (Lee et al., NeurIPS 2018, https://arxiv.org/abs/1807.03888),
+estimated with Ledoit-Wolf shrinkage (features have ~1,000 dimensions). The threshold is the
+``1 - target_fpr`` quantile of the validation scores, so about ``target_fpr`` of genuine
+validation images would be called "not skin".
+
+"Not sure": a selective-classification threshold on the calibrated top probability, the
+smallest one at which the validation predictions above it reach ``target_accuracy``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.covariance import LedoitWolf
+
+
+@dataclass
+class MahalanobisOOD:
+    """Class means, shared precision matrix and the decision threshold."""
+
+    means: np.ndarray  # (K, D)
+    precision: np.ndarray  # (D, D)
+    threshold: float
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Min over classes of the squared Mahalanobis distance, per row."""
+        f = np.asarray(features, np.float64)
+        out = np.empty((len(f), len(self.means)))
+        for k, mu in enumerate(self.means):
+            d = f - mu
+            out[:, k] = np.einsum("nd,de,ne->n", d, self.precision, d)
+        result: np.ndarray = out.min(axis=1)
+        return result
+
+    def is_ood(self, features: np.ndarray) -> np.ndarray:
+        """True where the score is above the threshold."""
+        out: np.ndarray = self.score(features) > self.threshold
+        return out
+
+    def save(self, path: Path) -> None:
+        """``.npz``, no pickles."""
+        np.savez(path, means=self.means.astype(np.float32),
+                 precision=self.precision.astype(np.float32), threshold=self.threshold)
+
+    @classmethod
+    def load(cls, path: Path) -> MahalanobisOOD:
+        """Read :meth:`save`'s file."""
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["means"].astype(np.float64), z["precision"].astype(np.float64),
+                       float(z["threshold"]))
+
+
+def fit_mahalanobis(train_features: np.ndarray, train_targets: np.ndarray,
+                    val_features: np.ndarray, target_fpr: float = 0.02) -> MahalanobisOOD:
+    """Fit means and a shrunk shared covariance on training features; threshold on validation."""
+    f = np.asarray(train_features, np.float64)
+    y = np.asarray(train_targets)
+    classes = np.unique(y)
+    means = np.stack([f[y == k].mean(axis=0) for k in classes])
+    centred = f - means[np.searchsorted(classes, y)]
+    lw = LedoitWolf(assume_centered=True).fit(centred)
+    partial = MahalanobisOOD(means, lw.precision_, float("inf"))
+    val_scores = partial.score(val_features)
+    partial.threshold = float(np.quantile(val_scores, 1.0 - target_fpr))
+    return partial
+
+
+def selective_threshold(top_probs: np.ndarray, correct: np.ndarray,
+                        target_accuracy: float = 0.85, floor: float = 0.4) -> float:
+    """Smallest confidence ``t >= floor`` such that validation predictions with top probability
+    ``>= t`` are at least ``target_accuracy`` accurate (1.0 if none reach it)."""
+    p = np.asarray(top_probs, np.float64)
+    c = np.asarray(correct, bool)
+    order = np.argsort(-p)
+    cum_acc = np.cumsum(c[order]) / np.arange(1, len(p) + 1)
+    ok = np.flatnonzero(cum_acc >= target_accuracy)
+    if len(ok) == 0:
+        return 1.0
+    # The largest accepted set meeting the target: accept everything down to that confidence.
+    t = float(p[order][ok[-1]])
+    return max(t, floor)

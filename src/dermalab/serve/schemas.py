@@ -1,0 +1,99 @@
+"""API schemas (pydantic): every field is documented in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+DISCLAIMER = ("This is decision support, not a diagnosis. It can be wrong. Only a doctor who "
+              "examines you can diagnose a skin condition. If you are worried, see a doctor.")
+
+
+class Condition(BaseModel):
+    """One likely condition with its calibrated probability and plain-language information."""
+
+    class_name: str = Field(description="The model's class label (e.g. 'mel').")
+    name: str = Field(description="Readable name of the condition.")
+    probability: float = Field(ge=0, le=1, description="Calibrated probability (temperature "
+                                                       "scaling fitted on validation data).")
+    urgency: Literal["urgent", "routine", "self-care"] = Field(
+        description="How soon this condition usually needs a doctor.")
+    description: str = Field(description="What the condition is, in plain words.")
+    care: str = Field(description="First-line care information.")
+    see_doctor: str = Field(description="When to see a doctor.")
+
+
+class AnalysisOut(BaseModel):
+    """The result of analysing one photo."""
+
+    id: str = Field(description="Identifier of the stored analysis.")
+    created_at: datetime = Field(description="When the photo was analysed (UTC).")
+    filename: str = Field(description="The uploaded file's name.")
+    verdict: Literal["ok", "uncertain", "not_skin"] = Field(
+        description="'ok': a confident prediction; 'uncertain': the model is not sure (top "
+                    "probability below the threshold chosen on validation); 'not_skin': the "
+                    "photo does not look like the skin images the model was trained on.")
+    verdict_text: str = Field(description="The verdict in plain words.")
+    referral: Literal["urgent", "routine", "self-care"] | None = Field(
+        description="'urgent' when a possibly malignant lesion is probable above its operating "
+                    "point; else 'routine' or 'self-care'; null for not-skin photos.")
+    referral_text: str = Field(description="The recommendation in plain words.")
+    conditions: list[Condition] = Field(description="Top-k conditions, most probable first "
+                                                    "(empty for not-skin photos).")
+    malignant_probability: float | None = Field(
+        description="Calibrated probability of any possibly malignant class (mel, bcc, akiec).")
+    malignant_threshold: float | None = Field(
+        description="Operating point chosen on validation for 90% sensitivity.")
+    ood_score: float = Field(description="Distance from the training images (Mahalanobis).")
+    ood_threshold: float = Field(description="Above this score the photo is called not-skin.")
+    uncertain_threshold: float = Field(description="Below this top probability: 'uncertain'.")
+    heatmap_png: str | None = Field(description="Grad-CAM overlay as a data: URL (PNG), showing "
+                                                "where the model looked; null for not-skin.")
+    disclaimer: str = Field(default=DISCLAIMER, description="Always shown: not a diagnosis.")
+
+
+class AnalysisSummary(BaseModel):
+    """A history entry."""
+
+    id: str = Field(description="Identifier.")
+    created_at: datetime = Field(description="When (UTC).")
+    filename: str = Field(description="Uploaded file name.")
+    verdict: str = Field(description="ok | uncertain | not_skin.")
+    referral: str | None = Field(description="urgent | routine | self-care | null.")
+    top_condition: str | None = Field(description="Name of the most probable condition.")
+    top_probability: float | None = Field(description="Its calibrated probability.")
+
+
+class AnalysisPage(BaseModel):
+    """A page of the history, newest first."""
+
+    items: list[AnalysisSummary] = Field(description="Analyses on this page.")
+    total: int = Field(description="Number of stored analyses.")
+    limit: int = Field(description="Page size.")
+    offset: int = Field(description="Offset of this page.")
+
+
+class ModelCard(BaseModel):
+    """What the model is, how well it did, and what it is not for."""
+
+    backbone: str = Field(description="Network architecture.")
+    classes: dict[str, str] = Field(description="Class label -> readable name.")
+    image_size: int = Field(description="Input side in pixels.")
+    training_data: str = Field(description="Dataset the model was trained on.")
+    test_metrics: dict[str, float | None] = Field(description="Held-out test results "
+                                                              "(lesion-grouped split).")
+    calibration: dict[str, float | None] = Field(description="Temperature and ECE before/after.")
+    malignant_operating_point: dict[str, float | None] | None = Field(
+        description="Threshold, sensitivity and specificity on test.")
+    inference_backend: str = Field(description="onnxruntime or torch.")
+    intended_use: str = Field(description="What the model is for.")
+    limitations: list[str] = Field(description="Known limits.")
+    disclaimer: str = Field(default=DISCLAIMER, description="Not a diagnosis.")
+
+
+class Problem(BaseModel):
+    """An error, without internals."""
+
+    detail: str = Field(description="What went wrong, in plain words.")

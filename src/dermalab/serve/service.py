@@ -1,0 +1,264 @@
+"""The analysis service: one loaded model shared by all requests.
+
+Inference runs through ONNX Runtime when the run has an export (thread-safe sessions), else
+PyTorch; Grad-CAM always uses the PyTorch model, behind a lock because pytorch-grad-cam attaches
+hooks to the model. Nothing else is shared and mutable across requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from dermalab.data.images import open_rgb, resize_rgb
+from dermalab.errors import DermalabError, ImageError
+from dermalab.predictor import Predictor
+from dermalab.serve.ood import MahalanobisOOD
+from dermalab.serve.schemas import DISCLAIMER
+from dermalab.serve.store import Analysis, HistoryStore, ImageStore, now
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Service configuration."""
+
+    run_dir: str
+    database_url: str | None = None  # default sqlite:///<run_dir>/serving/history.db
+    image_store: str | None = None  # folder or s3://bucket/prefix; default <run_dir>/serving/
+    max_upload_bytes: int = 15 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_side: int = 32
+    top_k: int = 3
+    heatmap_size: int = 224
+
+
+class UploadError(DermalabError):
+    """An upload that cannot be analysed; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def load_conditions() -> dict[str, dict[str, Any]]:
+    """The curated condition information, indexed by class name and by every alias."""
+    text = resources.files("dermalab.serve").joinpath("conditions.yaml").read_text("utf-8")
+    raw: dict[str, dict[str, Any]] = yaml.safe_load(text)
+    out: dict[str, dict[str, Any]] = {}
+    for key, entry in raw.items():
+        out[key] = entry
+        for alias in entry.get("aliases", []):
+            out.setdefault(str(alias), entry)
+    return out
+
+
+class AnalysisService:
+    """Loads the model, thresholds, condition information and stores once."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        run_dir = Path(settings.run_dir)
+        serving = run_dir / "serving"
+        if not (serving / "ood.npz").is_file():
+            raise DermalabError(f"{run_dir}: no serving thresholds; run `dermalab report "
+                                f"{run_dir}` once to fit them")
+        self.settings = settings
+        self.predictor = Predictor.load(run_dir)
+        if self.predictor.torch_model is None:
+            raise DermalabError(f"{run_dir}: the web service needs a run directory")
+        self.info = self.predictor.info
+        self.ood = MahalanobisOOD.load(serving / "ood.npz")
+        self.thresholds = json.loads((serving / "serving.json").read_text())
+        self.metrics = json.loads((run_dir / "metrics.json").read_text())
+        self.conditions = load_conditions()
+        self.history = HistoryStore(settings.database_url
+                                    or f"sqlite:///{(serving / 'history.db').resolve()}")
+        self.images = ImageStore(settings.image_store or str(serving / "uploads"))
+        self._cam_lock = threading.Lock()
+        self.run_name = run_dir.resolve().name
+
+    # -- inputs --------------------------------------------------------------------------------
+    def decode(self, data: bytes, filename: str) -> Image.Image:
+        """Sniff and decode an upload; map problems to HTTP statuses with clear messages."""
+        if len(data) > self.settings.max_upload_bytes:
+            raise UploadError(413, f"{filename}: the file is larger than "
+                                     f"{self.settings.max_upload_bytes // (1024 * 1024)} MB")
+        try:
+            img = open_rgb(data, name=filename, max_pixels=self.settings.max_pixels)
+        except ImageError as exc:
+            reason = exc.reason
+            if "not an image" in reason or "empty file" in reason:
+                raise UploadError(415, f"{filename}: {reason}; upload a JPEG, PNG, WebP, "
+                                         "BMP, TIFF or GIF photo") from None
+            if "decompression bomb" in reason or "above the limit" in reason:
+                raise UploadError(413, f"{filename}: {reason}") from None
+            raise UploadError(422, f"{filename}: {reason}") from None
+        if min(img.size) < self.settings.min_side:
+            raise UploadError(422, f"{filename}: the image is {img.size[0]}x{img.size[1]} "
+                                     f"pixels; at least {self.settings.min_side} pixels on each "
+                                     "side are needed")
+        return img
+
+    # -- analysis ------------------------------------------------------------------------------
+    def _condition(self, cls: str, p: float) -> dict[str, Any]:
+        entry = self.conditions.get(cls, {})
+        return {"class_name": cls,
+                "name": entry.get("name") or self.info.display_names.get(cls, cls),
+                "probability": p,
+                "urgency": entry.get("urgency", "routine"),
+                "description": entry.get("description", "No description available."),
+                "care": entry.get("care", "Ask a pharmacist or doctor for advice."),
+                "see_doctor": entry.get("see_doctor", "See a doctor if you are worried.")}
+
+    def heatmap(self, image: np.ndarray, class_index: int) -> str:
+        """Grad-CAM overlay as a PNG data URL."""
+        from dermalab.explain import cam_maps, overlay
+
+        with self._cam_lock:
+            maps, _ = cam_maps(self.predictor.torch_model, self.info.backbone, image[None],
+                               self.info.mean, self.info.std, [class_index])
+        ov = overlay(image, maps[0], size=self.settings.heatmap_size)
+        buf = io.BytesIO()
+        Image.fromarray(ov).save(buf, "PNG", optimize=True)
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    def analyze(self, data: bytes, filename: str) -> dict[str, Any]:
+        """Decode, predict, decide, explain and store one upload."""
+        img = self.decode(data, filename)
+        arr = np.asarray(resize_rgb(img, self.info.image_size, self.info.resize_mode),
+                         dtype=np.uint8)
+        logits, feats = self.predictor.logits_and_features(arr[None])
+        probs = np.exp(logits[0] / self.info.temperature - np.max(logits[0] /
+                                                                   self.info.temperature))
+        probs = probs / probs.sum()
+        ood_score = float(self.ood.score(feats)[0])
+        t_unsure = float(self.thresholds["uncertain_threshold"])
+        mal = self.info.malignant or {}
+        mal_idx = [self.info.classes.index(c) for c in mal.get("classes", [])
+                   if c in self.info.classes]
+        mal_p = float(probs[mal_idx].sum()) if mal_idx else None
+        mal_t = float(mal["threshold"]) if mal.get("threshold") is not None else None
+        order = np.argsort(-probs)[: self.settings.top_k]
+        conditions = [self._condition(self.info.classes[i], float(probs[i])) for i in order]
+        heat = None
+        if ood_score > self.ood.threshold:
+            verdict, referral = "not_skin", None
+            verdict_text = ("This does not look like a close-up photo of skin like the ones the "
+                            "model was trained on, so no result is shown.")
+            referral_text = ("If you have a skin concern, take a sharp, well-lit close-up of "
+                             "the spot and try again, or see a doctor.")
+            conditions = []
+        else:
+            top = float(probs[order[0]])
+            verdict = "ok" if top >= t_unsure else "uncertain"
+            verdict_text = (f"Most likely: {conditions[0]['name']} ({top:.0%})." if verdict == "ok"
+                            else "The model is not sure: no condition is clearly more likely "
+                                 "than the others.")
+            if mal_p is not None and mal_t is not None and mal_p >= mal_t:
+                referral = "urgent"
+                referral_text = ("Some features suggest a possibly malignant lesion "
+                                 f"({mal_p:.0%} combined). Please see a dermatologist soon, "
+                                 "within two weeks.")
+            elif verdict == "uncertain":
+                referral = "routine"
+                referral_text = ("Because the result is uncertain, have the spot checked by a "
+                                 "doctor or dermatologist at a routine appointment.")
+            else:
+                referral = conditions[0]["urgency"]
+                referral_text = {
+                    "urgent": "Please see a dermatologist soon, within two weeks.",
+                    "routine": "Book a routine appointment with a doctor or dermatologist.",
+                    "self-care": "Self-care is usually enough; see a doctor if it changes, "
+                                 "bleeds, or does not improve.",
+                }[referral]
+            heat = self.heatmap(arr, int(order[0]))
+        analysis_id = str(uuid.uuid4())
+        created = now()
+        result: dict[str, Any] = {
+            "id": analysis_id, "created_at": created, "filename": filename[:255],
+            "verdict": verdict, "verdict_text": verdict_text, "referral": referral,
+            "referral_text": referral_text, "conditions": conditions,
+            "malignant_probability": mal_p, "malignant_threshold": mal_t,
+            "ood_score": ood_score, "ood_threshold": self.ood.threshold,
+            "uncertain_threshold": t_unsure, "heatmap_png": heat, "disclaimer": DISCLAIMER,
+        }
+        with Image.open(io.BytesIO(data)) as header:  # decoded fine above; only the format
+            ext = (header.format or "bin").lower()
+        ref = self.images.put(f"{analysis_id}.{ext}", data)
+        self.history.add(Analysis(
+            id=analysis_id, created_at=created, filename=result["filename"],
+            verdict=verdict, referral=referral, image_ref=ref, size_bytes=len(data),
+            result_json=json.dumps({**result, "created_at": created.isoformat()})))
+        return result
+
+    # -- history -------------------------------------------------------------------------------
+    def get(self, analysis_id: str) -> dict[str, Any] | None:
+        """A stored analysis."""
+        row = self.history.get(analysis_id)
+        return json.loads(row.result_json) if row else None
+
+    def page(self, limit: int, offset: int) -> dict[str, Any]:
+        """A page of summaries."""
+        rows, total = self.history.page(limit, offset)
+        items = []
+        for r in rows:
+            res = json.loads(r.result_json)
+            top = res["conditions"][0] if res["conditions"] else None
+            items.append({"id": r.id, "created_at": res["created_at"], "filename": r.filename,
+                          "verdict": r.verdict, "referral": r.referral,
+                          "top_condition": top["name"] if top else None,
+                          "top_probability": top["probability"] if top else None})
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+    def delete(self, analysis_id: str) -> bool:
+        """Delete an analysis and its stored image."""
+        row = self.history.delete(analysis_id)
+        if row is None:
+            return False
+        self.images.delete(row.image_ref)
+        return True
+
+    def model_card(self) -> dict[str, Any]:
+        """The model card."""
+        m = self.metrics
+        mal = m.get("malignant") or None
+        return {
+            "backbone": self.info.backbone,
+            "classes": {c: self.info.display_names.get(c, c) for c in self.info.classes},
+            "image_size": self.info.image_size,
+            "training_data": str(m.get("split", {}).get("origin", "")) + " — "
+                             + ", ".join(f"{k}: {sum(v.values())}" for k, v in
+                                         m.get("split", {}).get("counts", {}).items()),
+            "test_metrics": {k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1",
+                                                    "roc_auc_macro")},
+            "calibration": {k: m.get(k) for k in ("temperature", "ece_before", "ece_after")},
+            "malignant_operating_point": ({k: mal.get(k) for k in
+                                           ("threshold", "sensitivity", "specificity")}
+                                          if mal else None),
+            "inference_backend": self.predictor.backend,
+            "intended_use": "Education and decision support for people with a skin concern and "
+                            "for researchers; it suggests likely conditions and when to see a "
+                            "doctor. It does not diagnose.",
+            "limitations": [
+                "Trained on dermoscopic images (HAM10000-style); phone photos of skin differ "
+                "and results on them are less reliable.",
+                "Knows only its training classes; other conditions are reported as the "
+                "closest known class or as uncertain.",
+                "Skin tones, body sites and ages that are rare in the training data may have "
+                "lower accuracy (see the subgroup table in the run's report).",
+                "Probabilities are calibrated on the validation split of the training data, "
+                "not on the population that uses this page.",
+            ],
+            "disclaimer": DISCLAIMER,
+        }

@@ -1,0 +1,160 @@
+"""The API through the real ASGI app: happy path on real HAM10000 images, bad input, history,
+not-skin photos, the model card and OpenAPI."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from dermalab.serve.app import create_app
+from dermalab.serve.service import ServeSettings
+from tests.conftest import HAM_DIR
+
+
+@pytest.fixture(scope="module")
+def client(skin_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    tmp = tmp_path_factory.mktemp("serve")
+    settings = ServeSettings(run_dir=str(skin_run), database_url=f"sqlite:///{tmp / 'h.db'}",
+                             image_store=str(tmp / "uploads"), max_upload_bytes=2 * 1024 * 1024)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _jpeg(img: Image.Image, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def _ham_test_images(run: Path, n: int) -> list[Path]:
+    import csv
+
+    with open(run / "splits.csv") as f:
+        ids = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"]
+    return [HAM_DIR / "images" / f"{i}.jpg" for i in ids[:n]]
+
+
+def test_analyse_real_skin_photo(client: TestClient, skin_run: Path) -> None:
+    path = _ham_test_images(skin_run, 1)[0]
+    r = client.post("/v1/analyses", files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["verdict"] in ("ok", "uncertain")
+    assert body["referral"] in ("urgent", "routine", "self-care")
+    assert 1 <= len(body["conditions"]) <= 3
+    probs = [c["probability"] for c in body["conditions"]]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+    assert all(c["description"] and c["care"] and c["see_doctor"] for c in body["conditions"])
+    assert body["heatmap_png"].startswith("data:image/png;base64,")
+    assert "not a diagnosis" in body["disclaimer"]
+    if body["malignant_probability"] >= body["malignant_threshold"]:
+        assert body["referral"] == "urgent"
+    got = client.get(f"/v1/analyses/{body['id']}")
+    assert got.status_code == 200 and got.json()["conditions"] == body["conditions"]
+
+
+def test_history_crud(client: TestClient, skin_run: Path) -> None:
+    ids = []
+    for path in _ham_test_images(skin_run, 3):
+        r = client.post("/v1/analyses", files={"file": (path.name, path.read_bytes())})
+        ids.append(r.json()["id"])
+    page = client.get("/v1/analyses", params={"limit": 2}).json()
+    assert page["limit"] == 2 and len(page["items"]) == 2 and page["total"] >= 3
+    assert page["items"][0]["id"] == ids[-1]  # newest first
+    assert client.delete(f"/v1/analyses/{ids[0]}").status_code == 204
+    assert client.get(f"/v1/analyses/{ids[0]}").status_code == 404
+    assert client.delete(f"/v1/analyses/{ids[0]}").status_code == 404
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "rocket", "chelsea"])
+def test_non_skin_photos_are_not_skin(client: TestClient, name: str) -> None:
+    from skimage import data as skdata
+
+    img = Image.fromarray(getattr(skdata, name)()).convert("RGB")
+    r = client.post("/v1/analyses", files={"file": (f"{name}.jpg", _jpeg(img))})
+    assert r.status_code == 201
+    body = r.json()
+    assert body["verdict"] == "not_skin", (body["ood_score"], body["ood_threshold"])
+    assert body["conditions"] == [] and body["heatmap_png"] is None and body["referral"] is None
+
+
+def test_bad_inputs(client: TestClient) -> None:
+    r = client.post("/v1/analyses", files={"file": ("photo.jpg", b"%PDF-1.4 not a jpeg" * 10)})
+    assert r.status_code == 415 and "not an image" in r.json()["detail"]
+    assert "photo.jpg" in r.json()["detail"]
+    r = client.post("/v1/analyses", files={"file": ("empty.jpg", b"")})
+    assert r.status_code == 415
+    big = np.random.default_rng(0).integers(0, 256, (1400, 1400, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, "PNG")
+    assert len(buf.getvalue()) > 2 * 1024 * 1024
+    r = client.post("/v1/analyses", files={"file": ("big.png", buf.getvalue())})
+    assert r.status_code == 413
+    bomb = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(bomb, "PNG")
+    r = client.post("/v1/analyses", files={"file": ("bomb.png", bomb.getvalue())})
+    assert r.status_code == 413 and "pixels" in r.json()["detail"]
+    r = client.post("/v1/analyses", files={"file": ("tiny.png", _png(Image.new("RGB", (8, 8))))})
+    assert r.status_code == 422 and "at least" in r.json()["detail"]
+    data = _jpeg(Image.new("RGB", (300, 300), (180, 120, 100)))
+    r = client.post("/v1/analyses", files={"file": ("cut.jpg", data[: len(data) // 2])})
+    assert r.status_code == 422
+    for resp in (r,):
+        assert "Traceback" not in resp.text
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_odd_modes_and_exif_are_handled(client: TestClient, skin_run: Path) -> None:
+    path = _ham_test_images(skin_run, 1)[0]
+    img = Image.open(path).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name, data in [("cmyk.jpg", _jpeg(img.convert("CMYK"))),
+                       ("rgba.png", _png(img.convert("RGBA"))),
+                       ("grey.png", _png(img.convert("L"))),
+                       ("rotated.jpg", _jpeg(img.rotate(90, expand=True), exif=exif))]:
+        r = client.post("/v1/analyses", files={"file": (name, data)})
+        assert r.status_code == 201, (name, r.text)
+
+
+def test_concurrent_requests(client: TestClient, skin_run: Path) -> None:
+    paths = _ham_test_images(skin_run, 4)
+
+    def post(p: Path) -> int:
+        return client.post("/v1/analyses", files={"file": (p.name, p.read_bytes())}).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(post, paths * 2))
+    assert codes == [201] * 8
+
+
+def test_model_card_health_and_openapi(client: TestClient) -> None:
+    card = client.get("/v1/model").json()
+    assert set(card["classes"]) == {"bcc", "bkl", "mel", "nv"}
+    assert "not a diagnosis" in card["disclaimer"] and card["limitations"]
+    assert client.get("/healthz").json()["status"] == "ok"
+    spec = client.get("/openapi.json").json()
+    props = spec["components"]["schemas"]["AnalysisOut"]["properties"]
+    assert all(v.get("description") for v in props.values())
+    assert "/v1/analyses/{analysis_id}" in spec["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and "Not a diagnosis" in page.text
+
+
+def test_serving_thresholds_were_fitted_on_validation(skin_run: Path) -> None:
+    s = json.loads((skin_run / "serving" / "serving.json").read_text())
+    assert 0 < s["uncertain_threshold"] <= 1 and s["ood_threshold"] > 0
+    assert s["val_ood_rate"] <= 0.1
