@@ -158,3 +158,25 @@ def test_serving_thresholds_were_fitted_on_validation(skin_run: Path) -> None:
     s = json.loads((skin_run / "serving" / "serving.json").read_text())
     assert 0 < s["uncertain_threshold"] <= 1 and s["ood_threshold"] > 0
     assert s["val_ood_rate"] <= 0.1
+
+
+def test_history_in_postgresql(skin_run: Path, tmp_path: Path) -> None:
+    from tests import pgserver
+
+    if not pgserver.available():
+        pytest.skip("PostgreSQL 15 server not installed (.ci/run installs postgresql-15)")
+    pytest.importorskip("psycopg")
+    with pgserver.postgres() as url:
+        settings = ServeSettings(run_dir=str(skin_run), database_url=url,
+                                 image_store=str(tmp_path / "up"))
+        with TestClient(create_app(settings)) as c:
+            paths = _ham_test_images(skin_run, 2)
+            ids = [c.post("/v1/analyses", files={"file": (p.name, p.read_bytes())}).json()["id"]
+                   for p in paths]
+            assert c.get("/v1/analyses").json()["total"] == 2
+            assert c.delete(f"/v1/analyses/{ids[0]}").status_code == 204
+            assert [i["id"] for i in c.get("/v1/analyses").json()["items"]] == [ids[1]]
+        from sqlalchemy import create_engine, text
+
+        with create_engine(url).connect() as conn:  # really stored in PostgreSQL
+            assert conn.execute(text("select count(*) from analyses")).scalar() == 1
