@@ -39,7 +39,8 @@ def cam_maps(
     std: Sequence[float],
     class_indices: Sequence[int] | None = None,
     method: str = "gradcam",
-) -> tuple[np.ndarray, np.ndarray]:
+    with_logits: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Heat-maps in [0, 1] and the model's logits.
 
     Args:
@@ -48,18 +49,22 @@ def cam_maps(
         images: ``(N, S, S, 3)`` uint8 model-input images.
         class_indices: the class to explain per image; ``None`` explains the predicted class.
         method: ``gradcam`` or ``gradcam++``.
+        with_logits: also return the logits (one extra forward pass; not needed when the
+            classes are given and the caller has the prediction already).
 
     Returns:
-        ``(maps (N, S, S) float32, logits (N, K))``.
+        ``(maps (N, S, S) float32, logits (N, K) or None)``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     model.eval()
     x = to_input(images, mean, std)
-    with torch.no_grad():
-        logits = model(x).float().numpy()
-    targets = [ClassifierOutputTarget(int(k)) for k in
-               (class_indices if class_indices is not None else logits.argmax(1))]
+    logits = None
+    if with_logits or class_indices is None:
+        with torch.no_grad():
+            logits = model(x).float().numpy()
+    chosen = class_indices if class_indices is not None else logits.argmax(1)  # type: ignore[union-attr]
+    targets = [ClassifierOutputTarget(int(k)) for k in chosen]
     layer = cam_target_layer(model, backbone)
     # Gradients are needed w.r.t. activations only; keep parameter grads off where possible.
     with torch.enable_grad(), METHODS[method](model=model, target_layers=[layer]) as cam:

@@ -58,6 +58,7 @@ def explain_command(
         truths = [run.classes[test.targets[i]] for i in idx]
     chosen = [run.classes.index(target_class)] * len(arrays) if target_class else None
     maps, logits = cam_maps(run.model, run.backbone, arrays, run.mean, run.std, chosen, method)
+    assert logits is not None
     probs = calibrated_probs(logits, t)
     shown, titles, entries = [], [], []
     for j, name in enumerate(names):

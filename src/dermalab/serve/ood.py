@@ -29,13 +29,18 @@ class MahalanobisOOD:
     threshold: float
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Min over classes of the squared Mahalanobis distance, per row."""
+        """Min over classes of the squared Mahalanobis distance, per row.
+
+        ``(f - m)^T P (f - m) = f^T P f - 2 f^T P m + m^T P m``: one product with ``P`` per
+        batch instead of one per class.
+        """
         f = np.asarray(features, np.float64)
-        out = np.empty((len(f), len(self.means)))
-        for k, mu in enumerate(self.means):
-            d = f - mu
-            out[:, k] = np.einsum("nd,de,ne->n", d, self.precision, d)
-        result: np.ndarray = out.min(axis=1)
+        fp = f @ self.precision
+        quad_f = (fp * f).sum(axis=1, keepdims=True)
+        pm = self.means @ self.precision  # (K, D)
+        quad_m = (pm * self.means).sum(axis=1)[None, :]
+        dist = quad_f - 2.0 * (f @ pm.T) + quad_m
+        result: np.ndarray = dist.min(axis=1)
         return result
 
     def is_ood(self, features: np.ndarray) -> np.ndarray:
