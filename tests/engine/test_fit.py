@@ -194,3 +194,17 @@ def test_skipped_inputs_are_listed_in_the_run(dataset: Path, tmp_path: Path) -> 
         progress=False)
     listed = json.loads((tmp_path / "lenient" / "skipped_inputs.json").read_text())
     assert [Path(b["path"]).name for b in listed["bad"]] == ["broken.jpg"]
+
+
+def test_evaluate_a_ham_run_on_a_folder_dataset(tmp_path: Path, cache_dir: Path) -> None:
+    """The run's data.format must not be forced onto another dataset."""
+    from tests.conftest import write_ham_dataset
+
+    csv_path = write_ham_dataset(tmp_path / "ham", lesions_per_class=6, photos=True)
+    run = tmp_path / "hamrun"
+    fit(load_config(None, [*TINY, f"data.source={csv_path}", "data.format=ham10000",
+                           "train.epochs=1", "eval.gallery=0", "eval.report=false",
+                           "eval.serving=false"]), run, progress=False)
+    folder = write_photo_dataset(tmp_path / "folder", per_class=3)
+    res = evaluate_run(run, data=str(folder), split="all")
+    assert res["n"] == 9 and res["data"] == str(folder)

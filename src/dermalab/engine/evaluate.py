@@ -85,7 +85,10 @@ def evaluate_run(
     overrides = []
     split_path: Path | None = run_dir / "splits.csv"
     if data is not None:
-        overrides.append(f"data.source={data}")
+        # Another dataset: detect its format and make its own split; the class map stays, so
+        # its labels are mapped onto the model's classes the same way.
+        overrides += [f"data.source={data}", "data.format=auto", "data.split_file=null",
+                      "data.image_dirs=[]"]
         split_path = None
     cfg = replace(cfg, overrides) if overrides else cfg
     prepared = prepare_data(cfg.data, run.image_size, split_path=split_path, progress=progress)
