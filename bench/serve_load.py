@@ -17,7 +17,6 @@ import io
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.s3server import free_ports  # noqa: E402
+from tests.webserver import dermalab_server  # noqa: E402
 
 NON_SKIN = ["astronaut", "coffee", "rocket", "chelsea", "camera", "cell", "coins", "horse",
             "hubble_deep_field", "immunohistochemistry", "moon", "page", "text", "retina",
@@ -84,41 +83,22 @@ def main() -> None:
     with open(run / "splits.csv") as f:
         test_ids = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"]
     images = {i: (Path(args.data) / "images" / f"{i}.jpg").read_bytes() for i in test_ids}
-    port = free_ports(1)[0]
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dermalab", "serve", str(run), "--port", str(port),
-             "--db", f"sqlite:///{tmp}/h.db", "--images", f"{tmp}/up"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.time() + 180
-            while True:
-                try:
-                    urllib.request.urlopen(url + "/healthz", timeout=2)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.time() > deadline:
-                        raise RuntimeError("server did not start") from None
-                    time.sleep(0.5)
-            backend = json.loads(urllib.request.urlopen(url + "/healthz").read())["backend"]
-            ids = list(images)
-            for i in ids[:8]:  # warm-up
-                post(url, i, images[i])
-            jobs = [ids[k % len(ids)] for k in range(args.requests)]
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(args.clients) as pool:
-                results = list(pool.map(lambda i: post(url, f"{i}.jpg", images[i]), jobs))
-            wall = time.perf_counter() - t0
-            lat = np.array([r[1] for r in results]) * 1000
-            codes = Counter(r[0] for r in results)
-            # Not-skin detection rates (sequential; the answers, not the speed, matter here).
-            ham_flags = [post(url, f"{i}.jpg", images[i])[2].get("verdict") for i in ids]
-            photos = skimage_photos()
-            non_skin = {n: post(url, f"{n}.jpg", b)[2].get("verdict") for n, b in photos.items()}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as tmp, dermalab_server(run, Path(tmp)) as url:
+        backend = json.loads(urllib.request.urlopen(url + "/healthz").read())["backend"]
+        ids = list(images)
+        for i in ids[:8]:  # warm-up
+            post(url, i, images[i])
+        jobs = [ids[k % len(ids)] for k in range(args.requests)]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(args.clients) as pool:
+            results = list(pool.map(lambda i: post(url, f"{i}.jpg", images[i]), jobs))
+        wall = time.perf_counter() - t0
+        lat = np.array([r[1] for r in results]) * 1000
+        codes = Counter(r[0] for r in results)
+        # Not-skin detection rates (sequential; the answers, not the speed, matter here).
+        ham_flags = [post(url, f"{i}.jpg", images[i])[2].get("verdict") for i in ids]
+        photos = skimage_photos()
+        non_skin = {n: post(url, f"{n}.jpg", b)[2].get("verdict") for n, b in photos.items()}
     report = {
         "run": str(run.resolve()), "backend": backend, "clients": args.clients,
         "requests": args.requests, "wall_seconds": round(wall, 2),

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import HAM_DIR
-from tests.s3server import free_ports
+from tests.webserver import dermalab_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -20,29 +16,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 
 
 @pytest.fixture(scope="module")
-def server(skin_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    port = free_ports(1)[0]
-    tmp = tmp_path_factory.mktemp("web")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dermalab", "serve", str(skin_run), "--port", str(port),
-         "--db", f"sqlite:///{tmp / 'h.db'}", "--images", str(tmp / "up")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                raise RuntimeError(f"server did not start: {out[-2000:]}") from None
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+def server(skin_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with dermalab_server(skin_run, tmp_path_factory.mktemp("web")) as url:
+        yield url
 
 
 @pytest.mark.parametrize("viewport", [{"width": 1200, "height": 900},
