@@ -172,3 +172,33 @@ def test_report_renders_in_a_real_browser(run: Path) -> None:
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 50_000
+
+
+def test_closed_form_cam_equals_gradcam_at_the_final_feature_map() -> None:
+    """The web service's fast heat-map is Grad-CAM itself at the last feature map."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from dermalab.explain import closed_form_cam, has_linear_gap_head, to_input
+
+    torch.manual_seed(0)
+    model, cfg, _ = create_model(ModelConfig(backbone="tf_efficientnet_lite0"), 4)
+    model.eval()
+    assert has_linear_gap_head(model)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+    classes = [0, 3, 1]
+    fast = closed_form_cam(model, images, cfg["mean"], cfg["std"], classes)
+    with GradCAM(model=model, target_layers=[model.bn2]) as cam:  # bn2 = BN + act, last layer
+        ref = cam(input_tensor=to_input(images, cfg["mean"], cfg["std"]),
+                  targets=[ClassifierOutputTarget(k) for k in classes])
+    assert fast.shape == ref.shape == (3, 96, 96)
+    assert np.abs(fast - ref).max() < 0.02  # same map; only the resize kernels differ
+
+
+def test_vgg_head_is_not_linear_gap() -> None:
+    from dermalab.explain import has_linear_gap_head
+
+    model, _, _ = create_model(ModelConfig(backbone="vgg16", pretrained=False), 3)
+    assert not has_linear_gap_head(model)

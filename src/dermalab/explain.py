@@ -83,3 +83,56 @@ def overlay(image: np.ndarray, cam: np.ndarray, size: int | None = None) -> np.n
     out: np.ndarray = show_cam_on_image(img.astype(np.float32) / 255.0, heat, use_rgb=True,
                                         image_weight=0.55)
     return out
+
+
+def has_linear_gap_head(model: nn.Module, size: int = 64) -> bool:
+    """True when ``logits = W @ mean_hw(forward_features(x)) + b`` (checked numerically), the
+    condition under which Grad-CAM at the final feature map has a closed form."""
+    head = model.get_classifier()  # type: ignore[operator]
+    if not isinstance(head, nn.Linear):
+        return False
+    model.eval()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fmap = model.forward_features(x)  # type: ignore[operator]
+        if fmap.ndim != 4:
+            return False
+        direct = model(x)
+        try:
+            closed = head(fmap.mean(dim=(2, 3)))
+        except RuntimeError:  # e.g. VGG: an MLP sits between the features and the classifier
+            return False
+    return bool(closed.shape == direct.shape
+                and torch.allclose(direct, closed, atol=1e-4, rtol=1e-4))
+
+
+def closed_form_cam(model: nn.Module, images: np.ndarray, mean: Sequence[float],
+                    std: Sequence[float], class_indices: Sequence[int]) -> np.ndarray:
+    """Grad-CAM at the final feature map ``A`` for global-average-pool + linear heads.
+
+    There ``d logit_k / d A_c(i, j) = W_kc / (h w)`` exactly, so Grad-CAM's channel weights are
+    ``W_kc / (h w)`` and the map is ``ReLU(sum_c W_kc A_c)`` (Zhou et al.'s CAM, CVPR 2016),
+    min-max scaled and resized like pytorch-grad-cam does. One forward pass, no backward: this
+    is what makes the web service fast. Only valid when :func:`has_linear_gap_head` holds.
+    """
+    x = to_input(images, mean, std)
+    head = model.get_classifier()  # type: ignore[operator]
+    with torch.no_grad():
+        fmap = model.forward_features(x)  # type: ignore[operator]
+    return cam_from_feature_map(fmap.float().numpy(), head.weight.detach().float().numpy(),
+                                class_indices, images.shape[1])
+
+
+def cam_from_feature_map(fmap: np.ndarray, weight: np.ndarray, class_indices: Sequence[int],
+                         size: int) -> np.ndarray:
+    """``ReLU(sum_c W_kc A_c)``, min-max scaled to [0, 1] and resized to ``size`` (bilinear,
+    half-pixel centres like OpenCV): the closed form of :func:`closed_form_cam` from an already
+    computed final feature map ``(N, C, h, w)`` (e.g. the ONNX export's ``feature_map``)."""
+    w = torch.from_numpy(np.asarray(weight, np.float32)[list(class_indices)])
+    cam = torch.relu(torch.einsum("nc,nchw->nhw", w, torch.from_numpy(fmap)))
+    cam = cam - cam.amin(dim=(1, 2), keepdim=True)
+    cam = cam / (cam.amax(dim=(1, 2), keepdim=True) + 1e-7)
+    cam = torch.nn.functional.interpolate(cam[:, None], size=(size, size), mode="bilinear",
+                                          align_corners=False)[:, 0]
+    out: np.ndarray = cam.numpy()
+    return out

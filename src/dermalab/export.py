@@ -46,9 +46,10 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
     tmp = out / ".model.onnx.tmp"
     both = FeaturesAndLogits(model).eval()
     torch.onnx.export(both, (example,), str(tmp), dynamo=False, opset_version=OPSET,
-                      input_names=["image"], output_names=["logits", "features"],
+                      input_names=["image"],
+                      output_names=["logits", "features", "feature_map"],
                       dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"},
-                                    "features": {0: "batch"}})
+                                    "features": {0: "batch"}, "feature_map": {0: "batch"}})
     tmp.replace(onnx_path)
 
     if check_images is None:
@@ -63,7 +64,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
     parity = {"max_abs_diff": float(np.abs(got - ref).max()),
               "argmax_agreement": float(np.mean(got.argmax(1) == ref.argmax(1))),
               "n": len(check_images)}
-    info.extra = {"opset": OPSET, "input": "image", "outputs": ["logits", "features"],
+    info.extra = {"opset": OPSET, "input": "image",
+                  "outputs": ["logits", "features", "feature_map"],
                   "layout": "NCHW",
                   "source_run": str(run_dir.resolve()), "parity": parity}
     meta = info.to_json()

@@ -238,18 +238,19 @@ def set_body_trainable(model: nn.Module, trainable: bool) -> None:
 
 
 class FeaturesAndLogits(nn.Module):
-    """Wraps a timm classifier to return ``(logits, penultimate features)`` in one pass (for
-    out-of-distribution scores next to the prediction, also in the ONNX export)."""
+    """Wraps a timm classifier to return ``(logits, penultimate features, final feature map)``
+    in one pass: features for out-of-distribution scores, the map for closed-form Grad-CAM;
+    also the outputs of the ONNX export."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.model.forward_head(  # type: ignore[operator]
-            self.model.forward_features(x), pre_logits=True)  # type: ignore[operator]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fmap = self.model.forward_features(x)  # type: ignore[operator]
+        feats = self.model.forward_head(fmap, pre_logits=True)  # type: ignore[operator]
         logits = self.model.get_classifier()(feats)  # type: ignore[operator]
-        return logits, feats
+        return logits, feats, fmap
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -134,26 +134,36 @@ class Predictor:
         return np.ascontiguousarray(out)
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        return self._forward_both(x)[0]
+        if self._session is not None:
+            out: np.ndarray = self._session.run(None, {self._input: x})[0]
+            return out.astype(np.float64)
+        return self._forward_all(x)[0]
 
-    def _forward_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, penultimate features) in one pass."""
+    def _forward_all(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits, penultimate features, final feature map) in one pass."""
         if self._session is not None:
             outs = self._session.run(None, {self._input: x})
-            if len(outs) < 2:
-                raise DermalabError("this ONNX export has no 'features' output; re-export it")
-            return outs[0].astype(np.float64), outs[1].astype(np.float64)
+            if len(outs) < 3:
+                raise DermalabError("this ONNX export predates the 'features'/'feature_map' "
+                                    "outputs; run `dermalab export` again")
+            return (outs[0].astype(np.float64), outs[1].astype(np.float64),
+                    outs[2].astype(np.float32))
         import torch
 
         from dermalab.models import FeaturesAndLogits
 
         with torch.no_grad():
-            logits, feats = FeaturesAndLogits(self._torch).eval()(torch.from_numpy(x))
-        return logits.double().numpy(), feats.double().numpy()
+            logits, feats, fmap = FeaturesAndLogits(self._torch).eval()(torch.from_numpy(x))
+        return logits.double().numpy(), feats.double().numpy(), fmap.float().numpy()
 
     def logits_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits and penultimate features of ``(N, S, S, 3)`` uint8 images."""
-        return self._forward_both(self._normalise(images))
+        logits, feats, _ = self._forward_all(self._normalise(images))
+        return logits, feats
+
+    def forward_all(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits, penultimate features and the final feature map of uint8 images."""
+        return self._forward_all(self._normalise(images))
 
     def logits(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """Raw logits of ``(N, S, S, 3)`` uint8 images (mean over flip views with ``tta``)."""

@@ -44,6 +44,7 @@ class ServeSettings:
     top_k: int = 3
     heatmap_size: int = 224
     cam_workers: int = min(4, os.cpu_count() or 1)  # concurrent Grad-CAMs (model replicas)
+    fast_cam: bool = True  # closed-form Grad-CAM at the last feature map where it is exact
 
 
 class UploadError(DermalabError):
@@ -88,11 +89,21 @@ class AnalysisService:
         self.history = HistoryStore(settings.database_url
                                     or f"sqlite:///{(serving / 'history.db').resolve()}")
         self.images = ImageStore(settings.image_store or str(serving / "uploads"))
-        # pytorch-grad-cam hooks the model it is given, so concurrent requests each need their
-        # own copy: a small pool of replicas (the model is small) instead of one global lock.
+        # For global-average-pool + linear heads, Grad-CAM at the final feature map has a
+        # closed form (one forward pass, no hooks, thread-safe). Otherwise pytorch-grad-cam runs,
+        # and since it hooks the model it is given, each concurrent request needs its own copy:
+        # a small pool of replicas (the models are small) instead of one global lock.
+        from dermalab.explain import has_linear_gap_head
+
+        self._closed_form_cam = settings.fast_cam and has_linear_gap_head(
+            self.predictor.torch_model)
+        head = self.predictor.torch_model.get_classifier()
+        self._head_weight = head.weight.detach().float().numpy() if self._closed_form_cam \
+            else None
         self._cam_models: queue.Queue[Any] = queue.Queue()
-        for _ in range(max(1, settings.cam_workers)):
-            self._cam_models.put(copy.deepcopy(self.predictor.torch_model).eval())
+        if not self._closed_form_cam:
+            for _ in range(max(1, settings.cam_workers)):
+                self._cam_models.put(copy.deepcopy(self.predictor.torch_model).eval())
         self.run_name = run_dir.resolve().name
 
     # -- inputs --------------------------------------------------------------------------------
@@ -128,16 +139,22 @@ class AnalysisService:
                 "care": entry.get("care", "Ask a pharmacist or doctor for advice."),
                 "see_doctor": entry.get("see_doctor", "See a doctor if you are worried.")}
 
-    def heatmap(self, image: np.ndarray, class_index: int) -> str:
-        """Grad-CAM overlay as a PNG data URL."""
-        from dermalab.explain import cam_maps, overlay
+    def heatmap(self, image: np.ndarray, class_index: int,
+                feature_map: np.ndarray | None = None) -> str:
+        """Grad-CAM overlay as a PNG data URL (closed form from the final feature map where
+        exact, else pytorch-grad-cam)."""
+        from dermalab.explain import cam_from_feature_map, cam_maps, overlay
 
-        model = self._cam_models.get()
-        try:
-            maps, _ = cam_maps(model, self.info.backbone, image[None], self.info.mean,
-                               self.info.std, [class_index], with_logits=False)
-        finally:
-            self._cam_models.put(model)
+        if self._head_weight is not None and feature_map is not None:
+            maps = cam_from_feature_map(feature_map, self._head_weight, [class_index],
+                                        image.shape[0])
+        else:
+            model = self._cam_models.get()
+            try:
+                maps, _ = cam_maps(model, self.info.backbone, image[None], self.info.mean,
+                                   self.info.std, [class_index], with_logits=False)
+            finally:
+                self._cam_models.put(model)
         ov = overlay(image, maps[0], size=self.settings.heatmap_size)
         buf = io.BytesIO()
         # Fast zlib level: "optimize" cost ~80 ms per request for a few kB.
@@ -149,7 +166,7 @@ class AnalysisService:
         img = self.decode(data, filename)
         arr = np.asarray(resize_rgb(img, self.info.image_size, self.info.resize_mode),
                          dtype=np.uint8)
-        logits, feats = self.predictor.logits_and_features(arr[None])
+        logits, feats, fmap = self.predictor.forward_all(arr[None])
         probs = np.exp(logits[0] / self.info.temperature - np.max(logits[0] /
                                                                    self.info.temperature))
         probs = probs / probs.sum()
@@ -193,7 +210,7 @@ class AnalysisService:
                     "self-care": "Self-care is usually enough; see a doctor if it changes, "
                                  "bleeds, or does not improve.",
                 }[referral]
-            heat = self.heatmap(arr, int(order[0]))
+            heat = self.heatmap(arr, int(order[0]), fmap)
         analysis_id = str(uuid.uuid4())
         created = now()
         result: dict[str, Any] = {
