@@ -180,3 +180,32 @@ def test_history_in_postgresql(skin_run: Path, tmp_path: Path) -> None:
 
         with create_engine(url).connect() as conn:  # really stored in PostgreSQL
             assert conn.execute(text("select count(*) from analyses")).scalar() == 1
+
+
+def test_colour_detector_flags_page_and_saturated_images(skin_run: Path) -> None:
+    from dermalab.serve.ood import MahalanobisOOD, colour_statistics
+
+    det = MahalanobisOOD.load(skin_run / "serving" / "ood_colour.npz")
+    page = np.full((1, 96, 96, 3), 250, np.uint8)
+    page[:, ::8, :, :] = 10  # lines of "text"
+    wheel = np.zeros((1, 96, 96, 3), np.uint8)
+    wheel[..., 0] = np.linspace(0, 255, 96, dtype=np.uint8)[None, :]
+    wheel[..., 2] = 255 - wheel[..., 0]
+    for img in (page, wheel):
+        assert det.is_ood(colour_statistics(img))[0]
+    s = json.loads((skin_run / "serving" / "serving.json").read_text())
+    assert s["ood_colour_threshold"] == pytest.approx(det.threshold)
+
+
+def test_standardised_mahalanobis_is_the_z_space_distance() -> None:
+    from sklearn.covariance import LedoitWolf
+
+    from dermalab.serve.ood import fit_mahalanobis
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5)) * np.array([1, 10, 0.01, 5, 0.1])
+    det = fit_mahalanobis(x, np.zeros(300, dtype=int), x, standardize=True)
+    z = (x - x.mean(0)) / (x.std(0) + 1e-9)
+    p = LedoitWolf(assume_centered=True).fit(z).precision_
+    want = np.einsum("nd,de,ne->n", z[:7], p, z[:7])
+    assert np.allclose(det.score(x[:7]), want, rtol=1e-6)

@@ -101,7 +101,7 @@ def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperatur
     """Fit the web service's "not skin" detector and "not sure" threshold on this run's data
     (train features for the detector, validation for both thresholds); writes
     ``RUN_DIR/serving/ood.npz`` and ``serving.json``."""
-    from dermalab.serve.ood import fit_mahalanobis, selective_threshold
+    from dermalab.serve.ood import colour_statistics, fit_mahalanobis, selective_threshold
 
     cfg = run.config.eval
     train = data.samples("train")
@@ -111,19 +111,26 @@ def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperatur
     index = {c: i for i, c in enumerate(run.classes)}
     f_train = features_of(run, data, [s.sample_id for s in train])
     f_val = features_of(run, data, val.ids)
+    # Two detectors share the false-positive budget: deep features and colour statistics.
     ood = fit_mahalanobis(f_train, np.array([index[s.label] for s in train]), f_val,
-                          cfg.ood_target_fpr)
+                          cfg.ood_target_fpr / 2)
+    c_train = colour_statistics(np.stack([data.store.get(s.sample_id) for s in train]))
+    c_val = colour_statistics(np.stack([data.store.get(i) for i in val.ids]))
+    colour = fit_mahalanobis(c_train, np.zeros(len(c_train), dtype=int), c_val,
+                             cfg.ood_target_fpr / 2, standardize=True)
     probs = calibrated_probs(val.logits, temperature)
     t_unsure = selective_threshold(probs.max(1), probs.argmax(1) == val.targets,
                                    cfg.uncertain_target_accuracy)
     folder = run_dir / "serving"
     folder.mkdir(exist_ok=True)
     ood.save(folder / "ood.npz")
+    colour.save(folder / "ood_colour.npz")
     out = {"uncertain_threshold": t_unsure,
            "uncertain_target_accuracy": cfg.uncertain_target_accuracy,
            "val_uncertain_rate": float(np.mean(probs.max(1) < t_unsure)),
            "ood_threshold": ood.threshold, "ood_target_fpr": cfg.ood_target_fpr,
-           "val_ood_rate": float(np.mean(ood.is_ood(f_val))),
+           "ood_colour_threshold": colour.threshold,
+           "val_ood_rate": float(np.mean(ood.is_ood(f_val) | colour.is_ood(c_val))),
            "ood_fit_images": len(train)}
     (folder / "serving.json").write_text(json.dumps(out, indent=2))
     return out

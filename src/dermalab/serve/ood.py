@@ -62,18 +62,46 @@ class MahalanobisOOD:
 
 
 def fit_mahalanobis(train_features: np.ndarray, train_targets: np.ndarray,
-                    val_features: np.ndarray, target_fpr: float = 0.02) -> MahalanobisOOD:
-    """Fit means and a shrunk shared covariance on training features; threshold on validation."""
+                    val_features: np.ndarray, target_fpr: float = 0.02,
+                    standardize: bool = False) -> MahalanobisOOD:
+    """Fit means and a shrunk shared covariance on training features; threshold on validation.
+
+    With ``standardize``, the covariance is estimated on z-scored features and mapped back
+    (``P_x = D^-1 P_z D^-1``, ``D = diag(sd)``): Ledoit-Wolf shrinks towards a scaled identity,
+    which would otherwise swamp the directions of features with small scales.
+    """
     f = np.asarray(train_features, np.float64)
     y = np.asarray(train_targets)
+    sd = f.std(axis=0) + 1e-9 if standardize else np.ones(f.shape[1])
     classes = np.unique(y)
     means = np.stack([f[y == k].mean(axis=0) for k in classes])
-    centred = f - means[np.searchsorted(classes, y)]
+    centred = (f - means[np.searchsorted(classes, y)]) / sd
     lw = LedoitWolf(assume_centered=True).fit(centred)
-    partial = MahalanobisOOD(means, lw.precision_, float("inf"))
+    precision = lw.precision_ / sd[:, None] / sd[None, :]
+    partial = MahalanobisOOD(means, precision, float("inf"))
     val_scores = partial.score(val_features)
     partial.threshold = float(np.quantile(val_scores, 1.0 - target_fpr))
     return partial
+
+
+def colour_statistics(images: np.ndarray) -> np.ndarray:
+    """Low-level colour statistics per image (``(N, 23)``): mean, std and 10/50/90% quantiles
+    of R, G, B; mean and std of the chromaticities r = R/(R+G+B), g = G/(R+G+B); mean and std
+    of HSV saturation and value.
+
+    Deep features alone let some structured non-photos through (a printed page, a colour wheel,
+    an astronomy image); their colour statistics are far from any dermoscopic image, so a
+    second, simple Mahalanobis detector on these catches them.
+    """
+    x = np.asarray(images, np.float64).reshape(len(images), -1, 3) / 255.0
+    stats = [x.mean(1), x.std(1), *(np.quantile(x, q, axis=1) for q in (0.1, 0.5, 0.9))]
+    total = x.sum(2, keepdims=True) + 1e-6
+    chroma = (x / total)[:, :, :2]
+    v = x.max(2)
+    s = (v - x.min(2)) / (v + 1e-6)
+    stats += [chroma.mean(1), chroma.std(1), np.stack([s.mean(1), s.std(1), v.mean(1),
+                                                       v.std(1)], 1)]
+    return np.concatenate(stats, axis=1)
 
 
 def selective_threshold(top_probs: np.ndarray, correct: np.ndarray,

@@ -48,6 +48,10 @@ class AnalysisOut(BaseModel):
         description="Operating point chosen on validation for 90% sensitivity.")
     ood_score: float = Field(description="Distance from the training images (Mahalanobis).")
     ood_threshold: float = Field(description="Above this score the photo is called not-skin.")
+    ood_colour_score: float | None = Field(
+        description="Distance of the photo's colour statistics from the training images'.")
+    ood_colour_threshold: float | None = Field(
+        description="Above this colour distance the photo is also called not-skin.")
     uncertain_threshold: float = Field(description="Below this top probability: 'uncertain'.")
     heatmap_png: str | None = Field(description="Grad-CAM overlay as a data: URL (PNG), showing "
                                                 "where the model looked; null for not-skin.")

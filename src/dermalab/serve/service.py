@@ -26,7 +26,7 @@ from PIL import Image
 from dermalab.data.images import open_rgb, resize_rgb
 from dermalab.errors import DermalabError, ImageError
 from dermalab.predictor import Predictor
-from dermalab.serve.ood import MahalanobisOOD
+from dermalab.serve.ood import MahalanobisOOD, colour_statistics
 from dermalab.serve.schemas import DISCLAIMER
 from dermalab.serve.store import Analysis, HistoryStore, ImageStore, now
 
@@ -83,6 +83,8 @@ class AnalysisService:
             raise DermalabError(f"{run_dir}: the web service needs a run directory")
         self.info = self.predictor.info
         self.ood = MahalanobisOOD.load(serving / "ood.npz")
+        colour = serving / "ood_colour.npz"
+        self.ood_colour = MahalanobisOOD.load(colour) if colour.is_file() else None
         self.thresholds = json.loads((serving / "serving.json").read_text())
         self.metrics = json.loads((run_dir / "metrics.json").read_text())
         self.conditions = load_conditions()
@@ -171,6 +173,10 @@ class AnalysisService:
                                                                    self.info.temperature))
         probs = probs / probs.sum()
         ood_score = float(self.ood.score(feats)[0])
+        colour_score = (float(self.ood_colour.score(colour_statistics(arr[None]))[0])
+                        if self.ood_colour is not None else None)
+        colour_ood = colour_score is not None and self.ood_colour is not None and \
+            colour_score > self.ood_colour.threshold
         t_unsure = float(self.thresholds["uncertain_threshold"])
         mal = self.info.malignant or {}
         mal_idx = [self.info.classes.index(c) for c in mal.get("classes", [])
@@ -180,7 +186,7 @@ class AnalysisService:
         order = np.argsort(-probs)[: self.settings.top_k]
         conditions = [self._condition(self.info.classes[i], float(probs[i])) for i in order]
         heat = None
-        if ood_score > self.ood.threshold:
+        if ood_score > self.ood.threshold or colour_ood:
             verdict, referral = "not_skin", None
             verdict_text = ("This does not look like a close-up photo of skin like the ones the "
                             "model was trained on, so no result is shown.")
@@ -219,6 +225,8 @@ class AnalysisService:
             "referral_text": referral_text, "conditions": conditions,
             "malignant_probability": mal_p, "malignant_threshold": mal_t,
             "ood_score": ood_score, "ood_threshold": self.ood.threshold,
+            "ood_colour_score": colour_score,
+            "ood_colour_threshold": self.ood_colour.threshold if self.ood_colour else None,
             "uncertain_threshold": t_unsure, "heatmap_png": heat, "disclaimer": DISCLAIMER,
         }
         with Image.open(io.BytesIO(data)) as header:  # decoded fine above; only the format
