@@ -18,6 +18,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from dermalab.data.images import normalize_batch
 from dermalab.models import cam_target_layer
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
@@ -25,10 +26,7 @@ METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
 
 def to_input(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``(N, S, S, 3)`` uint8 -> normalised ``(N, 3, S, S)`` float tensor."""
-    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    return (x - m) / s
+    return torch.from_numpy(normalize_batch(images, mean, std))
 
 
 def cam_maps(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dermalab.data.images import normalize_batch
 from dermalab.engine.evaluate import load_run
 from dermalab.models import FeaturesAndLogits
 from dermalab.predictor import ModelInfo
@@ -55,8 +56,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
     if check_images is None:
         rng = np.random.default_rng(0)
         check_images = rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8)
-    x = (torch.from_numpy(check_images).permute(0, 3, 1, 2).float() / 255.0
-         - torch.tensor(info.mean).view(1, 3, 1, 1)) / torch.tensor(info.std).view(1, 3, 1, 1)
+    x = torch.from_numpy(normalize_batch(check_images, info.mean, info.std))
     with torch.no_grad():
         ref = model(x).numpy()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from dermalab.data.images import load_resized
+from dermalab.calibration import calibrated_probs
+from dermalab.data.images import load_resized, normalize_batch
 from dermalab.errors import DermalabError
 
 
@@ -59,12 +60,6 @@ class ModelInfo:
             temperature=float(ckpt.get("temperature", 1.0)),
             malignant=ckpt.get("malignant"),
         )
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return out
 
 
 class Predictor:
@@ -127,11 +122,7 @@ class Predictor:
         return load_resized(source, self.info.image_size, self.info.resize_mode, name=name)
 
     def _normalise(self, images: np.ndarray) -> np.ndarray:
-        x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-        m = np.asarray(self.info.mean, np.float32).reshape(1, 3, 1, 1)
-        s = np.asarray(self.info.std, np.float32).reshape(1, 3, 1, 1)
-        out: np.ndarray = (x - m) / s
-        return np.ascontiguousarray(out)
+        return normalize_batch(images, self.info.mean, self.info.std)
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         if self._session is not None:
@@ -175,7 +166,7 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """Temperature-calibrated class probabilities."""
-        return _softmax(self.logits(images, tta) / self.info.temperature)
+        return calibrated_probs(self.logits(images, tta), self.info.temperature)
 
     def predict(self, sources: list[str], top_k: int = 3, tta: bool = False
                 ) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,16 @@ def load_resized(
     """Decode (with JPEG draft), convert and resize: a ``(size, size, 3)`` uint8 array."""
     img = open_rgb(source, name=name, draft_size=size, max_pixels=max_pixels)
     return np.asarray(resize_rgb(img, size, mode), dtype=np.uint8)
+
+
+def normalize_batch(images: np.ndarray, mean: Sequence[float], std: Sequence[float]
+                    ) -> np.ndarray:
+    """``(N, S, S, 3)`` uint8 -> ``(N, 3, S, S)`` float32 ``(x / 255 - mean) / std``, the one
+    normalisation shared by evaluation, Grad-CAM, ONNX export and the predictor."""
+    x = np.asarray(images, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
+    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((x - m) / s)
 
 
 def array_to_rgb(arr: np.ndarray) -> Image.Image:

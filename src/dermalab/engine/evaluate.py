@@ -17,7 +17,7 @@ from dermalab.data.prepare import prepare_data
 from dermalab.data.transforms import eval_transform
 from dermalab.engine.checkpoint import load_checkpoint
 from dermalab.engine.fit import make_accelerator
-from dermalab.engine.loop import predict, softmax
+from dermalab.engine.loop import predict
 from dermalab.errors import DataError
 from dermalab.metrics import classification_metrics
 from dermalab.models import build_for_inference
@@ -111,7 +111,7 @@ def evaluate_run(
         cfg.train.eval_batch_size))
     model = accelerator.prepare(run.model)
     logits, y = predict(model, loader, accelerator, progress=progress, tta=tta)
-    probs = softmax(logits)
+    probs = calibrated_probs(logits)
     out = classification_metrics(y, probs, run.classes)
     t = float(run.checkpoint.get("temperature", 1.0))
     bins = cfg.eval.ece_bins

@@ -28,13 +28,14 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
 from dermalab.analysis import Predictions
+from dermalab.calibration import calibrated_probs
 from dermalab.config import ExperimentConfig, TrainConfig, from_dict, save_config, to_dict
 from dermalab.config import flatten as flatten_config
 from dermalab.data.dataset import ImageDataset, balanced_sampler, class_counts, make_loader
 from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.data.transforms import eval_transform, train_transform
 from dermalab.engine.checkpoint import load_checkpoint, save_checkpoint
-from dermalab.engine.loop import mean_loss, predict, softmax, train_one_epoch
+from dermalab.engine.loop import mean_loss, predict, train_one_epoch
 from dermalab.engine.optim import EpochScheduler, build_optimizer
 from dermalab.errors import ConfigError
 from dermalab.losses import build_loss
@@ -292,7 +293,8 @@ def fit(
             logits, targets = predict(model, val_loader, accelerator,
                                       channels_last=cfg.model.channels_last)
             val_loss = mean_loss(loss_fn, logits, targets)
-            vm = classification_metrics(targets, softmax(logits), classes, detailed=False)
+            vm = classification_metrics(targets, calibrated_probs(logits), classes,
+                                        detailed=False)
             value = _monitor_value(vm, val_loss, cfg.train.monitor)
             scheduler.end_epoch(value)
             row = {
@@ -401,7 +403,7 @@ def final_evaluation(
         if cfg.eval.tta:
             tta_logits, _ = predict(model, loader, accelerator,
                                     channels_last=cfg.model.channels_last, tta=True)
-        probs = softmax(logits)
+        probs = calibrated_probs(logits)
         if accelerator.is_main_process:
             write_predictions(paths.root / f"predictions_{sp}.csv", ids[sp], targets, probs,
                               data.classes)

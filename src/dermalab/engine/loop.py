@@ -134,14 +134,6 @@ def predict(
     return torch.cat(all_logits).numpy(), torch.cat(all_targets).numpy().astype(np.int64)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
-    return out
-
-
 def mean_loss(loss_fn: nn.Module, logits: np.ndarray, targets: np.ndarray) -> float:
     """The training loss evaluated on gathered logits (same weighting as training)."""
     if len(targets) == 0:

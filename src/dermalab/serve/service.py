@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from dermalab.calibration import calibrated_probs
 from dermalab.data.images import open_rgb, resize_rgb
 from dermalab.errors import DermalabError, ImageError
 from dermalab.predictor import Predictor
@@ -169,9 +170,7 @@ class AnalysisService:
         arr = np.asarray(resize_rgb(img, self.info.image_size, self.info.resize_mode),
                          dtype=np.uint8)
         logits, feats, fmap = self.predictor.forward_all(arr[None])
-        probs = np.exp(logits[0] / self.info.temperature - np.max(logits[0] /
-                                                                   self.info.temperature))
-        probs = probs / probs.sum()
+        probs = calibrated_probs(logits, self.info.temperature)[0]
         ood_score = float(self.ood.score(feats)[0])
         colour_score = (float(self.ood_colour.score(colour_statistics(arr[None]))[0])
                         if self.ood_colour is not None else None)
