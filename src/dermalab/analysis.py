@@ -87,7 +87,7 @@ def subgroup_metrics(
     pred = probs.argmax(axis=1)
     mal_idx = [i for i, c in enumerate(classes) if c in set(malignant)]
     is_mal = np.isin(targets, mal_idx)
-    score = probs[:, mal_idx].sum(axis=1) if mal_idx else np.zeros(len(targets))
+    score = malignant_score(probs, classes, malignant)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for key, values in keys.items():
         arr = np.asarray(values)

@@ -20,11 +20,18 @@ class DataError(DermalabError):
 
 
 class ImageError(DataError):
-    """One image file cannot be used; ``path`` names it and ``reason`` says why."""
+    """One image file cannot be used; ``path`` names it and ``reason`` says why.
 
-    def __init__(self, path: str, reason: str) -> None:
+    ``kind`` classifies the problem for callers that must react differently (the web service
+    maps it to an HTTP status): ``unreadable`` (missing, a directory, an I/O error),
+    ``not_image`` (empty or not an image format), ``too_large`` (pixel limit, decompression
+    bomb) or ``corrupt`` (recognised but undecodable).
+    """
+
+    def __init__(self, path: str, reason: str, kind: str = "corrupt") -> None:
         self.path = path
         self.reason = reason
+        self.kind = kind
         super().__init__(f"{path}: {reason}")
 
 

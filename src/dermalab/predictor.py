@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dermalab.calibration import calibrated_probs
+from dermalab.calibration import calibrated_probs, malignant_score
 from dermalab.data.images import load_resized, normalize_batch
 from dermalab.errors import DermalabError
 
@@ -185,8 +185,7 @@ class Predictor:
         out: dict[str, Any] = {"image": image, "top": top}
         mal = self.info.malignant
         if mal and mal.get("classes"):
-            idx = [self.info.classes.index(c) for c in mal["classes"] if c in self.info.classes]
-            score = float(probs[idx].sum())
+            score = float(malignant_score(probs[None], self.info.classes, mal["classes"])[0])
             out["malignant_score"] = score
             out["malignant_flag"] = bool(mal.get("threshold") is not None
                                          and score >= float(mal["threshold"]))

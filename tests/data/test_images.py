@@ -153,3 +153,20 @@ def test_resize_modes_give_square(mode: str) -> None:
         assert arr[0, 25].tolist() == [0, 0, 0]  # padding above the wide image
     else:
         assert arr[0, 25, 0] > 200
+
+
+def test_error_kinds_classify_the_problem(tmp_path: Path) -> None:
+    empty = tmp_path / "e.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "t.jpg"
+    text.write_text("hello" * 50)
+    bomb = tmp_path / "b.png"
+    Image.new("1", (9000, 8000)).save(bomb)
+    cut = tmp_path / "c.jpg"
+    data = _jpeg_bytes((256, 256))
+    cut.write_bytes(data[: len(data) // 2])
+    for path, kind in [(tmp_path / "missing.jpg", "unreadable"), (empty, "not_image"),
+                       (text, "not_image"), (bomb, "too_large"), (cut, "corrupt")]:
+        with pytest.raises(ImageError) as info:
+            open_rgb(path)
+        assert info.value.kind == kind, path

@@ -60,9 +60,10 @@ def decode_sample(data: SourceData, sample: Sample, size: int, mode: str) -> Dec
         try:
             raw = Path(sample.path).read_bytes()
         except FileNotFoundError:
-            return DecodeResult(None, "", ImageError(sample.path, "file not found"))
+            return DecodeResult(None, "", ImageError(sample.path, "file not found", "unreadable"))
         except OSError as exc:
-            return DecodeResult(None, "", ImageError(sample.path, f"cannot read file: {exc}"))
+            return DecodeResult(None, "", ImageError(sample.path, f"cannot read file: {exc}",
+                                                     "unreadable"))
         digest = hashlib.sha256(raw).hexdigest()
         try:
             return DecodeResult(load_resized(raw, size, mode, name=sample.path), digest)

@@ -86,20 +86,21 @@ def open_rgb(
     label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
     if isinstance(source, bytes):
         if not source:
-            raise ImageError(label, "empty file (0 bytes)")
+            raise ImageError(label, "empty file (0 bytes)", "not_image")
         fp = io.BytesIO(source)
     else:
         path = os.fspath(source)
         if not os.path.exists(path):
-            raise ImageError(label, "file not found")
+            raise ImageError(label, "file not found", "unreadable")
         if os.path.isdir(path):
-            raise ImageError(label, "is a directory, not an image file")
+            raise ImageError(label, "is a directory, not an image file", "unreadable")
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
-            raise ImageError(label, f"cannot read file: {exc.strerror or exc}") from None
+            raise ImageError(label, f"cannot read file: {exc.strerror or exc}",
+                             "unreadable") from None
         if not data:
-            raise ImageError(label, "empty file (0 bytes)")
+            raise ImageError(label, "empty file (0 bytes)", "not_image")
         # Reading the bytes first leaves no file handle open behind a lazily decoded image.
         fp = io.BytesIO(data)
     try:
@@ -107,10 +108,11 @@ def open_rgb(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(fp)
     except UnidentifiedImageError:
-        raise ImageError(label, "not an image (unrecognised file format)") from None
+        raise ImageError(label, "not an image (unrecognised file format)",
+                         "not_image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(label, f"too large to decode safely (decompression bomb): {exc}"
-                         ) from None
+        raise ImageError(label, f"too large to decode safely (decompression bomb): {exc}",
+                         "too_large") from None
     except OSError as exc:
         raise ImageError(label, f"cannot open image: {exc}") from None
     width, height = img.size
@@ -119,6 +121,7 @@ def open_rgb(
             label,
             f"image is {width}x{height} = {width * height:,} pixels, above the limit of "
             f"{max_pixels:,} (possible decompression bomb)",
+            "too_large",
         )
     if width < 1 or height < 1:
         raise ImageError(label, f"image has no pixels ({width}x{height})")

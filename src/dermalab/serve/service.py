@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from dermalab.calibration import calibrated_probs
+from dermalab.calibration import calibrated_probs, malignant_score
 from dermalab.data.images import open_rgb, resize_rgb
 from dermalab.errors import DermalabError, ImageError
 from dermalab.predictor import Predictor
@@ -119,10 +119,10 @@ class AnalysisService:
             img = open_rgb(data, name=filename, max_pixels=self.settings.max_pixels)
         except ImageError as exc:
             reason = exc.reason
-            if "not an image" in reason or "empty file" in reason:
+            if exc.kind == "not_image":
                 raise UploadError(415, f"{filename}: {reason}; upload a JPEG, PNG, WebP, "
                                          "BMP, TIFF or GIF photo") from None
-            if "decompression bomb" in reason or "above the limit" in reason:
+            if exc.kind == "too_large":
                 raise UploadError(413, f"{filename}: {reason}") from None
             raise UploadError(422, f"{filename}: {reason}") from None
         if min(img.size) < self.settings.min_side:
@@ -178,9 +178,9 @@ class AnalysisService:
             colour_score > self.ood_colour.threshold
         t_unsure = float(self.thresholds["uncertain_threshold"])
         mal = self.info.malignant or {}
-        mal_idx = [self.info.classes.index(c) for c in mal.get("classes", [])
-                   if c in self.info.classes]
-        mal_p = float(probs[mal_idx].sum()) if mal_idx else None
+        mal_classes = [c for c in mal.get("classes", []) if c in self.info.classes]
+        mal_p = (float(malignant_score(probs[None], self.info.classes, mal_classes)[0])
+                 if mal_classes else None)
         mal_t = float(mal["threshold"]) if mal.get("threshold") is not None else None
         order = np.argsort(-probs)[: self.settings.top_k]
         conditions = [self._condition(self.info.classes[i], float(probs[i])) for i in order]
