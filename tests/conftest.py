@@ -60,12 +60,8 @@ def photo_image(class_index: int, seed: int, size: tuple[int, int] = (48, 36)) -
 
 def write_photo_dataset(root: Path, per_class: int = 20, n_classes: int = 3) -> Path:
     """``root/<class>/img_<i>.jpg``: each class is crops of a different photo."""
-    for ci, name in enumerate(list(CLASS_COLOURS)[:n_classes]):
-        d = root / name
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            photo_image(ci, seed=ci * 1000 + i).save(d / f"img_{i:03d}.jpg", quality=92)
-    return root
+    names = list(CLASS_COLOURS)[:n_classes]
+    return write_folder_dataset(root, per_class, dict.fromkeys(names, (0, 0, 0)), photos=True)
 
 
 @pytest.fixture
@@ -76,13 +72,17 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return d
 
 
-def write_folder_dataset(root: Path, per_class: int = 12, classes: dict | None = None) -> Path:
-    """``root/<class>/img_<i>.jpg`` with colour-coded classes."""
+def write_folder_dataset(root: Path, per_class: int = 12, classes: dict | None = None,
+                         photos: bool = False) -> Path:
+    """``root/<class>/img_<i>.jpg`` with colour-coded classes (or, with ``photos``, crops of a
+    different photo per class)."""
     for ci, (name, colour) in enumerate((classes or CLASS_COLOURS).items()):
         d = root / name
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            coloured_image(colour, seed=ci * 1000 + i).save(d / f"img_{i:03d}.jpg", quality=92)
+            seed = ci * 1000 + i
+            img = photo_image(ci, seed) if photos else coloured_image(colour, seed=seed)
+            img.save(d / f"img_{i:03d}.jpg", quality=92)
     return root
 
 

@@ -44,21 +44,15 @@ class Tracker:
         exp = mlflow.get_experiment_by_name(self.cfg.experiment)
         if exp is None:
             artifacts = self.cfg.artifact_location
-            if artifacts and artifacts.startswith("s3://"):
-                # MLflow's S3 store reads its endpoint from its own variable.
-                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
-                    "AWS_ENDPOINT_URL")
-                if endpoint:
-                    os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
-            elif artifacts is None and uri.startswith("sqlite:///"):
+            if artifacts is None and uri.startswith("sqlite:///"):
                 artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
             exp_id = mlflow.create_experiment(self.cfg.experiment, artifact_location=artifacts)
-        else:
-            exp_id = exp.experiment_id
-        if exp is not None and str(exp.artifact_location).startswith("s3://"):
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            if endpoint:
-                os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
+            exp = mlflow.get_experiment(exp_id)
+        exp_id = exp.experiment_id
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if str(exp.artifact_location).startswith("s3://") and endpoint:
+            # MLflow's S3 store reads its endpoint from its own variable.
+            os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
         run = mlflow.start_run(run_id=resume_id, experiment_id=exp_id,
                                run_name=None if resume_id else run_name)
         self.run_id = run.info.run_id
