@@ -20,6 +20,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset: folder, HAM10000 CSV/folder, .npz or hmnist CSV")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                    metavar="KEY=VALUE", help="override config keys, e.g. train.epochs=1")
+    p.add_argument("--split-file", help="external split: CSV of sample_id (or image_id) and "
+                   "split (train/val/test); same as --set data.split_file=FILE")
 
 
 def _load_cfg(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -30,6 +32,8 @@ def _load_cfg(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         overrides.append(f"data.source={args.data}")
     if getattr(args, "format", None):
         overrides.append(f"data.format={args.format}")
+    if getattr(args, "split_file", None):
+        overrides.append(f"data.split_file={args.split_file}")
     return load_config(args.config, overrides)
 
 
@@ -216,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--json", action="store_true", help="one JSON object on stdout")
     insp.add_argument("--config", "-c")
     insp.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[])
+    insp.add_argument("--split-file", help="check this external split (CSV of sample_id or "
+                      "image_id, and split) instead of making one")
     insp.set_defaults(func=cmd_data_inspect)
     for name, func, first, second in (("push", cmd_data_push, "local", "uri"),
                                       ("pull", cmd_data_pull, "uri", "local")):

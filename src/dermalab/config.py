@@ -45,6 +45,7 @@ class DataConfig:
     age_impute: str = "median"  # HAM10000 missing age: median | none
     split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_seed: int = 42
+    split_by: str = "group"  # group (lesion + identical files) | image (leaky; for comparisons)
     split_file: str | None = None  # an external splits.csv (sample_id -> split) to use as is
     allow_leaks: bool = False  # accept an external split whose groups cross splits (papers)
     official_split: bool = True  # MedMNIST: keep the published train/val/test split
@@ -168,6 +169,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "folder", "ham10000", "medmnist", "hmnist"),
     "data.age_impute": ("median", "none"),
     "data.resize_mode": ("squash", "pad", "crop"),
+    "data.split_by": ("group", "image"),
     "data.sampler": ("none", "oversample", "sqrt"),
     "loss.name": ("ce", "weighted_ce", "focal", "cb"),
     "loss.cb_type": ("softmax", "sigmoid", "focal"),

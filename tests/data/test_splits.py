@@ -125,3 +125,15 @@ def test_external_split_missing_class_warns_and_leak_is_reported(tmp_path: Path)
     assert any("split 'val' has no images of class(es) ['mel']" in w for w in split.warnings)
     report = check_leaks(samples, split)
     assert report.group_overlap == 1 and report.pairs["train-test"] == 1
+
+
+def test_by_image_split_ignores_groups_and_leaks() -> None:
+    """The image-level split (kept to measure the leak) is stratified but splits lesions."""
+    samples = _samples({"nv": 60, "mel": 20}, per_group=3)
+    split = make_split(samples, (0.8, 0.1, 0.1), seed=1, by_image=True)
+    assert split == make_split(samples, (0.8, 0.1, 0.1), seed=1, by_image=True)
+    report = check_leaks(samples, split)
+    assert report.group_overlap > 10
+    for label, n in {"nv": 180, "mel": 60}.items():
+        c = Counter(split.assignment[s.sample_id] for s in samples if s.label == label)
+        assert abs(c["test"] - 0.1 * n) <= 1 and abs(c["train"] - 0.8 * n) <= 1

@@ -85,6 +85,7 @@ def inspect_dataset(
         given=({k: v for k, v in data.given_split.items() if k in hashes}
                if data.given_split else None),
         hashes=lambda: hashes,
+        by_image=cfg.split_by == "image",
     )
     leaks = check_leaks(good, split, hashes)
     split_file = None

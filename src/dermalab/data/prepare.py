@@ -108,6 +108,7 @@ def prepare_data(
         external=cfg.split_file,
         given=data.given_split,
         hashes=lambda: hashes,
+        by_image=cfg.split_by == "image",
     )
     leaks = check_leaks(data.samples, split, hashes)
     if not cfg.allow_leaks:

@@ -73,6 +73,8 @@ def make_split(
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 42,
     hashes: dict[str, str] | None = None,
+    *,
+    by_image: bool = False,
 ) -> Split:
     """Deal groups to train/val/test, stratified by class.
 
@@ -87,13 +89,17 @@ def make_split(
         ratios: train/val/test fractions (normalised; a zero drops that split).
         seed: makes the split reproducible.
         hashes: optional sample_id -> content hash, to keep identical files together.
+        by_image: deal single images, ignoring groups and identical files: the random
+            image-level split that leaks lesions, kept only to measure how much such a leak
+            inflates results.
     """
     if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
         raise DataError(f"split ratios must be three non-negative numbers, got {list(ratios)}")
     total = float(sum(ratios))
     frac = [r / total for r in ratios]
     active = [i for i, f in enumerate(frac) if f > 0]
-    unit_of = split_units(samples, hashes)
+    unit_of = ({s.sample_id: "i:" + s.sample_id for s in samples} if by_image
+               else split_units(samples, hashes))
     members: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         members[unit_of[s.sample_id]].append(s)
@@ -267,9 +273,11 @@ def resolve_split(
     external: str | None,
     given: dict[str, str] | None,
     hashes: Callable[[], dict[str, str]],
+    by_image: bool = False,
 ) -> Split:
     """The split a run uses, in order of precedence: an external split file, a ``splits.csv``
-    saved by an earlier run in the same directory, the dataset's own split, or a new one."""
+    saved by an earlier run in the same directory, the dataset's own split, or a new one
+    (grouped, or by image when ``by_image``; see :func:`make_split`)."""
     if external:
         return read_split_file(external, samples)
     if saved is not None and saved.is_file():
@@ -285,7 +293,11 @@ def resolve_split(
         # The dataset defines train/test only: carve a grouped validation split out of train.
         train = [s for s in samples if given[s.sample_id] == "train"]
         val_frac = ratios[1] / max(ratios[0] + ratios[1], 1e-9)
-        inner = make_split(train, (1 - val_frac, val_frac, 0.0), seed, hashes())
+        inner = make_split(train, (1 - val_frac, val_frac, 0.0), seed, hashes(),
+                           by_image=by_image)
         assignment = {**given, **inner.assignment}
         return Split(assignment, inner.warnings, origin="dataset+val")
-    return make_split(samples, ratios, seed, hashes())
+    split = make_split(samples, ratios, seed, hashes(), by_image=by_image)
+    if by_image:
+        split.origin = "generated:by-image"
+    return split

@@ -1,0 +1,85 @@
+"""What the benchmark scripts share: the machine description, training a run as a separate
+``dermalab train`` process (resumed when a previous attempt was cut off, reused when finished),
+and writing results as JSON + markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DERMALAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+HAM = SHARED / "ham10000_200x150"
+RESULTS = REPO / "bench" / "results"
+WORK = REPO / "bench" / "work"  # run directories (git-ignored); reruns reuse finished runs
+
+
+def machine() -> dict[str, Any]:
+    """CPU count, model name, platform, Python and torch versions, and whether a GPU was used."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {"cpus": os.cpu_count(), "cpu_model": model, "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def dermalab_cmd() -> list[str]:
+    """The CLI of this checkout, run with the current interpreter."""
+    return [sys.executable, "-m", "dermalab"]
+
+
+def train_run(run_dir: Path, config: str, sets: list[str], data: str | None = None,
+              *, log: Path | None = None) -> dict[str, Any]:
+    """Train one run in its own process and return its ``metrics.json`` plus ``wall_seconds``.
+
+    A finished run (``metrics.json`` present) is reused; one with a checkpoint but no metrics
+    was cut off and is resumed with ``--resume``, so a long benchmark survives interruptions.
+    """
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        return json.loads(metrics.read_text())
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        cmd = [*dermalab_cmd(), "train", "--resume", str(run_dir), "--no-progress"]
+    else:
+        cmd = [*dermalab_cmd(), "train", "-c", config, "--out", str(run_dir), "--no-progress"]
+        if data:
+            cmd += ["--data", data]
+        if sets:
+            cmd += ["--set", *sets]
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print("$", " ".join(cmd), flush=True)
+    with open(log or run_dir.parent / f"{run_dir.name}.log", "a") as out:
+        subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                       env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    res: dict[str, Any] = json.loads(metrics.read_text())
+    res["bench_wall_seconds"] = round(time.perf_counter() - t0, 1)
+    metrics.write_text(json.dumps(res, indent=2))
+    return res
+
+
+def write_results(name: str, report: dict[str, Any], markdown: list[str]) -> None:
+    """``bench/results/<name>.json`` and ``.md``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(markdown) + "\n")
+    print((RESULTS / f"{name}.md").read_text())
+
+
+def fmt(x: float | None, nd: int = 3) -> str:
+    """A number for a markdown table; a dash when missing."""
+    return "–" if x is None else f"{x:.{nd}f}"

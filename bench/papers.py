@@ -1,0 +1,129 @@
+"""Benchmark: the default recipe on the published DermaMNIST splits, beside the published tables.
+
+Trains ``configs/ham10000_default.yaml`` on (a) the official MedMNIST DermaMNIST split
+(7,007 / 1,003 / 2,005 HAM10000 image ids; it shares lesions between splits, which
+``dermalab data inspect`` reports) and (b) the leak-corrected DermaMNIST-C split of Abhishek,
+Jain & Hamarneh (2025), at 28, 64 and 128 px, and prints test accuracy and macro AUC beside the
+published numbers. Images are resized from the 200x150 HAM10000 copy (the papers resized the
+600x450 originals). 28 px means the images are first reduced to 28x28, as DermaMNIST's are, and
+then upsampled to 64 px for the pretrained network: at 28 px input an ImageNet backbone's final
+feature map is 1x1 and fine-tuned BatchNorm statistics stop generalising.
+
+    .venv/bin/python bench/papers.py [--sizes 28,64,128] [--splits official,corrected]
+        [--set train.epochs=8 ...]
+
+Run directories go to ``bench/work/papers/`` (finished runs are reused, cut-off runs resumed);
+results to ``bench/results/papers.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HAM, REPO, SHARED, WORK, fmt, machine, train_run, write_results
+
+SPLITS = {
+    "official": SHARED / "dermamnist_splits" / "dermamnist_split_info.csv",
+    "corrected": SHARED / "dermamnist_splits" / "combined_metadata_corrected.csv",
+}
+MIN_INPUT = 64  # smallest network input (see the module docstring)
+
+# Published test results (accuracy, macro AUC); single numbers as printed in the papers.
+PUBLISHED: list[dict[str, Any]] = [
+    {"split": "official", "size": 28, "what": "MedMNIST v2, ResNet-18 (28)", "acc": 0.735,
+     "auc": 0.917},
+    {"split": "official", "size": 224, "what": "MedMNIST v2, ResNet-50 (224)", "acc": 0.731,
+     "auc": 0.912},
+    {"split": "official", "size": None, "what": "MedMNIST v2, best of its table", "acc": 0.768,
+     "auc": 0.920},
+    {"split": "official", "size": 64, "what": "MedMNIST+, best at 64 px", "acc": 0.799,
+     "auc": None},
+    {"split": "official", "size": 128, "what": "MedMNIST+, best at 128 px", "acc": 0.818,
+     "auc": 0.960},
+    {"split": "official", "size": 224, "what": "MedMNIST+, best at 224 px (DenseNet-121)",
+     "acc": 0.847, "auc": None},
+    {"split": "corrected", "size": 28, "what": "DermaMNIST-C, ResNet-18 (28)", "acc": 0.827,
+     "auc": 0.947},
+    {"split": "corrected", "size": 224, "what": "DermaMNIST-C, ResNet-18 (224)", "acc": 0.836,
+     "auc": 0.953},
+]
+
+
+def downscaled_copy(size: int, root: Path) -> Path:
+    """HAM10000 with every image reduced to ``size`` x ``size`` (squash, bicubic) as PNG,
+    plus the metadata CSV: what DermaMNIST at ``size`` px holds."""
+    out = root / f"ham10000_{size}px"
+    done = out / "HAM10000_metadata.csv"
+    if done.is_file():
+        return out
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    with open(HAM / "HAM10000_metadata.csv", newline="") as f:
+        ids = [row["image_id"] for row in csv.DictReader(f)]
+    for image_id in ids:
+        with Image.open(HAM / "images" / f"{image_id}.jpg") as im:
+            small = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        small.save(out / "images" / f"{image_id}.png")
+    # Written last: its presence marks a complete copy.
+    done.write_bytes((HAM / "HAM10000_metadata.csv").read_bytes())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="28,64,128")
+    ap.add_argument("--splits", default="official,corrected")
+    ap.add_argument("--config", default=str(REPO / "configs" / "ham10000_default.yaml"))
+    ap.add_argument("--set", dest="sets", nargs="+", default=[],
+                    help="extra config overrides for every run (state them in the results)")
+    ap.add_argument("--work", default=str(WORK / "papers"))
+    args = ap.parse_args()
+    work = Path(args.work)
+    rows: list[dict[str, Any]] = []
+    for split in args.splits.split(","):
+        for size in (int(s) for s in args.sizes.split(",")):
+            data = HAM if size >= MIN_INPUT else downscaled_copy(size, work / "data")
+            sets = [f"data.split_file={SPLITS[split]}", "data.allow_leaks=true",
+                    f"data.image_size={max(size, MIN_INPUT)}", *args.sets]
+            t0 = time.perf_counter()
+            m = train_run(work / f"{split}_{size}px", args.config, sets, str(data))
+            rows.append({
+                "split": split, "size": size, "input": max(size, MIN_INPUT),
+                "acc": m["accuracy"], "auc": m["roc_auc_macro"],
+                "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
+                "n_test": m["n"], "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
+                "train_seconds": m["train_seconds_total"],
+                "leaked_lesions": m["split"]["group_overlap"],
+                "seconds_this_call": round(time.perf_counter() - t0, 1),
+            })
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "config": args.config,
+              "overrides": args.sets, "ours": rows, "published": PUBLISHED}
+    md = [f"# DermaMNIST splits: ours beside the published tables ({report['date']}, "
+          f"{report['machine']['cpus']} CPUs)", "",
+          f"Recipe `{Path(args.config).name}`" + (f" with `{' '.join(args.sets)}`"
+                                                   if args.sets else "")
+          + "; one run each (the papers report single runs or means of 3); images resized from "
+          "a 200x150 HAM10000 copy; 28 px = reduced to 28x28, upsampled to 64 for the network.",
+          "", "| split | px | source | test ACC | test AUC | bal. acc | macro-F1 | epochs (best) "
+          "| train min |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for split in args.splits.split(","):
+        for r in [r for r in rows if r["split"] == split]:
+            md.append(f"| {split} | {r['size']} | **dermalab** (EfficientNet-Lite0) | "
+                      f"**{fmt(r['acc'])}** | **{fmt(r['auc'])}** | {fmt(r['balanced_accuracy'])}"
+                      f" | {fmt(r['macro_f1'])} | {r['epochs_run']} ({r['best_epoch']}) | "
+                      f"{r['train_seconds'] / 60:.0f} |")
+        for p in [p for p in PUBLISHED if p["split"] == split]:
+            md.append(f"| {split} | {p['size'] or '–'} | {p['what']} | {fmt(p['acc'])} | "
+                      f"{fmt(p['auc'])} | – | – | – | – |")
+    write_results("papers", report, md)
+
+
+if __name__ == "__main__":
+    main()
