@@ -46,18 +46,21 @@ def class_counts(targets: Sequence[int] | np.ndarray, num_classes: int) -> np.nd
 
 
 def balanced_sampler(
-    targets: Sequence[int] | np.ndarray, num_classes: int, power: float
+    targets: Sequence[int] | np.ndarray, num_classes: int, power: float,
+    generator: torch.Generator | None = None,
 ) -> WeightedRandomSampler:
     """Oversample rare classes: sample weight ``1 / n_c ** power`` (1: balanced, 0.5: sqrt).
 
-    Draws ``len(targets)`` samples with replacement per epoch, from torch's global RNG, which
-    the training loop reseeds at every epoch: the order is a function of (seed, epoch), so a
-    resumed run sees exactly the batches an uninterrupted one would.
+    Draws ``len(targets)`` samples with replacement per epoch from ``generator``, which the
+    training loop reseeds from (seed, epoch) at every epoch: the order is the same on every
+    process (each takes its own shard of the batches) and a resumed run sees exactly the
+    batches an uninterrupted one would.
     """
     counts = class_counts(targets, num_classes).astype(np.float64)
     per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0) ** power, 0.0)
     weights = per_class[np.asarray(targets, dtype=np.int64)]
-    return WeightedRandomSampler(weights.tolist(), len(weights), replacement=True)
+    return WeightedRandomSampler(weights.tolist(), len(weights), replacement=True,
+                                 generator=generator)
 
 
 def make_loader(
@@ -68,9 +71,10 @@ def make_loader(
     sampler: Sampler[int] | None = None,
     num_workers: int = 0,
     drop_last: bool = False,
+    generator: torch.Generator | None = None,
 ) -> DataLoader[tuple[torch.Tensor, int]]:
-    """A DataLoader drawing its shuffle order and worker seeds from torch's global RNG (reseeded
-    per epoch by the training loop, for exact resume)."""
+    """A DataLoader drawing its shuffle order and worker seeds from ``generator`` (reseeded per
+    epoch by the training loop, for exact resume and the same order on every process)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -80,4 +84,5 @@ def make_loader(
         drop_last=drop_last,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
+        generator=generator,
     )

@@ -70,6 +70,7 @@ def prepare_data(
     split_path: Path | None = None,
     source: str | None = None,
     progress: bool = True,
+    write: bool = True,
 ) -> PreparedData:
     """Load the source, decode/cache every image, resolve the split and check it for leaks.
 
@@ -79,6 +80,8 @@ def prepare_data(
         split_path: ``splits.csv`` to reuse when it exists, and to write otherwise.
         source: dataset location overriding ``cfg.source``.
         progress: show a progress bar while building the cache.
+        write: write ``split_path`` when it does not exist (only one process of a distributed
+            run may).
 
     Raises:
         DataError: unusable dataset or split; ImageError: a bad image (unless ``skip_bad``);
@@ -113,7 +116,7 @@ def prepare_data(
     leaks = check_leaks(data.samples, split, hashes)
     if not cfg.allow_leaks:
         assert_no_leaks(leaks, f"split ({split.origin})")
-    if split_path is not None and not split_path.is_file():
+    if write and split_path is not None and not split_path.is_file():
         write_split(split_path, data.samples, split)
     return PreparedData(data, split, store, hashes, leaks, image_size)
 

@@ -4,10 +4,16 @@ Reads top to bottom: data -> model -> loss/optimiser/schedule -> resume -> epoch
 validate, schedule, early stopping, checkpoints, history) -> test evaluation of the best
 checkpoint -> files and tracking. ``dermalab train`` and the tuner both call it.
 
-Reproducibility and exact resume: every source of randomness (shuffling, oversampling, augmentation,
-dropout, worker seeds) draws from torch's global RNG, which is reseeded from ``(seed, epoch)``
-at the start of each epoch. A run resumed from the last completed epoch therefore replays the
-same batches as an uninterrupted one (bit-identical on CPU).
+Reproducibility and exact resume: the order of the training samples (shuffling, oversampling)
+draws from one generator reseeded from ``(seed, epoch)`` at the start of each epoch, the same on
+every process; augmentation and dropout draw from torch's global RNG, reseeded from
+``(seed, epoch, process index)``. A run resumed from the last completed epoch therefore replays
+the same batches as an uninterrupted one (bit-identical on CPU), on any number of processes.
+
+Data parallelism (``accelerate launch`` / ``torchrun``): every process builds the same loaders;
+Accelerate gives each one a disjoint shard of each epoch's batches (``train.batch_size`` is per
+process) and averages gradients; predictions are gathered once per sample. The main process
+prepares the data first (cache, ``splits.csv``) and alone writes files and MLflow records.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 import timm
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
 from dermalab.analysis import Predictions
 from dermalab.calibration import calibrated_probs
@@ -90,14 +96,36 @@ def default_image_size(backbone: str) -> int:
     return int(size[-1]) if size else 224
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """Accelerator with mixed precision where the device benefits (bf16 on recent GPUs)."""
+def make_accelerator(cfg: TrainConfig, freezes_body: bool = False) -> Accelerator:
+    """Accelerator with mixed precision where the device benefits (bf16 on recent GPUs).
+
+    Args:
+        cfg: train config.
+        freezes_body: some epochs train only the head. Under DistributedDataParallel the frozen
+            parameters then get no gradient, so DDP must look for unused parameters instead
+            of waiting for their gradients forever.
+    """
     use_cpu = cfg.cpu or not torch.cuda.is_available()
     mp = cfg.mixed_precision
     if mp == "auto":
         mp = "no" if use_cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     return Accelerator(cpu=use_cpu, mixed_precision=mp,
-                       dataloader_config=DataLoaderConfiguration(even_batches=True))
+                       dataloader_config=DataLoaderConfiguration(even_batches=True),
+                       kwargs_handlers=[DistributedDataParallelKwargs(
+                           find_unused_parameters=freezes_body)])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's sample order."""
+    return seed * 100_003 + epoch
+
+
+def check_gathered(targets: np.ndarray, expected: list[int], split: str) -> None:
+    """Gathered predictions must cover the split exactly once, in order (no padding duplicates,
+    nothing lost between processes)."""
+    if len(targets) != len(expected) or not np.array_equal(targets, np.asarray(expected)):
+        raise RuntimeError(f"gathered {len(targets)} {split} predictions for {len(expected)} "
+                           f"{split} images (or in another order): the evaluation would be wrong")
 
 
 def _monitor_value(metrics: dict[str, Any], loss: float, monitor: str) -> float:
@@ -159,7 +187,7 @@ def fit(
         state = load_checkpoint(paths.last)
         cfg = from_dict(state["config"])
     t_start = time.perf_counter()
-    accelerator = make_accelerator(cfg.train)
+    accelerator = make_accelerator(cfg.train, freezes_body=cfg.model.freeze_epochs > 0)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
@@ -170,8 +198,10 @@ def fit(
 
     # -- data ----------------------------------------------------------------------------------
     size = cfg.data.image_size or default_image_size(cfg.model.backbone)
-    data = prepare_data(cfg.data, size, split_path=paths.splits,
-                        progress=progress and accelerator.is_main_process)
+    with accelerator.main_process_first():  # one process builds the cache and splits.csv
+        data = prepare_data(cfg.data, size, split_path=paths.splits,
+                            progress=progress and accelerator.is_main_process,
+                            write=accelerator.is_main_process)
     classes = data.classes
     if accelerator.is_main_process and (data.source.bad or data.source.ignored):
         # Skipped inputs are listed, never dropped silently.
@@ -226,13 +256,14 @@ def fit(
     tf_train = train_transform(size, mean, std, cfg.data.augment)
     tf_eval = eval_transform(mean, std)
     train_ds = ImageDataset(data.store, ids["train"], train_targets, tf_train)
+    order = torch.Generator()
     sampler = None
     if cfg.data.sampler != "none":
         power = 1.0 if cfg.data.sampler == "oversample" else 0.5
-        sampler = balanced_sampler(train_targets, len(classes), power)
+        sampler = balanced_sampler(train_targets, len(classes), power, generator=order)
     train_loader = make_loader(train_ds, cfg.train.batch_size, shuffle=True, sampler=sampler,
                                num_workers=cfg.data.num_workers, drop_last=len(train_ds) >
-                               cfg.train.batch_size)
+                               cfg.train.batch_size, generator=order)
     val_loader = make_loader(ImageDataset(data.store, ids["val"], data.targets("val"), tf_eval),
                              cfg.train.eval_batch_size, num_workers=cfg.data.num_workers)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
@@ -272,7 +303,10 @@ def fit(
     _log(accelerator, f"dermalab: {cfg.model.backbone} ({origin} weights, "
                       f"{count_parameters(model) / 1e6:.1f}M params) on {len(ids['train'])} train "
                       f"/ {len(ids['val'])} val / {len(ids['test'])} test images at {size}px, "
-                      f"{len(classes)} classes, device {accelerator.device}")
+                      f"{len(classes)} classes, device {accelerator.device}"
+                      + (f", {accelerator.num_processes} processes (global batch "
+                         f"{cfg.train.batch_size * accelerator.num_processes})"
+                         if accelerator.num_processes > 1 else ""))
     status = "FAILED"
     try:
         # -- epochs ----------------------------------------------------------------------------
@@ -280,8 +314,11 @@ def fit(
         for epoch in range(start_epoch, cfg.train.epochs):
             if stopped_early:
                 break
-            torch.manual_seed(cfg.train.seed * 100_003 + epoch)
-            random.seed(cfg.train.seed * 100_003 + epoch)
+            order.manual_seed(epoch_seed(cfg.train.seed, epoch))
+            # Augmentation differs between processes (their images differ anyway).
+            local = epoch_seed(cfg.train.seed, epoch) + 7_919 * accelerator.process_index
+            torch.manual_seed(local)
+            random.seed(local)
             frozen = epoch < cfg.model.freeze_epochs
             set_body_trainable(accelerator.unwrap_model(model), not frozen)
             scheduler.start_epoch(epoch)
@@ -292,6 +329,7 @@ def fit(
                                     desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
             logits, targets = predict(model, val_loader, accelerator,
                                       channels_last=cfg.model.channels_last)
+            check_gathered(targets, data.targets("val"), "val")
             val_loss = mean_loss(loss_fn, logits, targets)
             vm = classification_metrics(targets, calibrated_probs(logits), classes,
                                         detailed=False)
@@ -346,6 +384,7 @@ def fit(
             "wall_seconds_this_session": round(time.perf_counter() - t_start, 1),
             "train_seconds_total": round(sum(float(r["epoch_seconds"]) for r in history), 1),
             "mlflow_run_id": mlflow_id,
+            "processes": accelerator.num_processes,
         })
         if accelerator.is_main_process:
             paths.metrics.write_text(json.dumps(results, indent=2))
@@ -399,6 +438,7 @@ def final_evaluation(
             cfg.train.eval_batch_size, num_workers=cfg.data.num_workers))
         logits, targets = predict(model, loader, accelerator,
                                   channels_last=cfg.model.channels_last)
+        check_gathered(targets, data.targets(sp), sp)
         tta_logits = None
         if cfg.eval.tta:
             tta_logits, _ = predict(model, loader, accelerator,
