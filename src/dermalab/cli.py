@@ -111,6 +111,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` plus the ``--data``/``--split-file`` shortcuts, as overrides."""
+    sets = list(args.overrides)
+    if args.data:
+        sets.append(f"data.source={args.data}")
+    if args.split_file:
+        sets.append(f"data.split_file={args.split_file}")
+    return sets
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``dermalab tune``."""
+    from dermalab.tune import TuneOptions, tune
+
+    res = tune(TuneOptions(config=args.config, search=args.search, trials=args.trials,
+                           out=args.out, sets=_config_overrides(args), storage=args.storage,
+                           study=args.study, pruner=args.pruner, seed=args.seed,
+                           heartbeat=args.heartbeat, progress=not args.no_progress))
+    print(f"study {res['study']}: {res['trials']} trials {res['states']}; this worker ran "
+          f"{res['ran_here']}")
+    if "best_trial" in res:
+        print(f"best: trial {res['best_trial']}, validation value {res['best_value']:.4f}, "
+              f"{json.dumps(res['best_params'])}\nready to train: dermalab train -c "
+              f"{Path(args.out) / 'best_config.yaml'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``dermalab compare``."""
+    from dermalab.compare import compare, parse_backbones
+
+    compare(args.config, parse_backbones(args.backbones), args.out, _config_overrides(args),
+            progress=not args.no_progress)
+    print((Path(args.out) / "comparison.md").read_text())
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``dermalab evaluate RUN_DIR``."""
     from dermalab.engine.evaluate import evaluate_run
@@ -241,6 +278,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
+
+    tn = sub.add_parser("tune", help="Bayesian hyperparameter search (Optuna TPE, pruning)")
+    _add_config_args(tn)
+    tn.add_argument("--search", required=True, help="search-space YAML (see configs/search_*)")
+    tn.add_argument("--trials", type=int, required=True,
+                    help="trials the study should hold, counted over all its workers")
+    tn.add_argument("--out", required=True, help="study folder (trials, results, plots)")
+    tn.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. "
+                    "postgresql+psycopg://user@host/db (default sqlite in --out)")
+    tn.add_argument("--study", help="study name (default: the config's name)")
+    tn.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    tn.add_argument("--seed", type=int, help="sampler seed (leave unset with several workers)")
+    tn.add_argument("--heartbeat", type=int, default=30, help="seconds between worker "
+                    "heartbeats; a trial silent for twice this is retried")
+    tn.add_argument("--no-progress", action="store_true")
+    tn.set_defaults(func=cmd_tune)
+
+    cp = sub.add_parser("compare", help="train several backbones with one recipe and split")
+    _add_config_args(cp)
+    cp.add_argument("--backbones", required=True,
+                    help="comma-separated; 'name:scratch' trains from random weights")
+    cp.add_argument("--out", required=True, help="comparison folder")
+    cp.add_argument("--no-progress", action="store_true")
+    cp.set_defaults(func=cmd_compare)
 
     ev = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
     ev.add_argument("run_dir")

@@ -148,6 +148,7 @@ class TrackingConfig:
     experiment: str = "dermalab"
     artifact_location: str | None = None  # new experiments store artifacts here (s3://...)
     upload_to: str | None = None  # s3://bucket/prefix: the run directory is pushed there
+    tags: dict[str, str] = field(default_factory=dict)  # MLflow run tags (tune: parent run)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,8 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value and name != "data.class_map":
+        if isinstance(value, Mapping) and value and name not in ("data.class_map",
+                                                                 "tracking.tags"):
             out.update(flatten(value, name + "."))
         else:
             out[name] = value
@@ -338,6 +340,15 @@ def replace(cfg: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig
     tree = to_dict(cfg)
     for item in overrides:
         key, value = parse_override(item)
+        _set_path(tree, key, value)
+    return from_dict(tree)
+
+
+def with_values(cfg: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentConfig:
+    """A copy of ``cfg`` with dotted keys set to Python values (validated), e.g.
+    ``{"optim.lr": 3e-4, "model.backbone": "resnet50"}``."""
+    tree = to_dict(cfg)
+    for key, value in values.items():
         _set_path(tree, key, value)
     return from_dict(tree)
 

@@ -11,6 +11,11 @@ class DermalabError(Exception):
     """Base class for errors the CLI reports as a one-line message (exit code 2)."""
 
 
+class StopTraining(Exception):  # noqa: N818 (a signal, not a failure)
+    """Raised by a ``fit`` epoch callback to end a run early (the tuner's pruning); the MLflow
+    run is ended as KILLED, not FAILED."""
+
+
 class ConfigError(DermalabError):
     """A config file or override is invalid."""
 

@@ -13,24 +13,31 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
-def bar_counts(per_split: Mapping[str, Mapping[str, int]], title: str = "") -> Figure:
-    """Grouped bars of images per class for each split, log-scaled y axis."""
-    splits = [s for s in per_split if sum(per_split[s].values()) > 0]
-    classes = sorted({c for s in splits for c in per_split[s]})
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(classes) + 2), 4))
-    width = 0.8 / max(1, len(splits))
-    x = np.arange(len(classes))
-    for i, sp in enumerate(splits):
-        vals = [per_split[sp].get(c, 0) for c in classes]
-        bars = ax.bar(x + i * width, vals, width, label=sp)
-        ax.bar_label(bars, fontsize=7)
-    ax.set_xticks(x + width * (len(splits) - 1) / 2, classes, rotation=30, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("images (log)")
+def grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float]], title: str = "",
+                 *, log: bool = False, ylabel: str = "", fmt: str = "%g") -> Figure:
+    """One group of bars per label, one bar per series, values written on the bars."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) * max(1, len(series)) / 2 + 2), 4))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(labels))
+    for i, (name, vals) in enumerate(series.items()):
+        bars = ax.bar(x + i * width, list(vals), width, label=name)
+        ax.bar_label(bars, fontsize=7, fmt=fmt)
+    ax.set_xticks(x + width * (len(series) - 1) / 2, list(labels), rotation=30, ha="right")
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def bar_counts(per_split: Mapping[str, Mapping[str, int]], title: str = "") -> Figure:
+    """Grouped bars of images per class for each split, log-scaled y axis."""
+    splits = [s for s in per_split if sum(per_split[s].values()) > 0]
+    classes = sorted({c for s in splits for c in per_split[s]})
+    return grouped_bars(classes, {sp: [per_split[sp].get(c, 0) for c in classes]
+                                  for sp in splits}, title, log=True, ylabel="images (log)")
 
 
 def curves(

@@ -54,7 +54,8 @@ class Tracker:
             # MLflow's S3 store reads its endpoint from its own variable.
             os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
         run = mlflow.start_run(run_id=resume_id, experiment_id=exp_id,
-                               run_name=None if resume_id else run_name)
+                               run_name=None if resume_id else run_name,
+                               tags=None if resume_id else dict(self.cfg.tags) or None)
         self.run_id = run.info.run_id
         return self.run_id
 

@@ -10,6 +10,7 @@ each split keeps the class proportions.
 from __future__ import annotations
 
 import csv
+import os
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -144,7 +145,7 @@ def write_split(path: str | Path, samples: Iterable[Sample], split: Split) -> No
     """Write ``splits.csv`` (sample_id,label,group,split), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent writers never mix
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(SPLIT_COLUMNS)

@@ -43,7 +43,7 @@ from dermalab.data.transforms import eval_transform, train_transform
 from dermalab.engine.checkpoint import load_checkpoint, save_checkpoint
 from dermalab.engine.loop import mean_loss, predict, train_one_epoch
 from dermalab.engine.optim import EpochScheduler, build_optimizer
-from dermalab.errors import ConfigError
+from dermalab.errors import ConfigError, StopTraining
 from dermalab.losses import build_loss
 from dermalab.metrics import classification_metrics
 from dermalab.models import count_parameters, create_model, get_spec, set_body_trainable
@@ -179,7 +179,8 @@ def fit(
         run_dir: output directory (created).
         resume: continue from ``run_dir/checkpoints/last.pt``.
         progress: progress bars.
-        trial_callback: optional ``f(epoch, monitored_value)`` (Optuna pruning hook); may raise.
+        trial_callback: optional ``f(epoch, monitored_value)`` called after each epoch (the
+            tuner's pruning hook); it may raise :class:`StopTraining`.
     """
     paths = RunPaths(Path(run_dir))
     state: dict[str, Any] | None = None
@@ -413,6 +414,9 @@ def fit(
                       f"{res.skipped} unchanged, all verified)", flush=True)
         status = "FINISHED"
         return results
+    except StopTraining:
+        status = "KILLED"
+        raise
     finally:
         tracker.end(status)
 
