@@ -1,0 +1,241 @@
+"""Benchmark: how fast on this machine. Ratios are measured within one run of this script.
+
+1. Inference of the default backbone at the default recipe's input size, batch 1 and 32:
+   PyTorch eager (NCHW), PyTorch channels_last, ONNX Runtime (CPU); ms/image and images/s,
+   beside the FLOP floor (FLOPs per image / measured peak FLOP/s of a large fp32 matmul).
+2. Training input pipeline: images/s of the training DataLoader (same transforms) reading the
+   decoded uint8 cache vs decoding every JPEG.
+3. Training throughput (forward + backward + step) at the default resolution.
+4. Peak resident memory of a short ``dermalab train`` and, with ``--run``, of ``dermalab
+   serve`` answering uploads.
+
+    .venv/bin/python bench/speed.py [--run RUN_DIR] [--size 128] [--threads N]
+
+Writes ``bench/results/speed.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HAM, REPO, machine, write_results
+
+from dermalab.config import load_config
+
+
+def timed(fn: Callable[[], Any], min_seconds: float = 2.0, min_reps: int = 5) -> float:
+    """Median seconds of ``fn()`` after two warm-up calls."""
+    fn()
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_flops() -> float:
+    """FLOP/s of a 2048x2048 fp32 matmul: what this CPU can reach at best through torch."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return 2 * 2048**3 / timed(lambda: a @ b, 1.0)
+
+
+def model_flops(model: torch.nn.Module, size: int) -> float:
+    """FLOPs of one image's forward pass (torch's FlopCounterMode: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def inference(model: torch.nn.Module, size: int, tmp: Path) -> list[dict[str, Any]]:
+    import onnxruntime as ort
+
+    model.eval()
+    onnx_path = tmp / "model.onnx"
+    torch.onnx.export(model, (torch.randn(2, 3, size, size),), str(onnx_path), dynamo=False,
+                      opset_version=17, input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    opts = ort.SessionOptions()
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    rows = []
+    for batch in (1, 32):
+        x = torch.randn(batch, 3, size, size)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        xn = x.numpy()
+        with torch.inference_mode():
+            model.to(memory_format=torch.contiguous_format)  # .to() converts in place
+            eager = timed(lambda x=x: model(x))
+            model.to(memory_format=torch.channels_last)
+            chl = timed(lambda x=x_cl: model(x))
+        onnx = timed(lambda x=xn: sess.run(None, {"image": x}))
+        for name, sec in (("PyTorch eager (NCHW)", eager), ("PyTorch channels_last", chl),
+                          ("ONNX Runtime", onnx)):
+            rows.append({"engine": name, "batch": batch, "ms_per_image": 1000 * sec / batch,
+                         "images_per_s": batch / sec, "speedup_vs_eager": eager / sec})
+    return rows
+
+
+def input_pipeline(size: int, n: int) -> dict[str, float]:
+    """Images/s of iterating the training loader (train transforms, no model)."""
+    from dermalab.data.cache import DecodingImages, build_cache, default_cache_dir
+    from dermalab.data.dataset import ImageDataset, make_loader
+    from dermalab.data.sources import load_source
+    from dermalab.data.transforms import train_transform
+
+    cfg = load_config(REPO / "configs" / "ham10000_default.yaml", [f"data.source={HAM}"])
+    data = load_source(cfg.data)
+    ids = [s.sample_id for s in data.samples[:n]]
+    targets = [0] * len(ids)
+    tf = train_transform(size, [0.5] * 3, [0.5] * 3, cfg.data.augment)
+    cached = build_cache(data, size, cfg.data.resize_mode, default_cache_dir(), progress=False)
+    out = {}
+    for name, store in (("cache", cached), ("decode", DecodingImages(data, size,
+                                                                     cfg.data.resize_mode))):
+        loader = make_loader(ImageDataset(store, ids, targets, tf), 32, shuffle=True)
+        t0 = time.perf_counter()
+        for _ in loader:
+            pass
+        out[name] = len(ids) / (time.perf_counter() - t0)
+    out["ratio"] = out["cache"] / out["decode"]
+    return out
+
+
+def training(model: torch.nn.Module, size: int, batches: int = 8) -> float:
+    """Images/s of forward + backward + AdamW step, batch 32, channels_last (as in training)."""
+    model.train().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 7, (32,))
+
+    def step() -> None:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return 32 / timed(step, 5.0, batches)
+
+
+def train_peak_rss(size: int) -> float:
+    """Peak RSS (MB) of a short real ``dermalab train`` (20 batches, then the evaluation)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        subprocess.run([sys.executable, "-m", "dermalab", "train", "-c",
+                        str(REPO / "configs" / "ham10000_default.yaml"), "--data", str(HAM),
+                        "--out", f"{tmp}/run", "--no-progress", "--set",
+                        f"data.image_size={size}", "train.epochs=1", "train.max_batches=20",
+                        "tracking.enabled=false", "eval.report=false", "eval.gallery=0"],
+                       check=True, capture_output=True, cwd=REPO)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(before, after) / 1024
+
+
+def serve_peak_rss(run: Path, uploads: int = 50) -> float:
+    """Peak RSS (MB, VmHWM) of ``dermalab serve RUN`` after answering real uploads."""
+    import httpx
+
+    sys.path.insert(0, str(REPO))
+    from tests.s3server import free_ports
+
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "dermalab", "serve", str(run), "--port",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        images = sorted((HAM / "images").glob("*.jpg"))[:uploads]
+        for p in images:
+            r = httpx.post(f"{url}/v1/analyses", files={"file": (p.name, p.read_bytes(),
+                                                                 "image/jpeg")}, timeout=60)
+            r.raise_for_status()
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+        return int(hwm.split()[1]) / 1024
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--run", help="a trained run (with serving thresholds) for the server RSS")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--pipeline-images", type=int, default=1024)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from dermalab.models import create_model
+
+    cfg = load_config(REPO / "configs" / "ham10000_default.yaml")
+    model, _, origin = create_model(cfg.model, 7)
+    flops = model_flops(model.eval(), args.size)
+    peak = peak_flops()
+    with tempfile.TemporaryDirectory() as tmp:
+        infer = inference(model, args.size, Path(tmp))
+    pipe = input_pipeline(args.size, args.pipeline_images)
+    train_ips = training(model, args.size)
+    train_rss = train_peak_rss(args.size)
+    serve_rss = serve_peak_rss(Path(args.run)) if args.run else None
+    serve_load = REPO / "bench" / "results" / "serve_load.json"
+    report = {
+        "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "torch_threads": torch.get_num_threads(), "backbone": cfg.model.backbone,
+        "weights": origin, "size": args.size, "gflops_per_image": flops / 1e9,
+        "peak_gflops": peak / 1e9, "flop_floor_ms_per_image": 1000 * flops / peak,
+        "inference": infer, "input_pipeline": pipe, "train_images_per_s": train_ips,
+        "train_peak_rss_mb": train_rss, "serve_peak_rss_mb": serve_rss,
+        "serve_load": json.loads(serve_load.read_text()) if serve_load.is_file() else None,
+    }
+    floor = report["flop_floor_ms_per_image"]
+    md = [f"# Speed ({report['date']}, {report['machine']['cpus']} CPUs, "
+          f"{report['machine']['cpu_model']}, torch threads {report['torch_threads']})", "",
+          f"{cfg.model.backbone} at {args.size} px: {flops / 1e9:.3f} GFLOPs per image; a "
+          f"2048^2 fp32 matmul reaches {peak / 1e9:.1f} GFLOP/s, so the FLOP floor is "
+          f"{floor:.2f} ms/image.", "",
+          "| engine | batch | ms/image | images/s | vs eager | vs FLOP floor |",
+          "| --- | --- | --- | --- | --- | --- |"]
+    md += [f"| {r['engine']} | {r['batch']} | {r['ms_per_image']:.2f} | "
+           f"{r['images_per_s']:.1f} | {r['speedup_vs_eager']:.2f}x | "
+           f"{r['ms_per_image'] / floor:.1f}x |" for r in infer]
+    md += ["", "| what | value |", "| --- | --- |",
+           f"| training input pipeline, decoded cache | {pipe['cache']:.0f} images/s |",
+           f"| training input pipeline, decoding every JPEG | {pipe['decode']:.0f} images/s |",
+           f"| cache / decode | **{pipe['ratio']:.1f}x** |",
+           f"| training throughput (fwd+bwd+AdamW, batch 32, channels_last) | "
+           f"{train_ips:.1f} images/s |",
+           f"| peak RSS, `dermalab train` (20 batches + evaluation) | {train_rss:.0f} MB |",
+           "| peak RSS, `dermalab serve` after 50 uploads | "
+           + (f"{serve_rss:.0f} MB |" if serve_rss else "not measured (no --run) |")]
+    if report["serve_load"]:
+        s = report["serve_load"]
+        md.append(f"| API load (from `bench/serve_load.py`, {s.get('date', '')}) | see "
+                  "[serve_load.md](serve_load.md) |")
+    write_results("speed", report, md)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    main()
