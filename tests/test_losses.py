@@ -89,3 +89,18 @@ def test_build_loss_weights_use_original_counts() -> None:
     smooth = build_loss(LossConfig(name="ce", label_smoothing=0.1), COUNTS)
     assert torch.allclose(smooth(LOGITS, TARGET),
                           F.cross_entropy(LOGITS, TARGET, label_smoothing=0.1))
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: FocalLoss(gamma=g),
+    lambda g: ClassBalancedLoss(np.array([10, 20, 30]), 0.999, "focal", g),
+    lambda g: ClassBalancedLoss(np.array([10, 20, 30]), 0.999, "sigmoid", g),
+])
+def test_focal_gradients_stay_finite_for_small_gamma_on_saturated_logits(make) -> None:  # type: ignore[no-untyped-def]
+    """0 < gamma < 1 has an infinite derivative at p = 1: a certain prediction must not turn
+    the gradient into NaN."""
+    for gamma in (0.09, 0.5, 2.0):
+        logits = torch.tensor([[60.0, 0.0, 0.0], [0.0, 2.0, 1.0]], requires_grad=True)
+        loss = make(gamma)(logits, torch.tensor([0, 1]))
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(logits.grad).all(), gamma

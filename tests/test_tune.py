@@ -211,3 +211,23 @@ def test_compare_trains_each_backbone_on_one_split(photos: Path, tmp_path: Path)
                       )["weights_origin"] == "random"
     assert "random init" in (out / "comparison.md").read_text()
     assert (out / "comparison.png").stat().st_size > 5000
+
+
+def test_a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(
+        photos: Path, tmp_path: Path) -> None:
+    """A learning rate that blows the weights up must end that trial with a clear error
+    (TrainingDivergedError, state FAIL) and leave the search to reach its trial count."""
+    space = _space(tmp_path / "space.yaml", """
+params:
+  optim.lr: {type: loguniform, low: 1.0e-3, high: 1.0e+30}
+enqueue:
+  - {optim.lr: 1.0e+30}
+  - {optim.lr: 0.003}
+""")
+    out = tmp_path / "diverge"
+    assert main(["tune", "--data", str(photos), "--search", str(space), "--trials", "1",
+                 "--out", str(out), "--no-progress", "--set", *TRIAL, "train.epochs=1",
+                 "model.freeze_epochs=0", "optim.name=sgd", "tracking.enabled=false"]) == 0
+    trials = _load_study(f"sqlite:///{out / 'study.db'}", "run").trials
+    assert [(t.state.name, t.params["optim.lr"]) for t in trials] == [
+        ("FAIL", 1e30), ("COMPLETE", 0.003)]

@@ -16,6 +16,11 @@ class StopTraining(Exception):  # noqa: N818 (a signal, not a failure)
     run is ended as KILLED, not FAILED."""
 
 
+class TrainingDivergedError(DermalabError):
+    """The loss or the model's outputs became NaN/inf: the recipe is unstable (learning rate,
+    loss parameters); continuing would only produce garbage."""
+
+
 class ConfigError(DermalabError):
     """A config file or override is invalid."""
 

@@ -43,6 +43,17 @@ def inverse_frequency_weights(counts: Sequence[int] | np.ndarray) -> np.ndarray:
     return np.where(n > 0, n.sum() / (k * np.maximum(n, 1.0)), 0.0)
 
 
+def focal_factor(p: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``(1 - p)^gamma``, the focal modulating factor, with ``1 - p`` kept >= 1e-6.
+
+    For ``0 < gamma < 1`` the derivative ``-gamma (1 - p)^(gamma - 1)`` is infinite where a
+    confident prediction rounds ``p`` to 1 in float32, and ``inf * 0`` turns the whole
+    gradient into NaN (seen in a real search at gamma = 0.09). Below the floor the clamp passes
+    no gradient, which is right: such a sample is already classified with certainty.
+    """
+    return (1 - p).clamp_min(1e-6).pow(gamma)
+
+
 class FocalLoss(nn.Module):
     """Softmax focal loss (Lin et al., ICCV 2017, https://arxiv.org/abs/1708.02002).
 
@@ -71,7 +82,7 @@ class FocalLoss(nn.Module):
         if self.label_smoothing > 0:
             onehot = onehot * (1 - self.label_smoothing) + self.label_smoothing / k
         p = logp.exp()
-        per_class = -onehot * (1 - p).pow(self.gamma) * logp
+        per_class = -onehot * focal_factor(p, self.gamma) * logp
         loss = per_class.sum(dim=1)
         if self.weight is not None:
             w = self.weight[target]  # type: ignore[index]
@@ -115,14 +126,14 @@ class ClassBalancedLoss(nn.Module):
                                   label_smoothing=self.label_smoothing)
         elif self.loss_type == "focal":
             logp = F.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
-            per = -(1 - logp.exp()).pow(self.gamma) * logp
+            per = -focal_factor(logp.exp(), self.gamma) * logp
         else:
             onehot = F.one_hot(target, logits.shape[1]).float()
             bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
             if self.gamma > 0:
                 p = torch.sigmoid(logits)
                 pt = onehot * p + (1 - onehot) * (1 - p)
-                bce = (1 - pt).pow(self.gamma) * bce
+                bce = focal_factor(pt, self.gamma) * bce
             per = bce.sum(dim=1)
         return (w * per).mean()
 

@@ -38,7 +38,7 @@ import sqlalchemy.exc
 import yaml
 
 from dermalab.config import ExperimentConfig, load_config, save_config, with_values
-from dermalab.errors import ConfigError, DermalabError, StopTraining
+from dermalab.errors import ConfigError, DermalabError, StopTraining, TrainingDivergedError
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
 # Per-trial outputs nobody looks at during a search; `--set` may turn them back on.
@@ -322,7 +322,7 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
         for params in space.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
     mlflow = _parent_run(base, study, out)
-    ran = 0
+    ran = diverged = 0
 
     def objective(trial: Any) -> float:
         live_before = sum(1 for t in study.get_trials(deepcopy=False)
@@ -338,12 +338,19 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
         waiting = _count(study, ("WAITING",))
         if _count(study, LIVE_STATES) - waiting >= opts.trials and not waiting:
             break
+        failed = _count(study, ("FAIL",))
         try:
-            # optimize() keeps the trial's heartbeat and records PRUNED/FAIL states.
-            study.optimize(objective, n_trials=1)
+            # optimize() keeps the trial's heartbeat and records PRUNED/FAIL states; a diverged
+            # trial is a finding about its parameters (FAIL), not a reason to stop the search.
+            study.optimize(objective, n_trials=1, catch=(TrainingDivergedError,))
         except _Surplus:
             break
         ran += 1
+        if _count(study, ("FAIL",)) > failed:
+            diverged += 1
+            if diverged >= max(3, opts.trials):
+                raise DermalabError(f"{diverged} trials diverged in this worker; narrow the "
+                                    "search space (learning rate, loss parameters)")
     summary = write_results(study, space, user, out, mlflow)
     summary["ran_here"] = ran
     return summary

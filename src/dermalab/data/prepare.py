@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from dermalab.config import DataConfig
@@ -44,10 +45,13 @@ class PreparedData:
         """Class names; their order defines the model's output indices."""
         return self.source.classes
 
+    @cached_property
+    def _by_id(self) -> dict[str, Sample]:
+        return {s.sample_id: s for s in self.source.samples}
+
     def samples(self, split: str) -> list[Sample]:
         """Samples of one split, sorted by id."""
-        by_id = {s.sample_id: s for s in self.source.samples}
-        return [by_id[i] for i in self.split.ids(split) if i in by_id]
+        return [self._by_id[i] for i in self.split.ids(split) if i in self._by_id]
 
     def targets(self, split: str) -> list[int]:
         """Class indices of one split, aligned with :meth:`samples`."""

@@ -43,7 +43,7 @@ from dermalab.data.transforms import eval_transform, train_transform
 from dermalab.engine.checkpoint import load_checkpoint, save_checkpoint
 from dermalab.engine.loop import mean_loss, predict, train_one_epoch
 from dermalab.engine.optim import EpochScheduler, build_optimizer
-from dermalab.errors import ConfigError, StopTraining
+from dermalab.errors import ConfigError, StopTraining, TrainingDivergedError
 from dermalab.losses import build_loss
 from dermalab.metrics import classification_metrics
 from dermalab.models import count_parameters, create_model, get_spec, set_body_trainable
@@ -331,6 +331,12 @@ def fit(
             logits, targets = predict(model, val_loader, accelerator,
                                       channels_last=cfg.model.channels_last)
             check_gathered(targets, data.targets("val"), "val")
+            if not (math.isfinite(stats.loss) and np.isfinite(logits).all()):
+                raise TrainingDivergedError(
+                    f"training diverged in epoch {epoch + 1}: the "
+                    f"{'training loss' if not math.isfinite(stats.loss) else 'model output'} "
+                    f"is not finite (optim.lr={cfg.optim.lr}, loss={cfg.loss.name}); lower the "
+                    "learning rate or change the loss settings")
             val_loss = mean_loss(loss_fn, logits, targets)
             vm = classification_metrics(targets, calibrated_probs(logits), classes,
                                         detailed=False)
