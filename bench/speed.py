@@ -80,10 +80,12 @@ def inference(model: torch.nn.Module, size: int, tmp: Path) -> list[dict[str, An
         x = torch.randn(batch, 3, size, size)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         xn = x.numpy()
+        # .to() converts in place; outside inference_mode so the weights stay trainable.
+        model.to(memory_format=torch.contiguous_format)
         with torch.inference_mode():
-            model.to(memory_format=torch.contiguous_format)  # .to() converts in place
             eager = timed(lambda x=x: model(x))
-            model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)
+        with torch.inference_mode():
             chl = timed(lambda x=x_cl: model(x))
         onnx = timed(lambda x=xn: sess.run(None, {"image": x}))
         for name, sec in (("PyTorch eager (NCHW)", eager), ("PyTorch channels_last", chl),
