@@ -76,6 +76,12 @@ def downscaled_copy(size: int, root: Path) -> Path:
     return out
 
 
+def _rel(path: str) -> str:
+    """A path inside the checkout as written from its root (results carry no home paths)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="28,64,128")
@@ -103,7 +109,7 @@ def main() -> None:
                 "leaked_lesions": m["split"]["group_overlap"],
                 "seconds_this_call": round(time.perf_counter() - t0, 1),
             })
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "config": args.config,
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "config": _rel(args.config),
               "overrides": args.sets, "ours": rows, "published": PUBLISHED}
     md = [f"# DermaMNIST splits: ours beside the published tables ({report['date']}, "
           f"{report['machine']['cpus']} CPUs)", "",

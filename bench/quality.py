@@ -51,6 +51,12 @@ def row(name: str, m: dict[str, Any]) -> dict[str, Any]:
             "lesions_shared": m["split"]["group_overlap"]}
 
 
+def _rel(path: str) -> str:
+    """A path inside the checkout as written from its root (results carry no home paths)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(REPO / "configs" / "ham10000_default.yaml"))
@@ -67,7 +73,7 @@ def main() -> None:
         rows.append(row("random image-level split (leaky)", train_run(
             work / "by_image", args.config,
             [*args.sets, "data.split_by=image", "data.allow_leaks=true"], str(HAM))))
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "config": args.config,
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "config": _rel(args.config),
               "overrides": args.sets, "rows": rows, "target": TARGET,
               "anchors": [{"what": w, **v} for w, v in ANCHORS]}
     if len(rows) == 2:
