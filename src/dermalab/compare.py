@@ -23,6 +23,7 @@ import torch
 
 from dermalab.config import ExperimentConfig, load_config, with_values
 from dermalab.errors import ConfigError
+from dermalab.tracking import child_tracking, start_parent_run
 
 COLUMNS = ["backbone", "pretrained", "accuracy", "balanced_accuracy", "macro_f1",
            "roc_auc_macro", "ece_after", "parameters_m", "train_minutes", "epochs_run",
@@ -67,22 +68,14 @@ def _parent(base: ExperimentConfig, out: Path) -> ExperimentConfig:
     """Child runs under one MLflow parent run (its id kept in ``OUT/mlflow_parent.txt``)."""
     if not base.tracking.enabled:
         return base
-    import mlflow
-
     uri = base.tracking.uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
     marker = out / "mlflow_parent.txt"
-    client = mlflow.MlflowClient(tracking_uri=uri)
     if marker.is_file():
         parent = marker.read_text().strip()
     else:
-        exp = client.get_experiment_by_name(base.tracking.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(
-            base.tracking.experiment, artifact_location=base.tracking.artifact_location or (
-                (out / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite") else None))
-        parent = client.create_run(exp_id, run_name=f"compare:{base.name}").info.run_id
+        parent = start_parent_run(base.tracking, uri, f"compare:{base.name}", {})
         marker.write_text(parent)
-    return with_values(base, {"tracking.uri": uri, "tracking.tags": {
-        **base.tracking.tags, "mlflow.parentRunId": parent}})
+    return with_values(base, child_tracking(base.tracking, uri, parent))
 
 
 def compare(config: str | None, backbones: list[tuple[str, bool]], out: str | Path,

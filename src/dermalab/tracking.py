@@ -20,6 +20,51 @@ def default_uri(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir.resolve().parent / 'mlflow.db')}"
 
 
+def _quiet() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def experiment_id(cfg: TrackingConfig, uri: str) -> str:
+    """The id of ``cfg.experiment`` in the store at ``uri``, created when missing (artifacts
+    under ``cfg.artifact_location``, else ``mlartifacts/`` beside a SQLite store), with MLflow's
+    S3 endpoint set when the artifacts live in S3."""
+    _quiet()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        artifacts = cfg.artifact_location
+        if artifacts is None and uri.startswith("sqlite:///"):
+            artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        exp = client.get_experiment(client.create_experiment(cfg.experiment,
+                                                             artifact_location=artifacts))
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if str(exp.artifact_location).startswith("s3://") and endpoint:
+        # MLflow's S3 store reads its endpoint from its own variable.
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
+    return str(exp.experiment_id)
+
+
+def start_parent_run(cfg: TrackingConfig, uri: str, name: str, tags: dict[str, str]) -> str:
+    """Create a run that groups child runs (a study, a comparison); returns its id. It stays
+    open; the caller ends it with ``MlflowClient.set_terminated``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    return str(client.create_run(experiment_id(cfg, uri), run_name=name,
+                                 tags=tags).info.run_id)
+
+
+def child_tracking(cfg: TrackingConfig, uri: str, parent_id: str,
+                   tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Config values (for ``config.with_values``) that make a ``fit()`` run log to ``uri`` as
+    a child of ``parent_id``."""
+    return {"tracking.uri": uri, "tracking.tags": {**cfg.tags, "mlflow.parentRunId": parent_id,
+                                                   **(tags or {})}}
+
+
 class Tracker:
     """Thin wrapper: start/resume a run, log params/metrics/artifacts, end it."""
 
@@ -34,25 +79,13 @@ class Tracker:
         """Start (or resume) the MLflow run; returns its id."""
         if not self.enabled:
             return None
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        os.environ.setdefault("DO_NOT_TRACK", "true")
+        _quiet()
         import mlflow
 
         self._mlflow = mlflow
         uri = self.cfg.uri or default_uri(self.run_dir)
         mlflow.set_tracking_uri(uri)
-        exp = mlflow.get_experiment_by_name(self.cfg.experiment)
-        if exp is None:
-            artifacts = self.cfg.artifact_location
-            if artifacts is None and uri.startswith("sqlite:///"):
-                artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-            exp_id = mlflow.create_experiment(self.cfg.experiment, artifact_location=artifacts)
-            exp = mlflow.get_experiment(exp_id)
-        exp_id = exp.experiment_id
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if str(exp.artifact_location).startswith("s3://") and endpoint:
-            # MLflow's S3 store reads its endpoint from its own variable.
-            os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
+        exp_id = experiment_id(self.cfg, uri)
         run = mlflow.start_run(run_id=resume_id, experiment_id=exp_id,
                                run_name=None if resume_id else run_name,
                                tags=None if resume_id else dict(self.cfg.tags) or None)

@@ -39,6 +39,7 @@ import yaml
 
 from dermalab.config import ExperimentConfig, load_config, save_config, with_values
 from dermalab.errors import ConfigError, DermalabError, StopTraining, TrainingDivergedError
+from dermalab.tracking import child_tracking, start_parent_run
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
 # Per-trial outputs nobody looks at during a search; `--set` may turn them back on.
@@ -219,20 +220,11 @@ def _parent_run(base: ExperimentConfig, study: Any, out: Path) -> tuple[str | No
     """The study's MLflow parent run (created by the first worker); returns (uri, run id)."""
     if not base.tracking.enabled:
         return None, None
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
     uri = base.tracking.uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id is None:
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(base.tracking.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(
-            base.tracking.experiment, artifact_location=base.tracking.artifact_location or (
-                (out / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite") else None))
-        run = client.create_run(exp_id, run_name=f"tune:{study.study_name}",
-                                tags={"dermalab.study": study.study_name})
-        run_id = run.info.run_id
+        run_id = start_parent_run(base.tracking, uri, f"tune:{study.study_name}",
+                                  {"dermalab.study": study.study_name})
         study.set_user_attr("mlflow_parent_run_id", run_id)
         run_id = study.user_attrs.get("mlflow_parent_run_id", run_id)
     return uri, run_id
@@ -262,9 +254,9 @@ def run_trial(trial: Any, space: SearchSpace, base: ExperimentConfig, out: Path,
     cfg = with_values(base, values)
     uri, parent = mlflow
     if parent is not None:
-        cfg = with_values(cfg, {"tracking.uri": uri, "tracking.tags": {
-            **cfg.tracking.tags, "mlflow.parentRunId": parent,
-            "dermalab.study": trial.study.study_name, "dermalab.trial": str(trial.number)}})
+        assert uri is not None
+        cfg = with_values(cfg, child_tracking(cfg.tracking, uri, parent, {
+            "dermalab.study": trial.study.study_name, "dermalab.trial": str(trial.number)}))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
     retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
