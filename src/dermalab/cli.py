@@ -24,9 +24,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    "split (train/val/test); same as --set data.split_file=FILE")
 
 
-def _load_cfg(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from dermalab.config import load_config
-
+def _config_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` plus the ``--data``/``--format``/``--split-file`` shortcuts, as overrides."""
     overrides = list(args.overrides)
     if getattr(args, "data", None):
         overrides.append(f"data.source={args.data}")
@@ -34,7 +33,13 @@ def _load_cfg(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         overrides.append(f"data.format={args.format}")
     if getattr(args, "split_file", None):
         overrides.append(f"data.split_file={args.split_file}")
-    return load_config(args.config, overrides)
+    return overrides
+
+
+def _load_cfg(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from dermalab.config import load_config
+
+    return load_config(args.config, _config_overrides(args))
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
@@ -109,16 +114,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise DermalabError(f"{out} already holds a run; use --resume {out} or another --out")
     fit(cfg, out, progress=not args.no_progress)
     return 0
-
-
-def _config_overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` plus the ``--data``/``--split-file`` shortcuts, as overrides."""
-    sets = list(args.overrides)
-    if args.data:
-        sets.append(f"data.source={args.data}")
-    if args.split_file:
-        sets.append(f"data.split_file={args.split_file}")
-    return sets
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
