@@ -216,8 +216,8 @@ def fit(
     if data.leaks.leaky:
         _log(accelerator, f"WARNING: the split leaks {data.leaks.group_overlap} group(s) between "
                           "splits (allowed by data.allow_leaks); test results are optimistic")
-    train_targets = data.targets("train")
-    if not train_targets or not data.targets("val"):
+    train_targets, val_targets = data.targets("train"), data.targets("val")
+    if not train_targets or not val_targets:
         raise ConfigError("the split has an empty train or val part; check data.split_ratios")
     counts = class_counts(train_targets, len(classes))
 
@@ -265,7 +265,7 @@ def fit(
     train_loader = make_loader(train_ds, cfg.train.batch_size, shuffle=True, sampler=sampler,
                                num_workers=cfg.data.num_workers, drop_last=len(train_ds) >
                                cfg.train.batch_size, generator=order)
-    val_loader = make_loader(ImageDataset(data.store, ids["val"], data.targets("val"), tf_eval),
+    val_loader = make_loader(ImageDataset(data.store, ids["val"], val_targets, tf_eval),
                              cfg.train.eval_batch_size, num_workers=cfg.data.num_workers)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader)
@@ -330,7 +330,7 @@ def fit(
                                     desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
             logits, targets = predict(model, val_loader, accelerator,
                                       channels_last=cfg.model.channels_last)
-            check_gathered(targets, data.targets("val"), "val")
+            check_gathered(targets, val_targets, "val")
             if not (math.isfinite(stats.loss) and np.isfinite(logits).all()):
                 raise TrainingDivergedError(
                     f"training diverged in epoch {epoch + 1}: the "
