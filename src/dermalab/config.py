@@ -113,7 +113,8 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     seed: int = 42
-    monitor: str = "balanced_accuracy"  # balanced_accuracy | macro_f1 | loss
+    # balanced_accuracy | macro_f1 | accuracy | roc_auc_macro | loss (validation)
+    monitor: str = "balanced_accuracy"
     patience: int = 6  # early stopping; 0 disables
     min_delta: float = 0.0
     mixed_precision: str = "auto"  # auto (bf16/fp16 on GPU, none on CPU) | no | bf16 | fp16
@@ -176,7 +177,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "loss.cb_type": ("softmax", "sigmoid", "focal"),
     "optim.name": ("sgd", "adam", "adamw", "rmsprop"),
     "sched.name": ("none", "step", "cosine", "plateau"),
-    "train.monitor": ("balanced_accuracy", "macro_f1", "loss"),
+    "train.monitor": ("balanced_accuracy", "macro_f1", "accuracy", "roc_auc_macro", "loss"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "eval.cam_method": ("gradcam", "gradcam++"),
 }

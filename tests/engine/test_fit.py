@@ -123,6 +123,17 @@ def test_early_stopping_stops(dataset: Path, tmp_path: Path) -> None:
     assert res["stopped_early"] and res["epochs_run"] == 2 and res["best_epoch"] == 1
 
 
+@pytest.mark.parametrize("monitor", ["accuracy", "roc_auc_macro"])
+def test_monitor_picks_the_epoch_with_the_best_validation_value(dataset: Path, tmp_path: Path,
+                                                                 monitor: str) -> None:
+    cfg = load_config(None, [*TINY, f"data.source={dataset}", f"train.monitor={monitor}",
+                             "eval.gallery=0", "eval.report=false"])
+    res = fit(cfg, tmp_path / monitor, progress=False)
+    values = [float(r[f"val_{monitor}"]) for r in _history(tmp_path / monitor)]
+    # The first epoch reaching the maximum is kept (later ties are not improvements).
+    assert res["best_epoch"] == values.index(max(values)) + 1
+    assert res["best_val_monitor"] == pytest.approx(max(values))
+
 @pytest.mark.slow
 def test_kill_minus_9_then_resume_matches_uninterrupted(reference_run: Path, dataset: Path,
                                                         tmp_path: Path) -> None:

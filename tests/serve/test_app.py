@@ -197,6 +197,18 @@ def test_colour_detector_flags_page_and_saturated_images(skin_run: Path) -> None
     assert s["ood_colour_threshold"] == pytest.approx(det.threshold)
 
 
+def test_colour_statistics_in_chunks_equal_all_at_once() -> None:
+    """The chunking that bounds memory must not change a single value (per-image statistics),
+    including a last chunk shorter than the others."""
+    from dermalab.serve.ood import colour_statistics
+
+    imgs = np.random.default_rng(0).integers(0, 256, (11, 24, 20, 3), dtype=np.uint8)
+    whole = colour_statistics(imgs, chunk=len(imgs))
+    assert whole.shape == (11, 23)
+    np.testing.assert_array_equal(colour_statistics(imgs, chunk=4), whole)
+    np.testing.assert_array_equal(colour_statistics(imgs[5:6]), whole[5:6])
+
+
 def test_standardised_mahalanobis_is_the_z_space_distance() -> None:
     from sklearn.covariance import LedoitWolf
 

@@ -96,12 +96,21 @@ def features_of(run: LoadedRun, data: PreparedData, ids: list[str], batch: int =
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
+def _colour_of(data: PreparedData, ids: list[str], batch: int = 256) -> np.ndarray:
+    """Colour statistics of cached images, ``batch`` at a time (never all images in memory)."""
+    from dermalab.serve.ood import colour_statistics
+
+    return np.concatenate([colour_statistics(np.stack([data.store.get(s)
+                                                       for s in ids[i:i + batch]]))
+                           for i in range(0, len(ids), batch)])
+
+
 def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperature: float,
                 run_dir: Path, max_train: int = 3000) -> dict[str, Any]:
     """Fit the web service's "not skin" detector and "not sure" threshold on this run's data
     (train features for the detector, validation for both thresholds); writes
     ``RUN_DIR/serving/ood.npz`` and ``serving.json``."""
-    from dermalab.serve.ood import colour_statistics, fit_mahalanobis, selective_threshold
+    from dermalab.serve.ood import fit_mahalanobis, selective_threshold
 
     cfg = run.config.eval
     train = data.samples("train")
@@ -114,8 +123,8 @@ def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperatur
     # Two detectors share the false-positive budget: deep features and colour statistics.
     ood = fit_mahalanobis(f_train, np.array([index[s.label] for s in train]), f_val,
                           cfg.ood_target_fpr / 2)
-    c_train = colour_statistics(np.stack([data.store.get(s.sample_id) for s in train]))
-    c_val = colour_statistics(np.stack([data.store.get(i) for i in val.ids]))
+    c_train = _colour_of(data, [s.sample_id for s in train])
+    c_val = _colour_of(data, val.ids)
     colour = fit_mahalanobis(c_train, np.zeros(len(c_train), dtype=int), c_val,
                              cfg.ood_target_fpr / 2, standardize=True)
     probs = calibrated_probs(val.logits, temperature)
