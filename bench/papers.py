@@ -10,10 +10,11 @@ then upsampled to 64 px for the pretrained network: at 28 px input an ImageNet b
 feature map is 1x1 and fine-tuned BatchNorm statistics stop generalising.
 
     .venv/bin/python bench/papers.py [--sizes 28,64,128] [--splits official,corrected]
-        [--set train.epochs=8 ...]
+        [--recipes default,accuracy] [--set train.epochs=8 ...] [--no-train]
 
 Run directories go to ``bench/work/papers/`` (finished runs are reused, cut-off runs resumed);
-results to ``bench/results/papers.{json,md}``.
+results to ``bench/results/papers.{json,md}``. ``--no-train`` writes the table from the finished
+runs only (the rest are listed as missing).
 """
 
 from __future__ import annotations
@@ -35,6 +36,16 @@ SPLITS = {
     "corrected": SHARED / "dermamnist_splits" / "combined_metadata_corrected.csv",
 }
 MIN_INPUT = 64  # smallest network input (see the module docstring)
+
+# Recipes run beside each other. ``default`` is configs/ham10000_default.yaml as it stands: it
+# optimises balanced accuracy (class-balanced focal loss, sqrt oversampling, selection on
+# validation balanced accuracy), which moves predictions away from nv (67% of the test set) and
+# so costs plain accuracy, the number the published tables give. ``accuracy`` is the same recipe
+# aimed at that number: plain cross-entropy, no oversampling, selection on validation accuracy.
+RECIPES: dict[str, list[str]] = {
+    "default": [],
+    "accuracy": ["loss.name=ce", "data.sampler=none", "train.monitor=accuracy"],
+}
 
 # Published test results (accuracy, macro AUC); single numbers as printed in the papers.
 PUBLISHED: list[dict[str, Any]] = [
@@ -89,46 +100,74 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs" / "ham10000_default.yaml"))
     ap.add_argument("--set", dest="sets", nargs="+", default=[],
                     help="extra config overrides for every run (state them in the results)")
+    ap.add_argument("--recipes", default="default,accuracy")
     ap.add_argument("--work", default=str(WORK / "papers"))
+    ap.add_argument("--no-train", action="store_true",
+                    help="report the finished runs only; train nothing")
     args = ap.parse_args()
     work = Path(args.work)
+    recipes = args.recipes.split(",")
+    unknown = sorted(set(recipes) - set(RECIPES))
+    if unknown:
+        ap.error(f"unknown recipe(s) {unknown}; known: {sorted(RECIPES)}")
     rows: list[dict[str, Any]] = []
+    missing: list[str] = []
     for split in args.splits.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
-            data = HAM if size >= MIN_INPUT else downscaled_copy(size, work / "data")
-            sets = [f"data.split_file={SPLITS[split]}", "data.allow_leaks=true",
-                    f"data.image_size={max(size, MIN_INPUT)}", *args.sets]
-            t0 = time.perf_counter()
-            m = train_run(work / f"{split}_{size}px", args.config, sets, str(data))
-            rows.append({
-                "split": split, "size": size, "input": max(size, MIN_INPUT),
-                "acc": m["accuracy"], "auc": m["roc_auc_macro"],
-                "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
-                "n_test": m["n"], "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
-                "train_seconds": m["train_seconds_total"],
-                "leaked_lesions": m["split"]["group_overlap"],
-                "seconds_this_call": round(time.perf_counter() - t0, 1),
-            })
+            for recipe in recipes:
+                run_dir = work / (f"{split}_{size}px" + ("" if recipe == "default"
+                                                         else f"_{recipe}"))
+                if args.no_train and not (run_dir / "metrics.json").is_file():
+                    missing.append(f"{split} {size} px {recipe}")
+                    continue
+                data = HAM if size >= MIN_INPUT else downscaled_copy(size, work / "data")
+                sets = [f"data.split_file={SPLITS[split]}", "data.allow_leaks=true",
+                        f"data.image_size={max(size, MIN_INPUT)}", *RECIPES[recipe], *args.sets]
+                t0 = time.perf_counter()
+                m = train_run(run_dir, args.config, sets, str(data))
+                rows.append(_row(split, size, recipe, m, time.perf_counter() - t0))
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "config": _rel(args.config),
-              "overrides": args.sets, "ours": rows, "published": PUBLISHED}
+              "recipes": {r: RECIPES[r] for r in recipes}, "overrides": args.sets,
+              "ours": rows, "missing": missing, "published": PUBLISHED}
+    write_results("papers", report, _markdown(report, args.splits.split(","), args.config))
+
+
+def _row(split: str, size: int, recipe: str, m: dict[str, Any], seconds: float
+         ) -> dict[str, Any]:
+    return {"split": split, "size": size, "recipe": recipe, "input": max(size, MIN_INPUT),
+            "acc": m["accuracy"], "auc": m["roc_auc_macro"],
+            "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
+            "n_test": m["n"], "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
+            "train_seconds": m["train_seconds_total"],
+            "leaked_lesions": m["split"]["group_overlap"],
+            "seconds_this_call": round(seconds, 1)}
+
+
+def _markdown(report: dict[str, Any], splits: list[str], config: str) -> list[str]:
+    rows, sets = report["ours"], report["overrides"]
     md = [f"# DermaMNIST splits: ours beside the published tables ({report['date']}, "
           f"{report['machine']['cpus']} CPUs)", "",
-          f"Recipe `{Path(args.config).name}`" + (f" with `{' '.join(args.sets)}`"
-                                                   if args.sets else "")
+          f"Recipe `{Path(config).name}`" + (f" with `{' '.join(sets)}`" if sets else "")
           + "; one run each (the papers report single runs or means of 3); images resized from "
           "a 200x150 HAM10000 copy; 28 px = reduced to 28x28, upsampled to 64 for the network.",
-          "", "| split | px | source | test ACC | test AUC | bal. acc | macro-F1 | epochs (best) "
-          "| train min |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for split in args.splits.split(","):
+          ""]
+    md += [f"- `{name}`: " + (f"`{' '.join(extra)}`" if extra else "the recipe as it stands")
+           for name, extra in report["recipes"].items()]
+    md += ["", "| split | px | source | recipe | test ACC | test AUC | bal. acc | macro-F1 "
+           "| epochs (best) | train min |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for split in splits:
         for r in [r for r in rows if r["split"] == split]:
             md.append(f"| {split} | {r['size']} | **dermalab** (EfficientNet-Lite0) | "
-                      f"**{fmt(r['acc'])}** | **{fmt(r['auc'])}** | {fmt(r['balanced_accuracy'])}"
-                      f" | {fmt(r['macro_f1'])} | {r['epochs_run']} ({r['best_epoch']}) | "
-                      f"{r['train_seconds'] / 60:.0f} |")
+                      f"{r['recipe']} | **{fmt(r['acc'])}** | **{fmt(r['auc'])}** | "
+                      f"{fmt(r['balanced_accuracy'])} | {fmt(r['macro_f1'])} | "
+                      f"{r['epochs_run']} ({r['best_epoch']}) | {r['train_seconds'] / 60:.0f} |")
         for p in [p for p in PUBLISHED if p["split"] == split]:
-            md.append(f"| {split} | {p['size'] or '–'} | {p['what']} | {fmt(p['acc'])} | "
+            md.append(f"| {split} | {p['size'] or '–'} | {p['what']} | – | {fmt(p['acc'])} | "
                       f"{fmt(p['auc'])} | – | – | – | – |")
-    write_results("papers", report, md)
+    if report["missing"]:
+        md += ["", "Not run yet: " + ", ".join(report["missing"]) + "."]
+    return md
 
 
 if __name__ == "__main__":
