@@ -3,8 +3,8 @@
 1. Inference of the default backbone at the default recipe's input size, batch 1 and 32:
    PyTorch eager (NCHW), PyTorch channels_last, ONNX Runtime (CPU); ms/image and images/s,
    beside the FLOP floor (FLOPs per image / measured peak FLOP/s of a large fp32 matmul).
-2. Training input pipeline: images/s of the training DataLoader (same transforms) reading the
-   decoded uint8 cache vs decoding every JPEG.
+2. Input pipeline: images/s of a DataLoader reading the decoded uint8 cache vs decoding every
+   JPEG, with the training augmentation and without it, and the cost of each augmentation step.
 3. Training throughput (forward + backward + step) at the default resolution.
 4. Peak resident memory of a short ``dermalab train`` and, with ``--run``, of ``dermalab
    serve`` answering uploads.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -95,28 +94,61 @@ def inference(model: torch.nn.Module, size: int, tmp: Path) -> list[dict[str, An
     return rows
 
 
-def input_pipeline(size: int, n: int) -> dict[str, float]:
-    """Images/s of iterating the training loader (train transforms, no model)."""
+def input_pipeline(size: int, n: int) -> dict[str, Any]:
+    """Images/s of iterating a DataLoader (batch 32, no model) over the decoded uint8 cache vs
+    decoding every JPEG, with the training augmentation and without it (evaluation transforms).
+
+    The cache saves the decode and resize; the augmentation costs the same on both paths, so
+    the ratio with augmentation is bounded by how much of the time the augmentation takes.
+    """
     from dermalab.data.cache import DecodingImages, build_cache, default_cache_dir
     from dermalab.data.dataset import ImageDataset, make_loader
     from dermalab.data.sources import load_source
-    from dermalab.data.transforms import train_transform
+    from dermalab.data.transforms import eval_transform, train_transform
 
     cfg = load_config(REPO / "configs" / "ham10000_default.yaml", [f"data.source={HAM}"])
     data = load_source(cfg.data)
     ids = [s.sample_id for s in data.samples[:n]]
     targets = [0] * len(ids)
-    tf = train_transform(size, [0.5] * 3, [0.5] * 3, cfg.data.augment)
+    mean, std = [0.5] * 3, [0.5] * 3
     cached = build_cache(data, size, cfg.data.resize_mode, default_cache_dir(), progress=False)
+    stores = {"cache": cached, "decode": DecodingImages(data, size, cfg.data.resize_mode)}
+    out: dict[str, Any] = {}
+    for tf_name, tf in (("train", train_transform(size, mean, std, cfg.data.augment)),
+                        ("eval", eval_transform(mean, std))):
+        for name, store in stores.items():
+            loader = make_loader(ImageDataset(store, ids, targets, tf), 32, shuffle=True)
+            t0 = time.perf_counter()
+            for _ in loader:
+                pass
+            out[f"{tf_name}_{name}"] = len(ids) / (time.perf_counter() - t0)
+        out[f"{tf_name}_ratio"] = out[f"{tf_name}_cache"] / out[f"{tf_name}_decode"]
+    out["augment_ms"] = augmentation_costs(cached, ids[:256], size, cfg)
+    return out
+
+
+def augmentation_costs(store: Any, ids: list[str], size: int, cfg: Any) -> dict[str, float]:
+    """ms/image of each step of the training transform, on cached uint8 images."""
+    from torchvision.transforms import v2
+
+    from dermalab.data.transforms import train_transform
+
+    imgs = [torch.from_numpy(store.get(i)).permute(2, 0, 1).contiguous() for i in ids]
+    steps = list(train_transform(size, [0.5] * 3, [0.5] * 3, cfg.data.augment).transforms)
+    # The last two (to float, normalise) only work together: Normalize needs a float tensor.
+    steps[-2:] = [v2.Compose(steps[-2:])]
     out = {}
-    for name, store in (("cache", cached), ("decode", DecodingImages(data, size,
-                                                                     cfg.data.resize_mode))):
-        loader = make_loader(ImageDataset(store, ids, targets, tf), 32, shuffle=True)
-        t0 = time.perf_counter()
-        for _ in loader:
-            pass
-        out[name] = len(ids) / (time.perf_counter() - t0)
-    out["ratio"] = out["cache"] / out["decode"]
+    for step in steps:
+        name = "ToDtype+Normalize" if isinstance(step, v2.Compose) else type(step).__name__
+        if isinstance(step, v2.ColorJitter) and step.hue is not None:
+            # Hue is the costly part of ColorJitter (an RGB -> HSV -> RGB round trip): shown
+            # apart so the price of data.augment.hue is visible.
+            no_hue = v2.ColorJitter(step.brightness, step.contrast, step.saturation)
+            hue_only = v2.ColorJitter(hue=step.hue)
+            for label, t in ((f"{name} without hue", no_hue), ("hue jitter", hue_only)):
+                out[label] = 1000 * timed(lambda t=t: [t(x) for x in imgs], 1.0, 2) / len(imgs)
+            continue
+        out[name] = 1000 * timed(lambda step=step: [step(x) for x in imgs], 1.0, 2) / len(imgs)
     return out
 
 
@@ -136,17 +168,21 @@ def training(model: torch.nn.Module, size: int, batches: int = 8) -> float:
 
 
 def train_peak_rss(size: int) -> float:
-    """Peak RSS (MB) of a short real ``dermalab train`` (20 batches, then the evaluation)."""
+    """Peak RSS (MB) of a short real ``dermalab train`` (20 batches, then the evaluation and
+    the trust stage: calibration, serving detectors), from that child's own rusage."""
     with tempfile.TemporaryDirectory() as tmp:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        subprocess.run([sys.executable, "-m", "dermalab", "train", "-c",
-                        str(REPO / "configs" / "ham10000_default.yaml"), "--data", str(HAM),
-                        "--out", f"{tmp}/run", "--no-progress", "--set",
-                        f"data.image_size={size}", "train.epochs=1", "train.max_batches=20",
-                        "tracking.enabled=false", "eval.report=false", "eval.gallery=0"],
-                       check=True, capture_output=True, cwd=REPO)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(before, after) / 1024
+        proc = subprocess.Popen([sys.executable, "-m", "dermalab", "train", "-c",
+                                 str(REPO / "configs" / "ham10000_default.yaml"), "--data",
+                                 str(HAM), "--out", f"{tmp}/run", "--no-progress", "--set",
+                                 f"data.image_size={size}", "train.epochs=1",
+                                 "train.max_batches=20", "tracking.enabled=false",
+                                 "eval.report=false", "eval.gallery=0"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise RuntimeError(f"dermalab train exited with {proc.returncode}")
+    return usage.ru_maxrss / 1024
 
 
 def serve_peak_rss(run: Path, uploads: int = 50) -> float:
@@ -223,9 +259,14 @@ def main() -> None:
            f"{r['images_per_s']:.1f} | {r['speedup_vs_eager']:.2f}x | "
            f"{r['ms_per_image'] / floor:.1f}x |" for r in infer]
     md += ["", "| what | value |", "| --- | --- |",
-           f"| training input pipeline, decoded cache | {pipe['cache']:.0f} images/s |",
-           f"| training input pipeline, decoding every JPEG | {pipe['decode']:.0f} images/s |",
-           f"| cache / decode | **{pipe['ratio']:.1f}x** |",
+           f"| input pipeline with training augmentation: cache / decoding every JPEG | "
+           f"{pipe['train_cache']:.0f} / {pipe['train_decode']:.0f} images/s = "
+           f"**{pipe['train_ratio']:.1f}x** |",
+           f"| input pipeline without augmentation (evaluation): cache / decoding | "
+           f"{pipe['eval_cache']:.0f} / {pipe['eval_decode']:.0f} images/s = "
+           f"**{pipe['eval_ratio']:.1f}x** |",
+           "| training augmentation, ms/image per step | "
+           + ", ".join(f"{k} {v:.2f}" for k, v in pipe["augment_ms"].items()) + " |",
            f"| training throughput (fwd+bwd+AdamW, batch 32, channels_last) | "
            f"{train_ips:.1f} images/s |",
            f"| peak RSS, `dermalab train` (20 batches + evaluation) | {train_rss:.0f} MB |",
@@ -233,8 +274,11 @@ def main() -> None:
            + (f"{serve_rss:.0f} MB |" if serve_rss else "not measured (no --run) |")]
     if report["serve_load"]:
         s = report["serve_load"]
-        md.append(f"| API load (from `bench/serve_load.py`, {s.get('date', '')}) | see "
-                  "[serve_load.md](serve_load.md) |")
+        lat = s["latency_ms"]
+        md.append(f"| API load ({s['clients']} clients, {s['requests']} uploads, backend "
+                  f"{s['backend']}; `bench/serve_load.py`, {s['date']}) | p50 {lat['p50']:.0f} "
+                  f"ms, p95 {lat['p95']:.0f} ms, {s['throughput_rps']:.1f} req/s, "
+                  f"{s['errors_5xx']} errors; see [serve_load.md](serve_load.md) |")
     write_results("speed", report, md)
 
 
