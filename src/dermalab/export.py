@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dermalab.atomic import atomic_path
 from dermalab.data.images import normalize_batch
 from dermalab.engine.evaluate import load_run
 from dermalab.models import FeaturesAndLogits
@@ -44,14 +45,13 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
     s = info.image_size
     example = torch.randn(2, 3, s, s)
     onnx_path = out / "model.onnx"
-    tmp = out / ".model.onnx.tmp"
     both = FeaturesAndLogits(model).eval()
-    torch.onnx.export(both, (example,), str(tmp), dynamo=False, opset_version=OPSET,
-                      input_names=["image"],
-                      output_names=["logits", "features", "feature_map"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"},
-                                    "features": {0: "batch"}, "feature_map": {0: "batch"}})
-    tmp.replace(onnx_path)
+    with atomic_path(onnx_path) as tmp:
+        torch.onnx.export(both, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                          input_names=["image"],
+                          output_names=["logits", "features", "feature_map"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"},
+                                        "features": {0: "batch"}, "feature_map": {0: "batch"}})
 
     if check_images is None:
         rng = np.random.default_rng(0)

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dermalab.atomic import atomic_write_text
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2433;
 background:#f6f7f9}
@@ -185,7 +187,5 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/report.html``."""
     run_dir = Path(run_dir)
     out = run_dir / "report.html"
-    tmp = out.with_name(".report.html.tmp")
-    tmp.write_text(build_report(run_dir), encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, build_report(run_dir))
     return out

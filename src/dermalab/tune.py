@@ -37,6 +37,7 @@ from typing import Any, Literal
 import sqlalchemy.exc
 import yaml
 
+from dermalab.atomic import atomic_write_text
 from dermalab.config import ExperimentConfig, load_config, save_config, with_values
 from dermalab.errors import ConfigError, DermalabError, StopTraining, TrainingDivergedError
 from dermalab.tracking import child_tracking, start_parent_run
@@ -372,7 +373,7 @@ def write_results(study: Any, space: SearchSpace, user: ExperimentConfig, out: P
     rows = trial_rows(study)
     keys = [p.key for p in space.params]
     cols = ["number", "state", "value", "last_epoch", "epochs_run", "seconds", "worker", *keys]
-    _atomic_write(out / "trials.csv", _csv(rows, cols))
+    atomic_write_text(out / "trials.csv", _csv(rows, cols))
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     summary: dict[str, Any] = {
         "study": study.study_name, "direction": study.direction.name.lower(),
@@ -395,7 +396,7 @@ def write_results(study: Any, space: SearchSpace, user: ExperimentConfig, out: P
                    f"params `{json.dumps(best.params)}`; ready to train: "
                    f"`dermalab train -c {out / 'best_config.yaml'}`.", ""]
         _plots(study, out)
-    _atomic_write(out / "trials.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "trials.md", "\n".join(md) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     uri, parent = mlflow
     if parent is not None:
@@ -461,7 +462,3 @@ def _csv(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -10,13 +10,13 @@ each split keeps the class proportions.
 from __future__ import annotations
 
 import csv
-import os
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dermalab.atomic import atomic_path
 from dermalab.data.samples import Sample
 from dermalab.errors import DataError, LeakError
 
@@ -143,16 +143,12 @@ def make_split(
 
 def write_split(path: str | Path, samples: Iterable[Sample], split: Split) -> None:
     """Write ``splits.csv`` (sample_id,label,group,split), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent writers never mix
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(SPLIT_COLUMNS)
         for s in sorted(samples, key=lambda s: s.sample_id):
             if s.sample_id in split.assignment:
                 w.writerow([s.sample_id, s.label, s.group, split.assignment[s.sample_id]])
-    tmp.replace(path)
 
 
 def read_split_file(path: str | Path, samples: Sequence[Sample]) -> Split:

@@ -9,29 +9,20 @@ a kill -9 mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dermalab.atomic import atomic_path
 
 CHECKPOINT_FORMAT = 1
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Atomically write ``payload`` with ``torch.save``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
 from dermalab.analysis import Predictions
+from dermalab.atomic import atomic_path
 from dermalab.calibration import calibrated_probs
 from dermalab.config import ExperimentConfig, TrainConfig, from_dict, save_config, to_dict
 from dermalab.config import flatten as flatten_config
@@ -140,12 +141,10 @@ def _improved(value: float, best: float | None, monitor: str, min_delta: float) 
 
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     """One row per epoch (rewritten whole each epoch, atomically)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(HISTORY_KEYS), extrasaction="ignore")
         w.writeheader()
         w.writerows(history)
-    tmp.replace(path)
 
 
 def write_predictions(path: Path, ids: list[str], targets: np.ndarray, probs: np.ndarray,

@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import DateTime, Integer, String, Text, create_engine, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from dermalab.atomic import atomic_write_bytes
+
 
 class Base(DeclarativeBase):
     """Declarative base."""
@@ -51,9 +53,7 @@ class ImageStore:
             self.client.put_object(Bucket=self.uri.bucket, Key=self.uri.key(key), Body=data)
             return f"{self.uri}/{key}"
         path = self.root / key
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write_bytes(path, data)
         return str(path)
 
     def delete(self, ref: str) -> None:
