@@ -81,8 +81,8 @@ def _parent(base: ExperimentConfig, out: Path) -> ExperimentConfig:
 def compare(config: str | None, backbones: list[tuple[str, bool]], out: str | Path,
             sets: list[str], *, progress: bool = False) -> list[dict[str, Any]]:
     """Train (or reuse) one run per backbone and write the comparison table; returns its rows."""
+    from dermalab.data.inspect import shared_split
     from dermalab.engine.fit import fit
-    from dermalab.tune import shared_split
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -231,18 +231,6 @@ def _parent_run(base: ExperimentConfig, study: Any, out: Path) -> tuple[str | No
     return uri, run_id
 
 
-def shared_split(base: ExperimentConfig, out: Path) -> ExperimentConfig:
-    """Give every trial the same split: the config's split file, or one made here once."""
-    if base.data.split_file:
-        return base
-    path = out / "splits.csv"
-    if not path.is_file():
-        from dermalab.data.inspect import inspect_dataset
-
-        inspect_dataset(base.data, split_out=out)
-    return with_values(base, {"data.split_file": str(path.resolve())})
-
-
 def run_trial(trial: Any, space: SearchSpace, base: ExperimentConfig, out: Path,
               mlflow: tuple[str | None, str | None], progress: bool) -> float:
     """One trial: suggest, train with pruning, return the best validation value."""
@@ -298,6 +286,8 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
     write the study's results; returns a summary."""
     import optuna
     from optuna.storages import fail_stale_trials
+
+    from dermalab.data.inspect import shared_split
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and stale-trial retries are marked experimental; they are what we rely on.

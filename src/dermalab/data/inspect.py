@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dermalab.config import DataConfig
+from dermalab.config import DataConfig, ExperimentConfig, with_values
 from dermalab.data.images import open_rgb
 from dermalab.data.samples import Sample, SourceData
 from dermalab.data.sources import load_source
@@ -180,3 +180,15 @@ def plot_split_counts(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def shared_split(base: ExperimentConfig, out: Path) -> ExperimentConfig:
+    """``base`` pinned to one split for every run made from it (tuning trials, compared
+    backbones): the config's own split file, or ``OUT/splits.csv`` made here once (checked and
+    reported like ``dermalab data inspect``) and reused when it exists."""
+    if base.data.split_file:
+        return base
+    path = out / "splits.csv"
+    if not path.is_file():
+        inspect_dataset(base.data, split_out=out)
+    return with_values(base, {"data.split_file": str(path.resolve())})
