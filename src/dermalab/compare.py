@@ -13,7 +13,6 @@ ImageNet pretraining contributes. With tracking on, the runs are MLflow child ru
 from __future__ import annotations
 
 import csv
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,7 @@ def compare(config: str | None, backbones: list[tuple[str, bool]], out: str | Pa
             sets: list[str], *, progress: bool = False) -> list[dict[str, Any]]:
     """Train (or reuse) one run per backbone and write the comparison table; returns its rows."""
     from dermalab.data.inspect import shared_split
-    from dermalab.engine.fit import fit
+    from dermalab.engine.fit import fit_or_reuse
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,14 +89,9 @@ def compare(config: str | None, backbones: list[tuple[str, bool]], out: str | Pa
     rows = []
     for name, pretrained in backbones:
         run_dir = out / (name if pretrained else f"{name}_scratch")
-        if (run_dir / "metrics.json").is_file():
-            res = json.loads((run_dir / "metrics.json").read_text())
-        elif (run_dir / "checkpoints" / "last.pt").is_file():
-            res = fit(None, run_dir, resume=True, progress=progress)  # type: ignore[arg-type]
-        else:
-            cfg = with_values(base, {"model.backbone": name, "model.pretrained": pretrained,
-                                     "name": f"{base.name}-{run_dir.name}"})
-            res = fit(cfg, run_dir, progress=progress)
+        cfg = with_values(base, {"model.backbone": name, "model.pretrained": pretrained,
+                                 "name": f"{base.name}-{run_dir.name}"})
+        res = fit_or_reuse(cfg, run_dir, progress=progress)
         rows.append({
             "backbone": name, "pretrained": pretrained,
             **{k: res.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1",

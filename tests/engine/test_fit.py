@@ -19,7 +19,7 @@ from sklearn import metrics as skm
 from dermalab.config import load_config
 from dermalab.engine.checkpoint import load_checkpoint
 from dermalab.engine.evaluate import evaluate_run
-from dermalab.engine.fit import fit
+from dermalab.engine.fit import fit, fit_or_reuse
 from tests.conftest import write_photo_dataset
 
 TINY = ["data.image_size=64", "train.epochs=3", "train.batch_size=8", "train.patience=0",
@@ -121,6 +121,16 @@ def test_early_stopping_stops(dataset: Path, tmp_path: Path) -> None:
     res = fit(cfg, tmp_path / "es", progress=False)
     # min_delta=10 makes every epoch after the first "no improvement".
     assert res["stopped_early"] and res["epochs_run"] == 2 and res["best_epoch"] == 1
+
+
+def test_fit_or_reuse_returns_a_finished_run_without_training(reference_run: Path,
+                                                                dataset: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in (reference_run / "history.csv",
+                                                 reference_run / "checkpoints" / "last.pt")}
+    res = fit_or_reuse(load_config(None, [*TINY, f"data.source={dataset}"]), reference_run,
+                       progress=False)
+    assert res == json.loads((reference_run / "metrics.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
 @pytest.mark.parametrize("monitor", ["accuracy", "roc_auc_macro"])

@@ -163,6 +163,21 @@ def _log(accelerator: Accelerator, msg: str) -> None:
         print(msg, flush=True)
 
 
+def fit_or_reuse(cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool = True
+                 ) -> dict[str, Any]:
+    """A finished run's metrics (``metrics.json`` present), a cut-off run resumed from its last
+    checkpoint (with its saved config), or a new run of ``cfg``: what a batch of runs (a
+    comparison, a benchmark) re-run after an interruption should do."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        result: dict[str, Any] = json.loads(metrics.read_text())
+        return result
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return fit(None, run_dir, resume=True, progress=progress)  # type: ignore[arg-type]
+    return fit(cfg, run_dir, progress=progress)
+
+
 def fit(
     cfg: ExperimentConfig,
     run_dir: str | Path,
