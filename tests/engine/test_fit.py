@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,8 +135,8 @@ def test_fit_or_reuse_returns_a_finished_run_without_training(reference_run: Pat
 
 
 @pytest.mark.parametrize("monitor", ["accuracy", "roc_auc_macro"])
-def test_monitor_picks_the_epoch_with_the_best_validation_value(dataset: Path, tmp_path: Path,
-                                                                 monitor: str) -> None:
+def test_monitor_picks_the_epoch_with_the_best_validation_value(
+        dataset: Path, tmp_path: Path, monitor: str, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = load_config(None, [*TINY, f"data.source={dataset}", f"train.monitor={monitor}",
                              "eval.gallery=0", "eval.report=false"])
     res = fit(cfg, tmp_path / monitor, progress=False)
@@ -143,6 +144,8 @@ def test_monitor_picks_the_epoch_with_the_best_validation_value(dataset: Path, t
     # The first epoch reaching the maximum is kept (later ties are not improvements).
     assert res["best_epoch"] == values.index(max(values)) + 1
     assert res["best_val_monitor"] == pytest.approx(max(values))
+    # The epoch lines show the monitored value when it is not one they always show.
+    assert len(re.findall(rf"macro-F1 [0-9.]+ {monitor} [0-9.]+", capsys.readouterr().out)) == 3
 
 @pytest.mark.slow
 def test_kill_minus_9_then_resume_matches_uninterrupted(reference_run: Path, dataset: Path,

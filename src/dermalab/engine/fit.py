@@ -385,7 +385,10 @@ def fit(
             _log(accelerator, f"epoch {epoch + 1:>3}/{cfg.train.epochs} lr {lr:.2e} train loss "
                               f"{stats.loss:.4f} | val loss {val_loss:.4f} bal-acc "
                               f"{vm['balanced_accuracy']:.4f} macro-F1 {vm['macro_f1']:.4f}"
-                              f"{' *' if improved else ''} ({stats.seconds:.0f}s, "
+                              + ("" if cfg.train.monitor in ("balanced_accuracy", "macro_f1",
+                                                             "loss")
+                                 else f" {cfg.train.monitor} {value:.4f}")
+                              + f"{' *' if improved else ''} ({stats.seconds:.0f}s, "
                               f"{stats.images_per_second:.1f} img/s)")
             if trial_callback is not None:
                 trial_callback(epoch + 1, value)
