@@ -1,11 +1,11 @@
 """Atomic file replacement: a reader sees the old file or the new one, never half of either.
 
-Every file that a later step or a resumed run reads back (checkpoints, ``history.csv``,
-``splits.csv``, the report, exported models, stored uploads, study tables) is written to a
-temporary name beside its target and moved over it with one ``os.replace`` (atomic on POSIX
-within one file system). The temporary name carries the process and thread id, so concurrent
-writers (DDP ranks, tuning workers, server threads) never write into each other's file, and a
-failed write removes its temporary and leaves the target as it was.
+Every file that a later step or a resumed run reads back (checkpoints, ``metrics.json``,
+``history.csv``, ``splits.csv``, the report, exported models, stored uploads, study tables) is
+written to a temporary name beside its target and moved over it with one ``os.replace`` (atomic
+on POSIX within one file system). The temporary name carries the process and thread id, so
+concurrent writers (DDP ranks, tuning workers, server threads) never write into each other's
+file, and a failed write removes its temporary and leaves the target as it was.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dermalab.atomic import atomic_path
+from dermalab.atomic import atomic_path, atomic_write_text
 from dermalab.data.images import normalize_batch
 from dermalab.engine.evaluate import load_run
 from dermalab.models import FeaturesAndLogits
@@ -69,5 +69,5 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
                   "layout": "NCHW",
                   "source_run": str(run_dir.resolve()), "parity": parity}
     meta = info.to_json()
-    (out / "model.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
     return meta

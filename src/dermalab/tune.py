@@ -387,7 +387,7 @@ def write_results(study: Any, space: SearchSpace, user: ExperimentConfig, out: P
                    f"`dermalab train -c {out / 'best_config.yaml'}`.", ""]
         _plots(study, out)
     atomic_write_text(out / "trials.md", "\n".join(md) + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     uri, parent = mlflow
     if parent is not None:
         import mlflow as mlf

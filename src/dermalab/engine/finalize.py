@@ -16,6 +16,7 @@ import numpy as np
 
 from dermalab import plots
 from dermalab.analysis import Predictions, analyze
+from dermalab.atomic import atomic_write_text
 from dermalab.calibration import calibrated_probs
 from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -141,7 +142,7 @@ def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperatur
            "ood_colour_threshold": colour.threshold,
            "val_ood_rate": float(np.mean(ood.is_ood(f_val) | colour.is_ood(c_val))),
            "ood_fit_images": len(train)}
-    (folder / "serving.json").write_text(json.dumps(out, indent=2))
+    atomic_write_text(folder / "serving.json", json.dumps(out, indent=2))
     return out
 
 
@@ -196,7 +197,8 @@ def finalize_run(
                                      plot_dir / "misclassified_gradcam.png")
     if cfg.eval.serving:
         metrics["serving"] = fit_serving(run, data, val, t, run_dir)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # metrics.json marks a finished run (fit_or_reuse, compare): never leave half of one.
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     if cfg.eval.report:
         write_report(run_dir)
     return metrics

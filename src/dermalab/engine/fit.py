@@ -34,7 +34,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
 from dermalab.analysis import Predictions
-from dermalab.atomic import atomic_path
+from dermalab.atomic import atomic_path, atomic_write_text
 from dermalab.calibration import calibrated_probs
 from dermalab.config import ExperimentConfig, TrainConfig, from_dict, save_config, to_dict
 from dermalab.config import flatten as flatten_config
@@ -411,7 +411,7 @@ def fit(
             "processes": accelerator.num_processes,
         })
         if accelerator.is_main_process:
-            paths.metrics.write_text(json.dumps(results, indent=2))
+            atomic_write_text(paths.metrics, json.dumps(results, indent=2))
             write_run_plots(history, results, classes, paths)
             if ids["val"] and ids["test"]:
                 from dermalab.engine.finalize import finalize_run
