@@ -72,6 +72,12 @@ def train_run(run_dir: Path, config: str, sets: list[str], data: str | None = No
     return res
 
 
+def repo_relative(path: str) -> str:
+    """A path inside the checkout as written from its root (results carry no home paths)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
+
+
 def write_results(name: str, report: dict[str, Any], markdown: list[str]) -> None:
     """``bench/results/<name>.json`` and ``.md``."""
     RESULTS.mkdir(parents=True, exist_ok=True)

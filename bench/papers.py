@@ -29,7 +29,7 @@ from typing import Any
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HAM, REPO, SHARED, WORK, fmt, machine, train_run, write_results
+from common import HAM, REPO, SHARED, WORK, fmt, machine, repo_relative, train_run, write_results
 
 SPLITS = {
     "official": SHARED / "dermamnist_splits" / "dermamnist_split_info.csv",
@@ -87,12 +87,6 @@ def downscaled_copy(size: int, root: Path) -> Path:
     return out
 
 
-def _rel(path: str) -> str:
-    """A path inside the checkout as written from its root (results carry no home paths)."""
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="28,64,128")
@@ -126,7 +120,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 m = train_run(run_dir, args.config, sets, str(data))
                 rows.append(_row(split, size, recipe, m, time.perf_counter() - t0))
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "config": _rel(args.config),
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+              "config": repo_relative(args.config),
               "recipes": {r: RECIPES[r] for r in recipes}, "overrides": args.sets,
               "ours": rows, "missing": missing, "published": PUBLISHED}
     write_results("papers", report, _markdown(report, args.splits.split(","), args.config))

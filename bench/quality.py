@@ -27,7 +27,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HAM, REPO, WORK, dermalab_cmd, fmt, machine, train_run, write_results
+from common import (
+    HAM,
+    REPO,
+    WORK,
+    dermalab_cmd,
+    fmt,
+    machine,
+    repo_relative,
+    train_run,
+    write_results,
+)
 
 ANCHORS = [
     ("seeds' best HAM10000 figure: EfficientNet-B0, random image-level split (leaks lesions)",
@@ -68,12 +78,6 @@ def row(name: str, m: dict[str, Any], tta: dict[str, Any]) -> dict[str, Any]:
             "lesions_shared": m["split"]["group_overlap"]}
 
 
-def _rel(path: str) -> str:
-    """A path inside the checkout as written from its root (results carry no home paths)."""
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(REPO / "configs" / "ham10000_default.yaml"))
@@ -90,7 +94,8 @@ def main() -> None:
         m = train_run(work / "by_image", args.config,
                       [*args.sets, "data.split_by=image", "data.allow_leaks=true"], str(HAM))
         rows.append(row("random image-level split (leaky)", m, tta_test(work / "by_image")))
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "config": _rel(args.config),
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+              "config": repo_relative(args.config),
               "overrides": args.sets, "rows": rows, "target": TARGET,
               "anchors": [{"what": w, **v} for w, v in ANCHORS]}
     if len(rows) == 2:

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dermalab.atomic import atomic_write_text
 from dermalab.config import ExperimentConfig, load_config, with_values
 from dermalab.errors import ConfigError
-from dermalab.tracking import child_tracking, start_parent_run
+from dermalab.tracking import child_tracking, start_parent_run, store_uri
 
 COLUMNS = ["backbone", "pretrained", "accuracy", "balanced_accuracy", "macro_f1",
            "roc_auc_macro", "ece_after", "parameters_m", "train_minutes", "epochs_run",
@@ -67,13 +68,13 @@ def _parent(base: ExperimentConfig, out: Path) -> ExperimentConfig:
     """Child runs under one MLflow parent run (its id kept in ``OUT/mlflow_parent.txt``)."""
     if not base.tracking.enabled:
         return base
-    uri = base.tracking.uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    uri = store_uri(base.tracking, out)
     marker = out / "mlflow_parent.txt"
     if marker.is_file():
         parent = marker.read_text().strip()
     else:
         parent = start_parent_run(base.tracking, uri, f"compare:{base.name}", {})
-        marker.write_text(parent)
+        atomic_write_text(marker, parent)
     return with_values(base, child_tracking(base.tracking, uri, parent))
 
 

@@ -15,9 +15,10 @@ from typing import Any
 from dermalab.config import TrackingConfig
 
 
-def default_uri(run_dir: Path) -> str:
-    """``sqlite:///<parent of the run dir>/mlflow.db``: all runs in one folder share a store."""
-    return f"sqlite:///{(run_dir.resolve().parent / 'mlflow.db')}"
+def store_uri(cfg: TrackingConfig, folder: Path) -> str:
+    """``tracking.uri``, else ``sqlite:///<folder>/mlflow.db``: a run uses its parent folder,
+    so all runs in one folder share a store; a study or comparison uses its output folder."""
+    return cfg.uri or f"sqlite:///{(folder.resolve() / 'mlflow.db')}"
 
 
 def _quiet() -> None:
@@ -83,7 +84,7 @@ class Tracker:
         import mlflow
 
         self._mlflow = mlflow
-        uri = self.cfg.uri or default_uri(self.run_dir)
+        uri = store_uri(self.cfg, self.run_dir.resolve().parent)
         mlflow.set_tracking_uri(uri)
         exp_id = experiment_id(self.cfg, uri)
         run = mlflow.start_run(run_id=resume_id, experiment_id=exp_id,

@@ -40,7 +40,7 @@ import yaml
 from dermalab.atomic import atomic_write_text
 from dermalab.config import ExperimentConfig, load_config, save_config, with_values
 from dermalab.errors import ConfigError, DermalabError, StopTraining, TrainingDivergedError
-from dermalab.tracking import child_tracking, start_parent_run
+from dermalab.tracking import child_tracking, start_parent_run, store_uri
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
 # Per-trial outputs nobody looks at during a search; `--set` may turn them back on.
@@ -221,7 +221,7 @@ def _parent_run(base: ExperimentConfig, study: Any, out: Path) -> tuple[str | No
     """The study's MLflow parent run (created by the first worker); returns (uri, run id)."""
     if not base.tracking.enabled:
         return None, None
-    uri = base.tracking.uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    uri = store_uri(base.tracking, out)
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id is None:
         run_id = start_parent_run(base.tracking, uri, f"tune:{study.study_name}",
@@ -450,5 +450,3 @@ def _csv(rows: list[dict[str, Any]], cols: list[str]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
-
-

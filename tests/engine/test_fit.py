@@ -147,6 +147,7 @@ def test_monitor_picks_the_epoch_with_the_best_validation_value(
     # The epoch lines show the monitored value when it is not one they always show.
     assert len(re.findall(rf"macro-F1 [0-9.]+ {monitor} [0-9.]+", capsys.readouterr().out)) == 3
 
+
 @pytest.mark.slow
 def test_kill_minus_9_then_resume_matches_uninterrupted(reference_run: Path, dataset: Path,
                                                         tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ and reliability plots, a Grad-CAM gallery of the worst test mistakes, and ``repo
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,12 @@ def _predictions(run: LoadedRun, data: PreparedData, split: str, run_dir: Path) 
     return preds
 
 
+def _cached_batches(data: PreparedData, ids: list[str], batch: int) -> Iterator[np.ndarray]:
+    """The cached uint8 images of ``ids``, ``batch`` at a time (never all in memory)."""
+    for i in range(0, len(ids), batch):
+        yield np.stack([data.store.get(s) for s in ids[i:i + batch]])
+
+
 def features_of(run: LoadedRun, data: PreparedData, ids: list[str], batch: int = 64
                 ) -> np.ndarray:
     """Penultimate features of cached images (eval mode, no augmentation)."""
@@ -90,20 +97,17 @@ def features_of(run: LoadedRun, data: PreparedData, ids: list[str], batch: int =
     both = FeaturesAndLogits(run.model).eval()
     out = []
     with torch.no_grad():
-        for i in range(0, len(ids), batch):
-            x = to_input(np.stack([data.store.get(s) for s in ids[i:i + batch]]), run.mean,
-                         run.std)
-            out.append(both(x)[1].double().numpy())
+        for images in _cached_batches(data, ids, batch):
+            out.append(both(to_input(images, run.mean, run.std))[1].double().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
 def _colour_of(data: PreparedData, ids: list[str], batch: int = 256) -> np.ndarray:
-    """Colour statistics of cached images, ``batch`` at a time (never all images in memory)."""
+    """Colour statistics of cached images, ``batch`` at a time."""
     from dermalab.serve.ood import colour_statistics
 
-    return np.concatenate([colour_statistics(np.stack([data.store.get(s)
-                                                       for s in ids[i:i + batch]]))
-                           for i in range(0, len(ids), batch)])
+    return np.concatenate([colour_statistics(images)
+                           for images in _cached_batches(data, ids, batch)])
 
 
 def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperature: float,
