@@ -123,8 +123,21 @@ def main() -> None:
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "config": repo_relative(args.config),
               "recipes": {r: RECIPES[r] for r in recipes}, "overrides": args.sets,
+              "test_sets": {s: majority_baseline(SPLITS[s]) for s in args.splits.split(",")},
               "ours": rows, "missing": missing, "published": PUBLISHED}
     write_results("papers", report, _markdown(report, args.splits.split(","), args.config))
+
+
+def majority_baseline(split_file: Path) -> dict[str, Any]:
+    """The test set's size and its most frequent class: predicting that class for every image
+    scores its share as accuracy, the floor any ACC in the table should be read against."""
+    with open(HAM / "HAM10000_metadata.csv", newline="") as f:
+        dx = {row["image_id"]: row["dx"] for row in csv.DictReader(f)}
+    with open(split_file, newline="") as f:
+        test = [dx[row["image_id"]] for row in csv.DictReader(f) if row["split"] == "test"]
+    top = max(set(test), key=test.count)
+    return {"n_test": len(test), "majority_class": top,
+            "majority_accuracy": round(test.count(top) / len(test), 4)}
 
 
 def _row(split: str, size: int, recipe: str, m: dict[str, Any], seconds: float
@@ -148,6 +161,11 @@ def _markdown(report: dict[str, Any], splits: list[str], config: str) -> list[st
           ""]
     md += [f"- `{name}`: " + (f"`{' '.join(extra)}`" if extra else "the recipe as it stands")
            for name, extra in report["recipes"].items()]
+    md += ["", "Test sets (ACC is best read against the accuracy of always answering the most "
+           "frequent class):", ""]
+    md += [f"- {s}: {t['n_test']:,} images, {t['majority_accuracy']:.1%} {t['majority_class']} "
+           f"(always-{t['majority_class']} ACC {fmt(t['majority_accuracy'])})"
+           for s, t in report["test_sets"].items()]
     md += ["", "| split | px | source | recipe | test ACC | test AUC | bal. acc | macro-F1 "
            "| epochs (best) | train min |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
