@@ -40,7 +40,7 @@ import yaml
 from dermalab.atomic import atomic_write_text
 from dermalab.config import ExperimentConfig, load_config, save_config, with_values
 from dermalab.errors import ConfigError, DermalabError, StopTraining, TrainingDivergedError
-from dermalab.tracking import child_tracking, start_parent_run, store_uri
+from dermalab.tracking import child_tracking, elect_parent_run, store_uri
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
 # Per-trial outputs nobody looks at during a search; `--set` may turn them back on.
@@ -224,10 +224,11 @@ def _parent_run(base: ExperimentConfig, study: Any, out: Path) -> tuple[str | No
     uri = store_uri(base.tracking, out)
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id is None:
-        run_id = start_parent_run(base.tracking, uri, f"tune:{study.study_name}",
-                                  {"dermalab.study": study.study_name})
+        # Workers started together all find no parent yet: they elect one.
+        run_id = elect_parent_run(base.tracking, uri, f"tune:{study.study_name}",
+                                  {"dermalab.study": study.study_name},
+                                  key=f"tune:{study.study_name}")
         study.set_user_attr("mlflow_parent_run_id", run_id)
-        run_id = study.user_attrs.get("mlflow_parent_run_id", run_id)
     return uri, run_id
 
 
