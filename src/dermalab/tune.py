@@ -13,11 +13,11 @@ trial of a killed worker is marked failed once its heartbeat stops and is retrie
 the same parameters, resuming the killed run's last checkpoint, by whichever worker comes next
 (or by re-running the command).
 
-Tracking: one MLflow parent run per study (its id kept in the study), each trial a child run
-(``mlflow.parentRunId`` tag). Outputs in ``OUT``: ``best_config.yaml`` (the base recipe with the
-best parameters, ready for ``dermalab train -c``), ``trials.csv``/``trials.md``,
-``optimization_history.png`` and ``param_importances.png`` (fANOVA), also logged to the parent
-run.
+Tracking: one MLflow parent run per study (its id kept in the study; elected when workers
+start together), each trial a child run (``mlflow.parentRunId`` tag). Outputs in ``OUT``:
+``best_config.yaml`` (the base recipe with the best parameters, ready for ``dermalab train
+-c``), ``trials.csv``/``trials.md``, ``optimization_history.png`` and ``param_importances.png``
+(fANOVA), also logged to the parent run.
 """
 
 from __future__ import annotations
