@@ -52,7 +52,7 @@ def inference_ms(run_dir: Path, batch: int, repeats: int) -> float:
 
     run = load_run(run_dir)
     model = run.model.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, run.image_size, run.image_size).contiguous(
+    x = torch.randn(batch, 3, run.info.image_size, run.info.image_size).contiguous(
         memory_format=torch.channels_last)
     times = []
     with torch.inference_mode():

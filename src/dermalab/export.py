@@ -17,7 +17,6 @@ from dermalab.atomic import atomic_path, atomic_write_text
 from dermalab.data.images import normalize_batch
 from dermalab.engine.evaluate import load_run
 from dermalab.models import FeaturesAndLogits
-from dermalab.predictor import ModelInfo
 
 OPSET = 17
 
@@ -41,7 +40,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     run = load_run(run_dir)
     model = run.model.eval()  # dropout/BN in eval mode: the classic cause of mismatches
-    info = ModelInfo.from_checkpoint(run.checkpoint)
+    info = run.info
     s = info.image_size
     example = torch.randn(2, 3, s, s)
     onnx_path = out / "model.onnx"

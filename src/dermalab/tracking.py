@@ -7,6 +7,7 @@ continues the same MLflow run (its id is kept in the checkpoint).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -56,6 +57,41 @@ def start_parent_run(cfg: TrackingConfig, uri: str, name: str, tags: dict[str, s
     client = mlflow.MlflowClient(tracking_uri=uri)
     return str(client.create_run(experiment_id(cfg, uri), run_name=name,
                                  tags=tags).info.run_id)
+
+
+def elect_parent_run(cfg: TrackingConfig, uri: str, name: str, tags: dict[str, str],
+                     key: str, settle_s: float = 2.0, window_s: float = 600.0) -> str:
+    """One parent run for ``key`` even when several workers start together.
+
+    Every worker creates a candidate run tagged ``dermalab.parent_key`` (a digest of ``key``),
+    waits ``settle_s`` (so that every candidate stamped earlier has been committed), then lists
+    the running candidates of the last ``window_s`` seconds: the earliest (start time, then run
+    id) wins, and the others delete their own. All workers see the same candidates once
+    settled, so they agree without a lock, which neither MLflow nor Optuna's study attributes
+    offer.
+    """
+    import time
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = experiment_id(cfg, uri)
+    # A digest: the tag goes into a filter string, where quotes in a name would need escaping.
+    tag = hashlib.sha256(key.encode()).hexdigest()[:24]
+    own = client.create_run(exp, run_name=name, tags={**tags, "dermalab.parent_key": tag})
+    time.sleep(settle_s)
+    since = own.info.start_time - int(window_s * 1000)
+    found = client.search_runs(
+        [exp], filter_string=(f"tags.`dermalab.parent_key` = '{tag}' "
+                              f"and attributes.status = 'RUNNING' "
+                              f"and attributes.start_time >= {since}"),
+        max_results=1000)
+    runs = {r.info.run_id: r.info.start_time for r in found}
+    runs[own.info.run_id] = own.info.start_time
+    winner = min(runs, key=lambda rid: (runs[rid], rid))
+    if winner != own.info.run_id:
+        client.delete_run(own.info.run_id)
+    return winner
 
 
 def child_tracking(cfg: TrackingConfig, uri: str, parent_id: str,

@@ -13,11 +13,11 @@ trial of a killed worker is marked failed once its heartbeat stops and is retrie
 the same parameters, resuming the killed run's last checkpoint, by whichever worker comes next
 (or by re-running the command).
 
-Tracking: one MLflow parent run per study (its id kept in the study), each trial a child run
-(``mlflow.parentRunId`` tag). Outputs in ``OUT``: ``best_config.yaml`` (the base recipe with the
-best parameters, ready for ``dermalab train -c``), ``trials.csv``/``trials.md``,
-``optimization_history.png`` and ``param_importances.png`` (fANOVA), also logged to the parent
-run.
+Tracking: one MLflow parent run per study (its id kept in the study; elected when workers
+start together), each trial a child run (``mlflow.parentRunId`` tag). Outputs in ``OUT``:
+``best_config.yaml`` (the base recipe with the best parameters, ready for ``dermalab train
+-c``), ``trials.csv``/``trials.md``, ``optimization_history.png`` and ``param_importances.png``
+(fANOVA), also logged to the parent run.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import yaml
 from dermalab.atomic import atomic_write_text
 from dermalab.config import ExperimentConfig, load_config, save_config, with_values
 from dermalab.errors import ConfigError, DermalabError, StopTraining, TrainingDivergedError
-from dermalab.tracking import child_tracking, start_parent_run, store_uri
+from dermalab.tracking import child_tracking, elect_parent_run, store_uri
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
 # Per-trial outputs nobody looks at during a search; `--set` may turn them back on.
@@ -224,10 +224,11 @@ def _parent_run(base: ExperimentConfig, study: Any, out: Path) -> tuple[str | No
     uri = store_uri(base.tracking, out)
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id is None:
-        run_id = start_parent_run(base.tracking, uri, f"tune:{study.study_name}",
-                                  {"dermalab.study": study.study_name})
+        # Workers started together all find no parent yet: they elect one.
+        run_id = elect_parent_run(base.tracking, uri, f"tune:{study.study_name}",
+                                  {"dermalab.study": study.study_name},
+                                  key=f"tune:{study.study_name}")
         study.set_user_attr("mlflow_parent_run_id", run_id)
-        run_id = study.user_attrs.get("mlflow_parent_run_id", run_id)
     return uri, run_id
 
 

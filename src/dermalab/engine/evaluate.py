@@ -20,21 +20,20 @@ from dermalab.engine.fit import make_accelerator
 from dermalab.engine.loop import predict
 from dermalab.errors import DataError
 from dermalab.metrics import classification_metrics
+from dermalab.model_info import ModelInfo
 from dermalab.models import build_for_inference
 
 
 @dataclass
 class LoadedRun:
-    """A trained model and everything needed to feed it (from the checkpoint alone)."""
+    """A trained model and everything needed to feed it (from the checkpoint alone).
+
+    ``info`` is read when the run is loaded: its temperature and malignant threshold are those
+    the checkpoint held then (``finalize`` fits new ones into ``checkpoint``).
+    """
 
     model: nn.Module
-    classes: list[str]
-    display_names: dict[str, str]
-    mean: list[float]
-    std: list[float]
-    image_size: int
-    resize_mode: str
-    backbone: str
+    info: ModelInfo
     config: ExperimentConfig
     checkpoint: dict[str, Any]
 
@@ -45,18 +44,8 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     model = build_for_inference(ckpt["backbone"], len(ckpt["classes"]))
     model.load_state_dict(ckpt["model"])
     model.eval()
-    return LoadedRun(
-        model=model,
-        classes=list(ckpt["classes"]),
-        display_names=dict(ckpt["display_names"]),
-        mean=list(ckpt["normalization"]["mean"]),
-        std=list(ckpt["normalization"]["std"]),
-        image_size=int(ckpt["image_size"]),
-        resize_mode=str(ckpt["resize_mode"]),
-        backbone=str(ckpt["backbone"]),
-        config=from_dict(ckpt["config"]),
-        checkpoint=ckpt,
-    )
+    return LoadedRun(model=model, info=ModelInfo.from_checkpoint(ckpt),
+                     config=from_dict(ckpt["config"]), checkpoint=ckpt)
 
 
 def evaluate_run(
@@ -91,12 +80,12 @@ def evaluate_run(
                       "data.image_dirs=[]"]
         split_path = None
     cfg = replace(cfg, overrides) if overrides else cfg
-    prepared = prepare_data(cfg.data, run.image_size, split_path=split_path, progress=progress)
-    unknown = sorted(set(prepared.classes) - set(run.classes))
+    prepared = prepare_data(cfg.data, run.info.image_size, split_path=split_path, progress=progress)
+    unknown = sorted(set(prepared.classes) - set(run.info.classes))
     if unknown:
         raise DataError(f"dataset has classes the model does not know: {unknown} "
-                        f"(model classes: {run.classes}); map them with data.class_map")
-    index = {c: i for i, c in enumerate(run.classes)}
+                        f"(model classes: {run.info.classes}); map them with data.class_map")
+    index = {c: i for i, c in enumerate(run.info.classes)}
     splits = ("train", "val", "test") if split == "all" else (split,)
     ids, targets = [], []
     for sp in splits:
@@ -107,13 +96,13 @@ def evaluate_run(
         raise DataError(f"split '{split}' is empty")
     accelerator = make_accelerator(cfg.train)
     loader = accelerator.prepare(make_loader(
-        ImageDataset(prepared.store, ids, targets, eval_transform(run.mean, run.std)),
+        ImageDataset(prepared.store, ids, targets, eval_transform(run.info.mean, run.info.std)),
         cfg.train.eval_batch_size))
     model = accelerator.prepare(run.model)
     logits, y = predict(model, loader, accelerator, progress=progress, tta=tta)
     probs = calibrated_probs(logits)
-    out = classification_metrics(y, probs, run.classes)
-    t = float(run.checkpoint.get("temperature", 1.0))
+    out = classification_metrics(y, probs, run.info.classes)
+    t = run.info.temperature
     bins = cfg.eval.ece_bins
     out.update({
         "tta": tta, "temperature": t,
@@ -127,6 +116,6 @@ def evaluate_run(
         out["loss_ce"] = float(nn.functional.cross_entropy(torch.from_numpy(logits),
                                                            torch.from_numpy(y)))
     out["n_by_class"] = {c: int(n) for c, n in
-                         zip(run.classes, np.bincount(y, minlength=len(run.classes)),
+                         zip(run.info.classes, np.bincount(y, minlength=len(run.info.classes)),
                              strict=True)}
     return out

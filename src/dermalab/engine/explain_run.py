@@ -34,20 +34,21 @@ def explain_command(
 
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    info = run.info
     out = Path(out_dir) if out_dir else run_dir / "explain"
     out.mkdir(parents=True, exist_ok=True)
-    t = float(run.checkpoint.get("temperature", 1.0))
-    if target_class is not None and target_class not in run.classes:
-        raise DermalabError(f"unknown class {target_class!r}; the model knows {run.classes}")
+    t = info.temperature
+    if target_class is not None and target_class not in info.classes:
+        raise DermalabError(f"unknown class {target_class!r}; the model knows {info.classes}")
     names: list[str]
     truths: list[str | None]
     if images:
-        arrays = np.stack([load_resized(p, run.image_size, run.resize_mode) for p in images])
+        arrays = np.stack([load_resized(p, info.image_size, info.resize_mode) for p in images])
         names, truths = [Path(p).stem for p in images], [None] * len(images)
     else:
         from dermalab.data.prepare import prepare_data
 
-        data = prepare_data(run.config.data, run.image_size, split_path=run_dir / "splits.csv")
+        data = prepare_data(run.config.data, info.image_size, split_path=run_dir / "splits.csv")
         test = _predictions(run, data, "test", run_dir)
         probs = calibrated_probs(test.logits, t)
         idx = worst_mistakes(test, probs, misclassified or 12)
@@ -55,25 +56,25 @@ def explain_command(
             raise DermalabError("the model made no mistakes on the test split")
         arrays = np.stack([data.store.get(test.ids[i]) for i in idx])
         names = [test.ids[i].replace("/", "_") for i in idx]
-        truths = [run.classes[test.targets[i]] for i in idx]
-    chosen = [run.classes.index(target_class)] * len(arrays) if target_class else None
-    maps, logits = cam_maps(run.model, run.backbone, arrays, run.mean, run.std, chosen, method)
+        truths = [info.classes[test.targets[i]] for i in idx]
+    chosen = [info.classes.index(target_class)] * len(arrays) if target_class else None
+    maps, logits = cam_maps(run.model, info.backbone, arrays, info.mean, info.std, chosen, method)
     assert logits is not None
     probs = calibrated_probs(logits, t)
     shown, titles, entries = [], [], []
     for j, name in enumerate(names):
         k = chosen[j] if chosen else int(probs[j].argmax())
-        ov = overlay(arrays[j], maps[j], size=max(224, run.image_size))
+        ov = overlay(arrays[j], maps[j], size=max(224, info.image_size))
         orig = np.asarray(Image.fromarray(arrays[j]).resize(ov.shape[:2][::-1]))
         Image.fromarray(np.concatenate([orig, ov], axis=1)).save(out / f"{name}_{method}.png")
-        pred = run.classes[int(probs[j].argmax())]
-        title = f"{name[-24:]}\npred {pred} ({probs[j].max():.2f}); map: {run.classes[k]}"
+        pred = info.classes[int(probs[j].argmax())]
+        title = f"{name[-24:]}\npred {pred} ({probs[j].max():.2f}); map: {info.classes[k]}"
         if truths[j]:
             title = f"{name[-24:]}\ntrue {truths[j]} / pred {pred} ({probs[j].max():.2f})"
         shown.append(ov)
         titles.append(title)
         entries.append({"image": name, "true": truths[j], "pred": pred,
-                        "probability": float(probs[j].max()), "explained_class": run.classes[k],
+                        "probability": float(probs[j].max()), "explained_class": info.classes[k],
                         "file": f"{name}_{method}.png"})
     plots.save(plots.image_grid(shown, titles), str(out / "gallery.png"))
     (out / "explain.json").write_text(json.dumps({"method": method, "images": entries},

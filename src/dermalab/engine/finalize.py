@@ -42,11 +42,11 @@ def gallery(run: LoadedRun, data: PreparedData, test: Predictions, probs: np.nda
         return []
     images = np.stack([data.store.get(test.ids[i]) for i in idx])
     pred = probs.argmax(1)
-    maps, _ = cam_maps(run.model, run.backbone, images, run.mean, run.std,
+    maps, _ = cam_maps(run.model, run.info.backbone, images, run.info.mean, run.info.std,
                        [int(pred[i]) for i in idx], method)
     shown, titles, entries = [], [], []
     for j, i in enumerate(idx):
-        true_c, pred_c = run.classes[test.targets[i]], run.classes[pred[i]]
+        true_c, pred_c = run.info.classes[test.targets[i]], run.info.classes[pred[i]]
         conf = float(probs[i, pred[i]])
         shown.append(overlay(images[j], maps[j], size=max(160, images.shape[1])))
         titles.append(f"{test.ids[i][-24:]}\ntrue {true_c} / pred {pred_c} ({conf:.2f})")
@@ -67,11 +67,11 @@ def _predictions(run: LoadedRun, data: PreparedData, split: str, run_dir: Path) 
     from dermalab.engine.loop import predict
 
     ids = [s.sample_id for s in data.samples(split)]
-    index = {c: i for i, c in enumerate(run.classes)}
+    index = {c: i for i, c in enumerate(run.info.classes)}
     targets = [index[s.label] for s in data.samples(split)]
     accelerator = make_accelerator(run.config.train)
     loader = make_loader(ImageDataset(data.store, ids, targets,
-                                      eval_transform(run.mean, run.std)),
+                                      eval_transform(run.info.mean, run.info.std)),
                          run.config.train.eval_batch_size)
     logits, y = predict(run.model, loader, accelerator)
     tta = predict(run.model, loader, accelerator, tta=True)[0] if run.config.eval.tta else None
@@ -98,7 +98,7 @@ def features_of(run: LoadedRun, data: PreparedData, ids: list[str], batch: int =
     out = []
     with torch.no_grad():
         for images in _cached_batches(data, ids, batch):
-            out.append(both(to_input(images, run.mean, run.std))[1].double().numpy())
+            out.append(both(to_input(images, run.info.mean, run.info.std))[1].double().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
@@ -122,7 +122,7 @@ def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperatur
     rng = np.random.default_rng(0)
     if len(train) > max_train:
         train = [train[i] for i in sorted(rng.choice(len(train), max_train, replace=False))]
-    index = {c: i for i, c in enumerate(run.classes)}
+    index = {c: i for i, c in enumerate(run.info.classes)}
     f_train = features_of(run, data, [s.sample_id for s in train])
     f_val = features_of(run, data, val.ids)
     # Two detectors share the false-positive budget: deep features and colour statistics.
@@ -166,13 +166,13 @@ def finalize_run(
     run = load_run(run_dir)
     cfg = run.config
     if data is None:
-        data = prepare_data(cfg.data, run.image_size, split_path=run_dir / "splits.csv",
+        data = prepare_data(cfg.data, run.info.image_size, split_path=run_dir / "splits.csv",
                             progress=progress)
     val = _predictions(run, data, "val", run_dir)
     test = _predictions(run, data, "test", run_dir)
     by_id = {s.sample_id: s for s in data.source.samples}
     meta = [dict(by_id[i].meta) if i in by_id else {} for i in test.ids]
-    extra = analyze(val, test, run.classes, cfg.eval, meta)
+    extra = analyze(val, test, run.info.classes, cfg.eval, meta)
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics.update(extra)
@@ -190,7 +190,7 @@ def finalize_run(
     plot_dir.mkdir(exist_ok=True)
     t = extra["temperature"]
     before, after = calibrated_probs(test.logits), calibrated_probs(test.logits, t)
-    plots.save(plots.roc_curves(test.targets, after, run.classes), str(plot_dir / "roc.png"))
+    plots.save(plots.roc_curves(test.targets, after, run.info.classes), str(plot_dir / "roc.png"))
     plots.save(plots.reliability_diagram(
         [("before temperature scaling", before, test.targets, extra["ece_before"]),
          (f"after (T = {t:.2f})", after, test.targets, extra["ece_after"])],
