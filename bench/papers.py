@@ -101,12 +101,13 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     recipes = args.recipes.split(",")
+    splits = args.splits.split(",")
     unknown = sorted(set(recipes) - set(RECIPES))
     if unknown:
         ap.error(f"unknown recipe(s) {unknown}; known: {sorted(RECIPES)}")
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
-    for split in args.splits.split(","):
+    for split in splits:
         for size in (int(s) for s in args.sizes.split(",")):
             for recipe in recipes:
                 run_dir = work / (f"{split}_{size}px" + ("" if recipe == "default"
@@ -120,19 +121,20 @@ def main() -> None:
                 t0 = time.perf_counter()
                 m = train_run(run_dir, args.config, sets, str(data))
                 rows.append(_row(split, size, recipe, m, time.perf_counter() - t0))
+    with open(HAM / "HAM10000_metadata.csv", newline="") as f:
+        dx = {row["image_id"]: row["dx"] for row in csv.DictReader(f)}
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "config": repo_relative(args.config),
               "recipes": {r: RECIPES[r] for r in recipes}, "overrides": args.sets,
-              "test_sets": {s: majority_baseline(SPLITS[s]) for s in args.splits.split(",")},
+              "test_sets": {s: majority_baseline(SPLITS[s], dx) for s in splits},
               "ours": rows, "missing": missing, "published": PUBLISHED}
-    write_results("papers", report, _markdown(report, args.splits.split(","), args.config))
+    write_results("papers", report, _markdown(report, splits, args.config))
 
 
-def majority_baseline(split_file: Path) -> dict[str, Any]:
-    """The test set's size and its most frequent class: predicting that class for every image
-    scores its share as accuracy, the floor any ACC in the table should be read against."""
-    with open(HAM / "HAM10000_metadata.csv", newline="") as f:
-        dx = {row["image_id"]: row["dx"] for row in csv.DictReader(f)}
+def majority_baseline(split_file: Path, dx: dict[str, str]) -> dict[str, Any]:
+    """The test set's size and its most frequent class (labels ``dx`` by image id): predicting
+    that class for every image scores its share as accuracy, the floor any ACC in the table
+    should be read against."""
     with open(split_file, newline="") as f:
         test = [dx[row["image_id"]] for row in csv.DictReader(f) if row["split"] == "test"]
     top = max(set(test), key=test.count)
