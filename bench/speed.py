@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import HAM, REPO, machine, write_results
 
-from dermalab.config import load_config
+from dermalab.core.config import load_config
 
 
 def timed(fn: Callable[[], Any], min_seconds: float = 2.0, min_reps: int = 5) -> float:
@@ -225,7 +225,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from dermalab.models import create_model
+    from dermalab.core.models import create_model
 
     cfg = load_config(REPO / "configs" / "ham10000_default.yaml")
     model, _, origin = create_model(cfg.model, 7)

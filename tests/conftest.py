@@ -64,6 +64,15 @@ def write_photo_dataset(root: Path, per_class: int = 20, n_classes: int = 3) -> 
     return write_folder_dataset(root, per_class, dict.fromkeys(names, (0, 0, 0)), photos=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def module_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test module gets a private image cache (never the user's), undone after it."""
+    with pytest.MonkeyPatch.context() as mp:
+        d = tmp_path_factory.mktemp("cache")
+        mp.setenv("DERMALAB_CACHE", str(d))
+        yield d
+
+
 @pytest.fixture
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private image cache per test."""

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from dermalab.errors import DermalabError
+from dermalab.core.errors import DermalabError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def _config_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _load_cfg(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from dermalab.config import load_config
+    from dermalab.core.config import load_config
 
     return load_config(args.config, _config_overrides(args))
 
@@ -100,25 +100,26 @@ def _report_sync(res: dict[str, int], seconds: float, as_json: bool, what: str) 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``dermalab train``."""
-    from dermalab.engine.fit import fit
+    from dermalab.core.runs import RunPaths
+    from dermalab.pipeline import resume_run, train_run
 
     if args.resume:
         if args.config or args.overrides or args.data:
             raise DermalabError("--resume takes the run's saved config; do not pass "
                                 "--config/--set/--data with it")
-        fit(None, args.resume, resume=True, progress=not args.no_progress)  # type: ignore[arg-type]
+        resume_run(args.resume, progress=not args.no_progress)
         return 0
     cfg = _load_cfg(args)
     out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (Path(out) / "checkpoints" / "last.pt").exists():
+    if RunPaths(Path(out)).last.exists():
         raise DermalabError(f"{out} already holds a run; use --resume {out} or another --out")
-    fit(cfg, out, progress=not args.no_progress)
+    train_run(cfg, out, progress=not args.no_progress)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """``dermalab tune``."""
-    from dermalab.tune import TuneOptions, tune
+    from dermalab.experiments.tune import TuneOptions, tune
 
     res = tune(TuneOptions(config=args.config, search=args.search, trials=args.trials,
                            out=args.out, sets=_config_overrides(args), storage=args.storage,
@@ -135,7 +136,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``dermalab compare``."""
-    from dermalab.compare import compare, parse_backbones
+    from dermalab.experiments.compare import compare, parse_backbones
 
     compare(args.config, parse_backbones(args.backbones), args.out, _config_overrides(args),
             progress=not args.no_progress)
@@ -145,7 +146,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``dermalab evaluate RUN_DIR``."""
-    from dermalab.engine.evaluate import evaluate_run
+    from dermalab.evaluate.evaluate import evaluate_run
 
     res = evaluate_run(args.run_dir, data=args.data, split=args.split,
                        progress=not args.json, tta=args.tta)
@@ -155,7 +156,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     auc = res["roc_auc_macro"]
     print(f"{res['split']} ({res['n']} images from {res['data']}): balanced accuracy "
           f"{res['balanced_accuracy']:.4f}, accuracy {res['accuracy']:.4f}, macro-F1 "
-          f"{res['macro_f1']:.4f}, ROC-AUC {auc:.4f}" if auc is not None else "")
+          f"{res['macro_f1']:.4f}, ROC-AUC "
+          + (f"{auc:.4f}" if auc is not None else "undefined (a class is missing here)"))
     print(f"calibration (T = {res['temperature']:.3f}{', with TTA' if res['tta'] else ''}): "
           f"ECE {res['ece_raw']:.4f} -> {res['ece']:.4f}, NLL {res['nll_raw']:.4f} -> "
           f"{res['nll']:.4f}")
@@ -167,10 +169,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``dermalab report RUN_DIR``: redo calibration/analysis and write report.html."""
-    from dermalab.engine.finalize import finalize_run
+    from dermalab.core.runs import RunPaths
+    from dermalab.pipeline import finalize_run
 
     m = finalize_run(args.run_dir, progress=True)
-    print(f"{Path(args.run_dir) / 'report.html'}: temperature {m['temperature']:.3f}, ECE "
+    print(f"{RunPaths(Path(args.run_dir)).report}: temperature {m['temperature']:.3f}, ECE "
           f"{m['ece_before']:.4f} -> {m['ece_after']:.4f}, NLL {m['nll_before']:.4f} -> "
           f"{m['nll_after']:.4f}")
     return 0
@@ -178,10 +181,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``dermalab export RUN_DIR --format onnx``."""
-    from dermalab.export import export_onnx
+    from dermalab.core.runs import RunPaths
+    from dermalab.deploy.export import export_onnx
 
     meta = export_onnx(args.run_dir, args.out)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "export"
+    out = Path(args.out) if args.out else RunPaths(Path(args.run_dir)).export
     par = meta["extra"]["parity"]
     print(f"wrote {out / 'model.onnx'} and {out / 'model.json'} (ONNX Runtime vs PyTorch: max "
           f"abs diff {par['max_abs_diff']:.2e}, argmax agreement {par['argmax_agreement']:.0%})")
@@ -190,7 +194,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``dermalab predict MODEL IMAGE...``."""
-    from dermalab.predictor import Predictor
+    from dermalab.deploy.predictor import Predictor
 
     predictor = Predictor.load(args.model)
     results = predictor.predict(args.images, top_k=args.top_k, tta=args.tta)
@@ -211,7 +215,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """``dermalab explain RUN_DIR [--images ... | --misclassified N]``."""
-    from dermalab.engine.explain_run import explain_command
+    from dermalab.evaluate.explain_run import explain_command
 
     out = explain_command(args.run_dir, images=args.images, misclassified=args.misclassified,
                           method=args.method, target_class=args.target_class, out_dir=args.out)
@@ -223,9 +227,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``dermalab serve RUN_DIR``."""
     import uvicorn
 
+    from dermalab.core.runs import RunPaths
     from dermalab.serve.app import create_app
-    from dermalab.serve.service import ServeSettings
+    from dermalab.serve.service import ServeSettings, check_servable
 
+    check_servable(RunPaths(Path(args.run_dir)))  # before announcing anything
     settings = ServeSettings(run_dir=args.run_dir, database_url=args.db,
                              image_store=args.images)
     print(f"dermalab: serving {args.run_dir} on http://{args.host}:{args.port} "

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import dermalab.data.cache as cache_mod
-from dermalab.config import DataConfig
+from dermalab.core.config import DataConfig
+from dermalab.core.errors import ImageError, LeakError
 from dermalab.data.cache import build_cache
 from dermalab.data.images import load_resized
 from dermalab.data.prepare import prepare_data
 from dermalab.data.sources import load_source
-from dermalab.errors import ImageError, LeakError
 from tests.conftest import coloured_image
 
 

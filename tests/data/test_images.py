@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dermalab.core.errors import ImageError
 from dermalab.data.images import load_resized, open_rgb, resize_rgb
-from dermalab.errors import ImageError
 
 
 def _jpeg_bytes(size=(64, 48), colour=(180, 90, 60)) -> bytes:

@@ -185,8 +185,8 @@ def test_cli_push_pull_json(s3_env: str, dataset: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_train_from_s3_and_upload_artifacts(s3_env: str, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from dermalab.config import load_config
-    from dermalab.engine.fit import fit
+    from dermalab.core.config import load_config
+    from dermalab.pipeline import train_run
 
     monkeypatch.setenv("DERMALAB_CACHE", str(tmp_path / "cache"))
     src = write_photo_dataset(tmp_path / "photos", per_class=8)
@@ -198,7 +198,7 @@ def test_train_from_s3_and_upload_artifacts(s3_env: str, tmp_path: Path,
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"tracking.artifact_location=s3://{s3_env}/mlflow",
         f"tracking.upload_to=s3://{s3_env}/runs"])
-    fit(cfg, run, progress=False)
+    train_run(cfg, run, progress=False)
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_env)["Contents"]]
     assert "runs/s3run/checkpoints/best.pt" in keys and "runs/s3run/report.html" in keys
     assert any(k.startswith("mlflow/") and k.endswith("metrics.json") for k in keys)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dermalab.config import DataConfig
+from dermalab.core.config import DataConfig
+from dermalab.core.errors import DataError
 from dermalab.data.sources import detect_format, load_source
-from dermalab.errors import DataError
 from tests.conftest import coloured_image, write_folder_dataset, write_ham_dataset
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dermalab.core.errors import DataError, LeakError
 from dermalab.data.samples import Sample
 from dermalab.data.splits import (
     Split,
@@ -16,7 +17,6 @@ from dermalab.data.splits import (
     read_split_file,
     write_split,
 )
-from dermalab.errors import DataError, LeakError
 
 
 def _samples(n_groups: dict[str, int], per_group: int = 3) -> list[Sample]:

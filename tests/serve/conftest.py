@@ -38,15 +38,16 @@ def write_ham_subset(root: Path) -> Path:
 def skin_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (HAM_DIR / "HAM10000_metadata.csv").is_file():
         pytest.skip(f"real HAM10000 data not found at {HAM_DIR}")
-    from dermalab.config import load_config
-    from dermalab.engine.fit import fit
+    from dermalab.core.config import load_config
+    from dermalab.pipeline import train_run
 
-    os.environ.setdefault("DERMALAB_CACHE", str(tmp_path_factory.mktemp("cache")))
     data = write_ham_subset(tmp_path_factory.mktemp("hamsub") / "ham")
     run = tmp_path_factory.mktemp("serve_runs") / "skin"
-    fit(load_config(None, [
-        f"data.source={data}", "data.image_size=96", "train.epochs=3", "train.batch_size=16",
-        "train.patience=0", "tracking.enabled=false", "model.freeze_epochs=1",
-        "optim.lr=0.003", "data.split_ratios=[0.6,0.2,0.2]", "eval.gallery=0",
-        "eval.report=false"]), run, progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DERMALAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        train_run(load_config(None, [
+            f"data.source={data}", "data.image_size=96", "train.epochs=3", "train.batch_size=16",
+            "train.patience=0", "tracking.enabled=false", "model.freeze_epochs=1",
+            "optim.lr=0.003", "data.split_ratios=[0.6,0.2,0.2]", "eval.gallery=0",
+            "eval.report=false"]), run, progress=False)
     return run

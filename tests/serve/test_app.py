@@ -183,7 +183,7 @@ def test_history_in_postgresql(skin_run: Path, tmp_path: Path) -> None:
 
 
 def test_colour_detector_flags_page_and_saturated_images(skin_run: Path) -> None:
-    from dermalab.serve.ood import MahalanobisOOD, colour_statistics
+    from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
 
     det = MahalanobisOOD.load(skin_run / "serving" / "ood_colour.npz")
     page = np.full((1, 96, 96, 3), 250, np.uint8)
@@ -200,7 +200,7 @@ def test_colour_detector_flags_page_and_saturated_images(skin_run: Path) -> None
 def test_colour_statistics_in_chunks_equal_all_at_once() -> None:
     """The chunking that bounds memory must not change a single value (per-image statistics),
     including a last chunk shorter than the others."""
-    from dermalab.serve.ood import colour_statistics
+    from dermalab.deploy.ood import colour_statistics
 
     imgs = np.random.default_rng(0).integers(0, 256, (11, 24, 20, 3), dtype=np.uint8)
     whole = colour_statistics(imgs, chunk=len(imgs))
@@ -212,7 +212,7 @@ def test_colour_statistics_in_chunks_equal_all_at_once() -> None:
 def test_standardised_mahalanobis_is_the_z_space_distance() -> None:
     from sklearn.covariance import LedoitWolf
 
-    from dermalab.serve.ood import fit_mahalanobis
+    from dermalab.deploy.ood import fit_mahalanobis
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 5)) * np.array([1, 10, 0.01, 5, 0.1])

@@ -22,9 +22,9 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
+from dermalab.core.errors import ImageError
 from dermalab.data.images import array_to_rgb, load_resized, resize_rgb
 from dermalab.data.samples import Sample, SourceData
-from dermalab.errors import ImageError
 
 CACHE_VERSION = 1
 

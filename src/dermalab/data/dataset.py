@@ -14,7 +14,7 @@ from dermalab.data.cache import ImageStore
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     """``(image tensor, class index)`` pairs for the given sample ids.
 
-    A bad image raises :class:`~dermalab.errors.ImageError` naming its file; nothing is ever
+    A bad image raises :class:`~dermalab.core.errors.ImageError` naming its file; nothing is ever
     silently replaced by another sample.
     """
 

@@ -1,7 +1,7 @@
 """Decode one image to upright 8-bit RGB, or fail with an error that names the file and the problem.
 
 Medical evaluation must never substitute another sample for a bad one (timm's dataset does), so
-every failure mode is mapped to an :class:`~dermalab.errors.ImageError`: missing file, empty
+every failure mode is mapped to an :class:`~dermalab.core.errors.ImageError`: missing file, empty
 file, a non-image, truncated/corrupt data, a decompression-bomb-sized image. Odd modes are
 converted correctly (16-bit grey is rescaled, not clipped; transparency is composited on white;
 CMYK goes through Pillow's colour conversion) and EXIF orientation is applied.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dermalab.errors import ImageError
+from dermalab.core.errors import ImageError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif"}

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dermalab.config import DataConfig, ExperimentConfig, with_values
+from dermalab.core.config import DataConfig, ExperimentConfig, with_values
+from dermalab.core.errors import ImageError
 from dermalab.data.images import open_rgb
 from dermalab.data.samples import Sample, SourceData
 from dermalab.data.sources import load_source
 from dermalab.data.splits import SPLITS, check_leaks, resolve_split, write_split
-from dermalab.errors import ImageError
 
 
 def _probe(data: SourceData, s: Sample) -> tuple[str, tuple[int, int] | None, str | None]:
@@ -173,7 +173,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def plot_split_counts(report: dict[str, Any], path: Path) -> None:
     """Grouped bar chart: images per class in each split (log scale: HAM10000 is 58:1)."""
-    from dermalab.plots import bar_counts
+    from dermalab.core.plots import bar_counts
 
     fig = bar_counts(report["splits"], title=f"Images per class and split - {report['source']}")
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from dermalab.config import DataConfig
+from dermalab.core.config import DataConfig
 from dermalab.data.cache import (
     CachedImages,
     DecodingImages,

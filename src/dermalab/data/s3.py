@@ -31,7 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dermalab.errors import DataError
+from dermalab.core.errors import DataError
 
 MANIFEST = "_dermalab_manifest.json"
 PART_SIZE = 8 * 1024 * 1024

@@ -2,7 +2,7 @@
 
 Each reader turns a location into :class:`~dermalab.data.samples.SourceData` with the same
 sample records, so splitting, caching and training never care where images came from.
-Unusable input raises :class:`~dermalab.errors.DataError` naming the file (and row) at fault,
+Unusable input raises :class:`~dermalab.core.errors.DataError` naming the file (and row) at fault,
 unless the user asked to skip bad input, in which case it is listed in ``SourceData.bad``.
 """
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dermalab.config import DataConfig
+from dermalab.core.config import DataConfig
+from dermalab.core.errors import DataError
 from dermalab.data.images import is_image_name
 from dermalab.data.samples import Sample, SourceData
 from dermalab.data.storage import local_path
-from dermalab.errors import DataError
 
 HAM_REQUIRED = ("lesion_id", "image_id", "dx")
 HAM_DX_NAMES = {

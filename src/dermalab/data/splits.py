@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dermalab.atomic import atomic_path
+from dermalab.core.atomic import atomic_path
+from dermalab.core.errors import DataError, LeakError
 from dermalab.data.samples import Sample
-from dermalab.errors import DataError, LeakError
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ("sample_id", "label", "group", "split")

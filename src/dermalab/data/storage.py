@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dermalab.errors import DataError
+from dermalab.core.errors import DataError
 
 UNSUPPORTED_SCHEMES = ("gs://", "http://", "https://", "az://", "abfs://")
 

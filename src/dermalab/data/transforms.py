@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
-from dermalab.config import AugmentConfig
+from dermalab.core.config import AugmentConfig
 
 
 def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:

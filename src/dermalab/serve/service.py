@@ -1,8 +1,10 @@
 """The analysis service: one loaded model shared by all requests.
 
 Inference runs through ONNX Runtime when the run has an export (thread-safe sessions), else
-PyTorch; Grad-CAM always uses the PyTorch model, behind a lock because pytorch-grad-cam attaches
-hooks to the model. Nothing else is shared and mutable across requests.
+PyTorch. Heat-maps are Grad-CAM at the final feature map: in closed form (no hooks, thread-safe)
+for global-average-pool + linear heads, else pytorch-grad-cam on a small pool of model replicas,
+one per concurrent request, since it attaches hooks to the model it is given. Nothing else is
+shared and mutable across requests.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from dermalab.calibration import calibrated_probs, malignant_score
+from dermalab.core.calibration import calibrated_probs, malignant_score
+from dermalab.core.errors import DermalabError, ImageError
+from dermalab.core.runs import RunPaths, read_metrics
 from dermalab.data.images import open_rgb, resize_rgb
-from dermalab.errors import DermalabError, ImageError
-from dermalab.predictor import Predictor
-from dermalab.serve.ood import MahalanobisOOD, colour_statistics
+from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
+from dermalab.deploy.predictor import Predictor
 from dermalab.serve.schemas import DISCLAIMER
 from dermalab.serve.store import Analysis, HistoryStore, ImageStore, now
 
@@ -69,15 +72,48 @@ def load_conditions() -> dict[str, dict[str, Any]]:
     return out
 
 
+def decode_upload(data: bytes, filename: str, settings: ServeSettings) -> Image.Image:
+    """Sniff and decode an upload; map problems to HTTP statuses with clear messages.
+
+    Raises:
+        UploadError: 413 too many bytes or pixels, 415 not an image, 422 an image that cannot
+            be analysed (truncated, too small).
+    """
+    if len(data) > settings.max_upload_bytes:
+        raise UploadError(413, f"{filename}: the file is larger than "
+                               f"{settings.max_upload_bytes // (1024 * 1024)} MB")
+    try:
+        img = open_rgb(data, name=filename, max_pixels=settings.max_pixels)
+    except ImageError as exc:
+        reason = exc.reason
+        if exc.kind == "not_image":
+            raise UploadError(415, f"{filename}: {reason}; upload a JPEG, PNG, WebP, BMP, TIFF "
+                                   "or GIF photo") from None
+        if exc.kind == "too_large":
+            raise UploadError(413, f"{filename}: {reason}") from None
+        raise UploadError(422, f"{filename}: {reason}") from None
+    if min(img.size) < settings.min_side:
+        raise UploadError(422, f"{filename}: the image is {img.size[0]}x{img.size[1]} pixels; "
+                               f"at least {settings.min_side} pixels on each side are needed")
+    return img
+
+
+def check_servable(paths: RunPaths) -> None:
+    """A finished run with serving thresholds, or a one-line error saying what to run."""
+    paths.require_model("serve")
+    read_metrics(paths)  # finished?
+    if not (paths.serving / "ood.npz").is_file():
+        raise DermalabError(f"{paths.root}: no serving thresholds; run `dermalab report "
+                            f"{paths.root}` once to fit them (needs eval.serving=true)")
+
+
 class AnalysisService:
     """Loads the model, thresholds, condition information and stores once."""
 
     def __init__(self, settings: ServeSettings) -> None:
-        run_dir = Path(settings.run_dir)
-        serving = run_dir / "serving"
-        if not (serving / "ood.npz").is_file():
-            raise DermalabError(f"{run_dir}: no serving thresholds; run `dermalab report "
-                                f"{run_dir}` once to fit them")
+        paths = RunPaths(Path(settings.run_dir))
+        check_servable(paths)
+        run_dir, serving = paths.root, paths.serving
         self.settings = settings
         self.predictor = Predictor.load(run_dir)
         if self.predictor.torch_model is None:
@@ -87,7 +123,7 @@ class AnalysisService:
         colour = serving / "ood_colour.npz"
         self.ood_colour = MahalanobisOOD.load(colour) if colour.is_file() else None
         self.thresholds = json.loads((serving / "serving.json").read_text())
-        self.metrics = json.loads((run_dir / "metrics.json").read_text())
+        self.metrics = read_metrics(paths)
         self.conditions = load_conditions()
         self.history = HistoryStore(settings.database_url
                                     or f"sqlite:///{(serving / 'history.db').resolve()}")
@@ -96,7 +132,7 @@ class AnalysisService:
         # closed form (one forward pass, no hooks, thread-safe). Otherwise pytorch-grad-cam runs,
         # and since it hooks the model it is given, each concurrent request needs its own copy:
         # a small pool of replicas (the models are small) instead of one global lock.
-        from dermalab.explain import has_linear_gap_head
+        from dermalab.evaluate.explain import has_linear_gap_head
 
         self._closed_form_cam = settings.fast_cam and has_linear_gap_head(
             self.predictor.torch_model)
@@ -109,27 +145,15 @@ class AnalysisService:
                 self._cam_models.put(copy.deepcopy(self.predictor.torch_model).eval())
         self.run_name = run_dir.resolve().name
 
+    @property
+    def backend(self) -> str:
+        """``onnxruntime`` or ``torch``."""
+        return self.predictor.backend
+
     # -- inputs --------------------------------------------------------------------------------
     def decode(self, data: bytes, filename: str) -> Image.Image:
-        """Sniff and decode an upload; map problems to HTTP statuses with clear messages."""
-        if len(data) > self.settings.max_upload_bytes:
-            raise UploadError(413, f"{filename}: the file is larger than "
-                                     f"{self.settings.max_upload_bytes // (1024 * 1024)} MB")
-        try:
-            img = open_rgb(data, name=filename, max_pixels=self.settings.max_pixels)
-        except ImageError as exc:
-            reason = exc.reason
-            if exc.kind == "not_image":
-                raise UploadError(415, f"{filename}: {reason}; upload a JPEG, PNG, WebP, "
-                                         "BMP, TIFF or GIF photo") from None
-            if exc.kind == "too_large":
-                raise UploadError(413, f"{filename}: {reason}") from None
-            raise UploadError(422, f"{filename}: {reason}") from None
-        if min(img.size) < self.settings.min_side:
-            raise UploadError(422, f"{filename}: the image is {img.size[0]}x{img.size[1]} "
-                                     f"pixels; at least {self.settings.min_side} pixels on each "
-                                     "side are needed")
-        return img
+        """Sniff and decode an upload (see :func:`decode_upload`)."""
+        return decode_upload(data, filename, self.settings)
 
     # -- analysis ------------------------------------------------------------------------------
     def _condition(self, cls: str, p: float) -> dict[str, Any]:
@@ -146,7 +170,7 @@ class AnalysisService:
                 feature_map: np.ndarray | None = None) -> str:
         """Grad-CAM overlay as a PNG data URL (closed form from the final feature map where
         exact, else pytorch-grad-cam)."""
-        from dermalab.explain import cam_from_feature_map, cam_maps, overlay
+        from dermalab.evaluate.explain import cam_from_feature_map, cam_maps, overlay
 
         if self._head_weight is not None and feature_map is not None:
             maps = cam_from_feature_map(feature_map, self._head_weight, [class_index],

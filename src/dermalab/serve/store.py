@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import DateTime, Integer, String, Text, create_engine, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from dermalab.atomic import atomic_write_bytes
+from dermalab.core.atomic import atomic_write_bytes
 
 
 class Base(DeclarativeBase):

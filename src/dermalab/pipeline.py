@@ -1,0 +1,181 @@
+"""A training run from start to finish, the stages in order:
+
+    fit (train) -> evaluate the best checkpoint (evaluate) -> calibrate, analyse, explain
+    (evaluate) -> serving detectors (deploy) -> report -> tracking -> upload
+
+``dermalab train``, ``--resume``, ``dermalab report``, the tuner and ``compare`` all come here,
+so each runs exactly the same stages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dermalab.core.config import ExperimentConfig, flatten, to_dict
+from dermalab.core.errors import StopTraining
+from dermalab.core.models import count_parameters
+from dermalab.core.runs import (
+    RunPaths,
+    load_checkpoint,
+    load_run,
+    read_metrics,
+    write_metrics,
+)
+from dermalab.core.tracking import Tracker
+from dermalab.data.prepare import PreparedData, prepare_data
+from dermalab.deploy.serving import fit_serving
+from dermalab.evaluate.evaluate import evaluate_training
+from dermalab.evaluate.finalize import calibrate_and_analyse, saved_predictions, write_run_plots
+from dermalab.evaluate.report import write_report
+from dermalab.train.fit import Training, announce, fit, setup_training
+
+TEST_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "weighted_precision",
+             "weighted_recall", "ece_before", "ece_after", "nll_before", "nll_after",
+             "temperature")
+
+
+def train_run(cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool = True,
+              trial_callback: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train a new run of ``cfg`` in ``run_dir`` and finish it; returns ``metrics.json``."""
+    return _run(cfg, RunPaths(Path(run_dir)), None, progress, trial_callback)
+
+
+def resume_run(run_dir: str | Path, *, progress: bool = True,
+               trial_callback: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Continue a cut-off run from ``last.pt`` (with its saved config) and finish it."""
+    paths = RunPaths(Path(run_dir))
+    return _run(None, paths, load_checkpoint(paths.last), progress, trial_callback)
+
+
+def run_or_reuse(cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool = True
+                 ) -> dict[str, Any]:
+    """A finished run's metrics, a cut-off run resumed, or a new run of ``cfg``: what a batch of
+    runs (a comparison, a benchmark) re-run after an interruption should do."""
+    paths = RunPaths(Path(run_dir))
+    if paths.is_finished:
+        return read_metrics(paths)
+    if paths.last.is_file():
+        return resume_run(paths.root, progress=progress)
+    return train_run(cfg, paths.root, progress=progress)
+
+
+def finalize_run(run_dir: str | Path, *, data: PreparedData | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+    """Calibration, operating point, subgroups, plots, gallery, serving detectors and report
+    for a run whose best checkpoint has been evaluated (idempotent: ``dermalab report``).
+
+    Returns the updated ``metrics.json`` content.
+    """
+    run = load_run(run_dir, command="report")
+    paths, cfg = run.paths, run.config
+    metrics = read_metrics(paths)
+    if data is None:
+        data = prepare_data(cfg.data, run.info.image_size, split_path=paths.splits,
+                            progress=progress)
+    val = saved_predictions(run, data, "val")
+    test = saved_predictions(run, data, "test")
+    metrics.update(calibrate_and_analyse(run, data, val, test))
+    if cfg.eval.serving:
+        metrics["serving"] = fit_serving(run, data, val, metrics["temperature"])
+    write_metrics(paths, metrics)
+    if cfg.eval.report:
+        write_report(paths.root)
+    return metrics
+
+
+def _start_tracking(t: Training) -> Tracker:
+    cfg = t.cfg
+    tracker = Tracker(cfg.tracking, t.paths.root, active=t.is_main)
+    t.state.mlflow_run_id = tracker.start(cfg.name, resume_id=t.state.mlflow_run_id)
+    tracker.log_params({**flatten(to_dict(cfg)), "n_classes": len(t.info.classes),
+                        "image_size": t.info.image_size, "weights_origin": t.weights_origin,
+                        **{f"n_train_{c}": int(n)
+                           for c, n in zip(t.info.classes, t.counts, strict=True)}})
+    tracker.backfill(t.state.history)
+    return tracker
+
+
+def _run(cfg: ExperimentConfig | None, paths: RunPaths, resume: dict[str, Any] | None,
+         progress: bool, trial_callback: Callable[[int, float], None] | None
+         ) -> dict[str, Any]:
+    t = setup_training(cfg, paths, resume=resume, progress=progress)
+    announce(t)
+    tracker = _start_tracking(t)
+    status = "FAILED"
+    try:
+        state = fit(t, progress=progress, trial_callback=trial_callback,
+                    on_epoch=lambda row: tracker.log_metrics(
+                        {k: v for k, v in row.items() if k not in ("epoch", "frozen_body")},
+                        step=row["epoch"]))
+        results = evaluate_training(t)
+        results.update({
+            "best_epoch": state.best_epoch, "epochs_run": len(state.history),
+            "stopped_early": state.stopped_early, "monitor": t.cfg.train.monitor,
+            "best_val_monitor": state.best_value, "image_size": t.info.image_size,
+            "backbone": t.info.backbone, "weights_origin": t.weights_origin,
+            "parameters": count_parameters(t.accelerator.unwrap_model(t.model)),
+            "wall_seconds_this_session": round(time.perf_counter() - t.started, 1),
+            "train_seconds_total": round(sum(float(r["epoch_seconds"])
+                                             for r in state.history), 1),
+            "mlflow_run_id": state.mlflow_run_id, "processes": t.accelerator.num_processes,
+        })
+        if t.is_main:
+            write_metrics(paths, results)
+            write_run_plots(state.history, results, t.info.classes, paths)
+            if t.data.split.ids("val") and t.data.split.ids("test"):
+                results = finalize_run(paths.root, data=t.data)
+            _track_results(tracker, results, paths)
+            print(summary(results, t.info.classes), flush=True)
+            if t.cfg.tracking.upload_to:
+                upload(paths, t.cfg.tracking.upload_to, progress)
+        status = "FINISHED"
+        return results
+    except StopTraining:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
+
+
+def _track_results(tracker: Tracker, results: dict[str, Any], paths: RunPaths) -> None:
+    tracker.log_metrics({f"test_{k}": results.get(k) for k in TEST_KEYS})
+    if results.get("malignant"):
+        tracker.log_metrics({f"test_malignant_{k}": results["malignant"][k]
+                             for k in ("sensitivity", "specificity", "threshold")})
+    for p in [paths.metrics, paths.history, paths.config, paths.splits, paths.report,
+              *sorted(paths.plots.glob("*.png"))]:
+        tracker.log_artifact(p)
+
+
+def upload(paths: RunPaths, upload_to: str, progress: bool) -> None:
+    """Push the run directory to ``upload_to/<run folder name>`` (verified)."""
+    from dermalab.data.s3 import push
+
+    dest = f"{upload_to.rstrip('/')}/{paths.root.resolve().name}"
+    res = push(paths.root, dest, progress=progress)
+    print(f"uploaded the run to {dest} ({res.transferred} files sent, {res.skipped} unchanged, "
+          "all verified)", flush=True)
+
+
+def summary(results: dict[str, Any], classes: list[str]) -> str:
+    """One screen: headline test metrics and the per-class table."""
+    auc = results.get("roc_auc_macro")
+    lines = [
+        "",
+        f"test ({results['n']} images, best epoch {results['best_epoch']} of "
+        f"{results['epochs_run']}):",
+        f"  balanced accuracy {results['balanced_accuracy']:.4f}   accuracy "
+        f"{results['accuracy']:.4f}   macro-F1 {results['macro_f1']:.4f}   ROC-AUC (macro OvR) "
+        + (f"{auc:.4f}" if auc is not None else "undefined (a class is missing from test)"),
+        "",
+        f"  {'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'auc':>10}{'support':>10}",
+    ]
+    for c in classes:
+        r = results["per_class"][c]
+        a = f"{r['roc_auc']:.3f}" if r["roc_auc"] is not None else "-"
+        lines.append(f"  {c:<10}{r['precision']:>10.3f}{r['recall']:>10.3f}{r['f1']:>10.3f}"
+                     f"{a:>10}{r['support']:>10}")
+    return "\n".join(lines)

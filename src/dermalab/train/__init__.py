@@ -1,0 +1,1 @@
+"""Training stage: losses, optimisers and schedules, the epoch loops and ``fit()``."""

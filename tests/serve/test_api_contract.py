@@ -1,0 +1,177 @@
+"""The API's contract (status codes, schemas, bad uploads, history paging) against a stub service
+through ``dependency_overrides``: no trained model, milliseconds per test. The real-model tests
+in ``test_app.py`` stay the acceptance layer."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from dermalab.serve.app import create_app
+from dermalab.serve.dependencies import get_service
+from dermalab.serve.schemas import DISCLAIMER, AnalysisOut, ModelCard
+from dermalab.serve.service import ServeSettings, decode_upload
+
+
+class StubService:
+    """The service's interface with canned answers; uploads go through the real checks."""
+
+    backend = "stub"
+
+    def __init__(self) -> None:
+        self.settings = ServeSettings(run_dir="unused", max_upload_bytes=64 * 1024)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.seen: list[tuple[str, int]] = []
+
+    def analyze(self, data: bytes, filename: str) -> dict[str, Any]:
+        img = decode_upload(data, filename, self.settings)
+        self.seen.append((filename, len(data)))
+        aid = str(uuid.uuid4())
+        res = {"id": aid, "created_at": datetime.now(UTC), "filename": filename,
+               "verdict": "ok", "verdict_text": "Most likely: Naevus (80%).",
+               "referral": "self-care", "referral_text": "Self-care is usually enough.",
+               "conditions": [{"class_name": "nv", "name": "Naevus", "probability": 0.8,
+                               "urgency": "self-care", "description": "A mole.",
+                               "care": "None needed.", "see_doctor": "If it changes."}],
+               "malignant_probability": 0.1, "malignant_threshold": 0.3, "ood_score": 1.0,
+               "ood_threshold": 2.0, "ood_colour_score": None, "ood_colour_threshold": None,
+               "uncertain_threshold": 0.5, "heatmap_png": None, "disclaimer": DISCLAIMER,
+               "size": img.size}
+        self.rows[aid] = res
+        return res
+
+    def get(self, analysis_id: str) -> dict[str, Any] | None:
+        return self.rows.get(analysis_id)
+
+    def page(self, limit: int, offset: int) -> dict[str, Any]:
+        newest = list(reversed(self.rows.values()))
+        items = [{"id": r["id"], "created_at": r["created_at"], "filename": r["filename"],
+                  "verdict": r["verdict"], "referral": r["referral"],
+                  "top_condition": "Naevus", "top_probability": 0.8}
+                 for r in newest[offset:offset + limit]]
+        return {"items": items, "total": len(newest), "limit": limit, "offset": offset}
+
+    def delete(self, analysis_id: str) -> bool:
+        return self.rows.pop(analysis_id, None) is not None
+
+    def model_card(self) -> dict[str, Any]:
+        return {"backbone": "stub", "classes": {"nv": "Naevus"}, "image_size": 64,
+                "training_data": "none", "test_metrics": {"accuracy": None},
+                "calibration": {"temperature": 1.0}, "malignant_operating_point": None,
+                "inference_backend": "stub", "intended_use": "tests",
+                "limitations": ["a stub"], "disclaimer": DISCLAIMER}
+
+
+@pytest.fixture
+def stub() -> StubService:
+    return StubService()
+
+
+@pytest.fixture
+def client(stub: StubService) -> Iterator[TestClient]:
+    app = create_app(None)
+    app.dependency_overrides[get_service] = lambda: stub
+    with TestClient(app) as c:
+        yield c
+
+
+def _png(size: tuple[int, int] = (64, 48), mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, 128 if mode != "RGB" else (180, 120, 100)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_create_returns_201_and_the_schema(client: TestClient, stub: StubService) -> None:
+    r = client.post("/v1/analyses", files={"file": ("spot.png", _png())})
+    assert r.status_code == 201, r.text
+    body = AnalysisOut.model_validate(r.json())  # every documented field, right types
+    assert body.filename == "spot.png" and body.conditions[0].class_name == "nv"
+    assert "size" not in r.json()  # response_model drops what the schema does not document
+    assert stub.seen == [("spot.png", len(_png()))]
+
+
+@pytest.mark.parametrize(("name", "data", "status", "words"), [
+    ("notes.jpg", b"%PDF-1.4 not a picture" * 10, 415, "not an image"),
+    ("empty.jpg", b"", 415, "empty.jpg"),
+    ("tiny.png", _png((8, 8)), 422, "at least"),
+    ("huge.png", b"\x89PNG" + b"0" * (64 * 1024 + 10), 413, "larger than"),
+])
+def test_bad_uploads_get_their_status_and_one_clear_line(
+        client: TestClient, stub: StubService, name: str, data: bytes, status: int,
+        words: str) -> None:
+    r = client.post("/v1/analyses", files={"file": (name, data)})
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert words in detail and name in detail and "\n" not in detail
+    assert "Traceback" not in r.text
+    assert stub.rows == {}  # nothing stored for a refused upload
+
+
+def test_upload_reads_no_more_than_the_limit(client: TestClient, stub: StubService) -> None:
+    big = b"\xff\xd8\xff" + b"x" * (10 * stub.settings.max_upload_bytes)
+    r = client.post("/v1/analyses", files={"file": ("big.jpg", big)})
+    assert r.status_code == 413
+    assert stub.seen == []
+
+
+def test_missing_file_field_is_422(client: TestClient) -> None:
+    r = client.post("/v1/analyses", data={"other": "x"})
+    assert r.status_code == 422
+
+
+def test_history_paging_newest_first_and_delete(client: TestClient) -> None:
+    ids = [client.post("/v1/analyses", files={"file": (f"{i}.png", _png())}).json()["id"]
+           for i in range(5)]
+    first = client.get("/v1/analyses", params={"limit": 2}).json()
+    second = client.get("/v1/analyses", params={"limit": 2, "offset": 2}).json()
+    assert [x["id"] for x in first["items"]] == ids[::-1][:2]
+    assert [x["id"] for x in second["items"]] == ids[::-1][2:4]
+    assert first["total"] == 5 and second["offset"] == 2
+    assert client.get(f"/v1/analyses/{ids[0]}").json()["id"] == ids[0]
+    assert client.delete(f"/v1/analyses/{ids[0]}").status_code == 204
+    assert client.get(f"/v1/analyses/{ids[0]}").status_code == 404
+    assert client.delete(f"/v1/analyses/{ids[0]}").status_code == 404
+    assert client.get("/v1/analyses").json()["total"] == 4
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 101}, {"offset": -1},
+                                    {"limit": "many"}])
+def test_paging_parameters_are_bounded(client: TestClient, params: dict[str, Any]) -> None:
+    assert client.get("/v1/analyses", params=params).status_code == 422
+
+
+def test_model_card_health_page_and_openapi(client: TestClient) -> None:
+    ModelCard.model_validate(client.get("/v1/model").json())
+    assert client.get("/healthz").json() == {"status": "ok", "backend": "stub"}
+    assert "Not a diagnosis" in client.get("/").text
+    spec = client.get("/openapi.json").json()
+    assert set(spec["paths"]) == {"/v1/analyses", "/v1/analyses/{analysis_id}", "/v1/model",
+                                  "/healthz"}
+    post = spec["paths"]["/v1/analyses"]["post"]["responses"]
+    assert {"201", "413", "415", "422"} <= set(post)
+
+
+def test_no_service_is_503_not_a_crash() -> None:
+    with TestClient(create_app(None)) as c:
+        r = c.get("/healthz")
+    assert r.status_code == 503 and r.json()["detail"] == "the model is not loaded"
+
+
+def test_unexpected_errors_hide_internals(stub: StubService) -> None:
+    def boom(limit: int, offset: int) -> dict[str, Any]:
+        raise RuntimeError("secret internal state")
+
+    stub.page = boom  # type: ignore[method-assign]
+    app = create_app(None)
+    app.dependency_overrides[get_service] = lambda: stub
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/v1/analyses")
+    assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+    assert "secret" not in r.text

@@ -1,0 +1,236 @@
+"""End-to-end training on tiny generated data: outputs, honesty, determinism, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from dermalab.core.config import load_config
+from dermalab.core.runs import load_checkpoint
+from dermalab.evaluate.evaluate import evaluate_run
+from dermalab.pipeline import run_or_reuse, train_run
+from tests.conftest import write_photo_dataset
+
+TINY = ["data.image_size=64", "train.epochs=3", "train.batch_size=8", "train.patience=0",
+        "tracking.enabled=false", "data.sampler=oversample", "loss.name=cb", "optim.lr=0.003",
+        "sched.name=step", "model.freeze_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_photo_dataset(tmp_path_factory.mktemp("ds") / "photos", per_class=20)
+
+
+@pytest.fixture(scope="module")
+def reference_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "ref"
+    train_run(load_config(None, [*TINY, f"data.source={dataset}"]), out, progress=False)
+    return out
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_directory_contents(reference_run: Path) -> None:
+    for name in ("config.yaml", "splits.csv", "history.csv", "metrics.json",
+                 "checkpoints/best.pt", "checkpoints/last.pt", "predictions_test.csv",
+                 "predictions_val.csv"):
+        assert (reference_run / name).is_file(), name
+    for plot in ("loss", "accuracy", "balanced_accuracy", "macro_f1", "precision", "recall", "lr",
+                 "confusion_matrix", "confusion_matrix_normalized"):
+        assert (reference_run / "plots" / f"{plot}.png").stat().st_size > 1000
+    hist = _history(reference_run)
+    assert [int(r["epoch"]) for r in hist] == [1, 2, 3]
+    assert hist[0]["frozen_body"] == "True" and hist[1]["frozen_body"] == "False"
+    # Step decay x0.1 at int(50%) and int(75%) of 3 epochs: 0-based epochs 1 and 2.
+    assert [float(r["lr"]) for r in hist] == pytest.approx([0.003, 0.0003, 0.00003])
+    m = json.loads((reference_run / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "per_class",
+                "confusion_matrix"):
+        assert key in m
+    assert m["weights_origin"].startswith("package:")
+
+
+def test_learns_the_photo_classes(reference_run: Path) -> None:
+    m = json.loads((reference_run / "metrics.json").read_text())
+    assert m["val"]["balanced_accuracy"] >= 0.9, m["val"]
+
+
+def test_test_metrics_match_sklearn_on_saved_predictions(reference_run: Path) -> None:
+    with open(reference_run / "predictions_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    classes = [k[2:] for k in rows[0] if k.startswith("p_")]
+    y = np.array([classes.index(r["label"]) for r in rows])
+    p = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+    m = json.loads((reference_run / "metrics.json").read_text())
+    assert m["n"] == len(rows)
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, p.argmax(1)))
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, p.argmax(1), labels=range(3)).tolist()
+    # Test images are exactly the split file's test rows.
+    with open(reference_run / "splits.csv") as f:
+        test_ids = {r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"}
+    assert {r["sample_id"] for r in rows} == test_ids
+
+
+def test_best_checkpoint_is_used_and_evaluate_reproduces_it(reference_run: Path) -> None:
+    m = json.loads((reference_run / "metrics.json").read_text())
+    best = load_checkpoint(reference_run / "checkpoints" / "best.pt")
+    assert best["epoch"] == m["best_epoch"]
+    assert best["classes"] == ["akiec", "bcc", "nv"] and best["image_size"] == 64
+    assert set(best["normalization"]) == {"mean", "std"}
+    again = evaluate_run(reference_run, split="test")
+    assert again["balanced_accuracy"] == pytest.approx(m["balanced_accuracy"], abs=1e-9)
+    assert again["confusion_matrix"] == m["confusion_matrix"]
+
+
+def test_checkpoint_loads_with_weights_only(reference_run: Path) -> None:
+    obj = torch.load(reference_run / "checkpoints" / "last.pt", weights_only=True)
+    assert obj["epoch"] == 3 and obj["backbone"] == "tf_efficientnet_lite0"
+
+
+def test_same_config_and_seed_give_the_same_metrics(reference_run: Path, dataset: Path,
+                                                    tmp_path: Path) -> None:
+    train_run(load_config(None, [*TINY, f"data.source={dataset}", "eval.gallery=0"]),
+        tmp_path / "again", progress=False)
+    a, b = _history(reference_run), _history(tmp_path / "again")
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_loss", "val_loss", "val_balanced_accuracy"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-6), key
+    assert (reference_run / "splits.csv").read_text() == (tmp_path / "again" / "splits.csv"
+                                                          ).read_text()
+
+
+def test_early_stopping_stops(dataset: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, [*TINY, f"data.source={dataset}", "train.epochs=8",
+                             "train.patience=1", "train.monitor=loss", "train.min_delta=10",
+                             "eval.gallery=0", "eval.report=false"])
+    res = train_run(cfg, tmp_path / "es", progress=False)
+    # min_delta=10 makes every epoch after the first "no improvement".
+    assert res["stopped_early"] and res["epochs_run"] == 2 and res["best_epoch"] == 1
+
+
+def test_run_or_reuse_returns_a_finished_run_without_training(reference_run: Path,
+                                                                dataset: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in (reference_run / "history.csv",
+                                                 reference_run / "checkpoints" / "last.pt")}
+    res = run_or_reuse(load_config(None, [*TINY, f"data.source={dataset}"]), reference_run,
+                       progress=False)
+    assert res == json.loads((reference_run / "metrics.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+@pytest.mark.parametrize("monitor", ["accuracy", "roc_auc_macro"])
+def test_monitor_picks_the_epoch_with_the_best_validation_value(
+        dataset: Path, tmp_path: Path, monitor: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(None, [*TINY, f"data.source={dataset}", f"train.monitor={monitor}",
+                             "eval.gallery=0", "eval.report=false"])
+    res = train_run(cfg, tmp_path / monitor, progress=False)
+    values = [float(r[f"val_{monitor}"]) for r in _history(tmp_path / monitor)]
+    # The first epoch reaching the maximum is kept (later ties are not improvements).
+    assert res["best_epoch"] == values.index(max(values)) + 1
+    assert res["best_val_monitor"] == pytest.approx(max(values))
+    # The epoch lines show the monitored value when it is not one they always show.
+    assert len(re.findall(rf"macro-F1 [0-9.]+ {monitor} [0-9.]+", capsys.readouterr().out)) == 3
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume_matches_uninterrupted(reference_run: Path, dataset: Path,
+                                                        tmp_path: Path) -> None:
+    run = tmp_path / "killed"
+    db = tmp_path / "mlflow.db"
+    sets = [*TINY, f"data.source={dataset}", "tracking.enabled=true",
+            f"tracking.uri=sqlite:///{db}", "data.num_workers=0"]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "dermalab", "train", "--no-progress",
+                             "--out", str(run), "--set", *sets],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "checkpoints" / "last.pt").exists() and (run / "history.csv").exists():
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(_history(run))
+    assert done < 3, "the run finished before it could be killed"
+    # The kill left a readable last.pt: the epoch of the history, or the one before when the
+    # kill fell between the history and the checkpoint (written in that order).
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] in (done, done - 1)
+    res = subprocess.run([sys.executable, "-m", "dermalab", "train", "--no-progress",
+                          "--resume", str(run)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    a, b = _history(reference_run), _history(run)
+    assert [r["epoch"] for r in b] == ["1", "2", "3"]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_loss", "val_loss", "val_balanced_accuracy", "lr"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-6), (key, ra, rb)
+    ma = json.loads((reference_run / "metrics.json").read_text())
+    mb = json.loads((run / "metrics.json").read_text())
+    assert ma["confusion_matrix"] == mb["confusion_matrix"]
+    # One MLflow run, continued, with every epoch logged once.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("dermalab")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == mb["mlflow_run_id"]
+    steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss"))
+    assert steps[-1] == 3 and set(steps) == {1, 2, 3}
+    assert runs[0].data.metrics["test_balanced_accuracy"] == pytest.approx(mb["balanced_accuracy"])
+
+
+def test_evaluate_on_another_dataset_with_tta(reference_run: Path, tmp_path: Path) -> None:
+    other = write_photo_dataset(tmp_path / "other", per_class=4)
+    res = evaluate_run(reference_run, data=str(other), split="all", tta=True)
+    assert res["n"] == 12 and res["tta"] is True
+    assert res["n_by_class"] == {"akiec": 4, "bcc": 4, "nv": 4}
+    assert 0 <= res["ece"] <= 1 and res["nll"] >= 0 and np.isfinite(res["nll_raw"])
+
+
+def test_skipped_inputs_are_listed_in_the_run(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
+    (ds / "nv" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    cfg = load_config(None, [*TINY, f"data.source={ds}", "train.epochs=1", "eval.gallery=0",
+                             "eval.report=false"])
+    from dermalab.core.errors import ImageError
+
+    with pytest.raises(ImageError, match=r"broken\.jpg"):
+        train_run(cfg, tmp_path / "strict", progress=False)
+    train_run(load_config(None, [*TINY, f"data.source={ds}", "train.epochs=1", "data.skip_bad=true",
+                           "eval.gallery=0", "eval.report=false"]), tmp_path / "lenient",
+        progress=False)
+    listed = json.loads((tmp_path / "lenient" / "skipped_inputs.json").read_text())
+    assert [Path(b["path"]).name for b in listed["bad"]] == ["broken.jpg"]
+
+
+def test_evaluate_a_ham_run_on_a_folder_dataset(tmp_path: Path, cache_dir: Path) -> None:
+    """The run's data.format must not be forced onto another dataset."""
+    from tests.conftest import write_ham_dataset
+
+    csv_path = write_ham_dataset(tmp_path / "ham", lesions_per_class=6, photos=True)
+    run = tmp_path / "hamrun"
+    train_run(load_config(None, [*TINY, f"data.source={csv_path}", "data.format=ham10000",
+                           "train.epochs=1", "eval.gallery=0", "eval.report=false",
+                           "eval.serving=false"]), run, progress=False)
+    folder = write_photo_dataset(tmp_path / "folder", per_class=3)
+    res = evaluate_run(run, data=str(folder), split="all")
+    assert res["n"] == 9 and res["data"] == str(folder)
