@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from dermalab.core.errors import DermalabError
 
@@ -39,7 +40,15 @@ def _config_overrides(args: argparse.Namespace) -> list[str]:
 def _load_cfg(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from dermalab.core.config import load_config
 
-    return load_config(args.config, _config_overrides(args))
+    cfg = load_config(args.config, _config_overrides(args))
+    src = cfg.data.source
+    from_file = (args.config and not getattr(args, "data", None)
+                 and not getattr(args, "source", None)  # data inspect's positional SOURCE
+                 and not any(o.startswith("data.source=") for o in args.overrides))
+    if from_file and src and "://" not in src and not Path(src).exists():
+        raise DermalabError(f"dataset not found: {src} (data.source of {args.config}, resolved "
+                            "from the config file's folder); pass --data PATH to use another")
+    return cfg
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
@@ -101,19 +110,21 @@ def _report_sync(res: dict[str, int], seconds: float, as_json: bool, what: str) 
 def cmd_train(args: argparse.Namespace) -> int:
     """``dermalab train``."""
     from dermalab.core.runs import RunPaths
-    from dermalab.pipeline import resume_run, train_run
+    from dermalab.pipeline import next_steps, resume_run, train_run
 
     if args.resume:
         if args.config or args.overrides or args.data:
             raise DermalabError("--resume takes the run's saved config; do not pass "
                                 "--config/--set/--data with it")
-        resume_run(args.resume, progress=not args.no_progress)
+        resume_run(args.resume, progress=not args.no_progress, redo_final=args.redo_final)
+        print(next_steps(RunPaths(Path(args.resume))))
         return 0
     cfg = _load_cfg(args)
     out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if RunPaths(Path(out)).last.exists():
         raise DermalabError(f"{out} already holds a run; use --resume {out} or another --out")
     train_run(cfg, out, progress=not args.no_progress)
+    print(next_steps(RunPaths(Path(out))))
     return 0
 
 
@@ -131,6 +142,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"best: trial {res['best_trial']}, validation value {res['best_value']:.4f}, "
               f"{json.dumps(res['best_params'])}\nready to train: dermalab train -c "
               f"{Path(args.out) / 'best_config.yaml'}")
+    if "importance_warning" in res:
+        print(f"warning: {res['importance_warning']}")
     return 0
 
 
@@ -193,24 +206,38 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``dermalab predict MODEL IMAGE...``."""
+    """``dermalab predict MODEL IMAGE...``: every good image is analysed; each bad one is named
+    on stderr, and the exit code is 2 if any failed."""
     from dermalab.deploy.predictor import Predictor
 
     predictor = Predictor.load(args.model)
-    results = predictor.predict(args.images, top_k=args.top_k, tta=args.tta)
+    results = predictor.predict_each(args.images, top_k=args.top_k, tta=args.tta)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"error: {r['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(results))
-        return 0
+        return 2 if failed else 0
     print(f"model: {predictor.info.backbone} via {predictor.backend}, temperature "
           f"{predictor.info.temperature:.3f} (decision support, not a diagnosis)")
     for r in results:
+        if "error" in r:
+            continue
         print(r["image"])
         for t in r["top"]:
             print(f"  {t['probability']:6.1%}  {t['class']:<8} {t['name']}")
         if "malignant_score" in r:
-            flag = "  -> see a dermatologist soon" if r["malignant_flag"] else ""
-            print(f"  possibly malignant: {r['malignant_score']:.1%}{flag}")
-    return 0
+            t_mal = r["malignant_threshold"]
+            line = f"  possibly malignant: {r['malignant_score']:.1%}"
+            if t_mal is not None:
+                line += f" (operating point {t_mal:.1%})"
+            if r["malignant_flag"]:
+                line += " -> at or above it: see a dermatologist soon"
+            print(line)
+    if failed:
+        print(f"{len(failed)} of {len(results)} image(s) could not be analysed (listed above)",
+              file=sys.stderr)
+    return 2 if failed else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -241,23 +268,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.HelpFormatter):
+    """Adds each option's default to its help where it has a meaningful one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, [])
+                and action.default is not argparse.SUPPRESS and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command's parser uses :class:`_Help`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all commands."""
     parser = argparse.ArgumentParser(
         prog="dermalab",
         description="Train, evaluate, explain and serve skin-disease image classifiers "
                     "(decision support, not a diagnosis).")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     data = sub.add_parser("data", help="dataset tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
     insp = dsub.add_parser("inspect", help="class counts, sizes, bad files, duplicates, leaks")
     insp.add_argument("source", help="dataset path")
-    insp.add_argument("--format", choices=["auto", "folder", "ham10000", "medmnist", "hmnist"])
+    insp.add_argument("--format", choices=["auto", "folder", "ham10000", "medmnist", "hmnist"],
+                      help="dataset format (default: detected)")
     insp.add_argument("--split-out", help="write splits.csv, inspect.json and a bar chart here")
     insp.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    insp.add_argument("--config", "-c")
-    insp.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[])
+    insp.add_argument("--config", "-c", help="YAML recipe whose data section to use (class "
+                      "map, split ratios and seed, conflicts policy)")
+    insp.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                      metavar="KEY=VALUE", help="override config keys, e.g. "
+                      "data.split_ratios=[0.7,0.15,0.15]")
     insp.add_argument("--split-file", help="check this external split (CSV of sample_id or "
                       "image_id, and split) instead of making one")
     insp.set_defaults(func=cmd_data_inspect)
@@ -265,18 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
                                       ("pull", cmd_data_pull, "uri", "local")):
         sp = dsub.add_parser(name, help=f"{name} a folder {'to' if name == 'push' else 'from'} "
                                         "s3://bucket/prefix (checksummed, resumable)")
-        sp.add_argument(first)
-        sp.add_argument(second)
+        helps = {"local": "local folder", "uri": "s3://bucket/prefix"}
+        sp.add_argument(first, help=helps[first] + (" (source)" if name == "push" else
+                                                    " (source)" if first == "uri" else ""))
+        sp.add_argument(second, help=helps[second] + " (destination)")
         sp.add_argument("--endpoint-url", help="S3-compatible server (default "
                                                "$AWS_ENDPOINT_URL)")
-        sp.add_argument("--workers", type=int, default=8)
-        sp.add_argument("--json", action="store_true")
+        sp.add_argument("--workers", type=int, default=8, help="parallel transfers")
+        sp.add_argument("--json", action="store_true", help="one JSON object on stdout")
         sp.set_defaults(func=func)
 
     train = sub.add_parser("train", help="fine-tune a backbone and evaluate it")
     _add_config_args(train)
     train.add_argument("--out", help="run directory (default runs/<name>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    train.add_argument("--redo-final", action="store_true", help="with --resume on a finished "
+                       "run: redo its final evaluation, calibration and report")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 
@@ -289,11 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. "
                     "postgresql+psycopg://user@host/db (default sqlite in --out)")
     tn.add_argument("--study", help="study name (default: the config's name)")
-    tn.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    tn.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
+                    help="stop hopeless trials early")
     tn.add_argument("--seed", type=int, help="sampler seed (leave unset with several workers)")
     tn.add_argument("--heartbeat", type=int, default=30, help="seconds between worker "
                     "heartbeats; a trial silent for twice this is retried")
-    tn.add_argument("--no-progress", action="store_true")
+    tn.add_argument("--no-progress", action="store_true", help="no progress bars")
     tn.set_defaults(func=cmd_tune)
 
     cp = sub.add_parser("compare", help="train several backbones with one recipe and split")
@@ -301,51 +356,54 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--backbones", required=True,
                     help="comma-separated; 'name:scratch' trains from random weights")
     cp.add_argument("--out", required=True, help="comparison folder")
-    cp.add_argument("--no-progress", action="store_true")
+    cp.add_argument("--no-progress", action="store_true", help="no progress bars")
     cp.set_defaults(func=cmd_compare)
 
     ev = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
-    ev.add_argument("run_dir")
+    ev.add_argument("run_dir", help="a run directory written by `dermalab train`")
     ev.add_argument("--data", help="another dataset with the same classes")
-    ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                    help="which part of the split to evaluate")
     ev.add_argument("--tta", action="store_true", help="average over flip views")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ev.set_defaults(func=cmd_evaluate)
 
     rep = sub.add_parser("report", help="calibrate, analyse and write report.html for a run")
-    rep.add_argument("run_dir")
+    rep.add_argument("run_dir", help="a finished run directory")
     rep.set_defaults(func=cmd_report)
 
     exp = sub.add_parser("export", help="export the best model (ONNX + model.json)")
-    exp.add_argument("run_dir")
-    exp.add_argument("--format", default="onnx", choices=["onnx"])
+    exp.add_argument("run_dir", help="a finished run directory")
+    exp.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     exp.add_argument("--out", help="output folder (default RUN_DIR/export)")
     exp.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("predict", help="top-k calibrated classes for images")
     pr.add_argument("model", help="a run directory or an exported model (folder or .onnx)")
-    pr.add_argument("images", nargs="+")
-    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    pr.add_argument("--top-k", type=int, default=3, help="classes shown per image")
     pr.add_argument("--tta", action="store_true", help="average over flips")
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--json", action="store_true", help="one JSON list on stdout")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("explain", help="Grad-CAM heat-maps")
-    ex.add_argument("run_dir")
+    ex.add_argument("run_dir", help="a finished run directory")
     group = ex.add_mutually_exclusive_group()
     group.add_argument("--images", nargs="+", help="image files to explain")
     group.add_argument("--misclassified", type=int, default=None, metavar="N",
                        help="the N worst-misclassified test images (default 12)")
-    ex.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++"])
+    ex.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++"],
+                    help="class-activation method")
     ex.add_argument("--class", dest="target_class", help="explain this class (default: the "
                     "predicted one)")
     ex.add_argument("--out", help="output folder (default RUN_DIR/explain)")
     ex.set_defaults(func=cmd_explain)
 
     sv = sub.add_parser("serve", help="the web page and API for photo analysis")
-    sv.add_argument("run_dir")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("run_dir", help="a finished run directory (with serving thresholds)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 makes "
+                    "the page reachable from other machines)")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on")
     sv.add_argument("--db", help="history database URL (default SQLite in RUN_DIR/serving; "
                                  "postgresql+psycopg://... for PostgreSQL)")
     sv.add_argument("--images", help="where uploads are kept: a folder or s3://bucket/prefix")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dermalab.core.config import ExperimentConfig, flatten, to_dict
-from dermalab.core.errors import StopTraining
+from dermalab.core.errors import RunNotFoundError, StopTraining
 from dermalab.core.models import count_parameters
 from dermalab.core.runs import (
     RunPaths,
@@ -43,10 +43,30 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool = Tr
     return _run(cfg, RunPaths(Path(run_dir)), None, progress, trial_callback)
 
 
-def resume_run(run_dir: str | Path, *, progress: bool = True,
+def resume_run(run_dir: str | Path, *, progress: bool = True, redo_final: bool = False,
                trial_callback: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Continue a cut-off run from ``last.pt`` (with its saved config) and finish it."""
+    """Continue a cut-off run from ``last.pt`` (with its saved config) and finish it.
+
+    A finished run is left as it is (its metrics are returned) unless ``redo_final``, which
+    re-runs the final evaluation, calibration and report from ``last.pt``.
+
+    Raises:
+        RunNotFoundError: nothing to resume in ``run_dir`` (the message says what to run).
+    """
     paths = RunPaths(Path(run_dir))
+    if not paths.last.is_file():
+        if paths.config.is_file():
+            raise RunNotFoundError(
+                f"{paths.root}: nothing to resume (the run stopped before its first epoch "
+                f"ended); start it again with `dermalab train -c {paths.config} --out "
+                f"{paths.root}`")
+        paths.require_model("--resume")  # says whether the folder exists and what to run
+    if paths.is_finished and not redo_final:
+        metrics = read_metrics(paths)
+        print(f"{paths.root} is finished (test balanced accuracy "
+              f"{metrics.get('balanced_accuracy', float('nan')):.4f}); nothing to resume. "
+              "--redo-final re-runs its final evaluation and report.", flush=True)
+        return metrics
     return _run(None, paths, load_checkpoint(paths.last), progress, trial_callback)
 
 
@@ -83,19 +103,22 @@ def finalize_run(run_dir: str | Path, *, data: PreparedData | None = None,
     write_metrics(paths, metrics)
     if cfg.eval.report:
         write_report(paths.root)
+    if metrics.get("temperature_warning"):
+        print(f"warning: {metrics['temperature_warning']}", flush=True)
     return metrics
 
 
-def _start_tracking(t: Training) -> Tracker:
-    cfg = t.cfg
-    tracker = Tracker(cfg.tracking, t.paths.root, active=t.is_main)
-    t.state.mlflow_run_id = tracker.start(cfg.name, resume_id=t.state.mlflow_run_id)
-    tracker.log_params({**flatten(to_dict(cfg)), "n_classes": len(t.info.classes),
-                        "image_size": t.info.image_size, "weights_origin": t.weights_origin,
-                        **{f"n_train_{c}": int(n)
-                           for c, n in zip(t.info.classes, t.counts, strict=True)}})
+def _log_setup(tracker: Tracker, t: Training) -> None:
+    """Parameters, and the class table as an artifact: class names come from users' folders
+    and may hold any character, which MLflow refuses in parameter keys."""
+    tracker.log_params({**flatten(to_dict(t.cfg)), "n_classes": len(t.info.classes),
+                        "image_size": t.info.image_size, "weights_origin": t.weights_origin})
+    counts = t.data.counts()  # split -> class -> images
+    tracker.log_dict({"classes": [{"index": i, "class": c,
+                                   **{f"n_{sp}": n[c] for sp, n in counts.items()}}
+                                  for i, c in enumerate(t.info.classes)]},
+                     "class_counts.json")
     tracker.backfill(t.state.history)
-    return tracker
 
 
 def _run(cfg: ExperimentConfig | None, paths: RunPaths, resume: dict[str, Any] | None,
@@ -103,9 +126,13 @@ def _run(cfg: ExperimentConfig | None, paths: RunPaths, resume: dict[str, Any] |
          ) -> dict[str, Any]:
     t = setup_training(cfg, paths, resume=resume, progress=progress)
     announce(t)
-    tracker = _start_tracking(t)
-    status = "FAILED"
+    tracker = Tracker(t.cfg.tracking, paths.root, active=t.is_main)
+    # The run folder's name tells runs of one recipe apart in the MLflow UI.
+    t.state.mlflow_run_id = tracker.start(f"{t.cfg.name} ({paths.root.resolve().name})",
+                                          resume_id=t.state.mlflow_run_id)
+    status = "FAILED"  # whatever fails from here on ends the MLflow run as FAILED
     try:
+        _log_setup(tracker, t)
         state = fit(t, progress=progress, trial_callback=trial_callback,
                     on_epoch=lambda row: tracker.log_metrics(
                         {k: v for k, v in row.items() if k not in ("epoch", "frozen_body")},
@@ -158,6 +185,19 @@ def upload(paths: RunPaths, upload_to: str, progress: bool) -> None:
     res = push(paths.root, dest, progress=progress)
     print(f"uploaded the run to {dest} ({res.transferred} files sent, {res.skipped} unchanged, "
           "all verified)", flush=True)
+
+
+def next_steps(paths: RunPaths) -> str:
+    """Where the run went and what to run next."""
+    root = paths.root
+    lines = ["", f"run: {root}"]
+    if paths.report.is_file():
+        lines.append(f"report: {paths.report}")
+    lines += ["next:",
+              f"  dermalab evaluate {root}   # metrics again, on another split or --data",
+              f"  dermalab export {root}     # ONNX model for fast CPU inference",
+              f"  dermalab serve {root}      # the web page and API"]
+    return "\n".join(lines)
 
 
 def summary(results: dict[str, Any], classes: list[str]) -> str:

@@ -68,6 +68,34 @@ def test_unavailable_pretrained_weights_fail_with_the_ways_to_supply_them(
         assert hint in msg
 
 
+def test_no_network_refuses_hub_only_weights_without_asking_the_hub(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without HF_HUB_OFFLINE and without a network, one short probe replaces the hub
+    client's retries: the hub download is never attempted."""
+    import socket
+
+    with socket.socket() as s:  # a port on this machine with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    real_create = timm.create_model
+    asked: list[str] = []
+
+    def create(name: str, pretrained: bool = False, **kw: object) -> torch.nn.Module:
+        if pretrained:
+            asked.append(name)
+        return real_create(name, pretrained=pretrained, **kw)
+
+    monkeypatch.setattr(timm, "create_model", create)
+    with pytest.raises(PretrainedWeightsUnavailableError) as info:
+        create_model(ModelConfig(backbone="resnet18"), 7)
+    assert asked == []
+    assert f"127.0.0.1:{port} cannot be reached" in str(info.value)
+    assert "model.weights=" in str(info.value)
+
+
 def test_local_weights_file(tmp_path: Path) -> None:
     torch.manual_seed(1)
     donor = timm.create_model("resnet18", pretrained=False)

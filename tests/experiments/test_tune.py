@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,12 @@ enqueue:
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert f"ready to train: dermalab train -c {out / 'best_config.yaml'}" in printed
+    # One line per trial as it finishes, with its parameters and result.
+    assert re.search(r"^trial 0: complete value [0-9.]+ \{\"optim\.lr\": 0\.003\}", printed,
+                     re.M), printed
+    assert re.search(r"^trial 2: pruned value [0-9.]+ \{\"optim\.lr\": 1e-09\}", printed,
+                     re.M), printed
+    assert "importances from 2 finished trial(s) mean little" in printed
     assert summary["states"] == {"COMPLETE": 2, "PRUNED": 1}
     with open(out / "trials.csv") as f:
         rows = {int(r["number"]): r for r in csv.DictReader(f)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -26,7 +27,7 @@ def test_cosine_runs_from_one_to_the_floor() -> None:
     want = [floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * e / epochs))
             for e in range(epochs)]
     assert got == pytest.approx(want)
-    assert got[0] == pytest.approx(1.0) and all(a > b for a, b in zip(got, got[1:]))
+    assert got[0] == pytest.approx(1.0) and all(a > b for a, b in itertools.pairwise(got))
     # The floor is min_lr itself, whatever the base LR.
     assert lr_factor(cfg, epochs, epochs, base) * base == pytest.approx(1e-3)
 

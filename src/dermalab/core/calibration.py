@@ -27,8 +27,25 @@ def nll(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> fl
     return float(-logp[np.arange(len(targets)), np.asarray(targets)].mean())
 
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def temperature_warning(t: float, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+                        ) -> str | None:
+    """What a fitted temperature on its search bound means, or ``None`` inside the bounds."""
+    lo, hi = bounds
+    if t >= hi * 0.999:
+        return (f"the temperature hit its upper bound (T = {t:.3f}): the validation predictions "
+                "are barely better than chance, so every calibrated confidence is squeezed "
+                "towards 1/K and lands in one reliability bin; train longer or check the data")
+    if t <= lo * 1.001:
+        return (f"the temperature hit its lower bound (T = {t:.3f}): validation predictions are "
+                "right but far too timid, which is unusual; check the validation split")
+    return None
+
+
 def fit_temperature(logits: np.ndarray, targets: np.ndarray,
-                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
     """The ``T`` minimising validation NLL (bounded scalar search over ``log T``)."""
     if len(targets) == 0:
         return 1.0

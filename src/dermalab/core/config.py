@@ -54,6 +54,9 @@ class DataConfig:
     cache: bool = True
     cache_dir: str | None = None  # default: $DERMALAB_CACHE or ~/.cache/dermalab
     skip_bad: bool = False  # list bad files in a report and go on, instead of failing
+    # byte-identical images under different labels: drop (warn, leave them out) | keep (warn)
+    # | error (stop)
+    conflicts: str = "drop"
     sampler: str = "none"  # none | oversample (class-balanced) | sqrt (balanced by sqrt count)
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -172,6 +175,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.age_impute": ("median", "none"),
     "data.resize_mode": ("squash", "pad", "crop"),
     "data.split_by": ("group", "image"),
+    "data.conflicts": ("drop", "keep", "error"),
     "data.sampler": ("none", "oversample", "sqrt"),
     "loss.name": ("ce", "weighted_ce", "focal", "cb"),
     "loss.cb_type": ("softmax", "sigmoid", "focal"),
@@ -330,10 +334,26 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections")
         tree = loaded
+        _resolve_file_paths(tree, p.parent)
     for item in overrides:
         key, value = parse_override(item)
         _set_path(tree, key, value)
     return from_dict(tree)
+
+
+#: Config keys holding a file or folder; relative values in a config file are read from the
+#: file's own folder (so a recipe works from any current directory). Values given on the
+#: command line stay relative to the current directory, as a shell user expects.
+PATH_KEYS = (("data", "source"), ("data", "split_file"), ("model", "weights"))
+
+
+def _resolve_file_paths(tree: dict[str, Any], base: Path) -> None:
+    for section, key in PATH_KEYS:
+        sub = tree.get(section)
+        value = sub.get(key) if isinstance(sub, dict) else None
+        if isinstance(value, str) and value and "://" not in value \
+                and not Path(value).expanduser().is_absolute():
+            sub[key] = str((base / value).resolve())  # type: ignore[index]
 
 
 def replace(cfg: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:

@@ -9,10 +9,13 @@ these ways; it never silently trains from random weights.
 from __future__ import annotations
 
 import importlib
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import timm
 import torch
@@ -149,6 +152,26 @@ def _pretrained_help(backbone: str) -> str:
     )
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be used now, or ``None`` when it can be tried.
+
+    One short TCP connection to the hub's host replaces the hub client's own minute of
+    retries when there is no network. With ``HF_HUB_OFFLINE=1`` the client reads only its
+    local cache (and fails at once when the weights are not there), so no probe is made.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return None
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return (f"the hub at {endpoint} cannot be reached: {exc.__class__.__name__}; weights "
+                "already in the local hub cache are used with HF_HUB_OFFLINE=1")
+
+
 def load_pretrained_body(model: nn.Module, cfg: ModelConfig) -> str:
     """Load ImageNet weights into a freshly created 1000-class timm model.
 
@@ -181,6 +204,9 @@ def load_pretrained_body(model: nn.Module, cfg: ModelConfig) -> str:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(_map_in_order(dict(state), model, str(path)))
             return f"package:{package}"
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise PretrainedWeightsUnavailableError(f"{_pretrained_help(cfg.backbone)} ({unreachable})")
     try:
         hub = timm.create_model(spec.timm_name, pretrained=True)
     except Exception as exc:

@@ -33,11 +33,29 @@ def grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float]], t
 
 
 def bar_counts(per_split: Mapping[str, Mapping[str, int]], title: str = "") -> Figure:
-    """Grouped bars of images per class for each split, log-scaled y axis."""
+    """Images per class and split as horizontal bars, one row per class, largest class on
+    top, log-scaled x axis (HAM10000 is 58:1). The figure grows with the number of classes,
+    so 46 class names stay readable."""
     splits = [s for s in per_split if sum(per_split[s].values()) > 0]
-    classes = sorted({c for s in splits for c in per_split[s]})
-    return grouped_bars(classes, {sp: [per_split[sp].get(c, 0) for c in classes]
-                                  for sp in splits}, title, log=True, ylabel="images (log)")
+    classes = sorted({c for s in splits for c in per_split[s]},
+                     key=lambda c: (-sum(per_split[s].get(c, 0) for s in splits), c))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.3 * len(classes)))
+    y = np.arange(len(classes))[::-1].astype(float)
+    h = 0.8 / max(1, len(splits))
+    for j, sp in enumerate(splits):
+        n = [per_split[sp].get(c, 0) for c in classes]
+        yj = y + 0.4 - h * (j + 0.5)
+        ax.barh(yj, n, height=h, label=sp)
+        for yi, v in zip(yj, n, strict=True):
+            ax.text(max(v, 1), yi, f" {v}", va="center", fontsize=6)
+    ax.set_yticks(y, classes, fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("images (log scale)")
+    ax.set_ylim(-0.7, len(classes) - 0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def curves(

@@ -160,6 +160,11 @@ class Tracker:
                              step=int(r["epoch"]))
         return len(missing)
 
+    def log_dict(self, obj: dict[str, Any], name: str) -> None:
+        """Store a JSON artifact (e.g. a table keyed by free-text names)."""
+        if self._mlflow is not None:
+            self._mlflow.log_dict(obj, name)
+
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         """Upload one file to the run's artifact store."""
         if self._mlflow is not None and path.is_file():

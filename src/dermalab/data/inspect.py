@@ -23,7 +23,13 @@ from dermalab.core.errors import ImageError
 from dermalab.data.images import open_rgb
 from dermalab.data.samples import Sample, SourceData
 from dermalab.data.sources import load_source
-from dermalab.data.splits import SPLITS, check_leaks, resolve_split, write_split
+from dermalab.data.splits import (
+    SPLITS,
+    check_leaks,
+    resolve_split,
+    small_class_warnings,
+    write_split,
+)
 
 
 def _probe(data: SourceData, s: Sample) -> tuple[str, tuple[int, int] | None, str | None]:
@@ -117,13 +123,16 @@ def inspect_dataset(
         "splits": per_split,
         "split_origin": split.origin,
         "split_file": str(split_file) if split_file else None,
-        "split_warnings": split.warnings,
+        "split_warnings": [*data.warnings, *split.warnings, *small_class_warnings(per_split)],
         "group_overlap": leaks.group_overlap,
         "group_overlap_pairs": leaks.pairs,
         "duplicate_overlap": leaks.duplicate_overlap,
         "duplicates": {"groups": len(dups), "files": sum(len(g) for g in dups),
                        "conflicting_labels": len(conflicting),
-                       "examples": [[s.sample_id for s in g] for g in dups[:5]]},
+                       "examples": [[s.sample_id for s in g] for g in dups[:5]],
+                       "conflicts": [[{"sample_id": s.sample_id, "label": s.label} for s in g]
+                                     for g in conflicting]},
+        "conflicts_policy": cfg.conflicts,
         "image_sizes": size_stats,
         "unreadable": unreadable,
         "bad": data.bad,
@@ -157,7 +166,16 @@ def format_report(report: dict[str, Any]) -> str:
                  f"{report['duplicate_overlap']}")
     d = report["duplicates"]
     lines.append(f"dupes    {d['groups']} group(s) of byte-identical files ({d['files']} files, "
-                 f"{d['conflicting_labels']} with conflicting labels)")
+                 f"{d['conflicting_labels']} with conflicting labels)"
+                 + (f"; data.conflicts={report['conflicts_policy']}: training "
+                    + ("leaves them out" if report["conflicts_policy"] == "drop" else
+                       "keeps them" if report["conflicts_policy"] == "keep" else "refuses them")
+                    if d["conflicting_labels"] else ""))
+    for group in d.get("conflicts", [])[:20]:
+        lines.append("  same picture, different labels: " + ", ".join(
+            f"{m['sample_id']} ({m['label']})" for m in group))
+    if len(d.get("conflicts", [])) > 20:
+        lines.append(f"  ... and {len(d['conflicts']) - 20} more group(s) (--json lists all)")
     if report["image_sizes"]:
         s = report["image_sizes"]
         lines.append(f"sizes    width {s['width']['min']}-{s['width']['max']}, height "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from dermalab.core.config import DataConfig
+from dermalab.core.errors import DataError
 from dermalab.data.cache import (
     CachedImages,
     DecodingImages,
@@ -25,6 +26,7 @@ from dermalab.data.splits import (
     assert_no_leaks,
     check_leaks,
     resolve_split,
+    small_class_warnings,
     write_split,
 )
 
@@ -57,6 +59,12 @@ class PreparedData:
         """Class indices of one split, aligned with :meth:`samples`."""
         idx = {c: i for i, c in enumerate(self.classes)}
         return [idx[s.label] for s in self.samples(split)]
+
+    @property
+    def warnings(self) -> list[str]:
+        """Data problems to say before training: the source's (class-map keys that match
+        nothing), the split's (classes missing from a part) and tiny classes."""
+        return [*self.source.warnings, *self.split.warnings, *small_class_warnings(self.counts())]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """split -> class -> images."""
@@ -107,6 +115,7 @@ def prepare_data(
     else:
         store = DecodingImages(data, image_size, cfg.resize_mode)
         hashes = sample_hashes(data, data.samples)
+    apply_conflict_policy(data, hashes, cfg.conflicts)
     split = resolve_split(
         data.samples,
         ratios=cfg.split_ratios,
@@ -123,6 +132,45 @@ def prepare_data(
     if write and split_path is not None and not split_path.is_file():
         write_split(split_path, data.samples, split)
     return PreparedData(data, split, store, hashes, leaks, image_size)
+
+
+def label_conflicts(samples: list[Sample], hashes: dict[str, str]) -> list[list[Sample]]:
+    """Groups of byte-identical images that carry more than one label."""
+    by_hash: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_hash[hashes[s.sample_id]].append(s)
+    return [g for g in by_hash.values() if len({s.label for s in g}) > 1]
+
+
+def apply_conflict_policy(data: SourceData, hashes: dict[str, str], policy: str) -> None:
+    """The same picture under two labels teaches the model a contradiction and counts against
+    it in evaluation. ``drop`` leaves every copy out, ``keep`` keeps them; both say so.
+
+    Raises:
+        DataError: with ``policy="error"``, naming the first groups.
+    """
+    groups = label_conflicts(data.samples, hashes)
+    if not groups:
+        return
+    data.conflicts = [[{"sample_id": s.sample_id, "label": s.label} for s in g] for g in groups]
+    n_files = sum(len(g) for g in groups)
+    shown = "; ".join(" = ".join(f"{s.sample_id} ({s.label})" for s in g) for g in groups[:3])
+    more = f"; and {len(groups) - 3} more group(s)" if len(groups) > 3 else ""
+    what = (f"{len(groups)} picture(s) appear under different labels ({n_files} files: {shown}"
+            f"{more})")
+    if policy == "error":
+        raise DataError(f"{what}; fix the labels, or set data.conflicts=drop (leave them out) "
+                        "or data.conflicts=keep")
+    if policy == "drop":
+        bad = {s.sample_id for g in groups for s in g}
+        data.samples = [s for s in data.samples if s.sample_id not in bad]
+        data.classes = sorted({s.label for s in data.samples})
+        data.conflicts_dropped = True
+        data.warnings.append(f"{what}: all {n_files} left out (data.conflicts=drop; "
+                             "data.conflicts=keep trains on them, =error stops)")
+    else:
+        data.warnings.append(f"{what}: kept (data.conflicts=keep), so the model is trained on "
+                             "contradictory labels")
 
 
 def is_cached(store: ImageStore) -> bool:

@@ -47,6 +47,10 @@ class SourceData:
         ignored: files that are not images (hidden files, other extensions): {path, reason}.
         bad: unusable inputs skipped because the user asked (``skip_bad``): {path, error}.
         fingerprint: changes whenever the underlying files change (cache key).
+        warnings: data problems that do not stop a run but must be said (e.g. a class-map
+            pattern that matches no class).
+        conflicts: groups of byte-identical images with different labels (after the class
+            map), each a list of {sample_id, label}; ``dropped`` says whether they were left out.
     """
 
     kind: str
@@ -59,6 +63,9 @@ class SourceData:
     ignored: list[dict[str, str]] = field(default_factory=list)
     bad: list[dict[str, str]] = field(default_factory=list)
     fingerprint: str = ""
+    warnings: list[str] = field(default_factory=list)
+    conflicts: list[list[dict[str, str]]] = field(default_factory=list)
+    conflicts_dropped: bool = False
 
     def class_counts(self) -> dict[str, int]:
         """Images per class, in class order."""

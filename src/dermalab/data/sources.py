@@ -9,6 +9,7 @@ unless the user asked to skip bad input, in which case it is listed in ``SourceD
 from __future__ import annotations
 
 import csv
+import difflib
 import fnmatch
 import hashlib
 import math
@@ -60,6 +61,30 @@ def apply_class_map(label: str, class_map: Mapping[str, str | None]) -> str | No
         if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(label, pattern):
             return target
     return label
+
+
+def unmatched_class_map_keys(labels: Iterable[str], class_map: Mapping[str, str | None]
+                             ) -> list[str]:
+    """One warning per class-map key that matches none of ``labels``, with the near misses:
+    keys are case-sensitive, so ``"tinea *"`` does not match ``Tinea corporis``."""
+    names = sorted(set(labels))
+    out = []
+    for key in class_map:
+        is_pattern = any(ch in key for ch in "*?[")
+        if (key in names) if not is_pattern else any(fnmatch.fnmatchcase(n, key) for n in names):
+            continue
+        folded = [n for n in names if fnmatch.fnmatchcase(n.lower(), key.lower())]
+        hint = (f"; it would match {folded[:3]} if case were ignored (keys are case-sensitive)"
+                if folded else "")
+        if not hint:
+            # Compare a pattern's literal start with the names' starts ("Tinae *" -> "Tinea *").
+            cut = min((key.index(ch) for ch in "*?[" if ch in key), default=len(key))
+            starts = sorted({n[:cut] for n in names})
+            close = [m + key[cut:] for m in difflib.get_close_matches(key[:cut], starts, n=3,
+                                                                      cutoff=0.6)]
+            hint = f"; did you mean {close}?" if close else ""
+        out.append(f"data.class_map key {key!r} matches no class of the dataset{hint}")
+    return out
 
 
 def _map_samples(samples: Iterable[Sample], class_map: Mapping[str, str | None]) -> list[Sample]:
@@ -138,6 +163,7 @@ def load_source(cfg: DataConfig, source: str | None = None) -> SourceData:
         "hmnist": read_hmnist,
     }
     data = readers[fmt](path, cfg)
+    data.warnings += unmatched_class_map_keys((s.label for s in data.samples), cfg.class_map)
     data.samples = _map_samples(data.samples, cfg.class_map)
     if not data.samples:
         raise DataError(f"{location}: no samples left (after the class map)")

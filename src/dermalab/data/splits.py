@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,10 +141,32 @@ def make_split(
     return Split(assignment, warnings, origin="generated")
 
 
+#: Below these counts a class's metrics are noise (one image moves recall by a third).
+MIN_TRAIN_IMAGES, MIN_EVAL_IMAGES = 10, 3
+
+
+def small_class_warnings(counts: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """One warning per class with fewer than 10 training or 3 validation/test images.
+
+    Args:
+        counts: split -> class -> images.
+    """
+    classes = sorted({c for per in counts.values() for c in per})
+    out = []
+    for c in classes:
+        n = {sp: int(counts.get(sp, {}).get(c, 0)) for sp in SPLITS}
+        if n["train"] < MIN_TRAIN_IMAGES or min(n["val"], n["test"]) < MIN_EVAL_IMAGES:
+            out.append(f"class {c!r} is tiny ({n['train']} train / {n['val']} val / "
+                       f"{n['test']} test images; want at least {MIN_TRAIN_IMAGES} / "
+                       f"{MIN_EVAL_IMAGES} / {MIN_EVAL_IMAGES}): its results will be noise; "
+                       "merge it into a related class with data.class_map, or drop it")
+    return out
+
+
 def write_split(path: str | Path, samples: Iterable[Sample], split: Split) -> None:
     """Write ``splits.csv`` (sample_id,label,group,split), atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")  # not the csv module's CRLF
         w.writerow(SPLIT_COLUMNS)
         for s in sorted(samples, key=lambda s: s.sample_id):
             if s.sample_id in split.assignment:

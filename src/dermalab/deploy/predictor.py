@@ -132,6 +132,24 @@ class Predictor:
         probs = self.probabilities(images, tta)
         return [self.describe(src, p, top_k) for src, p in zip(sources, probs, strict=True)]
 
+    def predict_each(self, sources: list[str], top_k: int = 3, tta: bool = False
+                     ) -> list[dict[str, Any]]:
+        """Like :meth:`predict`, but a bad image does not stop the others: its entry is
+        ``{"image": path, "error": "what is wrong"}``; the good ones are analysed together."""
+        out: list[dict[str, Any]] = []
+        good: list[tuple[int, np.ndarray]] = []
+        for i, src in enumerate(sources):
+            try:
+                good.append((i, self.preprocess(src)))
+                out.append({})
+            except DermalabError as exc:
+                out.append({"image": src, "error": str(exc)})
+        if good:
+            probs = self.probabilities(np.stack([img for _, img in good]), tta)
+            for (i, _), p in zip(good, probs, strict=True):
+                out[i] = self.describe(sources[i], p, top_k)
+        return out
+
     def describe(self, image: str, probs: np.ndarray, top_k: int = 3) -> dict[str, Any]:
         """``{"image", "top": [{"class", "name", "probability"}], "malignant_score"}``."""
         order = np.argsort(-probs)[: max(1, min(top_k, len(probs)))]
@@ -144,6 +162,7 @@ class Predictor:
         if mal and mal.get("classes"):
             score = float(malignant_score(probs[None], self.info.classes, mal["classes"])[0])
             out["malignant_score"] = score
-            out["malignant_flag"] = bool(mal.get("threshold") is not None
-                                         and score >= float(mal["threshold"]))
+            threshold = mal.get("threshold")
+            out["malignant_threshold"] = float(threshold) if threshold is not None else None
+            out["malignant_flag"] = bool(threshold is not None and score >= float(threshold))
         return out

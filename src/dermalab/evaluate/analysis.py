@@ -23,6 +23,7 @@ from dermalab.core.calibration import (
     malignant_score,
     nll,
     sensitivity_specificity,
+    temperature_warning,
 )
 from dermalab.core.config import EvalConfig
 from dermalab.core.runs import Predictions
@@ -99,10 +100,12 @@ def analyze(
     ``nll_before``, ``nll_after``, ``malignant``, ``subgroups`` and (with TTA) ``tta``.
     """
     t = fit_temperature(val.logits, val.targets)
+    warning = temperature_warning(t)  # said by the pipeline and shown in the report
     before = calibrated_probs(test.logits, 1.0)
     after = calibrated_probs(test.logits, t)
     out: dict[str, Any] = {
         "temperature": t,
+        "temperature_warning": warning,
         "ece_bins": cfg.ece_bins,
         "ece_before": expected_calibration_error(before, test.targets, cfg.ece_bins),
         "ece_after": expected_calibration_error(after, test.targets, cfg.ece_bins),

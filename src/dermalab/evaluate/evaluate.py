@@ -48,7 +48,10 @@ def evaluate_training(t: Training) -> dict[str, Any]:
     out["val"] = out_val
     out["split"] = {"origin": data.split.origin, "counts": data.counts(),
                     "group_overlap": data.leaks.group_overlap,
-                    "duplicate_overlap": data.leaks.duplicate_overlap}
+                    "duplicate_overlap": data.leaks.duplicate_overlap,
+                    "label_conflicts": {"policy": cfg.data.conflicts,
+                                        "groups": len(data.source.conflicts),
+                                        "files": sum(map(len, data.source.conflicts))}}
     return out
 
 

@@ -95,9 +95,18 @@ def build_report(run_dir: Path) -> str:
                  "results are optimistic.</p>" if leak else
                  '<p class="note">Leak check: no lesion/group and no byte-identical file is in '
                  "more than one split.</p>")
+    conflicts = split.get("label_conflicts") or {}
+    conflict_html = ""
+    if conflicts.get("groups"):
+        fate = ("left out of training and evaluation" if conflicts.get("policy") == "drop"
+                else "kept: the model was trained on contradictory labels")
+        conflict_html = (f'<p class="warn">{conflicts["groups"]} picture(s) appear under '
+                         f'different labels ({conflicts["files"]} files); {fate} '
+                         f'(data.conflicts={html.escape(str(conflicts.get("policy")))}; listed '
+                         "in skipped_inputs.json).</p>")
     sections.append(("data", "Data", f"""
 <p class="note">Split: {html.escape(str(split.get('origin', '')))}</p>
-{_table(['class', 'train', 'val', 'test'], rows)}{leak_html}"""))
+{_table(['class', 'train', 'val', 'test'], rows)}{leak_html}{conflict_html}"""))
 
     curve_imgs = "".join(_img(plots / f"{n}.png", n) for n in
                          ("loss", "accuracy", "balanced_accuracy", "macro_f1", "precision",
@@ -133,10 +142,12 @@ def build_report(run_dir: Path) -> str:
                            ["balanced accuracy", tta["balanced_accuracy_without"],
                             tta["balanced_accuracy"]],
                            ["ECE after T", tta["ece_after_without"], tta["ece_after"]]])
+    t_warn = (f'<p class="warn">{html.escape(m["temperature_warning"])}</p>'
+              if m.get("temperature_warning") else "")
     sections.append(("calibration", "Calibration", f"""
 <p class="note">Temperature T = {_fmt(m.get('temperature'), 3)} fitted on validation (never on
 test); probabilities shown anywhere the model is used are softmax(logits / T).</p>
-{_table(['on test', 'before', 'after'], cal_rows)}
+{t_warn}{_table(['on test', 'before', 'after'], cal_rows)}
 {_img(plots / 'reliability.png', 'reliability diagram')}{tta_html}"""))
 
     mal = m.get("malignant")

@@ -110,7 +110,7 @@ def compare(config: str | None, backbones: list[tuple[str, bool]], out: str | Pa
 def write_comparison(rows: list[dict[str, Any]], out: Path, base: ExperimentConfig) -> None:
     """``comparison.csv``, ``comparison.md`` and a bar chart ``comparison.png``."""
     with open(out / "comparison.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     size = base.data.image_size or "native"

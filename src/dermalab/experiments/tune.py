@@ -328,7 +328,8 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
         try:
             # optimize() keeps the trial's heartbeat and records PRUNED/FAIL states; a diverged
             # trial is a finding about its parameters (FAIL), not a reason to stop the search.
-            study.optimize(objective, n_trials=1, catch=(TrainingDivergedError,))
+            study.optimize(objective, n_trials=1, catch=(TrainingDivergedError,),
+                           callbacks=[_announce_trial])
         except _Surplus:
             break
         ran += 1
@@ -340,6 +341,25 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
     summary = write_results(study, space, user, out, mlflow)
     summary["ran_here"] = ran
     return summary
+
+
+def _announce_trial(study: Any, trial: Any) -> None:
+    """One line per finished trial: number, state, value, parameters, time, best so far."""
+    if trial.user_attrs.get("surplus"):
+        return
+    value = "" if trial.value is None else f" value {trial.value:.4f}"
+    seconds = ((trial.datetime_complete - trial.datetime_start).total_seconds()
+               if trial.datetime_complete and trial.datetime_start else 0.0)
+    try:
+        best = f"; best so far {study.best_value:.4f} (trial {study.best_trial.number})"
+    except ValueError:  # no trial completed yet
+        best = ""
+    print(f"trial {trial.number}: {trial.state.name.lower()}{value} "
+          f"{json.dumps(trial.params)} ({seconds:.0f}s){best}", flush=True)
+
+
+#: Fewer finished trials than this and fANOVA importances are mostly noise.
+MIN_TRIALS_FOR_IMPORTANCE = 10
 
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:
@@ -389,6 +409,11 @@ def write_results(study: Any, space: SearchSpace, user: ExperimentConfig, out: P
                    f"params `{json.dumps(best.params)}`; ready to train: "
                    f"`dermalab train -c {out / 'best_config.yaml'}`.", ""]
         _plots(study, out)
+        if len(done) < MIN_TRIALS_FOR_IMPORTANCE and (out / "param_importances.png").is_file():
+            summary["importance_warning"] = (
+                f"parameter importances from {len(done)} finished trial(s) mean little (fewer "
+                f"than {MIN_TRIALS_FOR_IMPORTANCE}); run more trials before trusting them")
+            md[2:2] = [f"Note: {summary['importance_warning']}.", ""]
     atomic_write_text(out / "trials.md", "\n".join(md) + "\n")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     uri, parent = mlflow
@@ -449,7 +474,7 @@ def _csv(rows: list[dict[str, Any]], cols: list[str]) -> str:
     import io
 
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

@@ -207,14 +207,16 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
 def announce(t: Training) -> None:
     """Say what is about to be trained, and any data problem found while preparing it."""
     data, cfg = t.data, t.cfg
-    if t.is_main and (data.source.bad or data.source.ignored):
+    if t.is_main and (data.source.bad or data.source.ignored or data.source.conflicts):
         # Skipped inputs are listed, never dropped silently.
         t.paths.skipped_inputs.write_text(json.dumps(
-            {"bad": data.source.bad, "ignored": data.source.ignored}, indent=2))
+            {"bad": data.source.bad, "ignored": data.source.ignored,
+             "label_conflicts": {"policy": cfg.data.conflicts,
+                                 "groups": data.source.conflicts}}, indent=2))
     if data.source.bad:
         t.log(f"warning: {len(data.source.bad)} bad input(s) skipped (data.skip_bad=true); "
               f"listed in {t.paths.skipped_inputs}")
-    for warning in data.split.warnings:
+    for warning in data.warnings:
         t.log(f"warning: {warning}")
     if data.leaks.leaky:
         t.log(f"WARNING: the split leaks {data.leaks.group_overlap} group(s) between splits "
