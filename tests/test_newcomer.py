@@ -327,3 +327,17 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert "(default: 8000)" in text and "(default: 127.0.0.1)" in text
     assert "(default: None)" not in text
+
+
+def test_serve_advice_for_a_run_without_serving_thresholds_works(
+        odd_run: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    from dermalab.core.runs import RunPaths
+    from dermalab.serve.service import check_servable
+
+    run = odd_run[0]  # trained with eval.serving=false
+    assert main(["serve", str(run)]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    advice = line[line.index("`") + 1:line.rindex("`")].split()
+    assert advice[:2] == ["dermalab", "report"]
+    assert main(advice[1:]) == 0  # the advice, as given
+    check_servable(RunPaths(run))  # now the run can be served

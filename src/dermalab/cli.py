@@ -185,7 +185,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from dermalab.core.runs import RunPaths
     from dermalab.pipeline import finalize_run
 
-    m = finalize_run(args.run_dir, progress=True)
+    m = finalize_run(args.run_dir, progress=True, serving=True if args.serving else None)
     print(f"{RunPaths(Path(args.run_dir)).report}: temperature {m['temperature']:.3f}, ECE "
           f"{m['ece_before']:.4f} -> {m['ece_after']:.4f}, NLL {m['nll_before']:.4f} -> "
           f"{m['nll_after']:.4f}")
@@ -370,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="calibrate, analyse and write report.html for a run")
     rep.add_argument("run_dir", help="a finished run directory")
+    rep.add_argument("--serving", action="store_true", help="also fit the web service's "
+                     "'not skin' and 'not sure' detectors (when the run's eval.serving is off)")
     rep.set_defaults(func=cmd_report)
 
     exp = sub.add_parser("export", help="export the best model (ONNX + model.json)")

@@ -83,9 +83,10 @@ def run_or_reuse(cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool =
 
 
 def finalize_run(run_dir: str | Path, *, data: PreparedData | None = None,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, serving: bool | None = None) -> dict[str, Any]:
     """Calibration, operating point, subgroups, plots, gallery, serving detectors and report
     for a run whose best checkpoint has been evaluated (idempotent: ``dermalab report``).
+    ``serving`` overrides the run's ``eval.serving`` (fit the web service's detectors or not).
 
     Returns the updated ``metrics.json`` content.
     """
@@ -98,7 +99,7 @@ def finalize_run(run_dir: str | Path, *, data: PreparedData | None = None,
     val = saved_predictions(run, data, "val")
     test = saved_predictions(run, data, "test")
     metrics.update(calibrate_and_analyse(run, data, val, test))
-    if cfg.eval.serving:
+    if cfg.eval.serving if serving is None else serving:
         metrics["serving"] = fit_serving(run, data, val, metrics["temperature"])
     write_metrics(paths, metrics)
     if cfg.eval.report:

@@ -104,7 +104,7 @@ def check_servable(paths: RunPaths) -> None:
     read_metrics(paths)  # finished?
     if not (paths.serving / "ood.npz").is_file():
         raise DermalabError(f"{paths.root}: no serving thresholds; run `dermalab report "
-                            f"{paths.root}` once to fit them (needs eval.serving=true)")
+                            f"{paths.root} --serving` once to fit them")
 
 
 class AnalysisService:
