@@ -29,10 +29,12 @@ class StubService:
         self.settings = ServeSettings(run_dir="unused", max_upload_bytes=64 * 1024)
         self.rows: dict[str, dict[str, Any]] = {}
         self.seen: list[tuple[str, int]] = []
+        self.languages: list[str] = []
 
-    def analyze(self, data: bytes, filename: str) -> dict[str, Any]:
+    def analyze(self, data: bytes, filename: str, lang: str = "en") -> dict[str, Any]:
         img = decode_upload(data, filename, self.settings)
         self.seen.append((filename, len(data)))
+        self.languages.append(lang)
         aid = str(uuid.uuid4())
         res = {"id": aid, "created_at": datetime.now(UTC), "filename": filename,
                "verdict": "ok", "verdict_text": "Most likely: Naevus (80%).",
@@ -47,10 +49,10 @@ class StubService:
         self.rows[aid] = res
         return res
 
-    def get(self, analysis_id: str) -> dict[str, Any] | None:
+    def get(self, analysis_id: str, lang: str = "en") -> dict[str, Any] | None:
         return self.rows.get(analysis_id)
 
-    def page(self, limit: int, offset: int) -> dict[str, Any]:
+    def page(self, limit: int, offset: int, lang: str = "en") -> dict[str, Any]:
         newest = list(reversed(self.rows.values()))
         items = [{"id": r["id"], "created_at": r["created_at"], "filename": r["filename"],
                   "verdict": r["verdict"], "referral": r["referral"],
@@ -153,7 +155,7 @@ def test_model_card_health_page_and_openapi(client: TestClient) -> None:
     assert "Not a diagnosis" in client.get("/").text
     spec = client.get("/openapi.json").json()
     assert set(spec["paths"]) == {"/v1/analyses", "/v1/analyses/{analysis_id}", "/v1/model",
-                                  "/healthz"}
+                                  "/v1/messages", "/healthz"}
     post = spec["paths"]["/v1/analyses"]["post"]["responses"]
     assert {"201", "413", "415", "422"} <= set(post)
 
@@ -165,7 +167,7 @@ def test_no_service_is_503_not_a_crash() -> None:
 
 
 def test_unexpected_errors_hide_internals(stub: StubService) -> None:
-    def boom(limit: int, offset: int) -> dict[str, Any]:
+    def boom(limit: int, offset: int, lang: str = "en") -> dict[str, Any]:
         raise RuntimeError("secret internal state")
 
     stub.page = boom  # type: ignore[method-assign]
@@ -175,3 +177,32 @@ def test_unexpected_errors_hide_internals(stub: StubService) -> None:
         r = c.get("/v1/analyses")
     assert r.status_code == 500 and r.json() == {"detail": "internal error"}
     assert "secret" not in r.text
+
+
+@pytest.mark.parametrize(("header", "query", "want"), [
+    ("ko-KR,ko;q=0.9,en;q=0.8", None, "ko"), ("en-GB", None, "en"), ("fr-FR,de;q=0.5", None, "en"),
+    (None, None, "en"), ("de, ko;q=0.2", None, "ko"), ("ko-KR", "en", "en"), (None, "ko", "ko"),
+])
+def test_the_language_follows_accept_language_or_lang(
+        client: TestClient, stub: StubService, header: str | None, query: str | None,
+        want: str) -> None:
+    headers = {"Accept-Language": header} if header else {}
+    params = {"lang": query} if query else {}
+    r = client.post("/v1/analyses", files={"file": ("a.png", _png())}, headers=headers,
+                    params=params)
+    assert r.status_code == 201 and stub.languages == [want]
+    m = client.get("/v1/messages", headers=headers, params=params).json()
+    assert m["language"] == want and m["languages"] == {"en": "English", "ko": "한국어"}
+    assert m["messages"]["page.analyse"] == {"en": "Analyse photo", "ko": "사진 분석하기"}[want]
+
+
+def test_upload_errors_in_korean(client: TestClient) -> None:
+    r = client.post("/v1/analyses", files={"file": ("tiny.png", _png((8, 8)))},
+                    headers={"Accept-Language": "ko-KR"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == ("tiny.png: 사진 크기가 8x8픽셀입니다. 가로와 세로가 각각 "
+                                  "32픽셀 이상이어야 합니다.")
+    r = client.post("/v1/analyses", files={"file": ("x.jpg", b"not an image" * 5)},
+                    headers={"Accept-Language": "ko"})
+    assert r.status_code == 415 and "JPEG, PNG, WebP" in r.json()["detail"]
+    assert "사진 파일로 읽을 수 없습니다" in r.json()["detail"]

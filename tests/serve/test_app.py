@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,6 +60,35 @@ def test_analyse_real_skin_photo(client: TestClient, skin_run: Path) -> None:
         assert body["referral"] == "urgent"
     got = client.get(f"/v1/analyses/{body['id']}")
     assert got.status_code == 200 and got.json()["conditions"] == body["conditions"]
+
+
+HANGUL = re.compile(r"[가-힣]")
+
+
+def test_korean_for_a_real_photo_and_english_as_the_fallback(client: TestClient,
+                                                             skin_run: Path) -> None:
+    path = _ham_test_images(skin_run, 2)[1]
+    r = client.post("/v1/analyses", files={"file": (path.name, path.read_bytes())},
+                    headers={"Accept-Language": "ko-KR,ko;q=0.9,en;q=0.8"})
+    assert r.status_code == 201, r.text
+    ko = r.json()
+    assert ko["language"] == "ko"
+    for field in ("verdict_text", "referral_text", "disclaimer"):
+        assert HANGUL.search(ko[field]), (field, ko[field])
+    for c in ko["conditions"]:
+        for field in ("name", "description", "care", "see_doctor"):
+            assert HANGUL.search(c[field]), (field, c[field])
+    # The same stored analysis, read with a language nobody supports: English, same facts.
+    en = client.get(f"/v1/analyses/{ko['id']}", headers={"Accept-Language": "fr-FR"}).json()
+    assert en["language"] == "en" and not HANGUL.search(en["verdict_text"] + en["referral_text"])
+    assert "not a diagnosis" in en["disclaimer"]
+    assert [c["class_name"] for c in en["conditions"]] == \
+        [c["class_name"] for c in ko["conditions"]]
+    assert en["verdict"] == ko["verdict"] and en["referral"] == ko["referral"]
+    page = client.get("/v1/analyses", params={"limit": 1, "lang": "ko"}).json()
+    assert HANGUL.search(page["items"][0]["top_condition"] or "피부")
+    card = client.get("/v1/model", headers={"Accept-Language": "ko"}).json()
+    assert not HANGUL.search(json.dumps(card, ensure_ascii=False))  # researchers' card: English
 
 
 def test_history_crud(client: TestClient, skin_run: Path) -> None:

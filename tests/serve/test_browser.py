@@ -54,3 +54,46 @@ def test_upload_and_see_the_result(server: str, skin_run: Path, viewport: dict,
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 20_000
+
+
+def test_the_page_in_korean_at_phone_width(server: str, skin_run: Path) -> None:
+    """A Korean phone (locale ko-KR): the page, verdict, referral and care text are Korean,
+    percentages are formatted for the locale and nothing overflows sideways."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed (.ci/run installs it)")
+    import csv
+    import re
+
+    hangul = re.compile(r"[가-힣]")
+    with open(skin_run / "splits.csv") as f:
+        test_id = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"][1]
+    shot = skin_run / "web_390_ko.png"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844}, locale="ko-KR")
+        page.goto(server)
+        page.wait_for_function("document.documentElement.lang === 'ko'")
+        assert page.locator("#analyse").inner_text() == "사진 분석하기"
+        assert hangul.search(page.locator("#disclaimer").inner_text())
+        page.set_input_files("#file", str(HAM_DIR / "images" / f"{test_id}.jpg"))
+        page.click("#analyse")
+        page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        for sel in ("#verdict", "#referral", "#result-disclaimer", "#info summary"):
+            assert hangul.search(page.locator(sel).first.inner_text()), sel
+        page.locator("#info details").first.click()  # open the care text for the screenshot
+        assert hangul.search(page.locator("#info details p").nth(1).inner_text())
+        assert re.search(r"\d+%", page.locator("#bars .label").first.inner_text())
+        page.wait_for_selector("#history tr")
+        assert hangul.search(page.locator("#history tr").first.inner_text())
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        page.screenshot(path=str(shot), full_page=True)
+        # Switching to English re-renders the same result, and the choice is remembered.
+        page.select_option("#lang", "en")
+        page.wait_for_function("document.documentElement.lang === 'en'")
+        page.wait_for_function("!/[가-힣]/.test(document.getElementById('verdict').textContent)")
+        page.reload()
+        page.wait_for_function("document.documentElement.lang === 'en'")
+        assert page.locator("#analyse").inner_text() == "Analyse photo"
+        browser.close()
+    assert shot.stat().st_size > 20_000

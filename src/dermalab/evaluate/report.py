@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dermalab.core.atomic import atomic_write_text
+from dermalab.core.i18n import t
 from dermalab.core.runs import RunPaths, read_metrics
 
 CSS = """
@@ -184,13 +185,15 @@ test); probabilities shown anywhere the model is used are softmax(logits / T).</
 
     body = "".join(f'<section id="{sid}"><h2>{html.escape(title)}</h2>{content}</section>'
                    for sid, title, content in sections)
-    name = html.escape(run_dir.resolve().name)
+    # The report is for researchers and stays English; its title and disclaimer come from the
+    # same catalogue as the web page.
+    title = html.escape(t("report.title", "en", name=run_dir.resolve().name))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>dermalab report – {name}</title><style>{CSS}</style></head>
-<body><main><h1>dermalab report – {name}</h1>
-<p class="warn">Research and decision-support output, not a diagnosis.</p>{body}
+<title>{title}</title><style>{CSS}</style></head>
+<body><main><h1>{title}</h1>
+<p class="warn">{html.escape(t("report.disclaimer", "en"))}</p>{body}
 </main></body></html>"""
 
 

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from dermalab.core.i18n import negotiate
 from dermalab.serve import routers
 from dermalab.serve.service import AnalysisService, ServeSettings, UploadError
 
@@ -37,8 +38,10 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
     )
 
     @app.exception_handler(UploadError)
-    async def upload_error(_: Request, exc: UploadError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
+    async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
+        lang = negotiate(request.headers.get("accept-language"),
+                         request.query_params.get("lang"))
+        return JSONResponse(status_code=exc.status, content={"detail": exc.localized(lang)})
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

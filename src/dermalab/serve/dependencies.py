@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
 
+from dermalab.core.i18n import negotiate
 from dermalab.serve.service import AnalysisService
 
 
@@ -22,3 +23,14 @@ def get_service(request: Request) -> AnalysisService:
 
 
 Service = Annotated[AnalysisService, Depends(get_service)]
+
+
+def get_language(request: Request,
+                 lang: Annotated[str | None, Query(description="Language of the plain-language "
+                                                   "fields (en, ko); overrides the "
+                                                   "Accept-Language header")] = None) -> str:
+    """The supported language the client asked for (English when none)."""
+    return negotiate(request.headers.get("accept-language"), lang)
+
+
+Language = Annotated[str, Depends(get_language)]

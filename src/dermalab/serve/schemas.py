@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-DISCLAIMER = ("This is decision support, not a diagnosis. It can be wrong. Only a doctor who "
-              "examines you can diagnose a skin condition. If you are worried, see a doctor.")
+from dermalab.core.i18n import DEFAULT_LANGUAGE, t
+
+DISCLAIMER = t("disclaimer", DEFAULT_LANGUAGE)
 
 
 class Condition(BaseModel):
@@ -56,6 +57,17 @@ class AnalysisOut(BaseModel):
     heatmap_png: str | None = Field(description="Grad-CAM overlay as a data: URL (PNG), showing "
                                                 "where the model looked; null for not-skin.")
     disclaimer: str = Field(default=DISCLAIMER, description="Always shown: not a diagnosis.")
+    language: str = Field(default=DEFAULT_LANGUAGE, description="Language of the plain-language "
+                          "fields: from the request's Accept-Language header or its 'lang' "
+                          "parameter (en, ko); English when neither names a supported one.")
+
+
+class Messages(BaseModel):
+    """The web page's texts in one language."""
+
+    language: str = Field(description="The language chosen (en, ko).")
+    languages: dict[str, str] = Field(description="Supported languages: code -> own name.")
+    messages: dict[str, str] = Field(description="Message key -> text ({name}-style fields).")
 
 
 class AnalysisSummary(BaseModel):

@@ -27,6 +27,7 @@ from PIL import Image
 
 from dermalab.core.calibration import calibrated_probs, malignant_score
 from dermalab.core.errors import DermalabError, ImageError
+from dermalab.core.i18n import DEFAULT_LANGUAGE, t
 from dermalab.core.runs import RunPaths, read_metrics
 from dermalab.data.images import open_rgb, resize_rgb
 from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
@@ -52,12 +53,22 @@ class ServeSettings:
 
 
 class UploadError(DermalabError):
-    """An upload that cannot be analysed; ``status`` is the HTTP status to answer."""
+    """An upload that cannot be analysed; ``status`` is the HTTP status to answer, ``key`` and
+    ``params`` the catalogue message (``detail`` is it in English)."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
+    def __init__(self, status: int, key: str, **params: Any) -> None:
+        self.status, self.key, self.params = status, key, params
+        self.detail = t(key, DEFAULT_LANGUAGE, **params)
+        super().__init__(self.detail)
+
+    def localized(self, lang: str) -> str:
+        """The message in ``lang``."""
+        return t(self.key, lang, **self.params)
+
+
+def percent(p: float) -> str:
+    """``0.812`` -> ``81%`` (the same in every supported language)."""
+    return f"{p:.0%}"
 
 
 def load_conditions() -> dict[str, dict[str, Any]]:
@@ -80,21 +91,18 @@ def decode_upload(data: bytes, filename: str, settings: ServeSettings) -> Image.
             be analysed (truncated, too small).
     """
     if len(data) > settings.max_upload_bytes:
-        raise UploadError(413, f"{filename}: the file is larger than "
-                               f"{settings.max_upload_bytes // (1024 * 1024)} MB")
+        raise UploadError(413, "upload.too_many_bytes", filename=filename,
+                          mb=settings.max_upload_bytes // (1024 * 1024))
     try:
         img = open_rgb(data, name=filename, max_pixels=settings.max_pixels)
     except ImageError as exc:
-        reason = exc.reason
-        if exc.kind == "not_image":
-            raise UploadError(415, f"{filename}: {reason}; upload a JPEG, PNG, WebP, BMP, TIFF "
-                                   "or GIF photo") from None
-        if exc.kind == "too_large":
-            raise UploadError(413, f"{filename}: {reason}") from None
-        raise UploadError(422, f"{filename}: {reason}") from None
+        status, key = {"not_image": (415, "upload.not_image"),
+                       "too_large": (413, "upload.too_large")}.get(exc.kind,
+                                                                     (422, "upload.unusable"))
+        raise UploadError(status, key, filename=filename, reason=exc.reason) from None
     if min(img.size) < settings.min_side:
-        raise UploadError(422, f"{filename}: the image is {img.size[0]}x{img.size[1]} pixels; "
-                               f"at least {settings.min_side} pixels on each side are needed")
+        raise UploadError(422, "upload.too_small", filename=filename, width=img.size[0],
+                          height=img.size[1], min_side=settings.min_side)
     return img
 
 
@@ -156,15 +164,41 @@ class AnalysisService:
         return decode_upload(data, filename, self.settings)
 
     # -- analysis ------------------------------------------------------------------------------
-    def _condition(self, cls: str, p: float) -> dict[str, Any]:
+    def _condition(self, cls: str, p: float, lang: str = DEFAULT_LANGUAGE) -> dict[str, Any]:
         entry = self.conditions.get(cls, {})
+        local = {**entry, **(entry.get(lang) or {})}  # the language's texts over English
         return {"class_name": cls,
-                "name": entry.get("name") or self.info.display_names.get(cls, cls),
+                "name": local.get("name") or self.info.display_names.get(cls, cls),
                 "probability": p,
                 "urgency": entry.get("urgency", "routine"),
-                "description": entry.get("description", "No description available."),
-                "care": entry.get("care", "Ask a pharmacist or doctor for advice."),
-                "see_doctor": entry.get("see_doctor", "See a doctor if you are worried.")}
+                "description": local.get("description") or t("condition.no_description", lang),
+                "care": local.get("care") or t("condition.no_care", lang),
+                "see_doctor": local.get("see_doctor") or t("condition.no_see_doctor", lang)}
+
+    def localize(self, result: dict[str, Any], lang: str) -> dict[str, Any]:
+        """An analysis with every plain-language field in ``lang``, rendered from its facts
+        (verdict, referral, conditions and probabilities), so stored analyses can be read in
+        any language."""
+        out = dict(result)
+        conditions = [self._condition(c["class_name"], c["probability"], lang)
+                      for c in result["conditions"]]
+        verdict, mal_p, mal_t = (result["verdict"], result.get("malignant_probability"),
+                                 result.get("malignant_threshold"))
+        if verdict == "not_skin":
+            verdict_text, referral_text = t("verdict.not_skin", lang), t("referral.not_skin", lang)
+        else:
+            verdict_text = (t("verdict.ok", lang, name=conditions[0]["name"],
+                              probability=percent(conditions[0]["probability"]))
+                            if verdict == "ok" else t("verdict.uncertain", lang))
+            if mal_p is not None and mal_t is not None and mal_p >= mal_t:
+                referral_text = t("referral.malignant", lang, probability=percent(mal_p))
+            elif verdict == "uncertain":
+                referral_text = t("referral.uncertain", lang)
+            else:
+                referral_text = t(f"referral.{result['referral']}", lang)
+        out.update(conditions=conditions, verdict_text=verdict_text, referral_text=referral_text,
+                   disclaimer=t("disclaimer", lang), language=lang)
+        return out
 
     def heatmap(self, image: np.ndarray, class_index: int,
                 feature_map: np.ndarray | None = None) -> str:
@@ -188,8 +222,10 @@ class AnalysisService:
         Image.fromarray(ov).save(buf, "PNG", compress_level=1)
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
-    def analyze(self, data: bytes, filename: str) -> dict[str, Any]:
-        """Decode, predict, decide, explain and store one upload."""
+    def analyze(self, data: bytes, filename: str, lang: str = DEFAULT_LANGUAGE
+                ) -> dict[str, Any]:
+        """Decode, predict, decide, explain and store one upload (stored in English; answered
+        in ``lang``)."""
         img = self.decode(data, filename)
         arr = np.asarray(resize_rgb(img, self.info.image_size, self.info.resize_mode),
                          dtype=np.uint8)
@@ -211,47 +247,26 @@ class AnalysisService:
         heat = None
         if ood_score > self.ood.threshold or colour_ood:
             verdict, referral = "not_skin", None
-            verdict_text = ("This does not look like a close-up photo of skin like the ones the "
-                            "model was trained on, so no result is shown.")
-            referral_text = ("If you have a skin concern, take a sharp, well-lit close-up of "
-                             "the spot and try again, or see a doctor.")
             conditions = []
         else:
-            top = float(probs[order[0]])
-            verdict = "ok" if top >= t_unsure else "uncertain"
-            verdict_text = (f"Most likely: {conditions[0]['name']} ({top:.0%})." if verdict == "ok"
-                            else "The model is not sure: no condition is clearly more likely "
-                                 "than the others.")
+            verdict = "ok" if float(probs[order[0]]) >= t_unsure else "uncertain"
             if mal_p is not None and mal_t is not None and mal_p >= mal_t:
                 referral = "urgent"
-                referral_text = ("Some features suggest a possibly malignant lesion "
-                                 f"({mal_p:.0%} combined). Please see a dermatologist soon, "
-                                 "within two weeks.")
             elif verdict == "uncertain":
                 referral = "routine"
-                referral_text = ("Because the result is uncertain, have the spot checked by a "
-                                 "doctor or dermatologist at a routine appointment.")
             else:
                 referral = conditions[0]["urgency"]
-                referral_text = {
-                    "urgent": "Please see a dermatologist soon, within two weeks.",
-                    "routine": "Book a routine appointment with a doctor or dermatologist.",
-                    "self-care": "Self-care is usually enough; see a doctor if it changes, "
-                                 "bleeds, or does not improve.",
-                }[referral]
             heat = self.heatmap(arr, int(order[0]), fmap)
         analysis_id = str(uuid.uuid4())
         created = now()
-        result: dict[str, Any] = {
+        result: dict[str, Any] = self.localize({
             "id": analysis_id, "created_at": created, "filename": filename[:255],
-            "verdict": verdict, "verdict_text": verdict_text, "referral": referral,
-            "referral_text": referral_text, "conditions": conditions,
+            "verdict": verdict, "referral": referral, "conditions": conditions,
             "malignant_probability": mal_p, "malignant_threshold": mal_t,
             "ood_score": ood_score, "ood_threshold": self.ood.threshold,
             "ood_colour_score": colour_score,
             "ood_colour_threshold": self.ood_colour.threshold if self.ood_colour else None,
-            "uncertain_threshold": t_unsure, "heatmap_png": heat, "disclaimer": DISCLAIMER,
-        }
+            "uncertain_threshold": t_unsure, "heatmap_png": heat}, DEFAULT_LANGUAGE)
         with Image.open(io.BytesIO(data)) as header:  # decoded fine above; only the format
             ext = (header.format or "bin").lower()
         ref = self.images.put(f"{analysis_id}.{ext}", data)
@@ -259,16 +274,16 @@ class AnalysisService:
             id=analysis_id, created_at=created, filename=result["filename"],
             verdict=verdict, referral=referral, image_ref=ref, size_bytes=len(data),
             result_json=json.dumps({**result, "created_at": created.isoformat()})))
-        return result
+        return result if lang == DEFAULT_LANGUAGE else self.localize(result, lang)
 
     # -- history -------------------------------------------------------------------------------
-    def get(self, analysis_id: str) -> dict[str, Any] | None:
-        """A stored analysis."""
+    def get(self, analysis_id: str, lang: str = DEFAULT_LANGUAGE) -> dict[str, Any] | None:
+        """A stored analysis, in ``lang``."""
         row = self.history.get(analysis_id)
-        return json.loads(row.result_json) if row else None
+        return self.localize(json.loads(row.result_json), lang) if row else None
 
-    def page(self, limit: int, offset: int) -> dict[str, Any]:
-        """A page of summaries."""
+    def page(self, limit: int, offset: int, lang: str = DEFAULT_LANGUAGE) -> dict[str, Any]:
+        """A page of summaries (condition names in ``lang``)."""
         rows, total = self.history.page(limit, offset)
         items = []
         for r in rows:
@@ -276,7 +291,8 @@ class AnalysisService:
             top = res["conditions"][0] if res["conditions"] else None
             items.append({"id": r.id, "created_at": res["created_at"], "filename": r.filename,
                           "verdict": r.verdict, "referral": r.referral,
-                          "top_condition": top["name"] if top else None,
+                          "top_condition": (self._condition(top["class_name"], 0.0, lang)["name"]
+                                            if top else None),
                           "top_probability": top["probability"] if top else None})
         return {"items": items, "total": total, "limit": limit, "offset": offset}
 
