@@ -43,7 +43,8 @@ def test_the_page_and_the_service_use_only_keys_that_exist() -> None:
     assert used <= set(catalogue()), used - set(catalogue())
     service = resources.files("dermalab.serve").joinpath("service.py").read_text("utf-8")
     keys = set(re.findall(r'"((?:verdict|referral|upload|condition)\.[\w.\-]+)"', service))
-    keys |= {f"referral.{r}" for r in ("urgent", "routine", "self-care")}
+    keys |= {f"referral.{r}" for r in ("urgent", "routine", "self-care", "not_skin",
+                                       "malignant", "uncertain")}
     assert keys and keys <= set(catalogue()), keys - set(catalogue())
 
 

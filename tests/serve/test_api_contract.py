@@ -206,3 +206,17 @@ def test_upload_errors_in_korean(client: TestClient) -> None:
                     headers={"Accept-Language": "ko"})
     assert r.status_code == 415 and "JPEG, PNG, WebP" in r.json()["detail"]
     assert "사진 파일로 읽을 수 없습니다" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("verdict", "mal_p", "mal_t", "want"), [
+    ("not_skin", 0.9, 0.3, "not_skin"),    # no referral for what is not skin
+    ("ok", 0.31, 0.3, "malignant"),        # at or above the operating point: urgent
+    ("uncertain", 0.3, 0.3, "malignant"),  # ... even when the model is unsure
+    ("uncertain", 0.1, 0.3, "uncertain"),
+    ("ok", 0.1, 0.3, "condition"), ("ok", None, None, "condition"),
+])
+def test_referral_reason(verdict: str, mal_p: float | None, mal_t: float | None,
+                         want: str) -> None:
+    from dermalab.serve.service import referral_reason
+
+    assert referral_reason(verdict, mal_p, mal_t) == want

@@ -83,6 +83,17 @@ def load_conditions() -> dict[str, dict[str, Any]]:
     return out
 
 
+def referral_reason(verdict: str, mal_p: float | None, mal_t: float | None) -> str:
+    """Why an analysis gets its referral: ``not_skin``; ``malignant`` (the malignant score
+    reached its operating point: urgent, whatever the top condition); ``uncertain`` (routine
+    check); else ``condition`` (the top condition's own urgency)."""
+    if verdict == "not_skin":
+        return "not_skin"
+    if mal_p is not None and mal_t is not None and mal_p >= mal_t:
+        return "malignant"
+    return "uncertain" if verdict == "uncertain" else "condition"
+
+
 def decode_upload(data: bytes, filename: str, settings: ServeSettings) -> Image.Image:
     """Sniff and decode an upload; map problems to HTTP statuses with clear messages.
 
@@ -158,11 +169,6 @@ class AnalysisService:
         """``onnxruntime`` or ``torch``."""
         return self.predictor.backend
 
-    # -- inputs --------------------------------------------------------------------------------
-    def decode(self, data: bytes, filename: str) -> Image.Image:
-        """Sniff and decode an upload (see :func:`decode_upload`)."""
-        return decode_upload(data, filename, self.settings)
-
     # -- analysis ------------------------------------------------------------------------------
     def _condition(self, cls: str, p: float, lang: str = DEFAULT_LANGUAGE) -> dict[str, Any]:
         entry = self.conditions.get(cls, {})
@@ -184,18 +190,17 @@ class AnalysisService:
                       for c in result["conditions"]]
         verdict, mal_p, mal_t = (result["verdict"], result.get("malignant_probability"),
                                  result.get("malignant_threshold"))
+        reason = referral_reason(verdict, mal_p, mal_t)
         if verdict == "not_skin":
-            verdict_text, referral_text = t("verdict.not_skin", lang), t("referral.not_skin", lang)
+            verdict_text = t("verdict.not_skin", lang)
+        elif verdict == "ok":
+            verdict_text = t("verdict.ok", lang, name=conditions[0]["name"],
+                             probability=percent(conditions[0]["probability"]))
         else:
-            verdict_text = (t("verdict.ok", lang, name=conditions[0]["name"],
-                              probability=percent(conditions[0]["probability"]))
-                            if verdict == "ok" else t("verdict.uncertain", lang))
-            if mal_p is not None and mal_t is not None and mal_p >= mal_t:
-                referral_text = t("referral.malignant", lang, probability=percent(mal_p))
-            elif verdict == "uncertain":
-                referral_text = t("referral.uncertain", lang)
-            else:
-                referral_text = t(f"referral.{result['referral']}", lang)
+            verdict_text = t("verdict.uncertain", lang)
+        referral_text = (t(f"referral.{result['referral']}", lang) if reason == "condition"
+                         else t(f"referral.{reason}", lang,
+                                probability=percent(mal_p or 0.0)))
         out.update(conditions=conditions, verdict_text=verdict_text, referral_text=referral_text,
                    disclaimer=t("disclaimer", lang), language=lang)
         return out
@@ -226,7 +231,7 @@ class AnalysisService:
                 ) -> dict[str, Any]:
         """Decode, predict, decide, explain and store one upload (stored in English; answered
         in ``lang``)."""
-        img = self.decode(data, filename)
+        img = decode_upload(data, filename, self.settings)
         arr = np.asarray(resize_rgb(img, self.info.image_size, self.info.resize_mode),
                          dtype=np.uint8)
         logits, feats, fmap = self.predictor.forward_all(arr[None])
@@ -250,12 +255,8 @@ class AnalysisService:
             conditions = []
         else:
             verdict = "ok" if float(probs[order[0]]) >= t_unsure else "uncertain"
-            if mal_p is not None and mal_t is not None and mal_p >= mal_t:
-                referral = "urgent"
-            elif verdict == "uncertain":
-                referral = "routine"
-            else:
-                referral = conditions[0]["urgency"]
+            referral = {"malignant": "urgent", "uncertain": "routine"}.get(
+                referral_reason(verdict, mal_p, mal_t), conditions[0]["urgency"])
             heat = self.heatmap(arr, int(order[0]), fmap)
         analysis_id = str(uuid.uuid4())
         created = now()
