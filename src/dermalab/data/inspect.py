@@ -21,6 +21,7 @@ from PIL import Image
 from dermalab.core.config import DataConfig, ExperimentConfig, with_values
 from dermalab.core.errors import ImageError
 from dermalab.data.images import open_rgb
+from dermalab.data.prepare import label_conflicts
 from dermalab.data.samples import Sample, SourceData
 from dermalab.data.sources import load_source
 from dermalab.data.splits import (
@@ -81,7 +82,7 @@ def inspect_dataset(
     for s in good:
         dup_groups[hashes[s.sample_id]].append(s)
     dups = [g for g in dup_groups.values() if len(g) > 1]
-    conflicting = [g for g in dups if len({s.label for s in g}) > 1]
+    conflicting = label_conflicts(good, hashes)
     split = resolve_split(
         good,
         ratios=cfg.split_ratios,
