@@ -1,0 +1,2 @@
+"""Lesion segmentation stage: lesion masks turned into descriptive measurements (and, later,
+the segmentation model)."""
