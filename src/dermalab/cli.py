@@ -65,14 +65,20 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(format_report(report))
-    bad = bool(report["unreadable"]) or (bool(report["bad"]) and not cfg.data.skip_bad)
-    leak = report["group_overlap"] > 0 or report["duplicate_overlap"] > 0
-    if bad and not cfg.data.skip_bad:
+    strict = not cfg.data.skip_bad
+    bad = bool(report["unreadable"]) or bool(report["bad"])
+    if bad and strict:
         print(f"error: {len(report['unreadable'])} unreadable image(s)", file=sys.stderr)
+    bad_masks = (report.get("masks") or {}).get("bad") or []
+    if bad_masks:
+        print(f"{'error' if strict else 'warning'}: {len(bad_masks)} unusable mask(s), e.g. "
+              f"{bad_masks[0]['error']}" + ("" if strict else " (data.skip_bad=true)"),
+              file=sys.stderr)
+    leak = report["group_overlap"] > 0 or report["duplicate_overlap"] > 0
     if leak:
         print(f"error: split leaks: {report['group_overlap']} group(s) and "
               f"{report['duplicate_overlap']} identical file(s) cross splits", file=sys.stderr)
-    return 1 if (bad and not cfg.data.skip_bad) or leak else 0
+    return 1 if ((bad or bad_masks) and strict) or leak else 0
 
 
 def cmd_data_push(args: argparse.Namespace) -> int:

@@ -57,6 +57,10 @@ class DataConfig:
     # byte-identical images under different labels: drop (warn, leave them out) | keep (warn)
     # | error (stop)
     conflicts: str = "drop"
+    # lesion masks: a folder of <id>_segmentation.png / <id>.png / <stem>_mask.png, or
+    # "labelme" (JSON beside each image); mask_labels: the Labelme labels that are lesion
+    masks: str | None = None
+    mask_labels: list[str] = field(default_factory=list)
     sampler: str = "none"  # none | oversample (class-balanced) | sqrt (balanced by sqrt count)
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -344,14 +348,17 @@ def load_config(
 #: Config keys holding a file or folder; relative values in a config file are read from the
 #: file's own folder (so a recipe works from any current directory). Values given on the
 #: command line stay relative to the current directory, as a shell user expects.
-PATH_KEYS = (("data", "source"), ("data", "split_file"), ("model", "weights"))
+PATH_KEYS = (("data", "source"), ("data", "split_file"), ("data", "masks"),
+             ("model", "weights"))
+#: Values of those keys that are words, not paths.
+PATH_WORDS = frozenset({"labelme"})
 
 
 def _resolve_file_paths(tree: dict[str, Any], base: Path) -> None:
     for section, key in PATH_KEYS:
         sub = tree.get(section)
         value = sub.get(key) if isinstance(sub, dict) else None
-        if isinstance(value, str) and value and "://" not in value \
+        if isinstance(value, str) and value and "://" not in value and value not in PATH_WORDS \
                 and not Path(value).expanduser().is_absolute():
             sub[key] = str((base / value).resolve())  # type: ignore[index]
 

@@ -21,6 +21,7 @@ from PIL import Image
 from dermalab.core.config import DataConfig, ExperimentConfig, with_values
 from dermalab.core.errors import ImageError
 from dermalab.data.images import open_rgb
+from dermalab.data.masks import mask_coverage
 from dermalab.data.prepare import label_conflicts
 from dermalab.data.samples import Sample, SourceData
 from dermalab.data.sources import load_source
@@ -134,6 +135,7 @@ def inspect_dataset(
                        "conflicts": [[{"sample_id": s.sample_id, "label": s.label} for s in g]
                                      for g in conflicting]},
         "conflicts_policy": cfg.conflicts,
+        "masks": mask_coverage(good, sizes, cfg) if cfg.masks else None,
         "image_sizes": size_stats,
         "unreadable": unreadable,
         "bad": data.bad,
@@ -182,6 +184,15 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"sizes    width {s['width']['min']}-{s['width']['max']}, height "
                      f"{s['height']['min']}-{s['height']['max']}, most common "
                      f"{', '.join(s['most_common'])}")
+    m = report.get("masks")
+    if m:
+        share = m["foreground_share"]
+        lines.append(f"masks    {m['with_mask']:,} with a mask, {m['without_mask']:,} without, "
+                     f"{m['empty']:,} empty, {len(m['bad'])} unusable ({m['source']})"
+                     + (f"; lesion share of the image {share['min']:.1%}-{share['max']:.1%}, "
+                        f"median {share['median']:.0%}" if share else ""))
+        for b in m["bad"][:20]:
+            lines.append(f"  {b['error']}")
     lines.append(f"ignored  {report['ignored']['count']} non-image/hidden file(s)")
     lines.append(f"bad      {len(report['unreadable'])} unreadable image(s), "
                  f"{len(report['bad'])} skipped input problem(s)")
