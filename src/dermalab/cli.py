@@ -246,6 +246,76 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def cmd_segment_train(args: argparse.Namespace) -> int:
+    """``dermalab segment train``."""
+    from dermalab.segment.fit import train_segmenter
+
+    if args.resume:
+        if args.config or args.overrides or args.data:
+            raise DermalabError("--resume takes the run's saved config; do not pass "
+                                "--config/--set/--data with it")
+        train_segmenter(None, args.resume, resume=True, progress=not args.no_progress)
+        out = args.resume
+    else:
+        cfg = _load_cfg(args)
+        out = args.out or f"runs/{cfg.name}-segment-{time.strftime('%Y%m%d-%H%M%S')}"
+        train_segmenter(cfg, out, progress=not args.no_progress)
+    print(f"\nrun: {out}\nnext:\n  dermalab segment predict {out} IMAGE... --out DIR"
+          f"\n  dermalab segment export {out}")
+    return 0
+
+
+def cmd_segment_predict(args: argparse.Namespace) -> int:
+    """``dermalab segment predict RUN_DIR IMAGE...``: masks and measurements; every good
+    image is analysed, each bad one named (exit code 2 if any failed)."""
+    import numpy as np
+    from PIL import Image
+
+    from dermalab.segment.measure import measure_lesion
+    from dermalab.segment.predict import Segmenter
+
+    seg = Segmenter.load(args.run_dir)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    results, failed = [], 0
+    for path in args.images:
+        try:
+            image, mask = seg.segment_file(path)
+        except DermalabError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        entry = {"image": path, **measure_lesion(mask, image).to_json()}
+        if out is not None:
+            stem = Path(path).stem
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{stem}_mask.png")
+            entry["mask"] = str(out / f"{stem}_mask.png")
+        results.append(entry)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print("lesion measurements (descriptive, not diagnostic):")
+        for r in results:
+            print(f"{r['image']}: area {r['area_share']:.1%} of the image, diameter "
+                  f"{r['diameter_px']:.0f} px, asymmetry {r['asymmetry_major']:.2f} / "
+                  f"{r['asymmetry_minor']:.2f}, compactness {r['compactness']:.2f}, colours "
+                  f"{', '.join(r['colours']) or '-'}")
+    return 2 if failed else 0
+
+
+def cmd_segment_export(args: argparse.Namespace) -> int:
+    """``dermalab segment export RUN_DIR --format onnx``."""
+    from dermalab.segment.predict import export_segmenter
+
+    meta = export_segmenter(args.run_dir, args.out)
+    par = meta["parity"]
+    print(f"wrote {Path(args.out) if args.out else Path(args.run_dir) / 'export'}/model.onnx "
+          f"(ONNX Runtime vs PyTorch: max abs diff {par['max_abs_diff']:.2e}, mask agreement "
+          f"{par['mask_agreement']:.2%})")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """``dermalab explain RUN_DIR [--images ... | --misclassified N]``."""
     from dermalab.evaluate.explain_run import explain_command
@@ -406,6 +476,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "predicted one)")
     ex.add_argument("--out", help="output folder (default RUN_DIR/explain)")
     ex.set_defaults(func=cmd_explain)
+
+    sg = sub.add_parser("segment", help="lesion segmentation: train, predict, export")
+    sgsub = sg.add_subparsers(dest="segment_command", required=True)
+    sgt = sgsub.add_parser("train", help="train a U-Net on images with lesion masks "
+                           "(data.masks)")
+    _add_config_args(sgt)
+    sgt.add_argument("--out", help="run directory (default runs/<name>-segment-<time>)")
+    sgt.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    sgt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sgt.set_defaults(func=cmd_segment_train)
+    sgp = sgsub.add_parser("predict", help="lesion masks and measurements for images")
+    sgp.add_argument("run_dir", help="a segmentation run directory")
+    sgp.add_argument("images", nargs="+", help="image files")
+    sgp.add_argument("--out", help="write <name>_mask.png files here")
+    sgp.add_argument("--json", action="store_true", help="one JSON list on stdout")
+    sgp.set_defaults(func=cmd_segment_predict)
+    sge = sgsub.add_parser("export", help="export the segmenter (ONNX + model.json)")
+    sge.add_argument("run_dir", help="a segmentation run directory")
+    sge.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    sge.add_argument("--out", help="output folder (default RUN_DIR/export)")
+    sge.set_defaults(func=cmd_segment_export)
 
     sv = sub.add_parser("serve", help="the web page and API for photo analysis")
     sv.add_argument("run_dir", help="a finished run directory (with serving thresholds)")

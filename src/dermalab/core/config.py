@@ -160,6 +160,27 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class SegmentConfig:
+    """Lesion segmentation (``dermalab segment``): a U-Net on an ImageNet-pretrained encoder.
+
+    Uses ``data`` (source, ``data.masks``, split) and ``train.seed``/``train.threads`` too.
+    """
+
+    encoder: str = "tf_efficientnet_lite0"  # a backbone name (offline weights for the default)
+    pretrained: bool = True
+    image_size: int = 128
+    epochs: int = 12
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    dice_weight: float = 0.5  # loss = w * soft Dice + (1 - w) * BCE
+    threshold: float = 0.5  # on the sigmoid probability
+    patience: int = 4  # epochs without a better validation Dice before stopping (0: never)
+    postprocess: bool = True  # keep the largest region and fill its holes (ISIC Task 1)
+    max_batches: int | None = None  # cap per epoch (smoke tests)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything a run needs, nested by stage."""
 
@@ -172,6 +193,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {

@@ -303,10 +303,11 @@ def save_predictions(paths: RunPaths, split: str, preds: Predictions, probs: np.
                         *[f"{v:.6f}" for v in p]])
 
 
-def write_history(paths: RunPaths, history: list[dict[str, Any]]) -> None:
+def write_history(paths: RunPaths, history: list[dict[str, Any]],
+                  keys: tuple[str, ...] = HISTORY_KEYS) -> None:
     """One row per epoch (rewritten whole each epoch, atomically)."""
     with atomic_path(paths.history) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(HISTORY_KEYS), extrasaction="ignore",
+        w = csv.DictWriter(f, fieldnames=list(keys), extrasaction="ignore",
                            lineterminator="\n")
         w.writeheader()
         w.writerows(history)

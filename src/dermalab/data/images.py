@@ -138,26 +138,27 @@ def open_rgb(
     return _to_rgb(upright)
 
 
-def resize_rgb(img: Image.Image, size: int, mode: str = "squash") -> Image.Image:
-    """Resize an RGB image to ``size`` x ``size``.
+def resize_rgb(img: Image.Image, size: int, mode: str = "squash",
+               resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+    """Resize an RGB image (or a mask, with ``resample=NEAREST``) to ``size`` x ``size``.
 
     Args:
-        img: RGB image.
+        img: RGB image (or ``L`` mask).
         size: output side in pixels.
         mode: ``squash`` (ignore aspect ratio; what most HAM10000 work does), ``pad`` (fit the
             long side, pad with black; keeps shape) or ``crop`` (fill the short side, centre-crop).
+        resample: the filter (nearest for masks, so they stay binary).
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
     w, h = img.size
-    resample = Image.Resampling.BICUBIC
     if mode == "squash" or w == h:
         return img.resize((size, size), resample, reducing_gap=3.0)
     if mode == "pad":
         scale = size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         inner = img.resize((nw, nh), resample, reducing_gap=3.0)
-        canvas = Image.new("RGB", (size, size), (0, 0, 0))
+        canvas = Image.new(img.mode, (size, size), 0)
         canvas.paste(inner, ((size - nw) // 2, (size - nh) // 2))
         return canvas
     scale = size / min(w, h)

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from dermalab.core.config import DataConfig
 from dermalab.core.errors import DataError
+from dermalab.data.images import resize_rgb
 from dermalab.data.samples import Sample
 
 LABELME = "labelme"
@@ -128,6 +129,14 @@ def load_mask(sample: Sample, cfg: DataConfig, image_size: tuple[int, int]) -> n
         raise MaskError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image "
                         f"{sample.path or sample.sample_id} is {image_size[0]}x{image_size[1]}")
     return mask
+
+
+def resize_mask(mask: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
+    """A boolean mask resized exactly as its image is by ``resize_rgb`` (same geometry for
+    ``squash``/``pad``/``crop``), with nearest-neighbour sampling so it stays binary."""
+    img = Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, "L")
+    out: np.ndarray = np.asarray(resize_rgb(img, size, mode, Image.Resampling.NEAREST)) >= THRESHOLD
+    return out
 
 
 def mask_coverage(samples: Sequence[Sample], sizes: Sequence[tuple[int, int]],

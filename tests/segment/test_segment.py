@@ -1,0 +1,131 @@
+"""Lesion segmentation: the loss in its limits, metrics against scikit-learn, post-processing,
+and a tiny run on real HAM10000 images and masks through the real CLI (train, predict with
+measurements, ONNX export parity, resume of a finished run)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score, jaccard_score
+
+from dermalab.cli import main
+from dermalab.segment.metrics import dice_jaccard, segmentation_metrics, thresholded_jaccard
+from dermalab.segment.model import DiceBCELoss
+from dermalab.segment.postprocess import clean_mask
+from tests.conftest import HAM_DIR
+
+
+def test_dice_bce_reduces_to_its_parts() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 1, 16, 16)
+    y = (torch.rand(4, 1, 16, 16) > 0.6).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+    assert DiceBCELoss(0.0)(logits, y) == pytest.approx(float(bce), abs=1e-6)
+    p = torch.sigmoid(logits).flatten(1)
+    dice = (2 * (p * y.flatten(1)).sum(1) + 1) / (p.sum(1) + y.flatten(1).sum(1) + 1)
+    assert DiceBCELoss(1.0)(logits, y) == pytest.approx(float(1 - dice.mean()), abs=1e-6)
+    perfect = torch.where(y > 0, 20.0, -20.0)
+    assert float(DiceBCELoss(0.5)(perfect, y)) < 1e-3
+    with pytest.raises(ValueError):
+        DiceBCELoss(1.5)
+
+
+def test_metrics_match_scikit_learn_and_the_isic_threshold() -> None:
+    rng = np.random.default_rng(0)
+    preds = [rng.random((20, 20)) > 0.5 for _ in range(5)]
+    truths = [rng.random((20, 20)) > 0.4 for _ in range(5)]
+    for p, t in zip(preds, truths, strict=True):
+        d, j = dice_jaccard(p, t)
+        assert d == pytest.approx(f1_score(t.ravel(), p.ravel()))
+        assert j == pytest.approx(jaccard_score(t.ravel(), p.ravel()))
+    m = segmentation_metrics(preds, truths)
+    assert m["n"] == 5 and m["jaccard"] == pytest.approx(np.mean(
+        [jaccard_score(t.ravel(), p.ravel()) for p, t in zip(preds, truths, strict=True)]))
+    assert thresholded_jaccard(0.64) == 0.0 and thresholded_jaccard(0.65) == 0.65
+    assert dice_jaccard(np.zeros((3, 3)), np.zeros((3, 3))) == (1.0, 1.0)
+
+
+def test_clean_mask_keeps_one_region_with_its_holes_filled() -> None:
+    m = np.zeros((30, 30), bool)
+    m[5:25, 5:25] = True
+    m[12:16, 12:16] = False  # a hole
+    m[0:2, 28:30] = True  # a speck elsewhere
+    out = clean_mask(m)
+    assert out[12:16, 12:16].all() and not out[0:2, 28:30].any() and out.sum() == 400
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-epoch U-Net on 40 real HAM10000 images with their masks, trained by the CLI."""
+    if not (HAM_DIR / "masks").is_dir():
+        pytest.skip(f"real HAM10000 images and masks not found at {HAM_DIR}")
+    root = tmp_path_factory.mktemp("segham") / "ham"
+    (root / "images").mkdir(parents=True)
+    with open(HAM_DIR / "HAM10000_metadata.csv") as f:
+        rows = list(csv.DictReader(f))[:40]
+    for r in rows:
+        os.symlink(HAM_DIR / "images" / f"{r['image_id']}.jpg",
+                   root / "images" / f"{r['image_id']}.jpg")
+    with open(root / "HAM10000_metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    run = root.parent / "run"
+    assert main(["segment", "train", "--no-progress", "--data", str(root), "--out", str(run),
+                 "--set", f"data.masks={HAM_DIR / 'masks'}", "segment.image_size=64",
+                 "segment.epochs=2", "segment.batch_size=8", "tracking.enabled=false",
+                 "data.split_ratios=[0.6,0.2,0.2]"]) == 0
+    return run
+
+
+def test_training_writes_a_finished_run(seg_run: Path) -> None:
+    m = json.loads((seg_run / "metrics.json").read_text())
+    assert m["kind"] == "segmentation" and m["n"] == 8 and m["epochs_run"] == 2
+    for key in ("dice", "jaccard", "thresholded_jaccard"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["thresholded_jaccard"] <= m["jaccard"] <= m["dice"]
+    assert (seg_run / "plots" / "worst_masks.png").stat().st_size > 1000
+    with open(seg_run / "splits.csv") as f:  # lesion-grouped, like the classifier's
+        by_lesion: dict[str, set[str]] = {}
+        for r in csv.DictReader(f):
+            by_lesion.setdefault(r["group"], set()).add(r["split"])
+    assert all(len(v) == 1 for v in by_lesion.values())
+
+
+def test_predict_writes_masks_and_measurements_and_names_bad_files(
+        seg_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with open(seg_run / "splits.csv") as f:
+        test_id = next(r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test")
+    good = HAM_DIR / "images" / f"{test_id}.jpg"
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    code = main(["segment", "predict", str(seg_run), str(good), str(bad), "--out",
+                 str(tmp_path / "out"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 2 and "bad.jpg" in captured.err and "Traceback" not in captured.err
+    (r,) = json.loads(captured.out)
+    assert set(r) >= {"area_share", "asymmetry_major", "compactness", "colours", "diameter_px"}
+    assert (tmp_path / "out" / f"{test_id}_mask.png").is_file()
+
+
+def test_onnx_export_matches_pytorch(seg_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["segment", "export", str(seg_run)]) == 0
+    meta = json.loads((seg_run / "export" / "model.json").read_text())
+    assert meta["parity"]["max_abs_diff"] < 1e-4 and meta["parity"]["mask_agreement"] > 0.999
+    assert "mask agreement" in capsys.readouterr().out
+
+
+def test_resume_of_a_finished_run_and_a_classifier_given_to_segment(
+        seg_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (seg_run / "metrics.json").stat().st_mtime_ns
+    assert main(["segment", "train", "--resume", str(seg_run), "--no-progress"]) == 0
+    assert (seg_run / "metrics.json").stat().st_mtime_ns == before
+    capsys.readouterr()
+    assert main(["segment", "predict", str(tmp_path), "x.jpg"]) == 2
+    assert "not a dermalab run" in capsys.readouterr().err
