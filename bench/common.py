@@ -42,9 +42,11 @@ def dermalab_cmd() -> list[str]:
     return [sys.executable, "-m", "dermalab"]
 
 
-def train_run(run_dir: Path, config: str, sets: list[str], data: str | None = None,
-              *, log: Path | None = None) -> dict[str, Any]:
-    """Train one run in its own process and return its ``metrics.json`` plus ``wall_seconds``.
+def train_run(run_dir: Path, config: str | None, sets: list[str], data: str | None = None,
+              *, log: Path | None = None, command: tuple[str, ...] = ("train",)
+              ) -> dict[str, Any]:
+    """Train one run in its own process and return its ``metrics.json`` plus ``wall_seconds``
+    (``command`` = ``("segment", "train")`` for a segmentation run).
 
     A finished run (``metrics.json`` present) is reused; one with a checkpoint but no metrics
     was cut off and is resumed with ``--resume``, so a long benchmark survives interruptions.
@@ -53,9 +55,11 @@ def train_run(run_dir: Path, config: str, sets: list[str], data: str | None = No
     if metrics.is_file():
         return json.loads(metrics.read_text())
     if (run_dir / "checkpoints" / "last.pt").is_file():
-        cmd = [*dermalab_cmd(), "train", "--resume", str(run_dir), "--no-progress"]
+        cmd = [*dermalab_cmd(), *command, "--resume", str(run_dir), "--no-progress"]
     else:
-        cmd = [*dermalab_cmd(), "train", "-c", config, "--out", str(run_dir), "--no-progress"]
+        cmd = [*dermalab_cmd(), *command, "--out", str(run_dir), "--no-progress"]
+        if config:
+            cmd += ["-c", config]
         if data:
             cmd += ["--data", data]
         if sets:
