@@ -128,6 +128,20 @@ def write_ham_dataset(root: Path, lesions_per_class: int = 8, images_per_lesion:
     return csv_path
 
 
+def link_ham_subset(root: Path, rows: list[dict[str, str]]) -> Path:
+    """``root/HAM10000_metadata.csv`` with ``rows`` of the real metadata, and their images
+    symlinked into ``root/images`` (a small real HAM10000 without copying it)."""
+    (root / "images").mkdir(parents=True)
+    for r in rows:
+        os.symlink(HAM_DIR / "images" / f"{r['image_id']}.jpg",
+                   root / "images" / f"{r['image_id']}.jpg")
+    with open(root / "HAM10000_metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
 @pytest.fixture
 def ham_dataset(tmp_path: Path) -> Path:
     """48 images of 24 lesions in 3 classes; returns the CSV path."""

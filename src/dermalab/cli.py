@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +364,16 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _add_export_parser(sub: Any, what: str, run_help: str,
+                       func: Callable[[argparse.Namespace], int]) -> None:
+    """``export RUN_DIR [--format onnx] [--out DIR]`` (classifier and segmenter alike)."""
+    exp = sub.add_parser("export", help=f"export {what} (ONNX + model.json)")
+    exp.add_argument("run_dir", help=run_help)
+    exp.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    exp.add_argument("--out", help="output folder (default RUN_DIR/export)")
+    exp.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all commands."""
     parser = argparse.ArgumentParser(
@@ -450,11 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "'not skin' and 'not sure' detectors (when the run's eval.serving is off)")
     rep.set_defaults(func=cmd_report)
 
-    exp = sub.add_parser("export", help="export the best model (ONNX + model.json)")
-    exp.add_argument("run_dir", help="a finished run directory")
-    exp.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
-    exp.add_argument("--out", help="output folder (default RUN_DIR/export)")
-    exp.set_defaults(func=cmd_export)
+    _add_export_parser(sub, "the best model", "a finished run directory", cmd_export)
 
     pr = sub.add_parser("predict", help="top-k calibrated classes for images")
     pr.add_argument("model", help="a run directory or an exported model (folder or .onnx)")
@@ -492,11 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     sgp.add_argument("--out", help="write <name>_mask.png files here")
     sgp.add_argument("--json", action="store_true", help="one JSON list on stdout")
     sgp.set_defaults(func=cmd_segment_predict)
-    sge = sgsub.add_parser("export", help="export the segmenter (ONNX + model.json)")
-    sge.add_argument("run_dir", help="a segmentation run directory")
-    sge.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
-    sge.add_argument("--out", help="output folder (default RUN_DIR/export)")
-    sge.set_defaults(func=cmd_segment_export)
+    _add_export_parser(sgsub, "the segmenter", "a segmentation run directory",
+                       cmd_segment_export)
 
     sv = sub.add_parser("serve", help="the web page and API for photo analysis")
     sv.add_argument("run_dir", help="a finished run directory (with serving thresholds)")

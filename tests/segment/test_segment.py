@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from dermalab.cli import main
 from dermalab.segment.metrics import dice_jaccard, segmentation_metrics, thresholded_jaccard
 from dermalab.segment.model import DiceBCELoss
 from dermalab.segment.postprocess import clean_mask
-from tests.conftest import HAM_DIR
+from tests.conftest import HAM_DIR, link_ham_subset
 
 
 def test_dice_bce_reduces_to_its_parts() -> None:
@@ -65,17 +64,9 @@ def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-epoch U-Net on 40 real HAM10000 images with their masks, trained by the CLI."""
     if not (HAM_DIR / "masks").is_dir():
         pytest.skip(f"real HAM10000 images and masks not found at {HAM_DIR}")
-    root = tmp_path_factory.mktemp("segham") / "ham"
-    (root / "images").mkdir(parents=True)
     with open(HAM_DIR / "HAM10000_metadata.csv") as f:
         rows = list(csv.DictReader(f))[:40]
-    for r in rows:
-        os.symlink(HAM_DIR / "images" / f"{r['image_id']}.jpg",
-                   root / "images" / f"{r['image_id']}.jpg")
-    with open(root / "HAM10000_metadata.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    root = link_ham_subset(tmp_path_factory.mktemp("segham") / "ham", rows)
     run = root.parent / "run"
     assert main(["segment", "train", "--no-progress", "--data", str(root), "--out", str(run),
                  "--set", f"data.masks={HAM_DIR / 'masks'}", "segment.image_size=64",

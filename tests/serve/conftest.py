@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAM_DIR
+from tests.conftest import HAM_DIR, link_ham_subset
 
 CLASSES = {"mel": 30, "nv": 30, "bkl": 30, "bcc": 30}
 
 
 def write_ham_subset(root: Path) -> Path:
     """Symlinked subset of the real HAM10000 (first N lesions of a few classes)."""
-    src = HAM_DIR / "HAM10000_metadata.csv"
-    (root / "images").mkdir(parents=True)
-    with open(src) as f:
+    with open(HAM_DIR / "HAM10000_metadata.csv") as f:
         rows = list(csv.DictReader(f))
     want = dict(CLASSES)
     keep = []
@@ -25,13 +22,7 @@ def write_ham_subset(root: Path) -> Path:
         if want.get(r["dx"], 0) > 0:
             keep.append(r)
             want[r["dx"]] -= 1
-            os.symlink(HAM_DIR / "images" / f"{r['image_id']}.jpg",
-                       root / "images" / f"{r['image_id']}.jpg")
-    with open(root / "HAM10000_metadata.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(keep)
-    return root
+    return link_ham_subset(root, keep)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from dermalab.core.config import from_dict
 from dermalab.core.errors import RunNotFoundError
 from dermalab.core.runs import RunPaths, load_checkpoint
 from dermalab.data.images import load_resized, normalize_batch
-from dermalab.segment.measure import measure_lesion
 from dermalab.segment.model import build_segmenter
 from dermalab.segment.postprocess import clean_mask
 
@@ -72,11 +71,6 @@ class Segmenter:
         as in training (a bad file raises :class:`~dermalab.core.errors.ImageError`)."""
         image = load_resized(path, self.image_size, self.resize_mode)
         return image, self.masks(image[None])[0]
-
-    def describe(self, path: str | os.PathLike[str]) -> dict[str, Any]:
-        """The mask's measurements for an image file (descriptive, not diagnostic)."""
-        image, mask = self.segment_file(path)
-        return {"image": str(path), **measure_lesion(mask, image).to_json()}
 
 
 class _Probabilities(nn.Module):
