@@ -20,6 +20,9 @@ HAM_DIR = SHARED_DATA / "ham10000_200x150"
 # Tests never reach the network: a hub download attempt fails at once instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# A named dataset that is not already in place would be downloaded: in tests that goes to a
+# closed port on 127.0.0.1 (one clear error), never to the dataset's real host.
+os.environ.setdefault("DERMALAB_MIRROR", "http://127.0.0.1:9")
 
 CLASS_COLOURS = {"akiec": (200, 60, 60), "bcc": (60, 200, 60), "nv": (60, 60, 200)}
 

@@ -24,8 +24,9 @@ from dermalab.core.runs import Predictions
 from dermalab.data.prepare import prepare_data
 from dermalab.data.sources import load_source
 from dermalab.data.splits import small_class_warnings
+from dermalab.data.storage import local_path
 from dermalab.evaluate.analysis import analyze
-from tests.conftest import REPO, photo_image
+from tests.conftest import HAM_DIR, REPO, photo_image
 
 # Class names as users' folders have them: brackets, commas, quotes, ampersands, accents.
 ODD = ["Dyshidrotic eczema (pompholyx)", "Benign keratosis, solar lentigo & 'SK'",
@@ -287,10 +288,16 @@ def test_relative_paths_in_a_config_are_read_from_its_folder(
     assert main(["train", "-c", str(recipe)]) == 2
     line = _one_line_error(capsys.readouterr().err)
     assert str(tmp_path / "data" / "photos") in line and str(recipe) in line
-    # The README's main job: the shipped recipe finds the shared data from any directory.
+    # The README's main job: the shipped recipe names the dataset, from any directory, and
+    # finds a copy linked where it would be downloaded to (what scripts/setup.sh does with the
+    # shared data) without any network.
     default = load_config(REPO / "configs" / "ham10000_default.yaml")
-    assert default.data.source == str((REPO.parent / "shared" / "data" / "ham10000_200x150")
-                                      .resolve())
+    assert default.data.source == "ham10000"
+    if HAM_DIR.is_dir():
+        (tmp_path / "datasets").mkdir()
+        os.symlink(HAM_DIR, tmp_path / "datasets" / "ham10000")
+        monkeypatch.setenv("DERMALAB_DATA", str(tmp_path / "datasets"))
+        assert local_path(default.data.source) == tmp_path / "datasets" / "ham10000"
 
 
 def test_splits_csv_has_unix_line_ends(tmp_path: Path,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -46,7 +47,10 @@ def _load_cfg(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from_file = (args.config and not getattr(args, "data", None)
                  and not getattr(args, "source", None)  # data inspect's positional SOURCE
                  and not any(o.startswith("data.source=") for o in args.overrides))
-    if from_file and src and "://" not in src and not Path(src).exists():
+    from dermalab.data.storage import is_dataset_word
+
+    if from_file and src and "://" not in src and not Path(src).exists() \
+            and not is_dataset_word(src):
         raise DermalabError(f"dataset not found: {src} (data.source of {args.config}, resolved "
                             "from the config file's folder); pass --data PATH to use another")
     return cfg
@@ -80,6 +84,55 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         print(f"error: split leaks: {report['group_overlap']} group(s) and "
               f"{report['duplicate_overlap']} identical file(s) cross splits", file=sys.stderr)
     return 1 if ((bad or bad_masks) and strict) or leak else 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    """``dermalab data download NAME [--to DIR] [--parts ...] [--mirror URL]``."""
+    from dermalab.data.download import download_dataset
+
+    root = Path(args.to).expanduser() if args.to else None
+    path = download_dataset(args.name, root=root, parts=args.parts or None,
+                            mirror=args.mirror or os.environ.get("DERMALAB_MIRROR"),
+                            catalog=args.catalog, progress=not args.no_progress)
+    print(path)
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    """``dermalab data list``: the named datasets, their parts and what is downloaded."""
+    from dermalab.data.catalog import data_home, load_catalog, local_state
+
+    root = Path(args.to).expanduser() if args.to else data_home()
+    rows: list[dict[str, Any]] = []
+    for entry in load_catalog(args.catalog).values():
+        state = local_state(entry, root)
+        rows.append({
+            "name": entry.name, "title": entry.title, "license": entry.license,
+            "citation": list(entry.citation), "homepage": entry.homepage,
+            "size": entry.size_text(entry.default_parts()),
+            "parts": {p: {"default": part.default, "description": part.description,
+                          "size": entry.size_text([p]),
+                          "downloaded": state.exists and (not state.managed or p in state.parts)
+                          if state.managed else None}
+                      for p, part in entry.parts.items()},
+            "path": str(state.path),
+            "cached": ("downloaded" if state.managed else "local copy") if state.exists
+            else "no",
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"datasets in {root} (DERMALAB_DATA)\n")
+    for r in rows:
+        print(f"{r['name']}: {r['title']}")
+        print(f"  size {r['size']} (default parts), license: {r['license']}, cached: "
+              f"{r['cached']}")
+        for p, info in r["parts"].items():
+            mark = {True: "downloaded", False: "-", None: ""}[info["downloaded"]]
+            print(f"  part {p:<9} {'default ' if info['default'] else 'optional'} "
+                  f"{info['size']:<22} {mark:<10} {info['description']}")
+        print("  cite: " + "\n        ".join(r["citation"]) + "\n")
+    return 0
 
 
 def cmd_data_push(args: argparse.Namespace) -> int:
@@ -385,8 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
     insp = dsub.add_parser("inspect", help="class counts, sizes, bad files, duplicates, leaks")
-    insp.add_argument("source", help="dataset path")
-    insp.add_argument("--format", choices=["auto", "folder", "ham10000", "medmnist", "hmnist"],
+    insp.add_argument("source", help="dataset path or name (dermalab data list)")
+    insp.add_argument("--format", choices=["auto", "folder", "ham10000", "medmnist", "hmnist",
+                                                "isic2019"],
                       help="dataset format (default: detected)")
     insp.add_argument("--split-out", help="write splits.csv, inspect.json and a bar chart here")
     insp.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -398,6 +452,22 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--split-file", help="check this external split (CSV of sample_id or "
                       "image_id, and split) instead of making one")
     insp.set_defaults(func=cmd_data_inspect)
+    dl = dsub.add_parser("download", help="download a named dataset (verified, resumable)")
+    dl.add_argument("name", help="dataset name (dermalab data list)")
+    dl.add_argument("--to", help="folder for datasets (default $DERMALAB_DATA or "
+                                 "~/.cache/dermalab/datasets)")
+    dl.add_argument("--parts", nargs="+", help="parts to download (default: the dataset's "
+                                              "default parts), e.g. --parts masks")
+    dl.add_argument("--mirror", help="fetch <MIRROR>/<name>/<file> instead of the published "
+                                     "URLs (checksums still apply); default $DERMALAB_MIRROR")
+    dl.add_argument("--catalog", help="extra dataset catalog YAML (default $DERMALAB_CATALOG)")
+    dl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dl.set_defaults(func=cmd_data_download)
+    ls = dsub.add_parser("list", help="named datasets: size, license, citation, parts, cached")
+    ls.add_argument("--to", help="folder for datasets (default $DERMALAB_DATA)")
+    ls.add_argument("--catalog", help="extra dataset catalog YAML (default $DERMALAB_CATALOG)")
+    ls.add_argument("--json", action="store_true", help="JSON on stdout")
+    ls.set_defaults(func=cmd_data_list)
     for name, func, first, second in (("push", cmd_data_push, "local", "uri"),
                                       ("pull", cmd_data_pull, "uri", "local")):
         sp = dsub.add_parser(name, help=f"{name} a folder {'to' if name == 'push' else 'from'} "
@@ -525,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dermalab data list | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ only the sub-config it needs.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -38,8 +39,10 @@ class AugmentConfig:
 class DataConfig:
     """Where the images are, how they are split, decoded and cached."""
 
-    source: str | None = None  # a folder, CSV or .npz: a local path or an s3:// URI
-    format: str = "auto"  # auto | folder | ham10000 | medmnist | hmnist
+    # a folder, CSV or .npz (a local path or an s3:// URI), or a named dataset (ham10000,
+    # dataset://dermamnist/128: see `dermalab data list`), downloaded on first use
+    source: str | None = None
+    format: str = "auto"  # auto | folder | ham10000 | medmnist | hmnist | isic2019
     image_dirs: list[str] = field(default_factory=list)  # HAM10000: folders holding <image_id>.jpg
     class_map: dict[str, str | None] = field(default_factory=dict)  # rename/merge; null drops
     age_impute: str = "median"  # HAM10000 missing age: median | none
@@ -197,7 +200,7 @@ class ExperimentConfig:
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("auto", "folder", "ham10000", "medmnist", "hmnist"),
+    "data.format": ("auto", "folder", "ham10000", "medmnist", "hmnist", "isic2019"),
     "data.age_impute": ("median", "none"),
     "data.resize_mode": ("squash", "pad", "crop"),
     "data.split_by": ("group", "image"),
@@ -374,15 +377,21 @@ PATH_KEYS = (("data", "source"), ("data", "split_file"), ("data", "masks"),
              ("model", "weights"))
 #: Values of those keys that are words, not paths.
 PATH_WORDS = frozenset({"labelme"})
+#: A bare word with no such file beside the config may name a dataset (``source: ham10000``).
+_WORD = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
 def _resolve_file_paths(tree: dict[str, Any], base: Path) -> None:
     for section, key in PATH_KEYS:
         sub = tree.get(section)
         value = sub.get(key) if isinstance(sub, dict) else None
-        if isinstance(value, str) and value and "://" not in value and value not in PATH_WORDS \
-                and not Path(value).expanduser().is_absolute():
-            sub[key] = str((base / value).resolve())  # type: ignore[index]
+        if not isinstance(value, str) or not value or "://" in value or value in PATH_WORDS \
+                or Path(value).expanduser().is_absolute():
+            continue
+        if (section, key) == ("data", "source") and _WORD.fullmatch(value) \
+                and not (base / value).exists():
+            continue
+        sub[key] = str((base / value).resolve())  # type: ignore[index]
 
 
 def replace(cfg: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:

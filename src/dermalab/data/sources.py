@@ -23,7 +23,7 @@ from dermalab.core.config import DataConfig
 from dermalab.core.errors import DataError
 from dermalab.data.images import is_image_name
 from dermalab.data.samples import Sample, SourceData
-from dermalab.data.storage import local_path
+from dermalab.data.storage import is_dataset_word, local_path
 
 HAM_REQUIRED = ("lesion_id", "image_id", "dx")
 HAM_DX_NAMES = {
@@ -42,6 +42,13 @@ HMNIST_CLASSES = ("akiec", "bcc", "bkl", "df", "nv", "vasc", "mel")
 SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                       "validation": "val", "test": "test", "testing": "test"}
 MEDMNIST_SPLITS = ("train", "val", "test")
+ISIC2019_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
+ISIC2019_META = "ISIC_2019_Training_Metadata.csv"
+# ISIC 2019 ground-truth columns, named with the HAM10000 codes where the class is the same.
+ISIC2019_CLASSES = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AK": "akiec", "BKL": "bkl",
+                    "DF": "df", "VASC": "vasc", "SCC": "scc", "UNK": "unk"}
+ISIC2019_NAMES = {**HAM_DX_NAMES, "akiec": "Actinic keratosis",
+                  "scc": "Squamous cell carcinoma", "unk": "None of the others"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,6 +114,8 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if _find_ham_csv(path) is not None:
             return "ham10000"
+        if (path / ISIC2019_TRUTH).is_file():
+            return "isic2019"
         return "folder"
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -154,13 +163,16 @@ def load_source(cfg: DataConfig, source: str | None = None) -> SourceData:
         raise DataError("no dataset given: pass --data SOURCE or set data.source")
     path = local_path(location)
     if not path.exists():
-        raise DataError(f"dataset not found: {location}")
+        hint = (" (not a path, nor a named dataset: see dermalab data list)"
+                if is_dataset_word(location) else "")
+        raise DataError(f"dataset not found: {location}{hint}")
     fmt = cfg.format if cfg.format != "auto" else detect_format(path)
     readers = {
         "folder": read_folder,
         "ham10000": read_ham10000,
         "medmnist": read_medmnist,
         "hmnist": read_hmnist,
+        "isic2019": read_isic2019,
     }
     data = readers[fmt](path, cfg)
     data.warnings += unmatched_class_map_keys((s.label for s in data.samples), cfg.class_map)
@@ -379,6 +391,69 @@ def read_ham10000(path: Path, cfg: DataConfig) -> SourceData:
         bad=bad,
         fingerprint=fp,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# ISIC 2019
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def read_isic2019(path: Path, cfg: DataConfig) -> SourceData:
+    """ISIC 2019 training data: ``ISIC_2019_Training_GroundTruth.csv`` (one-hot columns MEL,
+    NV, BCC, AK, BKL, DF, VASC, SCC, UNK) and, when present, ``ISIC_2019_Training_Metadata.csv``
+    (age_approx, anatom_site_general, lesion_id, sex). Images are ``<image>.jpg`` in
+    ``images/`` (or ``data.image_dirs``). ``lesion_id`` is the group where the metadata has
+    one (HAM10000 and MSK images); other images are their own group.
+    """
+    folder = path if path.is_dir() else path.parent
+    truth = folder / ISIC2019_TRUTH if path.is_dir() else path
+    if not truth.is_file():
+        raise DataError(f"{folder}: no {ISIC2019_TRUTH}")
+    rows = _read_rows(truth)
+    columns = [c for c in ISIC2019_CLASSES if rows and c in rows[0]]
+    if not rows or "image" not in rows[0] or not columns:
+        raise DataError(f"{truth}: expected columns image and {list(ISIC2019_CLASSES)}")
+    meta_path = folder / ISIC2019_META
+    meta_rows = {r.get("image", ""): r for r in _read_rows(meta_path)} if meta_path.is_file() \
+        else {}
+    dirs = ([Path(d) if Path(d).is_absolute() else folder / d for d in cfg.image_dirs]
+            if cfg.image_dirs else [folder / "images", folder / "ISIC_2019_Training_Input"])
+    index = _image_index(dirs)
+    samples: list[Sample] = []
+    bad: list[dict[str, str]] = []
+    for line_no, row in enumerate(rows, start=2):
+        image_id, where = row["image"], f"{truth}:{line_no}"
+        hot = [c for c in columns if row.get(c) not in ("", "0", "0.0")]
+        problem = None
+        if len(hot) != 1:
+            problem = f"{len(hot)} classes marked for {image_id} (expected exactly one)"
+        elif image_id not in index:
+            problem = f"image {image_id} not found in {[str(d) for d in dirs]}"
+        if problem:
+            if not cfg.skip_bad:
+                raise DataError(f"{where}: {problem}")
+            bad.append({"path": where, "error": problem})
+            continue
+        m = meta_rows.get(image_id, {})
+        info: dict[str, object] = {"sex": m.get("sex", ""),
+                                   "localization": m.get("anatom_site_general", "")}
+        try:
+            info["age"] = float(m["age_approx"]) if m.get("age_approx") else None
+        except ValueError:
+            info["age"] = None
+        info["age_missing"] = info["age"] is None
+        samples.append(Sample(image_id, ISIC2019_CLASSES[hot[0]], m.get("lesion_id") or image_id,
+                              path=index[image_id], meta=info))
+    samples.sort(key=lambda s: s.sample_id)
+    fp = _files_fingerprint([str(truth), *(s.path for s in samples if s.path)])
+    return SourceData(kind="isic2019", location=str(truth), samples=samples,
+                      classes=sorted({s.label for s in samples}),
+                      display_names=dict(ISIC2019_NAMES), bad=bad, fingerprint=fp)
 
 
 # ---------------------------------------------------------------------------------------------

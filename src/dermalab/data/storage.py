@@ -1,6 +1,8 @@
 """Where dataset locations resolve to local paths.
 
-Local paths are used as they are. ``s3://bucket/prefix`` datasets are synced into the local
+Local paths are used as they are. A named dataset (``ham10000``, ``dataset://dermamnist/128``)
+resolves to its copy under ``$DERMALAB_DATA``, downloaded on first use
+(:mod:`dermalab.data.download`). ``s3://bucket/prefix`` datasets are synced into the local
 cache (``$DERMALAB_CACHE/s3/<name>-<hash of endpoint and URI>``) with checksums, reusing
 unchanged files on the next run, and the cached copy is read like any local dataset. Other
 remote schemes are refused with a clear message.
@@ -8,11 +10,13 @@ remote schemes are refused with a clear message.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from dermalab.core.errors import DataError
 
 UNSUPPORTED_SCHEMES = ("gs://", "http://", "https://", "az://", "abfs://")
+DATASET_WORD = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
 def is_remote(location: str) -> bool:
@@ -38,4 +42,16 @@ def local_path(location: str, *, progress: bool = True) -> Path:
         )
     if location.startswith("file://"):
         location = location[len("file://"):]
-    return Path(location).expanduser()
+    path = Path(location).expanduser()
+    if location.startswith("dataset://") or (not path.exists() and is_dataset_word(location)):
+        from dermalab.data.download import resolve_dataset
+
+        named = resolve_dataset(location, progress=progress)
+        if named is not None:
+            return named
+    return path
+
+
+def is_dataset_word(location: str) -> bool:
+    """A bare word that may name a catalog dataset (``ham10000``, ``isic2019``)."""
+    return bool(DATASET_WORD.fullmatch(location))
