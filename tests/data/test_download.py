@@ -331,16 +331,19 @@ def _zipfile_abs(path: Path) -> Path:
     return path
 
 
-def test_named_source_uses_the_cached_copy_with_no_network(tmp_path: Path, server: FileServer,
-                                                           catalog: Path,
-                                                           monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
+def test_named_source_downloads_on_first_use_then_needs_no_network(
+        tmp_path: Path, server: FileServer, catalog: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "datasets"
-    download_dataset("ham10000", root=root, mirror=server.url, catalog=catalog,
-                     progress=False, log=lambda _: None)
-    server.stop()
     monkeypatch.setenv("DERMALAB_DATA", str(root))
     monkeypatch.setenv("DERMALAB_CATALOG", str(catalog))
+    monkeypatch.setenv("DERMALAB_MIRROR", server.url)
+    monkeypatch.chdir(tmp_path)
+    first = load_source(DataConfig(source="ham10000"))  # not there yet: downloaded now
+    assert len(first.samples) == 12
+    assert "Downloading ham10000 (metadata, images)" in capsys.readouterr().err
+    assert (root / "ham10000" / MARKER).is_file() and server.requests
+    server.stop()
     monkeypatch.setenv("DERMALAB_MIRROR", _closed_port_url())  # any request would fail
     import httpx
 
@@ -348,7 +351,6 @@ def test_named_source_uses_the_cached_copy_with_no_network(tmp_path: Path, serve
         raise AssertionError("a cached dataset must not touch the network")
 
     monkeypatch.setattr(httpx, "Client", no_network)
-    monkeypatch.chdir(tmp_path)
     for source in ("ham10000", "dataset://ham10000"):
         data = load_source(DataConfig(source=source))
         assert len(data.samples) == 12 and data.kind == "ham10000"
