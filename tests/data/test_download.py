@@ -81,7 +81,7 @@ def _catalog(path: Path, files: dict[str, bytes], expect: dict[str, int] | None 
             f["size"], f["md5"] = len(data), hashlib.md5(data).hexdigest()
             if "expect_images" in f:
                 f["expect_images"] = (expect or {}).get(f["name"], 6)
-    path.write_text(yaml.safe_dump({"ham10000": entry}))
+    path.write_text(yaml.safe_dump({"ham10000": entry}, sort_keys=False))
     return path
 
 
