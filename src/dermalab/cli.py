@@ -389,10 +389,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dermalab.serve.service import ServeSettings, check_servable
 
     check_servable(RunPaths(Path(args.run_dir)))  # before announcing anything
+    hosts = tuple(args.allowed_host or ()) or ("127.0.0.1", "localhost", args.host)
     settings = ServeSettings(run_dir=args.run_dir, database_url=args.db,
-                             image_store=args.images)
+                             image_store=args.images, open=args.open, allowed_hosts=hosts,
+                             docs=args.docs, retention_days=args.retention_days,
+                             cookie_secure=args.secure_cookies)
+    mode = ("OPEN mode: no accounts, every analysis visible to whoever uses it (single-user "
+            "local install)" if args.open else "accounts: each person sees only their own "
+            "analyses")
     print(f"dermalab: serving {args.run_dir} on http://{args.host}:{args.port} "
-          "(decision support, not a diagnosis)", flush=True)
+          f"(decision support, not a diagnosis); {mode}", flush=True)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
                 workers=1)
     return 0
@@ -580,6 +586,16 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--db", help="history database URL (default SQLite in RUN_DIR/serving; "
                                  "postgresql+psycopg://... for PostgreSQL)")
     sv.add_argument("--images", help="where uploads are kept: a folder or s3://bucket/prefix")
+    sv.add_argument("--open", action="store_true", help="single-user local install: no "
+                    "accounts, every analysis visible to whoever reaches the page")
+    sv.add_argument("--allowed-host", action="append", metavar="NAME", help="Host header to "
+                    "answer (repeat; default 127.0.0.1, localhost and --host)")
+    sv.add_argument("--retention-days", type=int, metavar="N", help="delete analyses older "
+                    "than N days with their photos (checked hourly)")
+    sv.add_argument("--secure-cookies", action="store_true", help="mark the session cookie "
+                    "Secure (when served over HTTPS, e.g. behind a proxy)")
+    sv.add_argument("--docs", action="store_true", help="serve /docs and /redoc (they load "
+                    "Swagger UI from a CDN; development only)")
     sv.set_defaults(func=cmd_serve)
     return parser
 

@@ -26,12 +26,14 @@ class StubService:
     backend = "stub"
 
     def __init__(self) -> None:
-        self.settings = ServeSettings(run_dir="unused", max_upload_bytes=64 * 1024)
+        # --open mode: the contract of the analyses routes, without accounts (tests/serve/
+        # test_accounts.py covers sessions and ownership)
+        self.settings = ServeSettings(run_dir="unused", max_upload_bytes=64 * 1024, open=True)
         self.rows: dict[str, dict[str, Any]] = {}
         self.seen: list[tuple[str, int]] = []
         self.languages: list[str] = []
 
-    def analyze(self, data: bytes, filename: str, lang: str = "en") -> dict[str, Any]:
+    def analyze(self, data: bytes, filename: str, lang: str = "en", owner: Any = None) -> dict[str, Any]:
         img = decode_upload(data, filename, self.settings)
         self.seen.append((filename, len(data)))
         self.languages.append(lang)
@@ -49,10 +51,10 @@ class StubService:
         self.rows[aid] = res
         return res
 
-    def get(self, analysis_id: str, lang: str = "en") -> dict[str, Any] | None:
+    def get(self, analysis_id: str, lang: str = "en", owner: Any = None) -> dict[str, Any] | None:
         return self.rows.get(analysis_id)
 
-    def page(self, limit: int, offset: int, lang: str = "en") -> dict[str, Any]:
+    def page(self, limit: int, offset: int, lang: str = "en", owner: Any = None) -> dict[str, Any]:
         newest = list(reversed(self.rows.values()))
         items = [{"id": r["id"], "created_at": r["created_at"], "filename": r["filename"],
                   "verdict": r["verdict"], "referral": r["referral"],
@@ -60,7 +62,7 @@ class StubService:
                  for r in newest[offset:offset + limit]]
         return {"items": items, "total": len(newest), "limit": limit, "offset": offset}
 
-    def delete(self, analysis_id: str) -> bool:
+    def delete(self, analysis_id: str, owner: Any = None) -> bool:
         return self.rows.pop(analysis_id, None) is not None
 
     def model_card(self) -> dict[str, Any]:
@@ -151,11 +153,14 @@ def test_paging_parameters_are_bounded(client: TestClient, params: dict[str, Any
 
 def test_model_card_health_page_and_openapi(client: TestClient) -> None:
     ModelCard.model_validate(client.get("/v1/model").json())
-    assert client.get("/healthz").json() == {"status": "ok", "backend": "stub"}
+    assert client.get("/healthz").json() == {"status": "ok", "backend": "stub", "mode": "open"}
     assert "Not a diagnosis" in client.get("/").text
     spec = client.get("/openapi.json").json()
-    assert set(spec["paths"]) == {"/v1/analyses", "/v1/analyses/{analysis_id}", "/v1/model",
-                                  "/v1/messages", "/healthz"}
+    assert set(spec["paths"]) == {
+        "/v1/analyses", "/v1/analyses/{analysis_id}", "/v1/analyses/{analysis_id}/photo",
+        "/v1/auth/anonymous", "/v1/auth/signup", "/v1/auth/signin", "/v1/auth/session",
+        "/v1/auth/signout", "/v1/account", "/v1/account/export", "/v1/model", "/v1/messages",
+        "/healthz"}
     post = spec["paths"]["/v1/analyses"]["post"]["responses"]
     assert {"201", "413", "415", "422"} <= set(post)
 
@@ -167,7 +172,7 @@ def test_no_service_is_503_not_a_crash() -> None:
 
 
 def test_unexpected_errors_hide_internals(stub: StubService) -> None:
-    def boom(limit: int, offset: int, lang: str = "en") -> dict[str, Any]:
+    def boom(limit: int, offset: int, lang: str = "en", owner: Any = None) -> dict[str, Any]:
         raise RuntimeError("secret internal state")
 
     stub.page = boom  # type: ignore[method-assign]

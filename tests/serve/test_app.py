@@ -26,6 +26,8 @@ def client(skin_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     settings = ServeSettings(run_dir=str(skin_run), database_url=f"sqlite:///{tmp / 'h.db'}",
                              image_store=str(tmp / "uploads"), max_upload_bytes=2 * 1024 * 1024)
     with TestClient(create_app(settings)) as c:
+        session = c.post("/v1/auth/anonymous", headers={"X-Requested-With": "dermalab"}).json()
+        c.headers["Authorization"] = f"Bearer {session['token']}"
         yield c
 
 
@@ -200,16 +202,26 @@ def test_history_in_postgresql(skin_run: Path, tmp_path: Path) -> None:
         settings = ServeSettings(run_dir=str(skin_run), database_url=url,
                                  image_store=str(tmp_path / "up"))
         with TestClient(create_app(settings)) as c:
+            alice = c.post("/v1/auth/signup", json={"email": "alice@example.org",
+                                                    "password": "correct horse"}).json()
+            c.headers["Authorization"] = f"Bearer {alice['token']}"
             paths = _ham_test_images(skin_run, 2)
             ids = [c.post("/v1/analyses", files={"file": (p.name, p.read_bytes())}).json()["id"]
                    for p in paths]
             assert c.get("/v1/analyses").json()["total"] == 2
             assert c.delete(f"/v1/analyses/{ids[0]}").status_code == 204
             assert [i["id"] for i in c.get("/v1/analyses").json()["items"]] == [ids[1]]
+            bob = c.post("/v1/auth/anonymous", headers={"X-Requested-With": "dermalab"}).json()
+            as_bob = {"Authorization": f"Bearer {bob['token']}"}
+            assert c.get("/v1/analyses", headers=as_bob).json()["total"] == 0
+            assert c.get(f"/v1/analyses/{ids[1]}", headers=as_bob).status_code == 404
         from sqlalchemy import create_engine, text
 
         with create_engine(url).connect() as conn:  # really stored in PostgreSQL
             assert conn.execute(text("select count(*) from analyses")).scalar() == 1
+            assert conn.execute(text("select count(*) from users")).scalar() == 2
+            assert conn.execute(text("select version_num from alembic_version")).scalar() \
+                == "0002"
 
 
 def test_colour_detector_flags_page_and_saturated_images(skin_run: Path) -> None:

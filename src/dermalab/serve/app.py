@@ -1,19 +1,88 @@
-"""FastAPI app factory: the JSON API under ``/v1`` and the web page at ``/``."""
+"""FastAPI app factory: the JSON API under ``/v1``, the web page at ``/`` and its script
+under ``/static``, with the protections every response gets.
+
+- Security headers on every response: a Content-Security-Policy that allows nothing from
+  another origin (the page loads no third-party script, style, font or image) and no inline
+  script, ``frame-ancestors 'none'``, ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
+  no-referrer``. No CORS headers: a foreign origin cannot read any answer.
+- ``TrustedHostMiddleware``: only the configured ``Host`` names are answered.
+- A request body larger than the upload limit is refused with 413 as soon as its announced
+  length or its streamed bytes pass the limit, before the multipart parser buffers it.
+- ``/docs`` and ``/redoc`` load Swagger/ReDoc from a CDN, which the CSP forbids: they exist only
+  with ``docs=True`` (development), where the CSP is relaxed for them alone.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import Response
 
 from dermalab.core.i18n import negotiate
 from dermalab.serve import routers
+from dermalab.serve.ratelimit import RateLimits
 from dermalab.serve.service import AnalysisService, ServeSettings, UploadError
 
 log = logging.getLogger("dermalab.serve")
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data: blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "geolocation=(self), camera=(self), microphone=()",
+}
+DOC_PATHS = ("/docs", "/redoc")
+RETENTION_EVERY_S = 3600.0
+MULTIPART_OVERHEAD = 64 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes: at once when Content-Length says so, else
+    as soon as the streamed (e.g. chunked) bytes pass it."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await JSONResponse({"detail": "request body too large"}, 413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, "request body too large")
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def create_app(settings: ServeSettings | None) -> FastAPI:
@@ -22,12 +91,22 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
     With ``settings=None`` no model is loaded: the caller provides the service through
     ``app.dependency_overrides[dermalab.serve.dependencies.get_service]`` (API tests).
     """
+    opts = settings or ServeSettings(run_dir="unused")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = None
         if settings is not None:
-            app.state.service = AnalysisService(settings)
+            svc = AnalysisService(settings)
+            app.state.service = svc
+            svc.sweep_orphans()
+            if settings.retention_days is not None:
+                task = asyncio.create_task(_retention(svc, settings.retention_days))
         yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     app = FastAPI(
         title="dermalab",
@@ -35,7 +114,10 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
         summary="Likely skin conditions for a photo, with calibrated probabilities, a heat-map, "
                 "care information and a referral. Decision support, not a diagnosis.",
         lifespan=lifespan,
+        docs_url="/docs" if opts.docs else None,
+        redoc_url="/redoc" if opts.docs else None,
     )
+    app.state.limits = RateLimits(signin=opts.rate_signin, upload=opts.rate_upload)
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
@@ -49,6 +131,36 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse(status_code=500, content={"detail": "internal error"})
 
-    for router in (routers.analyses, routers.meta, routers.page):
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[[Request],
+                                                                     Awaitable[Response]]
+                               ) -> Response:
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        if opts.docs and request.url.path.startswith(DOC_PATHS):
+            del response.headers["Content-Security-Policy"]  # development only
+        return response
+
+    app.add_middleware(BodyLimit, limit=opts.max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(opts.allowed_hosts))
+    for router in (routers.analyses, routers.auth, routers.account, routers.meta,
+                   routers.page):
         app.include_router(router)
+    static = resources.files("dermalab.serve").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
     return app
+
+
+async def _retention(svc: AnalysisService, days: int) -> None:
+    """Delete analyses older than ``days`` (with their photos) now and every hour."""
+    from starlette.concurrency import run_in_threadpool
+
+    while True:
+        try:
+            n = await run_in_threadpool(svc.purge_older_than, days)
+            if n:
+                log.info("retention: deleted %d analyses older than %d days", n, days)
+        except Exception:  # keep the schedule; the next run retries
+            log.exception("retention purge failed")
+        await asyncio.sleep(RETENTION_EVERY_S)

@@ -1,17 +1,32 @@
-"""The service dependency of every route: ``Annotated[AnalysisService, Depends(get_service)]``.
+"""What every route depends on: the service, the caller (who owns what it touches) and the
+language.
 
-The app holds one service (loaded at start-up); tests replace it with
-``app.dependency_overrides[get_service] = lambda: stub`` and need no trained model.
+``Service = Annotated[AnalysisService, Depends(get_service)]``: the app holds one service
+(loaded at start-up); tests replace it with ``app.dependency_overrides[get_service]``.
+
+``Caller`` resolves the session from ``Authorization: Bearer <token>`` (API clients) or the
+``dermalab_session`` cookie (the page). No valid session -> 401. A cookie-authenticated write
+must echo the session's CSRF token in ``X-CSRF-Token`` (a cross-site form cannot set a header,
+and the cookie is also ``SameSite=Strict``) -> else 403. In ``--open`` mode there are no
+accounts and the caller owns everything.
 """
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 
 from dermalab.core.i18n import negotiate
+from dermalab.serve.accounts import SessionInfo
 from dermalab.serve.service import AnalysisService
+from dermalab.serve.store import OPEN, Owner
+
+SESSION_COOKIE = "dermalab_session"
+CSRF_HEADER = "x-csrf-token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def get_service(request: Request) -> AnalysisService:
@@ -23,6 +38,60 @@ def get_service(request: Request) -> AnalysisService:
 
 
 Service = Annotated[AnalysisService, Depends(get_service)]
+
+
+@dataclass(frozen=True)
+class CallerInfo:
+    """Who is calling: the owner of what they create and see, and their session."""
+
+    owner: Owner
+    session: SessionInfo | None = None
+    token: str | None = None
+    via_cookie: bool = False
+
+    @property
+    def user_id(self) -> str:
+        if self.session is None:
+            raise HTTPException(409, "there are no accounts in --open mode")
+        return self.session.user_id
+
+
+def session_token(request: Request) -> tuple[str | None, bool]:
+    """The presented token and whether it came in the cookie."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip(), False
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return (cookie, True) if cookie else (None, False)
+
+
+def optional_caller(request: Request, svc: Service) -> CallerInfo | None:
+    """The caller if a valid session is presented (no 401), for sign-up/sign-in."""
+    if svc.settings.open:
+        return CallerInfo(OPEN)
+    token, via_cookie = session_token(request)
+    info = svc.accounts.lookup(token) if token else None
+    if info is None or token is None:
+        return None
+    return CallerInfo(info.user_id, info, token, via_cookie)
+
+
+def get_caller(request: Request, svc: Service) -> CallerInfo:
+    """The authenticated caller (401 without a session; 403 for a cookie write without the
+    session's CSRF token)."""
+    caller = optional_caller(request, svc)
+    if caller is None:
+        raise HTTPException(401, "sign in, or start a private session on this device first",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if caller.via_cookie and request.method in UNSAFE_METHODS and caller.session is not None \
+            and not secrets.compare_digest(request.headers.get(CSRF_HEADER, ""),
+                                           caller.session.csrf):
+        raise HTTPException(403, "missing or wrong X-CSRF-Token for this session")
+    return caller
+
+
+Caller = Annotated[CallerInfo, Depends(get_caller)]
+MaybeCaller = Annotated[CallerInfo | None, Depends(optional_caller)]
 
 
 def get_language(request: Request,

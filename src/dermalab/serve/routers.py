@@ -1,17 +1,32 @@
-"""The API's routes, one router per resource: analyses (history), the model card and health,
-and the web page."""
+"""The API's routes, one router per resource: analyses (history), sessions (sign-up, sign-in,
+anonymous device), the account (export, deletion), the model card and health, and the page."""
 
 from __future__ import annotations
 
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 
 from dermalab.core.i18n import LANGUAGE_NAMES, messages
-from dermalab.serve.dependencies import Language, Service
-from dermalab.serve.schemas import AnalysisOut, AnalysisPage, Messages, ModelCard, Problem
+from dermalab.serve.accounts import AccountError, Issued
+from dermalab.serve.dependencies import (
+    SESSION_COOKIE,
+    Caller,
+    Language,
+    MaybeCaller,
+    Service,
+)
+from dermalab.serve.schemas import (
+    AnalysisOut,
+    AnalysisPage,
+    Credentials,
+    Messages,
+    ModelCard,
+    Problem,
+    SessionOut,
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": Problem, "description": "Upload too large (bytes or pixels)."},
@@ -20,44 +35,184 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}}
 
-analyses = APIRouter(prefix="/v1/analyses", tags=["analyses"])
+AUTH: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 403: {"model": Problem}}
+MAX_OFFSET = 10**9  # beyond any history; keeps the database's integer types safe
+
+analyses = APIRouter(prefix="/v1/analyses", tags=["analyses"], responses=AUTH)
+auth = APIRouter(prefix="/v1/auth", tags=["accounts"])
+account = APIRouter(prefix="/v1/account", tags=["accounts"], responses=AUTH)
 meta = APIRouter(tags=["model"])
 page = APIRouter(include_in_schema=False)
 
 
 @analyses.post("", response_model=AnalysisOut, status_code=201, responses=ERRORS,
                summary="Analyse a photo")
-def create_analysis(svc: Service, lang: Language,
+def create_analysis(request: Request, svc: Service, lang: Language, caller: Caller,
                     file: Annotated[UploadFile, File(description="A photo of the skin concern "
                                                                  "(JPEG, PNG...)")]
                     ) -> dict[str, Any]:
+    limits = getattr(request.app.state, "limits", None)
+    if limits is not None:
+        limits.hit("upload", f"owner:{caller.owner}", f"ip:{_client(request)}")
     limit = svc.settings.max_upload_bytes
     data = file.file.read(limit + 1)  # never read more than the limit into memory
-    return svc.analyze(data, file.filename or "upload", lang)
+    return svc.analyze(data, file.filename or "upload", lang, owner=caller.owner)
 
 
+# Another owner's analysis answers 404 exactly like a missing one: never confirm it exists.
 @analyses.get("/{analysis_id}", response_model=AnalysisOut, responses=NOT_FOUND,
-              summary="One stored analysis")
-def get_analysis(svc: Service, lang: Language, analysis_id: str) -> dict[str, Any]:
-    res = svc.get(analysis_id, lang)
+              summary="One of your analyses")
+def get_analysis(svc: Service, lang: Language, caller: Caller, analysis_id: str
+                 ) -> dict[str, Any]:
+    res = svc.get(analysis_id, lang, owner=caller.owner)
     if res is None:
         raise HTTPException(404, "no such analysis")
     return res
 
 
-@analyses.get("", response_model=AnalysisPage, summary="History, newest first")
-def list_analyses(svc: Service, lang: Language,
+@analyses.get("/{analysis_id}/photo", responses=NOT_FOUND, response_class=Response,
+              summary="The stored photo of one of your analyses (no metadata)")
+def get_photo(svc: Service, caller: Caller, analysis_id: str) -> Response:
+    data = svc.photo(analysis_id, owner=caller.owner)
+    if data is None:
+        raise HTTPException(404, "no such photo")
+    return Response(data, media_type="image/jpeg",
+                    headers={"Cache-Control": "private, no-store"})
+
+
+@analyses.get("", response_model=AnalysisPage, summary="Your history, newest first")
+def list_analyses(svc: Service, lang: Language, caller: Caller,
                   limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
-    return svc.page(limit, offset, lang)
+                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict[str, Any]:
+    return svc.page(limit, offset, lang, owner=caller.owner)
 
 
 @analyses.delete("/{analysis_id}", status_code=204, responses=NOT_FOUND,
-                 summary="Delete an analysis and its photo")
-def delete_analysis(svc: Service, analysis_id: str) -> Response:
-    if not svc.delete(analysis_id):
+                 summary="Delete one of your analyses and its photo")
+def delete_analysis(svc: Service, caller: Caller, analysis_id: str) -> Response:
+    if not svc.delete(analysis_id, owner=caller.owner):
         raise HTTPException(404, "no such analysis")
     return Response(status_code=204)
+
+
+# -- sessions ----------------------------------------------------------------------------------
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _session_response(svc: Service, response: Response, issued: Issued, email: str | None,
+                      anonymous: bool) -> dict[str, Any]:
+    response.set_cookie(SESSION_COOKIE, issued.token, httponly=True, samesite="strict",
+                        secure=svc.settings.cookie_secure, path="/",
+                        max_age=svc.accounts.session_days * 86400)
+    response.headers["Cache-Control"] = "no-store"
+    return {"mode": "accounts", "user_id": issued.user_id, "email": email,
+            "anonymous": anonymous, "csrf_token": issued.csrf, "token": issued.token}
+
+
+def _account_error(exc: AccountError) -> HTTPException:
+    return HTTPException(exc.status, exc.detail)
+
+
+def _no_accounts(svc: Service) -> None:
+    if svc.settings.open:
+        raise HTTPException(409, "this is a single-user install (--open): no accounts")
+
+
+@auth.post("/anonymous", response_model=SessionOut, status_code=201,
+           summary="A private session for this device, without an account")
+def start_anonymous(request: Request, response: Response, svc: Service) -> dict[str, Any]:
+    _no_accounts(svc)
+    # A custom header: a cross-site form cannot send it, so no other site can swap this
+    # browser's session for a fresh one.
+    if request.headers.get("x-requested-with") != "dermalab":
+        raise HTTPException(403, "send X-Requested-With: dermalab")
+    limits = getattr(request.app.state, "limits", None)
+    if limits is not None:
+        limits.hit("signin", f"ip:{_client(request)}")
+    uid = svc.accounts.anonymous()
+    return _session_response(svc, response, svc.accounts.issue(uid), None, True)
+
+
+@auth.post("/signup", response_model=SessionOut, status_code=201,
+           responses={409: {"model": Problem}, 422: {"model": Problem}, 429: {"model": Problem}},
+           summary="Create an account (this device's analyses move into it)")
+def sign_up(request: Request, response: Response, svc: Service, body: Credentials,
+            caller: MaybeCaller) -> dict[str, Any]:
+    _no_accounts(svc)
+    limits = getattr(request.app.state, "limits", None)
+    if limits is not None:
+        limits.hit("signin", f"ip:{_client(request)}")
+    try:
+        uid = svc.accounts.sign_up(body.email, body.password)
+    except AccountError as exc:
+        raise _account_error(exc) from None
+    _adopt(svc, caller, uid)
+    return _session_response(svc, response, svc.accounts.issue(uid), body.email.lower(), False)
+
+
+@auth.post("/signin", response_model=SessionOut,
+           responses={401: {"model": Problem}, 429: {"model": Problem}},
+           summary="Sign in (this device's anonymous analyses move into the account)")
+def sign_in(request: Request, response: Response, svc: Service, body: Credentials,
+            caller: MaybeCaller) -> dict[str, Any]:
+    _no_accounts(svc)
+    limits = getattr(request.app.state, "limits", None)
+    if limits is not None:
+        limits.hit("signin", f"ip:{_client(request)}", f"email:{body.email.strip().lower()}")
+    uid = svc.accounts.authenticate(body.email, body.password)
+    if uid is None:
+        raise HTTPException(401, "wrong email or password")
+    _adopt(svc, caller, uid)
+    return _session_response(svc, response, svc.accounts.issue(uid), body.email.lower(), False)
+
+
+def _adopt(svc: Service, caller: MaybeCaller, uid: str) -> None:
+    """Move the calling anonymous device's analyses into account ``uid``."""
+    if caller is not None and caller.session is not None and caller.session.anonymous:
+        if caller.token:
+            svc.accounts.revoke(caller.token)
+        svc.attach(caller.session.user_id, uid)
+
+
+@auth.get("/session", response_model=SessionOut, responses={401: {"model": Problem}},
+          summary="The current session (or open mode)")
+def current_session(svc: Service, caller: MaybeCaller, response: Response) -> dict[str, Any]:
+    response.headers["Cache-Control"] = "no-store"
+    if svc.settings.open:
+        return {"mode": "open"}
+    if caller is None or caller.session is None:
+        raise HTTPException(401, "no session", headers={"WWW-Authenticate": "Bearer"})
+    s = caller.session
+    return {"mode": "accounts", "user_id": s.user_id, "email": s.email,
+            "anonymous": s.anonymous, "csrf_token": s.csrf}
+
+
+@auth.post("/signout", status_code=204, responses=AUTH, summary="End this session")
+def sign_out(svc: Service, caller: Caller) -> Response:
+    if caller.token:
+        svc.accounts.revoke(caller.token)
+    out = Response(status_code=204)
+    out.delete_cookie(SESSION_COOKIE, path="/")
+    return out
+
+
+# -- the account -------------------------------------------------------------------------------
+@account.delete("", status_code=204,
+                summary="Delete my account: the user, every analysis and every photo")
+def delete_account(svc: Service, caller: Caller) -> Response:
+    svc.delete_account(caller.user_id)
+    out = Response(status_code=204)
+    out.delete_cookie(SESSION_COOKIE, path="/")
+    return out
+
+
+@account.get("/export", response_class=Response,
+             summary="Download my data: a zip of my photos and analyses.json")
+def export_account(svc: Service, caller: Caller) -> Response:
+    return Response(svc.export(caller.user_id), media_type="application/zip",
+                    headers={"Content-Disposition": 'attachment; filename="dermalab-data.zip"',
+                             "Cache-Control": "private, no-store"})
 
 
 @meta.get("/v1/model", response_model=ModelCard, summary="Model card")
@@ -70,9 +225,10 @@ def page_messages(lang: Language) -> dict[str, Any]:
     return {"language": lang, "languages": LANGUAGE_NAMES, "messages": messages(lang, "page.")}
 
 
-@meta.get("/healthz", summary="Liveness")
+@meta.get("/healthz", summary="Liveness, and whether accounts are on")
 def healthz(svc: Service) -> dict[str, str]:
-    return {"status": "ok", "backend": svc.backend}
+    return {"status": "ok", "backend": svc.backend,
+            "mode": "open" if svc.settings.open else "accounts"}
 
 
 _PAGE = resources.files("dermalab.serve").joinpath("static/index.html").read_text("utf-8")

@@ -113,3 +113,25 @@ class Problem(BaseModel):
     """An error, without internals."""
 
     detail: str = Field(description="What went wrong, in plain words.")
+
+
+class Credentials(BaseModel):
+    """Email and password (JSON only: a cross-site HTML form cannot send it)."""
+
+    email: str = Field(max_length=320, description="Your email address.")
+    password: str = Field(min_length=1, max_length=1024, description="At least 8 characters.")
+
+
+class SessionOut(BaseModel):
+    """A session: who is signed in, and what the page needs to make requests."""
+
+    mode: str = Field(description="'accounts', or 'open' for a single-user install with no "
+                                  "accounts (every analysis visible to whoever uses it).")
+    user_id: str | None = None
+    email: str | None = None
+    anonymous: bool | None = Field(None, description="A private session of this device, "
+                                                     "without an account.")
+    csrf_token: str | None = Field(None, description="Send it as X-CSRF-Token with every "
+                                                     "write made with the session cookie.")
+    token: str | None = Field(None, description="Bearer token for API clients (shown once, at "
+                                                "sign-in; the page uses the HttpOnly cookie).")

@@ -32,8 +32,9 @@ from dermalab.core.runs import RunPaths, read_metrics
 from dermalab.data.images import open_rgb, resize_rgb
 from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
 from dermalab.deploy.predictor import Predictor
+from dermalab.serve.accounts import AccountStore
 from dermalab.serve.schemas import DISCLAIMER
-from dermalab.serve.store import Analysis, HistoryStore, ImageStore, now
+from dermalab.serve.store import OPEN, Analysis, HistoryStore, ImageStore, Owner, make_engine, now
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,13 @@ class ServeSettings:
     heatmap_size: int = 224
     cam_workers: int = min(4, os.cpu_count() or 1)  # concurrent Grad-CAMs (model replicas)
     fast_cam: bool = True  # closed-form Grad-CAM at the last feature map where it is exact
+    open: bool = False  # single-user local install: no accounts, every analysis visible
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "testserver")
+    docs: bool = False  # /docs and /redoc (they load scripts the CSP forbids): development only
+    retention_days: int | None = None  # delete analyses older than this, with their photos
+    cookie_secure: bool = False  # Secure cookies: set when served over HTTPS
+    rate_signin: str = "10/minute"  # per account and per client address
+    rate_upload: str = "30/minute"  # per owner and per client address
 
 
 class UploadError(DermalabError):
@@ -117,6 +125,15 @@ def decode_upload(data: bytes, filename: str, settings: ServeSettings) -> Image.
     return img
 
 
+def clean_photo(img: Image.Image) -> bytes:
+    """The pixels of a decoded upload (already upright and RGB) as a JPEG with no metadata:
+    no EXIF, XMP, ICC or comment survives, so neither does a GPS position or a device id."""
+    buf = io.BytesIO()
+    Image.frombytes("RGB", img.size, img.convert("RGB").tobytes()).save(
+        buf, "JPEG", quality=92, optimize=True)
+    return buf.getvalue()
+
+
 def check_servable(paths: RunPaths) -> None:
     """A finished run with serving thresholds, or a one-line error saying what to run."""
     paths.require_model("serve")
@@ -144,8 +161,10 @@ class AnalysisService:
         self.thresholds = json.loads((serving / "serving.json").read_text())
         self.metrics = read_metrics(paths)
         self.conditions = load_conditions()
-        self.history = HistoryStore(settings.database_url
-                                    or f"sqlite:///{(serving / 'history.db').resolve()}")
+        engine = make_engine(settings.database_url
+                             or f"sqlite:///{(serving / 'history.db').resolve()}")
+        self.history = HistoryStore("", engine=engine)
+        self.accounts = AccountStore(engine)
         self.images = ImageStore(settings.image_store or str(serving / "uploads"))
         # For global-average-pool + linear heads, Grad-CAM at the final feature map has a
         # closed form (one forward pass, no hooks, thread-safe). Otherwise pytorch-grad-cam runs,
@@ -227,10 +246,11 @@ class AnalysisService:
         Image.fromarray(ov).save(buf, "PNG", compress_level=1)
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
-    def analyze(self, data: bytes, filename: str, lang: str = DEFAULT_LANGUAGE
-                ) -> dict[str, Any]:
-        """Decode, predict, decide, explain and store one upload (stored in English; answered
-        in ``lang``)."""
+    def analyze(self, data: bytes, filename: str, lang: str = DEFAULT_LANGUAGE,
+                owner: Owner = OPEN) -> dict[str, Any]:
+        """Decode, predict, decide, explain and store one upload for ``owner`` (stored in
+        English; answered in ``lang``). The stored photo is the decoded pixels, upright, as a
+        new JPEG: the upload's EXIF/XMP (GPS position, device ids, dates) is not kept."""
         img = decode_upload(data, filename, self.settings)
         arr = np.asarray(resize_rgb(img, self.info.image_size, self.info.resize_mode),
                          dtype=np.uint8)
@@ -268,24 +288,39 @@ class AnalysisService:
             "ood_colour_score": colour_score,
             "ood_colour_threshold": self.ood_colour.threshold if self.ood_colour else None,
             "uncertain_threshold": t_unsure, "heatmap_png": heat}, DEFAULT_LANGUAGE)
-        with Image.open(io.BytesIO(data)) as header:  # decoded fine above; only the format
-            ext = (header.format or "bin").lower()
-        ref = self.images.put(f"{analysis_id}.{ext}", data)
+        photo = clean_photo(img)
+        # The row is written before the photo: a crash in between leaves a row whose photo is
+        # missing (shown as such), never an unlisted photo that no deletion would reach.
+        key = f"{analysis_id}.jpg"
         self.history.add(Analysis(
             id=analysis_id, created_at=created, filename=result["filename"],
-            verdict=verdict, referral=referral, image_ref=ref, size_bytes=len(data),
-            result_json=json.dumps({**result, "created_at": created.isoformat()})))
+            verdict=verdict, referral=referral, image_ref=key, size_bytes=len(photo),
+            result_json=json.dumps({**result, "created_at": created.isoformat()}),
+            owner_id=None if owner is OPEN else str(owner)))
+        self.images.put(key, photo)
         return result if lang == DEFAULT_LANGUAGE else self.localize(result, lang)
 
     # -- history -------------------------------------------------------------------------------
-    def get(self, analysis_id: str, lang: str = DEFAULT_LANGUAGE) -> dict[str, Any] | None:
-        """A stored analysis, in ``lang``."""
-        row = self.history.get(analysis_id)
+    def get(self, analysis_id: str, lang: str = DEFAULT_LANGUAGE, owner: Owner = OPEN
+            ) -> dict[str, Any] | None:
+        """One of ``owner``'s stored analyses, in ``lang`` (None for anyone else's)."""
+        row = self.history.get(analysis_id, owner)
         return self.localize(json.loads(row.result_json), lang) if row else None
 
-    def page(self, limit: int, offset: int, lang: str = DEFAULT_LANGUAGE) -> dict[str, Any]:
-        """A page of summaries (condition names in ``lang``)."""
-        rows, total = self.history.page(limit, offset)
+    def photo(self, analysis_id: str, owner: Owner) -> bytes | None:
+        """The stored photo of one of ``owner``'s analyses."""
+        row = self.history.get(analysis_id, owner)
+        if row is None:
+            return None
+        try:
+            return self.images.read(row.image_ref)
+        except FileNotFoundError:  # a crash between the row and the photo: said as missing
+            return None
+
+    def page(self, limit: int, offset: int, lang: str = DEFAULT_LANGUAGE, owner: Owner = OPEN
+             ) -> dict[str, Any]:
+        """A page of ``owner``'s summaries (condition names in ``lang``)."""
+        rows, total = self.history.page(limit, offset, owner)
         items = []
         for r in rows:
             res = json.loads(r.result_json)
@@ -297,13 +332,71 @@ class AnalysisService:
                           "top_probability": top["probability"] if top else None})
         return {"items": items, "total": total, "limit": limit, "offset": offset}
 
-    def delete(self, analysis_id: str) -> bool:
-        """Delete an analysis and its stored image."""
-        row = self.history.delete(analysis_id)
+    def delete(self, analysis_id: str, owner: Owner = OPEN) -> bool:
+        """Delete one of ``owner``'s analyses and its stored image."""
+        row = self.history.delete(analysis_id, owner)
         if row is None:
             return False
         self.images.delete(row.image_ref)
         return True
+
+    def sweep_orphans(self, grace_s: float = 600.0) -> tuple[int, int]:
+        """Start-up clean-up after a crash: photos no analysis refers to (a deletion cut short)
+        are deleted, and analyses older than ``grace_s`` whose photo never got written (an
+        upload cut short, never answered). Returns (photos, analyses) removed."""
+        from datetime import timedelta
+
+        refs = self.history.image_refs()
+        stray = [k for k in self.images.list_keys() if k not in refs]
+        for key in stray:
+            self.images.delete(key)
+        have = set(self.images.list_keys())
+        cutoff = now() - timedelta(seconds=grace_s)
+        dead = self.history.without_photo(have, cutoff)
+        return len(stray), len(dead)
+
+    # -- accounts ------------------------------------------------------------------------------
+    def attach(self, from_user: str, to_user: str) -> int:
+        """Move an anonymous device's analyses to an account and forget the device."""
+        moved = self.history.reassign(from_user, to_user)
+        self.accounts.remove_user(from_user)
+        return moved
+
+    def delete_account(self, user_id: str) -> int:
+        """Delete a user, every analysis and every photo of theirs; returns how many."""
+        rows = self.history.delete_all_of(user_id)
+        for r in rows:
+            self.images.delete(r.image_ref)
+        self.accounts.remove_user(user_id)
+        return len(rows)
+
+    def export(self, user_id: str) -> bytes:
+        """A zip of the user's photos and ``analyses.json`` (their data, downloadable)."""
+        import zipfile
+
+        rows = self.history.all_of(user_id)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            items = []
+            for r in rows:
+                res = json.loads(r.result_json)
+                res.pop("heatmap_png", None)
+                photo = self.photo(r.id, user_id)
+                if photo is not None:
+                    zf.writestr(f"photos/{r.image_ref}", photo)
+                items.append({**res, "photo": f"photos/{r.image_ref}" if photo else None})
+            zf.writestr("analyses.json", json.dumps({"analyses": items}, indent=2))
+        return buf.getvalue()
+
+    def purge_older_than(self, days: int, at: Any = None) -> int:
+        """Retention: delete analyses older than ``days`` with their photos."""
+        from datetime import timedelta
+
+        rows = self.history.delete_older_than((at or now()) - timedelta(days=days))
+        for r in rows:
+            self.images.delete(r.image_ref)
+        self.accounts.purge_expired()
+        return len(rows)
 
     def model_card(self) -> dict[str, Any]:
         """The model card."""

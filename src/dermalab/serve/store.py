@@ -1,14 +1,34 @@
-"""Analysis history in SQL (SQLite by default, PostgreSQL by URL) via SQLAlchemy, with the
-uploaded images on disk or in S3."""
+"""Analysis history, users and sessions in SQL (SQLite by default, PostgreSQL by URL) via
+SQLAlchemy, with the uploaded images on disk or in S3.
+
+Every analysis has an owner (a signed-up user or an anonymous device); every query of the
+history takes the owner, so one person's analyses are never read, listed or deleted through
+another's session. ``owner=OPEN`` (the single-user ``--open`` mode) is the only way to see
+rows regardless of owner. The schema is created and upgraded by Alembic
+(:mod:`dermalab.serve.migrations`), so a database written by an older version is upgraded in
+place at start-up.
+"""
 
 from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
 
-from sqlalchemy import DateTime, Integer, String, Text, create_engine, func, select
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from dermalab.core.atomic import atomic_write_bytes
@@ -18,8 +38,32 @@ class Base(DeclarativeBase):
     """Declarative base."""
 
 
+class User(Base):
+    """A person with an account, or an anonymous device (``email`` is None)."""
+
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(320), unique=True, nullable=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    anonymous: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuthToken(Base):
+    """A session: only the SHA-256 of the secret is stored, so a leaked database grants no
+    session. ``csrf`` is the token a cookie session must echo in ``X-CSRF-Token``."""
+
+    __tablename__ = "auth_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(36), ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class Analysis(Base):
-    """One analysed photo."""
+    """One analysed photo. ``image_ref`` is the photo's key relative to the image store."""
 
     __tablename__ = "analyses"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -30,10 +74,26 @@ class Analysis(Base):
     image_ref: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(Integer)
     result_json: Mapped[str] = mapped_column(Text)
+    owner_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+
+
+class _Open:
+    """The owner of ``--open`` mode: every row, no accounts."""
+
+    def __repr__(self) -> str:
+        return "OPEN"
+
+
+OPEN: Final = _Open()
+Owner = str | _Open
 
 
 class ImageStore:
-    """Uploaded images on a local folder or under an ``s3://bucket/prefix``."""
+    """Uploaded images in a local folder or under an ``s3://bucket/prefix``, by relative key.
+
+    Keys are plain names (``<uuid>.jpg``): a key can never point outside the store, and a
+    copied run directory deletes only its own photos.
+    """
 
     def __init__(self, location: str) -> None:
         self.location = location
@@ -47,61 +107,152 @@ class ImageStore:
             self.root = Path(location)
             self.root.mkdir(parents=True, exist_ok=True)
 
+    @staticmethod
+    def _check(key: str) -> str:
+        p = PurePosixPath(key)
+        if p.is_absolute() or len(p.parts) != 1 or key in ("", ".", ".."):
+            raise ValueError(f"not an image store key: {key!r}")
+        return key
+
     def put(self, key: str, data: bytes) -> str:
-        """Store bytes; returns the reference kept in the database."""
+        """Store bytes under ``key``; returns the key (what the database keeps)."""
+        key = self._check(key)
         if self.s3:
             self.client.put_object(Bucket=self.uri.bucket, Key=self.uri.key(key), Body=data)
-            return f"{self.uri}/{key}"
-        path = self.root / key
-        atomic_write_bytes(path, data)
-        return str(path)
+        else:
+            atomic_write_bytes(self.root / key, data)
+        return key
 
-    def delete(self, ref: str) -> None:
-        """Remove a stored image (missing is fine)."""
+    def read(self, key: str) -> bytes:
+        """The stored bytes of ``key``.
+
+        Raises:
+            FileNotFoundError: no such photo (on disk or in the bucket).
+        """
+        key = self._check(key)
         if self.s3:
-            key = ref[len(str(self.uri)) + 1:]
+            try:
+                obj = self.client.get_object(Bucket=self.uri.bucket, Key=self.uri.key(key))
+            except self.client.exceptions.NoSuchKey:
+                raise FileNotFoundError(key) from None
+            return bytes(obj["Body"].read())
+        return (self.root / key).read_bytes()
+
+    def delete(self, key: str) -> None:
+        """Remove a stored image (missing is fine)."""
+        key = self._check(key)
+        if self.s3:
             self.client.delete_object(Bucket=self.uri.bucket, Key=self.uri.key(key))
         else:
-            Path(ref).unlink(missing_ok=True)
+            (self.root / key).unlink(missing_ok=True)
+
+    def list_keys(self) -> list[str]:
+        """Every stored key (for tests and the orphan sweep)."""
+        if self.s3:
+            prefix = self.uri.key("")
+            out: list[str] = []
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.uri.bucket, Prefix=prefix):
+                out += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+            return sorted(out)
+        return sorted(p.name for p in self.root.iterdir() if p.is_file()
+                      and not p.name.startswith("."))
+
+
+def make_engine(url: str) -> Any:
+    """An engine for ``url``, with the schema created or upgraded to the newest revision."""
+    from dermalab.serve.migrations import upgrade
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    upgrade(engine)
+    return engine
 
 
 class HistoryStore:
     """Thread-safe history: one session per call; writes serialised for SQLite."""
 
-    def __init__(self, url: str) -> None:
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine = create_engine(url, pool_pre_ping=True, **kwargs)
-        Base.metadata.create_all(self.engine)
+    def __init__(self, url: str, engine: Any | None = None) -> None:
+        self.engine = engine if engine is not None else make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write = threading.Lock()
+
+    @staticmethod
+    def _mine(stmt: Any, owner: Owner) -> Any:
+        return stmt if owner is OPEN else stmt.where(Analysis.owner_id == owner)
 
     def add(self, row: Analysis) -> None:
         """Insert one analysis."""
         with self._write, Session(self.engine) as s, s.begin():
             s.add(row)
 
-    def get(self, analysis_id: str) -> Analysis | None:
-        """One analysis or ``None``."""
+    def get(self, analysis_id: str, owner: Owner) -> Analysis | None:
+        """One of ``owner``'s analyses, or ``None`` (also for another owner's id)."""
         with self.sessions() as s:
-            return s.get(Analysis, analysis_id)
+            return s.scalars(self._mine(select(Analysis).where(Analysis.id == analysis_id),
+                                        owner)).first()
 
-    def page(self, limit: int, offset: int) -> tuple[list[Analysis], int]:
-        """Newest first, and the total count."""
+    def page(self, limit: int, offset: int, owner: Owner) -> tuple[list[Analysis], int]:
+        """``owner``'s analyses, newest first, and their count."""
         with self.sessions() as s:
-            total = s.scalar(select(func.count()).select_from(Analysis)) or 0
-            rows = s.scalars(select(Analysis).order_by(Analysis.created_at.desc(), Analysis.id)
+            total = s.scalar(self._mine(select(func.count()).select_from(Analysis), owner)) or 0
+            rows = s.scalars(self._mine(select(Analysis), owner)
+                             .order_by(Analysis.created_at.desc(), Analysis.id)
                              .limit(limit).offset(offset)).all()
             return list(rows), int(total)
 
-    def delete(self, analysis_id: str) -> Analysis | None:
-        """Delete and return the row (``None`` if absent)."""
+    def all_of(self, owner: str) -> list[Analysis]:
+        """Every analysis of ``owner``, oldest first (data export)."""
+        with self.sessions() as s:
+            return list(s.scalars(select(Analysis).where(Analysis.owner_id == owner)
+                                  .order_by(Analysis.created_at, Analysis.id)).all())
+
+    def delete(self, analysis_id: str, owner: Owner) -> Analysis | None:
+        """Delete and return one of ``owner``'s analyses (``None`` if there is none)."""
         with self._write, Session(self.engine) as s, s.begin():
-            row = s.get(Analysis, analysis_id)
+            row = s.scalars(self._mine(select(Analysis).where(Analysis.id == analysis_id),
+                                       owner)).first()
             if row is not None:
                 s.delete(row)
             return row
+
+    def delete_all_of(self, owner: str) -> list[Analysis]:
+        """Delete and return every analysis of ``owner``."""
+        with self._write, Session(self.engine) as s, s.begin():
+            rows = list(s.scalars(select(Analysis).where(Analysis.owner_id == owner)).all())
+            s.execute(delete(Analysis).where(Analysis.owner_id == owner))
+            return rows
+
+    def delete_older_than(self, cutoff: datetime) -> list[Analysis]:
+        """Delete and return every analysis created before ``cutoff`` (retention)."""
+        with self._write, Session(self.engine) as s, s.begin():
+            rows = list(s.scalars(select(Analysis).where(Analysis.created_at < cutoff)).all())
+            s.execute(delete(Analysis).where(Analysis.id.in_([r.id for r in rows])))
+            return rows
+
+    def reassign(self, old_owner: str, new_owner: str) -> int:
+        """Move every analysis of ``old_owner`` to ``new_owner``; returns how many."""
+        with self._write, Session(self.engine) as s, s.begin():
+            res = s.execute(update(Analysis).where(Analysis.owner_id == old_owner)
+                            .values(owner_id=new_owner))
+            return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+    def without_photo(self, photos: set[str], before: datetime) -> list[Analysis]:
+        """Delete and return analyses created before ``before`` whose photo is not in
+        ``photos`` (an upload that crashed between the row and the photo)."""
+        with self._write, Session(self.engine) as s, s.begin():
+            rows = [r for r in s.scalars(select(Analysis).where(Analysis.created_at < before))
+                    if r.image_ref not in photos]
+            if rows:
+                s.execute(delete(Analysis).where(Analysis.id.in_([r.id for r in rows])))
+            return rows
+
+    def image_refs(self) -> set[str]:
+        """Every photo key the history refers to (the orphan sweep)."""
+        with self.sessions() as s:
+            return set(s.scalars(select(Analysis.image_ref)).all())
 
 
 def now() -> datetime:

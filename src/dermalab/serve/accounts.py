@@ -1,0 +1,164 @@
+"""Accounts and sessions: sign-up and sign-in with an Argon2-hashed password, anonymous
+devices, session tokens, and what "delete my account" removes.
+
+A session token is 256 random bits (``secrets.token_urlsafe``); the database keeps only its
+SHA-256, so reading the database grants no session. Argon2id (argon2-cffi's defaults, RFC 9106)
+runs only at sign-up and sign-in, never per request: a request costs one indexed lookup.
+An anonymous device is a user with no email; signing up or in from it moves its analyses to
+the account.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from dermalab.serve.store import AuthToken, User, now
+
+SESSION_DAYS = 30
+MIN_PASSWORD = 8
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+class AccountError(Exception):
+    """A sign-up or sign-in that cannot be done; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status, self.detail = status, detail
+        super().__init__(detail)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """Who a valid token belongs to."""
+
+    user_id: str
+    email: str | None
+    anonymous: bool
+    csrf: str
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A new session: the secret (shown once, to the client) and its CSRF token."""
+
+    token: str
+    csrf: str
+    user_id: str
+    expires_at: datetime
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+class AccountStore:
+    """Users and sessions in the service's database."""
+
+    def __init__(self, engine: Any, *, session_days: int = SESSION_DAYS) -> None:
+        self.engine = engine
+        self.hasher = PasswordHasher()
+        self.session_days = session_days
+        self._write = threading.Lock()
+        # Verifying against a real hash when the email is unknown keeps sign-in's time the same
+        # whether or not an account exists (no user enumeration by timing).
+        self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
+
+    # -- users ---------------------------------------------------------------------------------
+    def sign_up(self, email: str, password: str) -> str:
+        """Create an account; returns the user id.
+
+        Raises:
+            AccountError: 422 for a malformed email or a short password, 409 if taken.
+        """
+        email = normalise_email(email)
+        if not _EMAIL.fullmatch(email) or len(email) > 320:
+            raise AccountError(422, "enter a valid email address")
+        if len(password) < MIN_PASSWORD:
+            raise AccountError(422, f"the password needs at least {MIN_PASSWORD} characters")
+        hashed = self.hasher.hash(password)
+        with self._write, Session(self.engine) as s, s.begin():
+            if s.scalar(select(User.id).where(User.email == email)) is not None:
+                raise AccountError(409, "an account with this email already exists; sign in")
+            uid = str(uuid.uuid4())
+            s.add(User(id=uid, email=email, password_hash=hashed, anonymous=False,
+                       created_at=now()))
+        return uid
+
+    def authenticate(self, email: str, password: str) -> str | None:
+        """The user id for a correct email and password, else None."""
+        with Session(self.engine) as s:
+            user = s.scalars(select(User).where(User.email == normalise_email(email),
+                                                User.anonymous.is_(False))).first()
+        stored = user.password_hash if user is not None and user.password_hash else self._dummy
+        try:
+            self.hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        return user.id if user is not None else None
+
+    def anonymous(self) -> str:
+        """A new anonymous device; returns its user id."""
+        uid = str(uuid.uuid4())
+        with self._write, Session(self.engine) as s, s.begin():
+            s.add(User(id=uid, email=None, password_hash=None, anonymous=True, created_at=now()))
+        return uid
+
+    def remove_user(self, user_id: str) -> None:
+        """Delete a user and every session of it (their analyses are the caller's job)."""
+        with self._write, Session(self.engine) as s, s.begin():
+            s.execute(delete(AuthToken).where(AuthToken.user_id == user_id))
+            s.execute(delete(User).where(User.id == user_id))
+
+    # -- sessions ------------------------------------------------------------------------------
+    def issue(self, user_id: str) -> Issued:
+        """A new session for ``user_id``."""
+        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+        created = now()
+        expires = created + timedelta(days=self.session_days)
+        with self._write, Session(self.engine) as s, s.begin():
+            s.add(AuthToken(token_hash=_digest(token), user_id=user_id, csrf=csrf,
+                            created_at=created, expires_at=expires))
+        return Issued(token, csrf, user_id, expires)
+
+    def lookup(self, token: str) -> SessionInfo | None:
+        """The session of ``token`` if it exists and has not expired."""
+        if not token or len(token) > 200:
+            return None
+        with Session(self.engine) as s:
+            row = s.execute(select(AuthToken, User).join(User, User.id == AuthToken.user_id)
+                            .where(AuthToken.token_hash == _digest(token))).first()
+        if row is None:
+            return None
+        tok, user = row
+        expires = tok.expires_at if tok.expires_at.tzinfo else tok.expires_at.replace(
+            tzinfo=now().tzinfo)
+        if expires <= now():
+            return None
+        return SessionInfo(user.id, user.email, bool(user.anonymous), tok.csrf)
+
+    def revoke(self, token: str) -> None:
+        """End one session."""
+        with self._write, Session(self.engine) as s, s.begin():
+            s.execute(delete(AuthToken).where(AuthToken.token_hash == _digest(token)))
+
+    def purge_expired(self) -> int:
+        """Delete expired sessions; returns how many."""
+        with self._write, Session(self.engine) as s, s.begin():
+            res = s.execute(delete(AuthToken).where(AuthToken.expires_at <= now()))
+            return int(res.rowcount or 0)  # type: ignore[attr-defined]

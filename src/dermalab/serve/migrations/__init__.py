@@ -1,0 +1,29 @@
+"""Alembic migrations of the service's database, run in-process at start-up.
+
+``0001`` is the history table as the first version wrote it (no accounts); a database that has
+that table but no ``alembic_version`` is stamped ``0001`` first, then upgraded like any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import inspect
+
+FIRST = "0001"
+
+
+def upgrade(engine: Any, revision: str = "head") -> None:
+    """Bring the database behind ``engine`` to ``revision`` (default: the newest)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        tables = set(inspect(conn).get_table_names())
+        if "analyses" in tables and "alembic_version" not in tables:
+            command.stamp(cfg, FIRST)
+        command.upgrade(cfg, revision)
