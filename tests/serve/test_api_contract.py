@@ -33,7 +33,8 @@ class StubService:
         self.seen: list[tuple[str, int]] = []
         self.languages: list[str] = []
 
-    def analyze(self, data: bytes, filename: str, lang: str = "en", owner: Any = None) -> dict[str, Any]:
+    def analyze(self, data: bytes, filename: str, lang: str = "en", owner: Any = None
+                ) -> dict[str, Any]:
         img = decode_upload(data, filename, self.settings)
         self.seen.append((filename, len(data)))
         self.languages.append(lang)

@@ -73,7 +73,7 @@ def test_the_page_in_korean_at_phone_width(server: str, skin_run: Path) -> None:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 390, "height": 844}, locale="ko-KR")
         page.goto(server)
-        page.wait_for_function("document.documentElement.lang === 'ko'")
+        page.wait_for_selector("html[lang=ko]", state="attached")
         assert page.locator("#analyse").inner_text() == "사진 분석하기"
         assert hangul.search(page.locator("#disclaimer").inner_text())
         page.set_input_files("#file", str(HAM_DIR / "images" / f"{test_id}.jpg"))
@@ -90,10 +90,10 @@ def test_the_page_in_korean_at_phone_width(server: str, skin_run: Path) -> None:
         page.screenshot(path=str(shot), full_page=True)
         # Switching to English re-renders the same result, and the choice is remembered.
         page.select_option("#lang", "en")
-        page.wait_for_function("document.documentElement.lang === 'en'")
-        page.wait_for_function("!/[가-힣]/.test(document.getElementById('verdict').textContent)")
+        page.wait_for_selector("html[lang=en]", state="attached")
+        sync_api.expect(page.locator("#verdict")).not_to_have_text(hangul)
         page.reload()
-        page.wait_for_function("document.documentElement.lang === 'en'")
+        page.wait_for_selector("html[lang=en]", state="attached")
         assert page.locator("#analyse").inner_text() == "Analyse photo"
         browser.close()
     assert shot.stat().st_size > 20_000

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -49,6 +49,7 @@ SECURITY_HEADERS = {
 DOC_PATHS = ("/docs", "/redoc")
 RETENTION_EVERY_S = 3600.0
 MULTIPART_OVERHEAD = 64 * 1024
+TOO_LARGE = b'{"detail":"request body too large"}'
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -71,18 +72,32 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.limit:
             await JSONResponse({"detail": "request body too large"}, 413)(scope, receive, send)
             return
-        seen = 0
+        seen, over = 0, False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise HTTPException(413, "request body too large")
+                    # Read no further: the app sees the client gone, and its answer (whatever
+                    # its body parser makes of that) is replaced by the 413 below.
+                    over = True
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, limited, send)
+        async def answer(message: Message) -> None:
+            if not over:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(TOO_LARGE)).encode())]})
+                await send({"type": "http.response.body", "body": TOO_LARGE})
+
+        await self.app(scope, limited, answer)
 
 
 def create_app(settings: ServeSettings | None) -> FastAPI:
