@@ -97,3 +97,41 @@ def test_the_page_in_korean_at_phone_width(server: str, skin_run: Path) -> None:
         assert page.locator("#analyse").inner_text() == "Analyse photo"
         browser.close()
     assert shot.stat().st_size > 20_000
+
+
+def test_sign_up_analyse_sign_out_and_it_is_gone(server: str, skin_run: Path) -> None:
+    """A visitor gets a private device session, creates an account (the device's analysis
+    moves into it), signs out, and the page and the API then show nothing of it."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed (.ci/run installs it)")
+    import csv
+
+    with open(skin_run / "splits.csv") as f:
+        test_id = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"][2]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(server)
+        sync_api.expect(page.locator("#account-status")).to_contain_text("private to this device")
+        page.set_input_files("#file", str(HAM_DIR / "images" / f"{test_id}.jpg"))
+        page.click("#analyse")
+        page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        analysis_id = page.evaluate("fetch('/v1/analyses').then(r => r.json())")["items"][0]["id"]
+        page.fill("#email", "browser@example.org")
+        page.fill("#password", "a long password")
+        page.click("#sign-up")
+        sync_api.expect(page.locator("#account-status")).to_contain_text(
+            "Signed in as browser@example.org")
+        sync_api.expect(page.locator("#history tr")).to_have_count(1)  # moved into the account
+        page.click("#sign-out")
+        sync_api.expect(page.locator("#account-status")).to_contain_text("private to this device")
+        sync_api.expect(page.locator("#history-empty")).to_be_visible()
+        status = page.evaluate(f"fetch('/v1/analyses/{analysis_id}').then(r => r.status)")
+        assert status == 404  # the new device session cannot reach the account's analysis
+        photo = page.evaluate(f"fetch('/v1/analyses/{analysis_id}/photo').then(r => r.status)")
+        assert photo == 404
+        browser.close()
+    assert not [e for e in errors if "Content Security Policy" in e], errors
