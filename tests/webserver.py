@@ -15,7 +15,8 @@ from tests.s3server import free_ports
 
 
 @contextmanager
-def dermalab_server(run_dir: Path, state_dir: Path, timeout: float = 180.0) -> Iterator[str]:
+def dermalab_server(run_dir: Path, state_dir: Path, timeout: float = 180.0,
+                    extra_args: tuple[str, ...] = ()) -> Iterator[str]:
     """Start the server (history and uploads in ``state_dir``); yield its URL once healthy."""
     port = free_ports(1)[0]
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -24,7 +25,7 @@ def dermalab_server(run_dir: Path, state_dir: Path, timeout: float = 180.0) -> I
         proc = subprocess.Popen(
             [sys.executable, "-m", "dermalab", "serve", str(run_dir), "--port", str(port),
              "--db", f"sqlite:///{state_dir / 'history.db'}", "--images",
-             str(state_dir / "uploads")],
+             str(state_dir / "uploads"), *extra_args],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
         url = f"http://127.0.0.1:{port}"
         try:

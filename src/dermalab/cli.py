@@ -393,7 +393,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(run_dir=args.run_dir, database_url=args.db,
                              image_store=args.images, open=args.open, allowed_hosts=hosts,
                              docs=args.docs, retention_days=args.retention_days,
-                             cookie_secure=args.secure_cookies)
+                             cookie_secure=args.secure_cookies, rate_signin=args.rate_signin,
+                             rate_upload=args.rate_upload)
     mode = ("OPEN mode: no accounts, every analysis visible to whoever uses it (single-user "
             "local install)" if args.open else "accounts: each person sees only their own "
             "analyses")
@@ -594,6 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "than N days with their photos (checked hourly)")
     sv.add_argument("--secure-cookies", action="store_true", help="mark the session cookie "
                     "Secure (when served over HTTPS, e.g. behind a proxy)")
+    sv.add_argument("--rate-signin", default="10/minute", help="sign-in and sign-up attempts "
+                    "allowed per account and per client address")
+    sv.add_argument("--rate-upload", default="30/minute", help="uploads allowed per person "
+                    "and per client address")
     sv.add_argument("--docs", action="store_true", help="serve /docs and /redoc (they load "
                     "Swagger UI from a CDN; development only)")
     sv.set_defaults(func=cmd_serve)
