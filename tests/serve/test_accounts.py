@@ -101,7 +101,8 @@ def test_no_session_is_401_on_every_private_path(client: TestClient) -> None:
 
 
 def test_cookie_writes_need_the_csrf_token(client: TestClient) -> None:
-    r = client.post("/v1/auth/anonymous", headers=XRW)
+    r = client.post("/v1/auth/anonymous", headers={**XRW, "X-Dermalab-Page": "1"})
+    assert r.json()["token"] is None  # the page's session stays in the HttpOnly cookie
     assert "httponly" in r.headers["set-cookie"].lower()
     assert "samesite=strict" in r.headers["set-cookie"].lower()
     csrf = r.json()["csrf_token"]

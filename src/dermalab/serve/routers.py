@@ -100,14 +100,21 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _session_response(svc: Service, response: Response, issued: Issued, email: str | None,
-                      anonymous: bool) -> dict[str, Any]:
+PAGE_HEADER = "x-dermalab-page"
+
+
+def _session_response(svc: Service, request: Request, response: Response, issued: Issued,
+                      email: str | None, anonymous: bool) -> dict[str, Any]:
+    """Set the session cookie; API clients also get the bearer token in the body, the page
+    (which says so with ``X-Dermalab-Page``) does not: its session stays in the HttpOnly
+    cookie, out of reach of any script."""
     response.set_cookie(SESSION_COOKIE, issued.token, httponly=True, samesite="strict",
                         secure=svc.settings.cookie_secure, path="/",
                         max_age=svc.accounts.session_days * 86400)
     response.headers["Cache-Control"] = "no-store"
     return {"mode": "accounts", "user_id": issued.user_id, "email": email,
-            "anonymous": anonymous, "csrf_token": issued.csrf, "token": issued.token}
+            "anonymous": anonymous, "csrf_token": issued.csrf,
+            "token": None if request.headers.get(PAGE_HEADER) else issued.token}
 
 
 def _account_error(exc: AccountError) -> HTTPException:
@@ -131,7 +138,7 @@ def start_anonymous(request: Request, response: Response, svc: Service) -> dict[
     if limits is not None:
         limits.hit("signin", f"ip:{_client(request)}")
     uid = svc.accounts.anonymous()
-    return _session_response(svc, response, svc.accounts.issue(uid), None, True)
+    return _session_response(svc, request, response, svc.accounts.issue(uid), None, True)
 
 
 @auth.post("/signup", response_model=SessionOut, status_code=201,
@@ -148,7 +155,8 @@ def sign_up(request: Request, response: Response, svc: Service, body: Credential
     except AccountError as exc:
         raise _account_error(exc) from None
     _adopt(svc, caller, uid)
-    return _session_response(svc, response, svc.accounts.issue(uid), body.email.lower(), False)
+    return _session_response(svc, request, response, svc.accounts.issue(uid),
+                             body.email.lower(), False)
 
 
 @auth.post("/signin", response_model=SessionOut,
@@ -164,7 +172,8 @@ def sign_in(request: Request, response: Response, svc: Service, body: Credential
     if uid is None:
         raise HTTPException(401, "wrong email or password")
     _adopt(svc, caller, uid)
-    return _session_response(svc, response, svc.accounts.issue(uid), body.email.lower(), False)
+    return _session_response(svc, request, response, svc.accounts.issue(uid),
+                             body.email.lower(), False)
 
 
 def _adopt(svc: Service, caller: MaybeCaller, uid: str) -> None:

@@ -23,8 +23,8 @@ const writeHeaders = () => ({...headers(),
 async function ensureSession() {
   let res = await fetch("/v1/auth/session");
   if (res.status === 401) {
-    res = await fetch("/v1/auth/anonymous", {method: "POST",
-                                              headers: {"X-Requested-With": "dermalab"}});
+    res = await fetch("/v1/auth/anonymous", {method: "POST", headers: {
+      "X-Requested-With": "dermalab", "X-Dermalab-Page": "1"}});
   }
   S = res.ok ? await res.json() : null;
   renderAccount();
@@ -43,7 +43,7 @@ function renderAccount() {
 async function credentials(path) {
   $("account-error").textContent = "";
   const res = await fetch(path, {method: "POST", headers: {...writeHeaders(),
-    "Content-Type": "application/json"}, body: JSON.stringify({email: $("email").value,
+    "Content-Type": "application/json", "X-Dermalab-Page": "1"}, body: JSON.stringify({email: $("email").value,
                                                               password: $("password").value})});
   const body = await res.json();
   if (!res.ok) { $("account-error").textContent = body.detail || msg("page.error_generic");
