@@ -319,6 +319,17 @@ def _ham_image_dirs(csv_path: Path, cfg: DataConfig) -> list[Path]:
     return found or [base]
 
 
+def _bad_row(where: str, problem: str | None, cfg: DataConfig, bad: list[dict[str, str]]
+             ) -> bool:
+    """True for a bad row listed in ``bad`` (``data.skip_bad``); raises without skip_bad."""
+    if problem is None:
+        return False
+    if not cfg.skip_bad:
+        raise DataError(f"{where}: {problem}")
+    bad.append({"path": where, "error": problem})
+    return True
+
+
 def read_ham10000(path: Path, cfg: DataConfig) -> SourceData:
     """HAM10000 metadata CSV (``lesion_id,image_id,dx[,dx_type,age,sex,localization]``).
 
@@ -362,10 +373,7 @@ def read_ham10000(path: Path, cfg: DataConfig) -> SourceData:
             problem = f"unknown dx '{dx}' (known: {sorted(HAM_DX_NAMES)})"
         elif image_id not in index:
             problem = f"image {image_id} not found in {[str(d) for d in dirs]}"
-        if problem:
-            if not cfg.skip_bad:
-                raise DataError(f"{where}: {problem}")
-            bad.append({"path": where, "error": problem})
+        if _bad_row(where, problem, cfg, bad):
             continue
         seen.add(image_id)
         meta: dict[str, object] = {k: row.get(k, "") for k in ("dx_type", "sex", "localization")}
@@ -426,19 +434,20 @@ def read_isic2019(path: Path, cfg: DataConfig) -> SourceData:
     index = _image_index(dirs)
     samples: list[Sample] = []
     bad: list[dict[str, str]] = []
+    seen: set[str] = set()
     for line_no, row in enumerate(rows, start=2):
         image_id, where = row["image"], f"{truth}:{line_no}"
         hot = [c for c in columns if row.get(c) not in ("", "0", "0.0")]
         problem = None
         if len(hot) != 1:
             problem = f"{len(hot)} classes marked for {image_id} (expected exactly one)"
+        elif image_id in seen:
+            problem = f"image {image_id} appears twice"
         elif image_id not in index:
             problem = f"image {image_id} not found in {[str(d) for d in dirs]}"
-        if problem:
-            if not cfg.skip_bad:
-                raise DataError(f"{where}: {problem}")
-            bad.append({"path": where, "error": problem})
+        if _bad_row(where, problem, cfg, bad):
             continue
+        seen.add(image_id)
         m = meta_rows.get(image_id, {})
         info: dict[str, object] = {"sex": m.get("sex", ""),
                                    "localization": m.get("anatom_site_general", "")}

@@ -51,9 +51,7 @@ def create_analysis(request: Request, svc: Service, lang: Language, caller: Call
                     file: Annotated[UploadFile, File(description="A photo of the skin concern "
                                                                  "(JPEG, PNG...)")]
                     ) -> dict[str, Any]:
-    limits = getattr(request.app.state, "limits", None)
-    if limits is not None:
-        limits.hit("upload", f"owner:{caller.owner}", f"ip:{_client(request)}")
+    _limit(request, "upload", f"owner:{caller.owner}", f"ip:{_client(request)}")
     limit = svc.settings.max_upload_bytes
     data = file.file.read(limit + 1)  # never read more than the limit into memory
     return svc.analyze(data, file.filename or "upload", lang, owner=caller.owner)
@@ -100,6 +98,13 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def _limit(request: Request, kind: str, *keys: str) -> None:
+    """Count one ``kind`` event (signin, upload) for every key; 429 when over the limit."""
+    limits = getattr(request.app.state, "limits", None)
+    if limits is not None:
+        limits.hit(kind, *keys)
+
+
 PAGE_HEADER = "x-dermalab-page"
 
 
@@ -134,9 +139,7 @@ def start_anonymous(request: Request, response: Response, svc: Service) -> dict[
     # browser's session for a fresh one.
     if request.headers.get("x-requested-with") != "dermalab":
         raise HTTPException(403, "send X-Requested-With: dermalab")
-    limits = getattr(request.app.state, "limits", None)
-    if limits is not None:
-        limits.hit("signin", f"ip:{_client(request)}")
+    _limit(request, "signin", f"ip:{_client(request)}")
     uid = svc.accounts.anonymous()
     return _session_response(svc, request, response, svc.accounts.issue(uid), None, True)
 
@@ -147,9 +150,7 @@ def start_anonymous(request: Request, response: Response, svc: Service) -> dict[
 def sign_up(request: Request, response: Response, svc: Service, body: Credentials,
             caller: MaybeCaller) -> dict[str, Any]:
     _no_accounts(svc)
-    limits = getattr(request.app.state, "limits", None)
-    if limits is not None:
-        limits.hit("signin", f"ip:{_client(request)}")
+    _limit(request, "signin", f"ip:{_client(request)}")
     try:
         uid = svc.accounts.sign_up(body.email, body.password)
     except AccountError as exc:
@@ -165,9 +166,7 @@ def sign_up(request: Request, response: Response, svc: Service, body: Credential
 def sign_in(request: Request, response: Response, svc: Service, body: Credentials,
             caller: MaybeCaller) -> dict[str, Any]:
     _no_accounts(svc)
-    limits = getattr(request.app.state, "limits", None)
-    if limits is not None:
-        limits.hit("signin", f"ip:{_client(request)}", f"email:{body.email.strip().lower()}")
+    _limit(request, "signin", f"ip:{_client(request)}", f"email:{body.email.strip().lower()}")
     uid = svc.accounts.authenticate(body.email, body.password)
     if uid is None:
         raise HTTPException(401, "wrong email or password")
