@@ -163,7 +163,7 @@ class AnalysisService:
         self.conditions = load_conditions()
         engine = make_engine(settings.database_url
                              or f"sqlite:///{(serving / 'history.db').resolve()}")
-        self.history = HistoryStore("", engine=engine)
+        self.history = HistoryStore(engine)
         self.accounts = AccountStore(engine)
         self.images = ImageStore(settings.image_store or str(serving / "uploads"))
         # For global-average-pool + linear heads, Grad-CAM at the final feature map has a
@@ -310,12 +310,19 @@ class AnalysisService:
     def photo(self, analysis_id: str, owner: Owner) -> bytes | None:
         """The stored photo of one of ``owner``'s analyses."""
         row = self.history.get(analysis_id, owner)
-        if row is None:
-            return None
+        return self._read_photo(row.image_ref) if row is not None else None
+
+    def _read_photo(self, key: str) -> bytes | None:
         try:
-            return self.images.read(row.image_ref)
+            return self.images.read(key)
         except FileNotFoundError:  # a crash between the row and the photo: said as missing
             return None
+
+    def _delete_photos(self, rows: list[Analysis]) -> int:
+        """Delete the photos of analyses whose rows are gone; returns how many rows."""
+        for r in rows:
+            self.images.delete(r.image_ref)
+        return len(rows)
 
     def page(self, limit: int, offset: int, lang: str = DEFAULT_LANGUAGE, owner: Owner = OPEN
              ) -> dict[str, Any]:
@@ -337,7 +344,7 @@ class AnalysisService:
         row = self.history.delete(analysis_id, owner)
         if row is None:
             return False
-        self.images.delete(row.image_ref)
+        self._delete_photos([row])
         return True
 
     def sweep_orphans(self, grace_s: float = 600.0) -> tuple[int, int]:
@@ -347,12 +354,11 @@ class AnalysisService:
         from datetime import timedelta
 
         refs = self.history.image_refs()
-        stray = [k for k in self.images.list_keys() if k not in refs]
+        keys = set(self.images.list_keys())  # one listing (an S3 listing is paged I/O)
+        stray = keys - refs
         for key in stray:
             self.images.delete(key)
-        have = set(self.images.list_keys())
-        cutoff = now() - timedelta(seconds=grace_s)
-        dead = self.history.without_photo(have, cutoff)
+        dead = self.history.without_photo(keys & refs, now() - timedelta(seconds=grace_s))
         return len(stray), len(dead)
 
     # -- accounts ------------------------------------------------------------------------------
@@ -364,11 +370,9 @@ class AnalysisService:
 
     def delete_account(self, user_id: str) -> int:
         """Delete a user, every analysis and every photo of theirs; returns how many."""
-        rows = self.history.delete_all_of(user_id)
-        for r in rows:
-            self.images.delete(r.image_ref)
+        n = self._delete_photos(self.history.delete_all_of(user_id))
         self.accounts.remove_user(user_id)
-        return len(rows)
+        return n
 
     def export(self, user_id: str) -> bytes:
         """A zip of the user's photos and ``analyses.json`` (their data, downloadable)."""
@@ -381,7 +385,7 @@ class AnalysisService:
             for r in rows:
                 res = json.loads(r.result_json)
                 res.pop("heatmap_png", None)
-                photo = self.photo(r.id, user_id)
+                photo = self._read_photo(r.image_ref)
                 if photo is not None:
                     zf.writestr(f"photos/{r.image_ref}", photo)
                 items.append({**res, "photo": f"photos/{r.image_ref}" if photo else None})
@@ -392,11 +396,10 @@ class AnalysisService:
         """Retention: delete analyses older than ``days`` with their photos."""
         from datetime import timedelta
 
-        rows = self.history.delete_older_than((at or now()) - timedelta(days=days))
-        for r in rows:
-            self.images.delete(r.image_ref)
+        n = self._delete_photos(self.history.delete_older_than((at or now())
+                                                                - timedelta(days=days)))
         self.accounts.purge_expired()
-        return len(rows)
+        return n
 
     def model_card(self) -> dict[str, Any]:
         """The model card."""

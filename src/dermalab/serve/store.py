@@ -177,8 +177,8 @@ def make_engine(url: str) -> Any:
 class HistoryStore:
     """Thread-safe history: one session per call; writes serialised for SQLite."""
 
-    def __init__(self, url: str, engine: Any | None = None) -> None:
-        self.engine = engine if engine is not None else make_engine(url)
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine  # from make_engine: shared with the account store
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write = threading.Lock()
 
