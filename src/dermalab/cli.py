@@ -112,8 +112,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
             "size": entry.size_text(entry.default_parts()),
             "parts": {p: {"default": part.default, "description": part.description,
                           "size": entry.size_text([p]),
-                          "downloaded": state.exists and (not state.managed or p in state.parts)
-                          if state.managed else None}
+                          "downloaded": p in state.parts if state.managed else None}
                       for p, part in entry.parts.items()},
             "path": str(state.path),
             "cached": ("downloaded" if state.managed else "local copy") if state.exists

@@ -378,7 +378,7 @@ PATH_KEYS = (("data", "source"), ("data", "split_file"), ("data", "masks"),
 #: Values of those keys that are words, not paths.
 PATH_WORDS = frozenset({"labelme"})
 #: A bare word with no such file beside the config may name a dataset (``source: ham10000``).
-_WORD = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+DATASET_WORD = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
 def _resolve_file_paths(tree: dict[str, Any], base: Path) -> None:
@@ -388,7 +388,7 @@ def _resolve_file_paths(tree: dict[str, Any], base: Path) -> None:
         if not isinstance(value, str) or not value or "://" in value or value in PATH_WORDS \
                 or Path(value).expanduser().is_absolute():
             continue
-        if (section, key) == ("data", "source") and _WORD.fullmatch(value) \
+        if (section, key) == ("data", "source") and DATASET_WORD.fullmatch(value) \
                 and not (base / value).exists():
             continue
         sub[key] = str((base / value).resolve())  # type: ignore[index]

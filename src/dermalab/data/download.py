@@ -20,6 +20,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 import httpx
 from tqdm.auto import tqdm
 
+from dermalab.core.atomic import atomic_write_text
 from dermalab.core.errors import DataError
 from dermalab.data.catalog import (
     MARKER,
@@ -47,6 +49,7 @@ from dermalab.data.catalog import (
     local_state,
     parse_location,
 )
+from dermalab.data.images import is_image_name
 from dermalab.data.unpack import Limits, remove_tree, unpack_archive
 
 CHUNK = 1 << 20
@@ -176,10 +179,7 @@ def _transfer(dataset: str, f: RemoteFile, url: str, part: Path, *, client: http
             start = int(m.group(1))  # a server may resend from earlier: honour it
         length = resp.headers.get("content-length")
         expected_end = start + int(length) if length is not None else f.size
-        mode = "r+b" if start else "wb"
-        if start == 0 and part.exists():
-            part.unlink()
-            mode = "wb"
+        mode = "r+b" if start else "wb"  # "wb" starts the file afresh
         bar = tqdm(total=f.size or expected_end, initial=start, unit="B", unit_scale=True,
                    desc=f.name, disable=not progress, file=sys.stderr, leave=False)
         done = start
@@ -226,8 +226,6 @@ def _check_space(entry: DatasetEntry, parts: list[str], root: Path) -> None:
 
 
 def _count_images(paths: Iterable[Path]) -> int:
-    from dermalab.data.images import is_image_name
-
     return sum(1 for p in paths if is_image_name(p.name))
 
 
@@ -265,7 +263,6 @@ def download_dataset(name: str, *, root: Path | None = None, parts: Iterable[str
     staging = work / "staging"
     remove_tree(staging)  # a staging folder from a failed run is never trusted
     installed: dict[str, dict[str, dict[str, object]]] = {}
-    mirror = mirror or None
     try:
         with httpx.Client(follow_redirects=True, headers={"User-Agent": USER_AGENT},
                           timeout=httpx.Timeout(30.0, read=120.0)) as client:
@@ -296,18 +293,14 @@ def download_dataset(name: str, *, root: Path | None = None, parts: Iterable[str
                         dest.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(got.path, dest)
                     installed[pname][f.name] = record
-    except OSError as exc:
+    except BaseException as exc:
         remove_tree(staging)
-        _prune_empty(root / PARTIAL_DIR)
-        if _disk_full(exc):
+        _prune_empty(root / PARTIAL_DIR)  # only resumable .part files and verified files stay
+        if isinstance(exc, OSError) and _disk_full(exc):
             raise DownloadError(f"{name}: the disk is full under {root}; free space or pass "
                                 "--to DIR on a larger disk") from None
         raise
-    except BaseException:
-        remove_tree(staging)
-        _prune_empty(root / PARTIAL_DIR)  # only resumable .part files and verified files stay
-        raise
-    _land(entry, state, staging, installed, wanted)
+    _land(entry, state, staging, installed)
     remove_tree(work)  # the verified archives are kept until here, so a failed run reuses them
     with contextlib.suppress(OSError):  # other datasets may be mid-download
         (root / PARTIAL_DIR).rmdir()
@@ -326,7 +319,7 @@ def _prune_empty(folder: Path) -> None:
 
 
 def _land(entry: DatasetEntry, state: LocalState, staging: Path,
-          installed: dict[str, dict[str, dict[str, object]]], wanted: list[str]) -> None:
+          installed: dict[str, dict[str, dict[str, object]]]) -> None:
     """Move the staged parts into the dataset folder; the marker is written last."""
     now = datetime.now(UTC).isoformat(timespec="seconds")
     parts = dict(state.parts)
@@ -335,7 +328,7 @@ def _land(entry: DatasetEntry, state: LocalState, staging: Path,
               "homepage": entry.homepage, "parts": parts}
     staging.mkdir(parents=True, exist_ok=True)
     if not state.exists:
-        (staging / MARKER).write_text(json.dumps(marker, indent=2), "utf-8")
+        atomic_write_text(staging / MARKER, json.dumps(marker, indent=2))
         state.path.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(state.path)  # one atomic step: the dataset appears complete or not at all
         return
@@ -350,9 +343,7 @@ def _land(entry: DatasetEntry, state: LocalState, staging: Path,
         else:
             remove_tree(dest)
             item.rename(dest)
-    tmp = state.path / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=2), "utf-8")
-    tmp.replace(state.path / MARKER)
+    atomic_write_text(state.path / MARKER, json.dumps(marker, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,8 +363,6 @@ def resolve_dataset(location: str, *, progress: bool = True,
     needed = entry.default_parts() if part is None else [part]
     state = local_state(entry)
     if not state.has(needed):
-        import os
-
         download_dataset(entry.name, parts=needed, progress=progress, catalog=catalog,
                          mirror=os.environ.get("DERMALAB_MIRROR"))
         state = local_state(entry)

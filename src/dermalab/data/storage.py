@@ -10,13 +10,12 @@ remote schemes are refused with a clear message.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from dermalab.core.config import DATASET_WORD
 from dermalab.core.errors import DataError
 
 UNSUPPORTED_SCHEMES = ("gs://", "http://", "https://", "az://", "abfs://")
-DATASET_WORD = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
 def is_remote(location: str) -> bool:
