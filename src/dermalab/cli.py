@@ -388,12 +388,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dermalab.serve.service import ServeSettings, check_servable
 
     check_servable(RunPaths(Path(args.run_dir)))  # before announcing anything
+    if args.clinics:
+        from dermalab.serve.clinics import load_directory
+
+        load_directory(args.clinics)
     hosts = tuple(args.allowed_host or ()) or ("127.0.0.1", "localhost", args.host)
     settings = ServeSettings(run_dir=args.run_dir, database_url=args.db,
                              image_store=args.images, open=args.open, allowed_hosts=hosts,
                              docs=args.docs, retention_days=args.retention_days,
                              cookie_secure=args.secure_cookies, rate_signin=args.rate_signin,
-                             rate_upload=args.rate_upload)
+                             rate_upload=args.rate_upload, rate_storage=args.rate_storage,
+                             clinics=args.clinics, orphan_grace_s=args.orphan_grace)
     mode = ("OPEN mode: no accounts, every analysis visible to whoever uses it (single-user "
             "local install)" if args.open else "accounts: each person sees only their own "
             "analyses")
@@ -598,6 +603,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "allowed per account and per client address")
     sv.add_argument("--rate-upload", default="30/minute", help="uploads allowed per person "
                     "and per client address")
+    sv.add_argument("--rate-storage", default="memory://", help="where rate-limit counts "
+                    "live; several servers behind one address need a shared one "
+                    "(redis://HOST:6379)")
+    sv.add_argument("--clinics", metavar="FILE", help="clinic directory (CSV or YAML; see "
+                    "configs/clinics.example.yaml) for the dermatologist finder")
+    sv.add_argument("--orphan-grace", type=float, metavar="S", help="at start-up, delete "
+                    "analyses whose photo is missing once older than S seconds (default 0 "
+                    "with the run's own database and photos, 600 with --db/--images, which "
+                    "another server may be writing)")
     sv.add_argument("--docs", action="store_true", help="serve /docs and /redoc (they load "
                     "Swagger UI from a CDN; development only)")
     sv.set_defaults(func=cmd_serve)

@@ -377,10 +377,11 @@ def test_alembic_upgrades_a_database_of_the_version_before_accounts(tmp_path: Pa
     from sqlalchemy import inspect, text
 
     with engine.connect() as conn:
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0002"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0003"
         cols = {c["name"] for c in inspect(conn).get_columns("analyses")}
         assert "owner_id" in cols
-        assert {"users", "auth_tokens"} <= set(inspect(conn).get_table_names())
+        assert {"users", "auth_tokens", "spots"} <= set(inspect(conn).get_table_names())
+        assert "spot_id" in cols
         row = conn.execute(text("select image_ref, owner_id, filename from analyses")).one()
         assert tuple(row) == ("a1.jpeg", None, "mole.jpg")  # a key inside the store now
     make_engine(f"sqlite:///{path}")  # a second start is a no-op

@@ -132,7 +132,8 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
         docs_url="/docs" if opts.docs else None,
         redoc_url="/redoc" if opts.docs else None,
     )
-    app.state.limits = RateLimits(signin=opts.rate_signin, upload=opts.rate_upload)
+    app.state.limits = RateLimits(opts.rate_storage, signin=opts.rate_signin,
+                                  upload=opts.rate_upload)
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
@@ -159,7 +160,8 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit=opts.max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(opts.allowed_hosts))
-    for router in (routers.analyses, routers.auth, routers.account, routers.meta,
+    for router in (routers.analyses, routers.spots, routers.clinics, routers.auth,
+                   routers.account, routers.meta,
                    routers.page):
         app.include_router(router)
     static = resources.files("dermalab.serve").joinpath("static")

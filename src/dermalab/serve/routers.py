@@ -6,10 +6,10 @@ from __future__ import annotations
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 
-from dermalab.core.i18n import LANGUAGE_NAMES, messages
+from dermalab.core.i18n import LANGUAGE_NAMES, messages, t
 from dermalab.serve.accounts import AccountError, Issued
 from dermalab.serve.dependencies import (
     SESSION_COOKIE,
@@ -21,11 +21,15 @@ from dermalab.serve.dependencies import (
 from dermalab.serve.schemas import (
     AnalysisOut,
     AnalysisPage,
+    ClinicCities,
+    ClinicResults,
     Credentials,
     Messages,
     ModelCard,
     Problem,
     SessionOut,
+    SpotHistory,
+    SpotList,
 )
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -39,9 +43,11 @@ AUTH: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 403: {"model":
 MAX_OFFSET = 10**9  # beyond any history; keeps the database's integer types safe
 
 analyses = APIRouter(prefix="/v1/analyses", tags=["analyses"], responses=AUTH)
+spots = APIRouter(prefix="/v1/spots", tags=["spots"], responses=AUTH)
 auth = APIRouter(prefix="/v1/auth", tags=["accounts"])
 account = APIRouter(prefix="/v1/account", tags=["accounts"], responses=AUTH)
 meta = APIRouter(tags=["model"])
+clinics = APIRouter(prefix="/v1/clinics", tags=["clinics"])
 page = APIRouter(include_in_schema=False)
 
 
@@ -49,12 +55,15 @@ page = APIRouter(include_in_schema=False)
                summary="Analyse a photo")
 def create_analysis(request: Request, svc: Service, lang: Language, caller: Caller,
                     file: Annotated[UploadFile, File(description="A photo of the skin concern "
-                                                                 "(JPEG, PNG...)")]
+                                                                 "(JPEG, PNG...)")],
+                    spot: Annotated[str | None, Form(max_length=120, description=(
+                        "Name of the spot to file this photo under (e.g. 'left shoulder "
+                        "mole'), to follow it over time; a new name starts a new spot"))] = None
                     ) -> dict[str, Any]:
     _limit(request, "upload", f"owner:{caller.owner}", f"ip:{_client(request)}")
     limit = svc.settings.max_upload_bytes
     data = file.file.read(limit + 1)  # never read more than the limit into memory
-    return svc.analyze(data, file.filename or "upload", lang, owner=caller.owner)
+    return svc.analyze(data, file.filename or "upload", lang, owner=caller.owner, spot=spot)
 
 
 # Another owner's analysis answers 404 exactly like a missing one: never confirm it exists.
@@ -91,6 +100,58 @@ def delete_analysis(svc: Service, caller: Caller, analysis_id: str) -> Response:
     if not svc.delete(analysis_id, owner=caller.owner):
         raise HTTPException(404, "no such analysis")
     return Response(status_code=204)
+
+
+@spots.get("", response_model=SpotList, summary="Your named spots")
+def list_spots(svc: Service, caller: Caller) -> dict[str, Any]:
+    return {"items": svc.spots(caller.owner)}
+
+
+@spots.get("/{spot_id}", response_model=SpotHistory, responses=NOT_FOUND,
+           summary="One of your spots over time, with a warning when it changed")
+def get_spot(svc: Service, lang: Language, caller: Caller, spot_id: str) -> dict[str, Any]:
+    res = svc.spot(spot_id, lang, owner=caller.owner)
+    if res is None:
+        raise HTTPException(404, "no such spot")
+    return res
+
+
+# -- the dermatologist finder: a public directory, so no session is needed; the position is
+# used for this answer only (never stored; the access log is off) ----------------------------
+@clinics.get("", response_model=ClinicResults, responses={404: {"model": Problem},
+                                                          422: {"model": Problem}},
+             summary="Nearest dermatology clinics to a position or a city")
+def find_clinics(svc: Service, lang: Language, response: Response,
+                 lat: Annotated[float | None, Query(ge=-90, le=90)] = None,
+                 lon: Annotated[float | None, Query(ge=-180, le=180)] = None,
+                 city: Annotated[str | None, Query(max_length=120)] = None,
+                 urgency: Annotated[str | None, Query(pattern="^(urgent|routine|self-care)$")]
+                 = None,
+                 limit: Annotated[int, Query(ge=1, le=50)] = 5) -> dict[str, Any]:
+    response.headers["Cache-Control"] = "no-store"
+    directory = svc.clinics
+    advice = t("clinics.how_to_find", lang)
+    if directory is None:
+        return {"configured": False, "items": [], "advice": advice}
+    if lat is not None and lon is not None:
+        origin = (lat, lon)
+    elif city and city.strip():
+        found = directory.city_centre(city)
+        if found is None:
+            raise HTTPException(404, t("clinics.no_city", lang, city=city.strip()))
+        origin = found
+    else:
+        raise HTTPException(422, "give lat and lon, or city")
+    items = [{**c.as_dict(), "distance_km": round(d, 1)}
+             for c, d in directory.nearest(*origin, urgent=urgency == "urgent", limit=limit)]
+    return {"configured": True, "items": items, "advice": advice}
+
+
+@clinics.get("/cities", response_model=ClinicCities, summary="Cities in the clinic directory")
+def clinic_cities(svc: Service) -> dict[str, Any]:
+    directory = svc.clinics
+    return {"configured": directory is not None,
+            "cities": directory.cities() if directory else []}
 
 
 # -- sessions ----------------------------------------------------------------------------------

@@ -26,6 +26,13 @@ class Condition(BaseModel):
     see_doctor: str = Field(description="When to see a doctor.")
 
 
+class SpotRef(BaseModel):
+    """A named spot: one lesion photographed over time."""
+
+    id: str = Field(description="Identifier of the spot.")
+    name: str = Field(description="The name its owner gave it (e.g. 'left shoulder mole').")
+
+
 class AnalysisOut(BaseModel):
     """The result of analysing one photo."""
 
@@ -56,6 +63,7 @@ class AnalysisOut(BaseModel):
     uncertain_threshold: float = Field(description="Below this top probability: 'uncertain'.")
     heatmap_png: str | None = Field(description="Grad-CAM overlay as a data: URL (PNG), showing "
                                                 "where the model looked; null for not-skin.")
+    spot: SpotRef | None = Field(None, description="The named spot this photo belongs to.")
     disclaimer: str = Field(default=DISCLAIMER, description="Always shown: not a diagnosis.")
     language: str = Field(default=DEFAULT_LANGUAGE, description="Language of the plain-language "
                           "fields: from the request's Accept-Language header or its 'lang' "
@@ -80,6 +88,7 @@ class AnalysisSummary(BaseModel):
     referral: str | None = Field(description="urgent | routine | self-care | null.")
     top_condition: str | None = Field(description="Name of the most probable condition.")
     top_probability: float | None = Field(description="Its calibrated probability.")
+    spot: str | None = Field(None, description="Name of the spot it was filed under.")
 
 
 class AnalysisPage(BaseModel):
@@ -135,3 +144,78 @@ class SessionOut(BaseModel):
                                                      "write made with the session cookie.")
     token: str | None = Field(None, description="Bearer token for API clients (shown once, at "
                                                 "sign-in; the page uses the HttpOnly cookie).")
+
+
+class SpotSummary(SpotRef):
+    """One of your spots."""
+
+    count: int = Field(description="Number of analyses of this spot.")
+    last_at: datetime | None = Field(description="When it was last photographed (UTC).")
+
+
+class SpotList(BaseModel):
+    """Your spots, most recently photographed first."""
+
+    items: list[SpotSummary]
+
+
+class SpotEntry(BaseModel):
+    """One photo of a spot."""
+
+    id: str = Field(description="The analysis (its photo: /v1/analyses/{id}/photo).")
+    created_at: datetime = Field(description="When (UTC).")
+    verdict: str = Field(description="ok | uncertain | not_skin.")
+    referral: str | None = Field(description="urgent | routine | self-care | null.")
+    top_condition: str | None = Field(description="Name of the most probable condition.")
+    top_probability: float | None = Field(description="Its calibrated probability.")
+    malignant_probability: float | None = Field(description="Calibrated probability of any "
+                                                            "possibly malignant class.")
+    malignant_threshold: float | None = Field(description="The operating point it is "
+                                                          "compared with.")
+    above_threshold: bool | None = Field(description="Malignant probability at or above the "
+                                                     "operating point.")
+    crossed: bool = Field(description="Below the operating point at the previous photo, at or "
+                                      "above it at this one.")
+
+
+class SpotHistory(SpotRef):
+    """A spot over time: change is the 'E' (evolving) of the ABCDE rule."""
+
+    analyses: list[SpotEntry] = Field(description="Its analyses, oldest first.")
+    warning: str | None = Field(description="Said when the malignant probability crossed the "
+                                            "operating point since the previous photo.")
+    disclaimer: str = Field(default=DISCLAIMER, description="Not a diagnosis.")
+    language: str = Field(default=DEFAULT_LANGUAGE, description="Language of the texts.")
+
+
+class ClinicOut(BaseModel):
+    """A clinic from the operator's directory, with its distance."""
+
+    name: str
+    address: str
+    city: str
+    latitude: float
+    longitude: float
+    phone: str | None = None
+    website: str | None = None
+    specialties: list[str] = Field(default_factory=list)
+    urgent: bool = Field(description="Accepts urgent referrals.")
+    hours: str | None = None
+    distance_km: float = Field(description="Great-circle distance from the search origin.")
+
+
+class ClinicResults(BaseModel):
+    """The nearest suitable clinics, or how to find a dermatologist without a directory."""
+
+    configured: bool = Field(description="Whether this server has a clinic directory.")
+    items: list[ClinicOut] = Field(description="Nearest first; for an urgent referral, "
+                                               "clinics accepting urgent referrals first.")
+    advice: str = Field(description="How to find a dermatologist (always given; the only "
+                                    "answer when no directory is configured).")
+
+
+class ClinicCities(BaseModel):
+    """The cities a typed city is matched against."""
+
+    configured: bool
+    cities: list[str]

@@ -58,6 +58,9 @@ class ServeSettings:
     cookie_secure: bool = False  # Secure cookies: set when served over HTTPS
     rate_signin: str = "10/minute"  # per account and per client address
     rate_upload: str = "30/minute"  # per owner and per client address
+    rate_storage: str = "memory://"  # limits storage URI; shared (redis://...) across processes
+    clinics: str | None = None  # a clinic directory (CSV or YAML) for the dermatologist finder
+    orphan_grace_s: float | None = None  # None: 0 with the run's own stores, else 600 s
 
 
 class UploadError(DermalabError):
@@ -182,6 +185,9 @@ class AnalysisService:
             for _ in range(max(1, settings.cam_workers)):
                 self._cam_models.put(copy.deepcopy(self.predictor.torch_model).eval())
         self.run_name = run_dir.resolve().name
+        from dermalab.serve.clinics import load_directory
+
+        self.clinics = load_directory(settings.clinics) if settings.clinics else None
 
     @property
     def backend(self) -> str:
@@ -247,10 +253,11 @@ class AnalysisService:
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
     def analyze(self, data: bytes, filename: str, lang: str = DEFAULT_LANGUAGE,
-                owner: Owner = OPEN) -> dict[str, Any]:
+                owner: Owner = OPEN, spot: str | None = None) -> dict[str, Any]:
         """Decode, predict, decide, explain and store one upload for ``owner`` (stored in
-        English; answered in ``lang``). The stored photo is the decoded pixels, upright, as a
-        new JPEG: the upload's EXIF/XMP (GPS position, device ids, dates) is not kept."""
+        English; answered in ``lang``), under ``owner``'s spot named ``spot`` if given. The
+        stored photo is the decoded pixels, upright, as a new JPEG: the upload's EXIF/XMP (GPS
+        position, device ids, dates) is not kept."""
         img = decode_upload(data, filename, self.settings)
         arr = np.asarray(resize_rgb(img, self.info.image_size, self.info.resize_mode),
                          dtype=np.uint8)
@@ -288,6 +295,8 @@ class AnalysisService:
             "ood_colour_score": colour_score,
             "ood_colour_threshold": self.ood_colour.threshold if self.ood_colour else None,
             "uncertain_threshold": t_unsure, "heatmap_png": heat}, DEFAULT_LANGUAGE)
+        named = self.history.spot_named(spot, owner) if spot and spot.strip() else None
+        result["spot"] = {"id": named.id, "name": named.name} if named else None
         photo = clean_photo(img)
         # The row is written before the photo: a crash in between leaves a row whose photo is
         # missing (shown as such), never an unlisted photo that no deletion would reach.
@@ -296,7 +305,8 @@ class AnalysisService:
             id=analysis_id, created_at=created, filename=result["filename"],
             verdict=verdict, referral=referral, image_ref=key, size_bytes=len(photo),
             result_json=json.dumps({**result, "created_at": created.isoformat()}),
-            owner_id=None if owner is OPEN else str(owner)))
+            owner_id=None if owner is OPEN else str(owner),
+            spot_id=named.id if named else None))
         self.images.put(key, photo)
         return result if lang == DEFAULT_LANGUAGE else self.localize(result, lang)
 
@@ -305,7 +315,17 @@ class AnalysisService:
             ) -> dict[str, Any] | None:
         """One of ``owner``'s stored analyses, in ``lang`` (None for anyone else's)."""
         row = self.history.get(analysis_id, owner)
-        return self.localize(json.loads(row.result_json), lang) if row else None
+        if row is None:
+            return None
+        return self.localize({**json.loads(row.result_json),
+                              "spot": self._spot_ref(row, self.history.spot_names(owner))},
+                             lang)
+
+    @staticmethod
+    def _spot_ref(row: Analysis, names: dict[str, str]) -> dict[str, str] | None:
+        """The row's spot as it is now (spots merge when a device's analyses move)."""
+        return ({"id": row.spot_id, "name": names[row.spot_id]}
+                if row.spot_id and row.spot_id in names else None)
 
     def photo(self, analysis_id: str, owner: Owner) -> bytes | None:
         """The stored photo of one of ``owner``'s analyses."""
@@ -328,6 +348,7 @@ class AnalysisService:
              ) -> dict[str, Any]:
         """A page of ``owner``'s summaries (condition names in ``lang``)."""
         rows, total = self.history.page(limit, offset, owner)
+        names = self.history.spot_names(owner)
         items = []
         for r in rows:
             res = json.loads(r.result_json)
@@ -336,8 +357,50 @@ class AnalysisService:
                           "verdict": r.verdict, "referral": r.referral,
                           "top_condition": (self._condition(top["class_name"], 0.0, lang)["name"]
                                             if top else None),
-                          "top_probability": top["probability"] if top else None})
+                          "top_probability": top["probability"] if top else None,
+                          "spot": names.get(r.spot_id) if r.spot_id else None})
         return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+    def spots(self, owner: Owner) -> list[dict[str, Any]]:
+        """``owner``'s named spots, most recently photographed first."""
+        return [{"id": sp.id, "name": sp.name, "count": n, "last_at": last}
+                for sp, n, last in self.history.spots(owner)]
+
+    def spot(self, spot_id: str, lang: str = DEFAULT_LANGUAGE, owner: Owner = OPEN
+             ) -> dict[str, Any] | None:
+        """One of ``owner``'s spots over time: every analysis of it oldest first, with the top
+        condition and malignant probability, and a warning when the malignant probability
+        crossed its operating point (from below to at-or-above) between the last two photos.
+        ``None`` for another owner's spot."""
+        found = self.history.spot(spot_id, owner)
+        if found is None:
+            return None
+        sp, rows = found
+        entries: list[dict[str, Any]] = []
+        for r in rows:
+            res = json.loads(r.result_json)
+            top = res["conditions"][0] if res["conditions"] else None
+            mal_p, mal_t = res.get("malignant_probability"), res.get("malignant_threshold")
+            prev = entries[-1] if entries else None
+            above = mal_p is not None and mal_t is not None and mal_p >= mal_t
+            entries.append({
+                "id": r.id, "created_at": res["created_at"], "verdict": r.verdict,
+                "referral": r.referral,
+                "top_condition": (self._condition(top["class_name"], 0.0, lang)["name"]
+                                  if top else None),
+                "top_probability": top["probability"] if top else None,
+                "malignant_probability": mal_p, "malignant_threshold": mal_t,
+                "above_threshold": above if mal_p is not None else None,
+                "crossed": bool(prev is not None and prev["above_threshold"] is False
+                                and above)})
+        warning = None
+        if len(entries) >= 2 and entries[-1]["crossed"]:
+            last, before = entries[-1], entries[-2]
+            warning = t("spot.crossed", lang, before=percent(before["malignant_probability"]),
+                        now=percent(last["malignant_probability"]),
+                        threshold=percent(last["malignant_threshold"]))
+        return {"id": sp.id, "name": sp.name, "analyses": entries, "warning": warning,
+                "disclaimer": t("disclaimer", lang), "language": lang}
 
     def delete(self, analysis_id: str, owner: Owner = OPEN) -> bool:
         """Delete one of ``owner``'s analyses and its stored image."""
@@ -347,12 +410,26 @@ class AnalysisService:
         self._delete_photos([row])
         return True
 
-    def sweep_orphans(self, grace_s: float = 600.0) -> tuple[int, int]:
+    @property
+    def orphan_grace_s(self) -> float:
+        """How old a photo-less analysis must be before the start-up sweep deletes it: 0 when
+        the database and photos are the run's own (only this process writes them, and at
+        start-up it has nothing in flight), else 10 minutes, since another server sharing
+        them may be between writing a row and its photo."""
+        s = self.settings
+        if s.orphan_grace_s is not None:
+            return s.orphan_grace_s
+        return 0.0 if s.database_url is None and s.image_store is None else 600.0
+
+    def sweep_orphans(self, grace_s: float | None = None) -> tuple[int, int]:
         """Start-up clean-up after a crash: photos no analysis refers to (a deletion cut short)
-        are deleted, and analyses older than ``grace_s`` whose photo never got written (an
-        upload cut short, never answered). Returns (photos, analyses) removed."""
+        and temporary files of writes cut short are deleted, and analyses older than
+        ``grace_s`` (default :attr:`orphan_grace_s`) whose photo never got written (an upload
+        cut short, never answered). Returns (photos, analyses) removed."""
         from datetime import timedelta
 
+        grace_s = self.orphan_grace_s if grace_s is None else grace_s
+        self.images.sweep_temporaries(grace_s)
         refs = self.history.image_refs()
         keys = set(self.images.list_keys())  # one listing (an S3 listing is paged I/O)
         stray = keys - refs
@@ -379,6 +456,7 @@ class AnalysisService:
         import zipfile
 
         rows = self.history.all_of(user_id)
+        spot_names = self.history.spot_names(user_id)
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             items = []
@@ -388,7 +466,8 @@ class AnalysisService:
                 photo = self._read_photo(r.image_ref)
                 if photo is not None:
                     zf.writestr(f"photos/{r.image_ref}", photo)
-                items.append({**res, "photo": f"photos/{r.image_ref}" if photo else None})
+                items.append({**res, "photo": f"photos/{r.image_ref}" if photo else None,
+                              "spot": spot_names.get(r.spot_id) if r.spot_id else None})
             zf.writestr("analyses.json", json.dumps({"analyses": items}, indent=2))
         return buf.getvalue()
 

@@ -12,6 +12,7 @@ place at start-up.
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
@@ -75,6 +76,22 @@ class Analysis(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     result_json: Mapped[str] = mapped_column(Text)
     owner_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    spot_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+
+
+class Spot(Base):
+    """A lesion one person photographs again over time, by the name they gave it."""
+
+    __tablename__ = "spots"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    name: Mapped[str] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def spot_key(name: str) -> str:
+    """What makes two spot names the same spot: case and runs of spaces do not count."""
+    return " ".join(name.split()).casefold()
 
 
 class _Open:
@@ -146,6 +163,20 @@ class ImageStore:
         else:
             (self.root / key).unlink(missing_ok=True)
 
+    def sweep_temporaries(self, older_than_s: float = 0.0) -> int:
+        """Delete the temporaries of writes a crash cut short (``.<key>.<pid>-<tid>.tmp`` on
+        disk; S3 puts are atomic and leave none) older than ``older_than_s``."""
+        if self.s3:
+            return 0
+        import time
+
+        cutoff, n = time.time() - older_than_s, 0
+        for p in self.root.glob(".*.tmp"):
+            if p.is_file() and p.stat().st_mtime <= cutoff:
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
     def list_keys(self) -> list[str]:
         """Every stored key (for tests and the orphan sweep)."""
         if self.s3:
@@ -183,8 +214,8 @@ class HistoryStore:
         self._write = threading.Lock()
 
     @staticmethod
-    def _mine(stmt: Any, owner: Owner) -> Any:
-        return stmt if owner is OPEN else stmt.where(Analysis.owner_id == owner)
+    def _mine(stmt: Any, owner: Owner, table: Any = Analysis) -> Any:
+        return stmt if owner is OPEN else stmt.where(table.owner_id == owner)
 
     def add(self, row: Analysis) -> None:
         """Insert one analysis."""
@@ -222,25 +253,80 @@ class HistoryStore:
             return row
 
     def delete_all_of(self, owner: str) -> list[Analysis]:
-        """Delete and return every analysis of ``owner``."""
+        """Delete and return every analysis of ``owner``, and every spot they named."""
         with self._write, Session(self.engine) as s, s.begin():
             rows = list(s.scalars(select(Analysis).where(Analysis.owner_id == owner)).all())
             s.execute(delete(Analysis).where(Analysis.owner_id == owner))
+            s.execute(delete(Spot).where(Spot.owner_id == owner))
             return rows
 
     def delete_older_than(self, cutoff: datetime) -> list[Analysis]:
-        """Delete and return every analysis created before ``cutoff`` (retention)."""
+        """Delete and return every analysis created before ``cutoff`` (retention), and the
+        spots left with no analysis (a spot's name is health data too)."""
         with self._write, Session(self.engine) as s, s.begin():
             rows = list(s.scalars(select(Analysis).where(Analysis.created_at < cutoff)).all())
             s.execute(delete(Analysis).where(Analysis.id.in_([r.id for r in rows])))
+            used = select(Analysis.spot_id).where(Analysis.spot_id.is_not(None))
+            s.execute(delete(Spot).where(Spot.created_at < cutoff, Spot.id.not_in(used)))
             return rows
 
     def reassign(self, old_owner: str, new_owner: str) -> int:
-        """Move every analysis of ``old_owner`` to ``new_owner``; returns how many."""
+        """Move every analysis and spot of ``old_owner`` to ``new_owner`` (a spot whose name
+        the new owner already uses is merged into theirs); returns how many analyses."""
         with self._write, Session(self.engine) as s, s.begin():
+            theirs = {spot_key(sp.name): sp.id for sp in
+                      s.scalars(select(Spot).where(Spot.owner_id == new_owner))}
+            for sp in list(s.scalars(select(Spot).where(Spot.owner_id == old_owner))):
+                same = theirs.get(spot_key(sp.name))
+                if same is None:
+                    sp.owner_id = new_owner
+                else:
+                    s.execute(update(Analysis).where(Analysis.spot_id == sp.id)
+                              .values(spot_id=same))
+                    s.delete(sp)
             res = s.execute(update(Analysis).where(Analysis.owner_id == old_owner)
                             .values(owner_id=new_owner))
             return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+    # -- spots ---------------------------------------------------------------------------------
+    def spot_named(self, name: str, owner: Owner) -> Spot:
+        """``owner``'s spot called ``name`` (see :func:`spot_key`), created if new."""
+        key = spot_key(name)
+        with self._write, Session(self.engine, expire_on_commit=False) as s, s.begin():
+            # Compared in Python: SQLite's lower() folds ASCII only (a person has few spots).
+            for sp in s.scalars(self._mine(select(Spot), owner, Spot)):
+                if spot_key(sp.name) == key:
+                    return sp
+            sp = Spot(id=str(uuid.uuid4()), name=" ".join(name.split()), created_at=now(),
+                      owner_id=None if owner is OPEN else str(owner))
+            s.add(sp)
+            return sp
+
+    def spots(self, owner: Owner) -> list[tuple[Spot, int, datetime | None]]:
+        """``owner``'s spots with their number of analyses and latest date, latest first."""
+        with self.sessions() as s:
+            stmt = (self._mine(select(Spot, func.count(Analysis.id),
+                                      func.max(Analysis.created_at)), owner, Spot)
+                    .outerjoin(Analysis, Analysis.spot_id == Spot.id)
+                    .group_by(Spot.id, Spot.owner_id, Spot.name, Spot.created_at))
+            rows = [(sp, int(n), last) for sp, n, last in s.execute(stmt).all()]
+        return sorted(rows, key=lambda r: (r[2] or r[0].created_at), reverse=True)
+
+    def spot(self, spot_id: str, owner: Owner) -> tuple[Spot, list[Analysis]] | None:
+        """One of ``owner``'s spots and its analyses, oldest first (None for anyone else's)."""
+        with self.sessions() as s:
+            sp = s.scalars(self._mine(select(Spot).where(Spot.id == spot_id), owner, Spot)
+                           ).first()
+            if sp is None:
+                return None
+            rows = s.scalars(select(Analysis).where(Analysis.spot_id == sp.id)
+                             .order_by(Analysis.created_at, Analysis.id)).all()
+            return sp, list(rows)
+
+    def spot_names(self, owner: Owner) -> dict[str, str]:
+        """Spot id -> name for ``owner``'s spots."""
+        with self.sessions() as s:
+            return {sp.id: sp.name for sp in s.scalars(self._mine(select(Spot), owner, Spot))}
 
     def without_photo(self, photos: set[str], before: datetime) -> list[Analysis]:
         """Delete and return analyses created before ``before`` whose photo is not in

@@ -1,0 +1,135 @@
+"""A lesion's history: named spots, each owner's only, the crossing warning, and what happens
+to spots when analyses move, age out or the account goes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dermalab.serve.app import create_app
+from dermalab.serve.store import now
+from tests.serve.test_accounts import XRW, _photo, _settings, _signup
+
+
+@pytest.fixture
+def client(skin_run: Path, tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(_settings(skin_run, tmp_path))) as c:
+        yield c
+
+
+def _analyse(c: TestClient, who: dict[str, str], spot: str | None, i: int = 0) -> dict:
+    data = {"spot": spot} if spot is not None else {}
+    r = c.post("/v1/analyses", files={"file": (f"p{i}.jpg", _photo(i))}, data=data,
+               headers=who)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def _set_malignant(db: Path, analysis_id: str, p: float, threshold: float) -> None:
+    con = sqlite3.connect(db)
+    (raw,) = con.execute("select result_json from analyses where id = ?",
+                         (analysis_id,)).fetchone()
+    res = json.loads(raw)
+    res.update(malignant_probability=p, malignant_threshold=threshold)
+    con.execute("update analyses set result_json = ? where id = ?",
+                (json.dumps(res), analysis_id))
+    con.commit()
+    con.close()
+
+
+def test_a_named_spot_collects_its_photos_over_time(client: TestClient) -> None:
+    ann = _signup(client, "ann@example.org")
+    first = _analyse(client, ann, "Left shoulder mole", 0)
+    assert first["spot"]["name"] == "Left shoulder mole"
+    second = _analyse(client, ann, "  left shoulder   MOLE ", 1)  # the same spot
+    assert second["spot"] == first["spot"]
+    other = _analyse(client, ann, "back", 2)
+    _analyse(client, ann, None, 3)  # no spot
+    spots = client.get("/v1/spots", headers=ann).json()["items"]
+    assert [(s["name"], s["count"]) for s in spots] == [("back", 1),
+                                                         ("Left shoulder mole", 2)]
+    hist = client.get(f"/v1/spots/{first['spot']['id']}", headers=ann).json()
+    assert [a["id"] for a in hist["analyses"]] == [first["id"], second["id"]]  # oldest first
+    assert hist["analyses"][0]["crossed"] is False
+    assert hist["analyses"][0]["top_condition"] == first["conditions"][0]["name"]
+    assert client.get(f"/v1/analyses/{other['id']}", headers=ann).json()["spot"]["name"] == "back"
+    listed = client.get("/v1/analyses", headers=ann).json()["items"]
+    assert {i["spot"] for i in listed} == {"Left shoulder mole", "back", None}
+    assert client.post("/v1/analyses", files={"file": ("p.jpg", _photo(0))},
+                       data={"spot": "x" * 121}, headers=ann).status_code == 422
+
+    bob = _signup(client, "bob@example.org")
+    assert client.get("/v1/spots", headers=bob).json()["items"] == []
+    assert client.get(f"/v1/spots/{first['spot']['id']}", headers=bob).status_code == 404
+    mine = _analyse(client, bob, "Left shoulder mole")  # same name: bob's own spot
+    assert mine["spot"]["id"] != first["spot"]["id"]
+    assert client.get("/v1/spots").status_code == 401
+    assert client.get(f"/v1/spots/{first['spot']['id']}").status_code == 401
+
+
+def test_the_warning_says_when_the_malignant_probability_crossed(client: TestClient,
+                                                                  tmp_path: Path) -> None:
+    who = _signup(client, "cy@example.org")
+    a = _analyse(client, who, "mole", 0)
+    b = _analyse(client, who, "mole", 1)
+    sid = a["spot"]["id"]
+    _set_malignant(tmp_path / "h.db", a["id"], 0.10, 0.30)
+    _set_malignant(tmp_path / "h.db", b["id"], 0.45, 0.30)
+    hist = client.get(f"/v1/spots/{sid}", headers=who).json()
+    assert [e["crossed"] for e in hist["analyses"]] == [False, True]
+    assert [e["above_threshold"] for e in hist["analyses"]] == [False, True]
+    assert "10%" in hist["warning"] and "45%" in hist["warning"] and "30%" in hist["warning"]
+    ko = client.get(f"/v1/spots/{sid}?lang=ko", headers=who).json()
+    assert ko["warning"] != hist["warning"] and "45%" in ko["warning"]
+    _set_malignant(tmp_path / "h.db", a["id"], 0.50, 0.30)  # above both times: no crossing
+    hist = client.get(f"/v1/spots/{sid}", headers=who).json()
+    assert hist["warning"] is None and not any(e["crossed"] for e in hist["analyses"])
+    _set_malignant(tmp_path / "h.db", b["id"], 0.20, 0.30)  # fell below: not a warning
+    assert client.get(f"/v1/spots/{sid}", headers=who).json()["warning"] is None
+
+
+def _spot_rows(db: Path) -> list[tuple[str, str | None]]:
+    con = sqlite3.connect(db)
+    rows = con.execute("select name, owner_id from spots order by name").fetchall()
+    con.close()
+    return rows
+
+
+def test_spots_move_with_the_device_and_go_with_the_account(client: TestClient,
+                                                            tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    acct = _signup(client, "dee@example.org")
+    _analyse(client, acct, "Mole", 0)
+    r = client.post("/v1/auth/anonymous", headers=XRW)
+    device = {"Authorization": f"Bearer {r.json()['token']}"}
+    client.cookies.clear()
+    _analyse(client, device, "mole", 1)  # the same name: merged into the account's spot
+    _analyse(client, device, "arm", 2)
+    assert client.post("/v1/auth/signin", json={"email": "dee@example.org",
+                                                "password": "a long password"},
+                       headers=device).status_code == 200
+    spots = client.get("/v1/spots", headers=acct).json()["items"]
+    assert sorted((s["name"], s["count"]) for s in spots) == [("Mole", 2), ("arm", 1)]
+    moved = client.get("/v1/analyses", headers=acct).json()["items"]
+    assert sorted(str(i["spot"]) for i in moved) == ["Mole", "Mole", "arm"]
+    one = client.get(f"/v1/analyses/{moved[1]['id']}", headers=acct).json()
+    assert one["spot"]["name"] == "Mole"  # as the spot is now, not as it was stored
+    assert len(_spot_rows(db)) == 2
+    assert client.delete("/v1/account", headers=acct).status_code == 204
+    assert _spot_rows(db) == []
+
+
+def test_retention_removes_spots_left_empty(client: TestClient, tmp_path: Path) -> None:
+    who = _signup(client, "eve@example.org")
+    _analyse(client, who, "mole", 0)
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    assert svc.purge_older_than(30, at=now() + timedelta(days=29)) == 0
+    assert len(_spot_rows(tmp_path / "h.db")) == 1
+    assert svc.purge_older_than(30, at=now() + timedelta(days=31)) == 1
+    assert _spot_rows(tmp_path / "h.db") == []
