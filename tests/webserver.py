@@ -14,36 +14,55 @@ from pathlib import Path
 from tests.s3server import free_ports
 
 
+def spawn_server(run_dir: Path, log: Path, args: tuple[str, ...] = ()
+                 ) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``dermalab serve run_dir *args`` on a free port (its own process group, output
+    appended to ``log``); returns the process and its URL, not yet healthy."""
+    port = free_ports(1)[0]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dermalab", "serve", str(run_dir), "--port", str(port),
+             *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=os.environ.copy())
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path,
+                 timeout: float = 180.0) -> None:
+    """Return once ``url/healthz`` answers; raise with the log's tail if the server died."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("server did not start: "
+                                   + log.read_text()[-2000:]) from None
+            time.sleep(0.3)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def dermalab_server(run_dir: Path, state_dir: Path, timeout: float = 180.0,
                     extra_args: tuple[str, ...] = ()) -> Iterator[str]:
     """Start the server (history and uploads in ``state_dir``); yield its URL once healthy."""
-    port = free_ports(1)[0]
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dermalab", "serve", str(run_dir), "--port", str(port),
-             "--db", f"sqlite:///{state_dir / 'history.db'}", "--images",
-             str(state_dir / "uploads"), *extra_args],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + timeout
-            while True:
-                try:
-                    urllib.request.urlopen(url + "/healthz", timeout=2)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.time() > deadline:
-                        raise RuntimeError("server did not start: "
-                                           + log.read_text()[-2000:]) from None
-                    time.sleep(0.3)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    proc, url = spawn_server(run_dir, log, ("--db", f"sqlite:///{state_dir / 'history.db'}",
+                                            "--images", str(state_dir / "uploads"),
+                                            *extra_args))
+    try:
+        wait_healthy(proc, url, log, timeout)
+        yield url
+    finally:
+        stop(proc)

@@ -34,15 +34,20 @@ def test_every_condition_has_every_field_in_every_language() -> None:
 
 
 def test_the_page_and_the_service_use_only_keys_that_exist() -> None:
-    page = resources.files("dermalab.serve").joinpath("static/index.html").read_text("utf-8")
-    used = set(re.findall(r'data-i18n(?:-alt)?="([\w.\-]+)"', page))
-    used |= {k for k in re.findall(r'msg\("([\w.\-]+)"', page)
+    static = resources.files("dermalab.serve").joinpath("static")
+    page = static.joinpath("index.html").read_text("utf-8")
+    script = static.joinpath("app.js").read_text("utf-8")
+    used = set(re.findall(r'data-i18n(?:-(?:alt|placeholder))?="([\w.\-]+)"', page))
+    used |= {k for k in re.findall(r'msg\("([\w.\-]+)"', page + script)
              if not k.endswith("_")}  # "page.ref_" + a referral: listed below
     used |= {f"page.ref_{r}" for r in ("urgent", "routine", "self-care", "none")}
     used |= {"page.not_sure", "page.top"}
     assert used <= set(catalogue()), used - set(catalogue())
-    service = resources.files("dermalab.serve").joinpath("service.py").read_text("utf-8")
-    keys = set(re.findall(r'"((?:verdict|referral|upload|condition)\.[\w.\-]+)"', service))
+    serve = resources.files("dermalab.serve")
+    service = "".join(serve.joinpath(f).read_text("utf-8") for f in ("service.py",
+                                                                       "routers.py"))
+    keys = set(re.findall(r'"((?:verdict|referral|upload|condition|spot|clinics)\.[\w.\-]+)"',
+                          service))
     keys |= {f"referral.{r}" for r in ("urgent", "routine", "self-care", "not_skin",
                                        "malignant", "uncertain")}
     assert keys and keys <= set(catalogue()), keys - set(catalogue())

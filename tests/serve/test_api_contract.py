@@ -32,11 +32,13 @@ class StubService:
         self.rows: dict[str, dict[str, Any]] = {}
         self.seen: list[tuple[str, int]] = []
         self.languages: list[str] = []
+        self.spots: list[str | None] = []
 
-    def analyze(self, data: bytes, filename: str, lang: str = "en", owner: Any = None
-                ) -> dict[str, Any]:
+    def analyze(self, data: bytes, filename: str, lang: str = "en", owner: Any = None,
+                spot: str | None = None) -> dict[str, Any]:
         img = decode_upload(data, filename, self.settings)
         self.seen.append((filename, len(data)))
+        self.spots.append(spot)
         self.languages.append(lang)
         aid = str(uuid.uuid4())
         res = {"id": aid, "created_at": datetime.now(UTC), "filename": filename,
@@ -159,6 +161,7 @@ def test_model_card_health_page_and_openapi(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert set(spec["paths"]) == {
         "/v1/analyses", "/v1/analyses/{analysis_id}", "/v1/analyses/{analysis_id}/photo",
+        "/v1/spots", "/v1/spots/{spot_id}", "/v1/clinics", "/v1/clinics/cities",
         "/v1/auth/anonymous", "/v1/auth/signup", "/v1/auth/signin", "/v1/auth/session",
         "/v1/auth/signout", "/v1/account", "/v1/account/export", "/v1/model", "/v1/messages",
         "/healthz"}

@@ -215,13 +215,22 @@ def test_history_in_postgresql(skin_run: Path, tmp_path: Path) -> None:
             as_bob = {"Authorization": f"Bearer {bob['token']}"}
             assert c.get("/v1/analyses", headers=as_bob).json()["total"] == 0
             assert c.get(f"/v1/analyses/{ids[1]}", headers=as_bob).status_code == 404
+            spot = c.post("/v1/analyses", files={"file": (paths[0].name, paths[0].read_bytes())},
+                          data={"spot": "Épaule gauche"}).json()["spot"]
+            again = c.post("/v1/analyses", files={"file": (paths[1].name, paths[1].read_bytes())},
+                           data={"spot": "ÉPAULE  gauche"}).json()["spot"]
+            assert again == spot  # non-ASCII names fold the same in PostgreSQL as in SQLite
+            assert [(s["name"], s["count"]) for s in c.get("/v1/spots").json()["items"]] == \
+                [("Épaule gauche", 2)]
+            assert len(c.get(f"/v1/spots/{spot['id']}").json()["analyses"]) == 2
+            assert c.get(f"/v1/spots/{spot['id']}", headers=as_bob).status_code == 404
         from sqlalchemy import create_engine, text
 
         with create_engine(url).connect() as conn:  # really stored in PostgreSQL
-            assert conn.execute(text("select count(*) from analyses")).scalar() == 1
+            assert conn.execute(text("select count(*) from analyses")).scalar() == 3
             assert conn.execute(text("select count(*) from users")).scalar() == 2
             assert conn.execute(text("select version_num from alembic_version")).scalar() \
-                == "0002"
+                == "0003"
 
 
 def test_colour_detector_flags_page_and_saturated_images(skin_run: Path) -> None:

@@ -17,7 +17,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 
 @pytest.fixture(scope="module")
 def server(skin_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with dermalab_server(skin_run, tmp_path_factory.mktemp("web")) as url:
+    clinics = Path(__file__).parents[2] / "configs" / "clinics.example.yaml"
+    with dermalab_server(skin_run, tmp_path_factory.mktemp("web"),
+                         extra_args=("--clinics", str(clinics))) as url:
         yield url
 
 
@@ -126,6 +128,18 @@ def test_sign_up_analyse_sign_out_and_it_is_gone(server: str, skin_run: Path) ->
         sync_api.expect(page.locator("#account-status")).to_contain_text(
             "Signed in as browser@example.org")
         sync_api.expect(page.locator("#history tr")).to_have_count(1)  # moved into the account
+        # A second photo under a named spot, then that spot's history.
+        page.set_input_files("#file", str(HAM_DIR / "images" / f"{test_id}.jpg"))
+        page.fill("#spot", "left shoulder mole")
+        page.click("#analyse")
+        sync_api.expect(page.locator("#history tr")).to_have_count(2)
+        sync_api.expect(page.locator("#spots li")).to_have_count(1)
+        page.click("#see-spot")
+        sync_api.expect(page.locator("#spot-title")).to_contain_text("left shoulder mole")
+        sync_api.expect(page.locator("#spot-timeline figure")).to_have_count(1)
+        page.wait_for_function(
+            "() => document.querySelector('#spot-timeline img').naturalWidth > 0")
+        spot_id = page.evaluate("fetch('/v1/spots').then(r => r.json())")["items"][0]["id"]
         page.click("#sign-out")
         sync_api.expect(page.locator("#account-status")).to_contain_text("private to this device")
         sync_api.expect(page.locator("#history-empty")).to_be_visible()
@@ -133,5 +147,49 @@ def test_sign_up_analyse_sign_out_and_it_is_gone(server: str, skin_run: Path) ->
         assert status == 404  # the new device session cannot reach the account's analysis
         photo = page.evaluate(f"fetch('/v1/analyses/{analysis_id}/photo').then(r => r.status)")
         assert photo == 404
+        assert page.evaluate(f"fetch('/v1/spots/{spot_id}').then(r => r.status)") == 404
+        sync_api.expect(page.locator("#spots-empty")).to_be_visible()
+        assert page.locator("#spot-view").is_hidden()
         browser.close()
     assert not [e for e in errors if "Content Security Policy" in e], errors
+
+
+def test_find_a_dermatologist_near_me(server: str, skin_run: Path) -> None:
+    """After a result, the person allows their location (granted here, placed in Busan) and
+    the nearest clinics of the directory are listed, nearest first; a typed city works too."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed (.ci/run installs it)")
+    import csv
+
+    with open(skin_run / "splits.csv") as f:
+        test_id = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"][1]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        context = browser.new_context(viewport={"width": 390, "height": 844},
+                                      geolocation={"latitude": 35.10, "longitude": 129.03},
+                                      permissions=["geolocation"])
+        page = context.new_page()
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(server)
+        page.set_input_files("#file", str(HAM_DIR / "images" / f"{test_id}.jpg"))
+        page.click("#analyse")
+        try:
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        except Exception:
+            raise AssertionError(page.locator("#status").inner_text()) from None
+        if page.locator("#clinics-box").is_hidden():  # a not-skin verdict has no referral
+            pytest.skip("the small test model called this photo not-skin")
+        sync_api.expect(page.locator("#clinic-advice")).to_contain_text("dermatologist")
+        page.click("#use-location")
+        sync_api.expect(page.locator("#clinic-list li")).to_have_count(3)
+        assert "Department C" in page.locator("#clinic-list li").first.inner_text()
+        assert "km" in page.locator("#clinic-list li").first.inner_text()
+        page.fill("#city", "SEOUL")
+        page.click("#city-form button")
+        sync_api.expect(page.locator("#clinic-list li").first).to_contain_text("Seoul")
+        context.close()
+        browser.close()
+    elsewhere = [u for u in requests if not u.startswith((server, "blob:", "data:"))]
+    assert not elsewhere, elsewhere  # nothing from another origin

@@ -110,10 +110,12 @@ def test_the_clinic_api(skin_run: Path, tmp_path: Path) -> None:
         assert c.get("/v1/clinics").status_code == 422
         assert c.get("/v1/clinics", params={"lat": 91, "lon": 0}).status_code == 422
         assert c.get("/v1/clinics", params={"city": "x", "urgency": "soon"}).status_code == 422
-        assert c.get("/v1/clinics/cities").json() == {"configured": True,
-                                                      "cities": ["Busan", "Seoul"]}
+        cities = c.get("/v1/clinics/cities").json()
+        assert (cities["configured"], cities["cities"]) == (True, ["Busan", "Seoul"])
     with TestClient(create_app(_settings(skin_run, tmp_path))) as c:
         none = c.get("/v1/clinics", params={"lat": 35.1, "lon": 129.0}).json()
         assert none["configured"] is False and none["items"] == []
         assert "dermatologist" in none["advice"]
-        assert c.get("/v1/clinics/cities").json() == {"configured": False, "cities": []}
+        cities = c.get("/v1/clinics/cities", params={"lang": "ko"}).json()
+        assert (cities["configured"], cities["cities"]) == (False, [])
+        assert "피부과" in cities["advice"]

@@ -148,10 +148,11 @@ def find_clinics(svc: Service, lang: Language, response: Response,
 
 
 @clinics.get("/cities", response_model=ClinicCities, summary="Cities in the clinic directory")
-def clinic_cities(svc: Service) -> dict[str, Any]:
+def clinic_cities(svc: Service, lang: Language) -> dict[str, Any]:
     directory = svc.clinics
     return {"configured": directory is not None,
-            "cities": directory.cities() if directory else []}
+            "cities": directory.cities() if directory else [],
+            "advice": t("clinics.how_to_find", lang)}
 
 
 # -- sessions ----------------------------------------------------------------------------------

@@ -219,3 +219,4 @@ class ClinicCities(BaseModel):
 
     configured: bool
     cities: list[str]
+    advice: str = Field(description="How to find a dermatologist.")

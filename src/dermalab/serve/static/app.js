@@ -55,14 +55,14 @@ $("account-form").addEventListener("submit", (e) => { e.preventDefault();
 $("sign-in").addEventListener("click", () => credentials("/v1/auth/signin"));
 $("sign-out").addEventListener("click", async () => {
   await fetch("/v1/auth/signout", {method: "POST", headers: writeHeaders()});
-  S = null; current = null; $("result").hidden = true;
+  S = null; current = null; $("result").hidden = true; $("spot-view").hidden = true;
   await ensureSession(); loadHistory();
 });
 $("delete-account").addEventListener("click", async () => {
   if (!window.confirm(msg("page.confirm_delete_account"))) return;
   const res = await fetch("/v1/account", {method: "DELETE", headers: writeHeaders()});
   if (!res.ok) return;
-  S = null; current = null; $("result").hidden = true;
+  S = null; current = null; $("result").hidden = true; $("spot-view").hidden = true;
   $("status").textContent = msg("page.deleted_account");
   await ensureSession(); loadHistory();
 });
@@ -78,6 +78,8 @@ async function loadMessages() {
     el.textContent = msg(el.dataset.i18n); });
   document.querySelectorAll("[data-i18n-alt]").forEach((el) => {
     el.alt = msg(el.dataset.i18nAlt); });
+  document.querySelectorAll("[data-i18n-placeholder]").forEach((el) => {
+    el.placeholder = msg(el.dataset.i18nPlaceholder); });
   const sel = $("lang"); sel.replaceChildren();
   Object.entries(body.languages).forEach(([code, name]) => {
     const o = text("option", name); o.value = code; o.selected = code === lang; sel.append(o);
@@ -148,6 +150,115 @@ function render(r) {
     info.append(d);
   });
   $("result-disclaimer").textContent = r.disclaimer;
+  $("spot-link").hidden = !r.spot;
+  if (r.spot) {
+    $("see-spot").textContent = msg("page.see_spot", {name: r.spot.name});
+    $("see-spot").onclick = () => showSpot(r.spot.id);
+  }
+  showClinics(r.referral);
+}
+
+// -- the dermatologist finder: the position is asked for only when the person presses the
+// button (the browser then asks for consent), used for one search and never stored.
+let referral = null;
+async function showClinics(ref) {
+  referral = ref;
+  $("clinics-box").hidden = !ref;
+  $("clinic-list").replaceChildren();
+  if (!ref) return;
+  const res = await fetch("/v1/clinics/cities", {headers: headers()});
+  if (!res.ok) return;
+  const body = await res.json();
+  $("clinic-advice").textContent = body.advice;
+  $("clinic-search").hidden = !body.configured;
+  const dl = $("city-names"); dl.replaceChildren();
+  body.cities.forEach((c) => { const o = document.createElement("option"); o.value = c;
+                               dl.append(o); });
+}
+
+async function findClinics(params) {
+  const q = new URLSearchParams({...params, limit: "5", urgency: referral || "routine"});
+  const list = $("clinic-list"); list.replaceChildren();
+  const res = await fetch("/v1/clinics?" + q, {headers: headers()});
+  const body = await res.json();
+  if (!res.ok) { list.append(text("li", body.detail || msg("page.error_generic"), "error"));
+                 return; }
+  if (!body.items.length) list.append(text("li", msg("page.no_clinics"), "muted"));
+  body.items.forEach((c) => {
+    const li = document.createElement("li");
+    li.append(text("strong", c.name), document.createTextNode(" – " + c.address + ", " + c.city
+      + " · " + msg("page.distance", {km: c.distance_km.toFixed(1)})));
+    if (c.urgent) li.append(document.createTextNode(" · " + msg("page.urgent_ok")));
+    if (c.phone) { const a = text("a", c.phone); a.href = "tel:" + c.phone.replace(/\s/g, "");
+                   li.append(document.createTextNode(" · "), a); }
+    if (c.website && /^https?:\/\//.test(c.website)) {
+      const a = text("a", msg("page.website")); a.href = c.website; a.rel = "noopener noreferrer";
+      a.target = "_blank"; li.append(document.createTextNode(" · "), a); }
+    if (c.hours) li.append(document.createTextNode(" · " + c.hours));
+    list.append(li);
+  });
+}
+$("use-location").addEventListener("click", () => {
+  if (!navigator.geolocation) { $("clinic-list").replaceChildren(
+    text("li", msg("page.location_failed"), "error")); return; }
+  navigator.geolocation.getCurrentPosition(
+    (pos) => findClinics({lat: pos.coords.latitude.toFixed(4),
+                          lon: pos.coords.longitude.toFixed(4)}),
+    () => $("clinic-list").replaceChildren(text("li", msg("page.location_failed"), "error")),
+    {maximumAge: 600000, timeout: 15000});
+});
+$("city-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  if ($("city").value.trim()) findClinics({city: $("city").value.trim()});
+});
+
+// -- a spot over time ---------------------------------------------------------------------------
+async function loadSpots() {
+  const res = await fetch("/v1/spots", {headers: headers()});
+  const ul = $("spots"); ul.replaceChildren();
+  const dl = $("spot-names"); dl.replaceChildren();
+  const items = res.ok ? (await res.json()).items : [];
+  $("spots-empty").hidden = items.length > 0;
+  const fmt = new Intl.DateTimeFormat(lang || undefined, {dateStyle: "medium"});
+  items.forEach((s) => {
+    const o = document.createElement("option"); o.value = s.name; dl.append(o);
+    const li = document.createElement("li");
+    const b = text("button", s.name, "secondary"); b.type = "button";
+    b.addEventListener("click", () => showSpot(s.id));
+    li.append(b, document.createTextNode(" " + msg("page.spot_count", {
+      count: s.count, date: s.last_at ? fmt.format(new Date(s.last_at)) : "–"})));
+    ul.append(li);
+  });
+}
+
+async function showSpot(id) {
+  const res = await fetch("/v1/spots/" + encodeURIComponent(id), {headers: headers()});
+  if (!res.ok) return;
+  const s = await res.json();
+  $("spot-view").hidden = false;
+  $("spot-view").lang = s.language;
+  $("spot-title").textContent = msg("page.spot_title", {name: s.name});
+  $("spot-warning").hidden = !s.warning;
+  $("spot-warning").textContent = s.warning || "";
+  const fmt = new Intl.DateTimeFormat(lang || undefined, {dateStyle: "medium"});
+  const tl = $("spot-timeline"); tl.replaceChildren();
+  s.analyses.forEach((a) => {
+    const fig = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = "/v1/analyses/" + encodeURIComponent(a.id) + "/photo";
+    img.alt = msg("page.spot_photo_alt", {date: fmt.format(new Date(a.created_at))});
+    const cap = document.createElement("figcaption");
+    cap.append(text("div", fmt.format(new Date(a.created_at))),
+               text("div", a.top_condition ? msg("page.top", {name: a.top_condition,
+                 probability: pct(a.top_probability || 0)}) : msg("page.not_skin")));
+    if (a.malignant_probability !== null) {
+      cap.append(text("div", msg("page.malignant_p", {probability: pct(a.malignant_probability)}),
+                      a.crossed ? "crossed" : ""));
+    }
+    fig.append(img, cap); tl.append(fig);
+  });
+  $("spot-disclaimer").textContent = s.disclaimer;
+  $("spot-view").scrollIntoView({behavior: "smooth", block: "nearest"});
 }
 
 async function analyse() {
@@ -155,7 +266,10 @@ async function analyse() {
   $("analyse").disabled = true;
   $("status").textContent = msg("page.analysing");
   const form = new FormData(); form.append("file", chosen, chosen.name);
+  const spot = $("spot").value.trim();
+  if (spot) form.append("spot", spot);
   try {
+    await ready;
     const res = await fetch("/v1/analyses", {method: "POST", body: form,
                                               headers: writeHeaders()});
     const body = await res.json();
@@ -173,6 +287,7 @@ async function analyse() {
 $("analyse").addEventListener("click", analyse);
 
 async function loadHistory() {
+  loadSpots();
   const res = await fetch("/v1/analyses?limit=20", {headers: headers()});
   if (!res.ok) return;
   const page = await res.json();
@@ -190,9 +305,13 @@ async function loadHistory() {
       await fetch("/v1/analyses/" + a.id, {method: "DELETE", headers: writeHeaders()});
       loadHistory(); });
     const td = document.createElement("td"); td.append(del);
-    tr.append(text("td", fmt.format(new Date(a.created_at))), text("td", what),
+    tr.append(text("td", fmt.format(new Date(a.created_at))),
+              text("td", a.spot ? what + " · " + a.spot : what),
               text("td", msg("page.ref_" + (a.referral || "none"))), td);
     tbody.append(tr);
   });
 }
-loadMessages().then(ensureSession).then(loadHistory);
+// Uploads wait for the session: a photo chosen in the first moments would otherwise be sent
+// before the device session exists.
+const ready = loadMessages().then(ensureSession);
+ready.then(loadHistory);
