@@ -240,7 +240,8 @@ async function showSpot(id) {
   $("spot-title").textContent = msg("page.spot_title", {name: s.name});
   $("spot-warning").hidden = !s.warning;
   $("spot-warning").textContent = s.warning || "";
-  const fmt = new Intl.DateTimeFormat(lang || undefined, {dateStyle: "medium"});
+  const fmt = new Intl.DateTimeFormat(lang || undefined, {dateStyle: "medium",
+                                                          timeStyle: "short"});
   const tl = $("spot-timeline"); tl.replaceChildren();
   s.analyses.forEach((a) => {
     const fig = document.createElement("figure");
