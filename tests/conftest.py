@@ -185,3 +185,21 @@ def ham_real() -> Path:
     if not (HAM_DIR / "HAM10000_metadata.csv").is_file():
         pytest.skip(f"real HAM10000 data not found at {HAM_DIR} (set DERMALAB_SHARED_DATA)")
     return HAM_DIR
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-epoch U-Net on 40 real HAM10000 images with their masks, trained by the CLI."""
+    if not (HAM_DIR / "masks").is_dir():
+        pytest.skip(f"real HAM10000 images and masks not found at {HAM_DIR}")
+    from dermalab.cli import main
+
+    with open(HAM_DIR / "HAM10000_metadata.csv") as f:
+        rows = list(csv.DictReader(f))[:40]
+    root = link_ham_subset(tmp_path_factory.mktemp("segham") / "ham", rows)
+    run = root.parent / "run"
+    assert main(["segment", "train", "--no-progress", "--data", str(root), "--out", str(run),
+                 "--set", f"data.masks={HAM_DIR / 'masks'}", "segment.image_size=64",
+                 "segment.epochs=2", "segment.batch_size=8", "tracking.enabled=false",
+                 "data.split_ratios=[0.6,0.2,0.2]"]) == 0
+    return run

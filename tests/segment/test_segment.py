@@ -17,7 +17,7 @@ from dermalab.cli import main
 from dermalab.segment.metrics import dice_jaccard, segmentation_metrics, thresholded_jaccard
 from dermalab.segment.model import DiceBCELoss
 from dermalab.segment.postprocess import clean_mask
-from tests.conftest import HAM_DIR, link_ham_subset
+from tests.conftest import HAM_DIR
 
 
 def test_dice_bce_reduces_to_its_parts() -> None:
@@ -57,22 +57,6 @@ def test_clean_mask_keeps_one_region_with_its_holes_filled() -> None:
     m[0:2, 28:30] = True  # a speck elsewhere
     out = clean_mask(m)
     assert out[12:16, 12:16].all() and not out[0:2, 28:30].any() and out.sum() == 400
-
-
-@pytest.fixture(scope="module")
-def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-epoch U-Net on 40 real HAM10000 images with their masks, trained by the CLI."""
-    if not (HAM_DIR / "masks").is_dir():
-        pytest.skip(f"real HAM10000 images and masks not found at {HAM_DIR}")
-    with open(HAM_DIR / "HAM10000_metadata.csv") as f:
-        rows = list(csv.DictReader(f))[:40]
-    root = link_ham_subset(tmp_path_factory.mktemp("segham") / "ham", rows)
-    run = root.parent / "run"
-    assert main(["segment", "train", "--no-progress", "--data", str(root), "--out", str(run),
-                 "--set", f"data.masks={HAM_DIR / 'masks'}", "segment.image_size=64",
-                 "segment.epochs=2", "segment.batch_size=8", "tracking.enabled=false",
-                 "data.split_ratios=[0.6,0.2,0.2]"]) == 0
-    return run
 
 
 def test_training_writes_a_finished_run(seg_run: Path) -> None:

@@ -64,6 +64,12 @@ class DataConfig:
     # "labelme" (JSON beside each image); mask_labels: the Labelme labels that are lesion
     masks: str | None = None
     mask_labels: list[str] = field(default_factory=list)
+    # the classifier's input (dermalab.data.lesion): raw | masked | crop | raw+masked |
+    # mask_channel; all but raw need data.masks for training, and a mask or data.segmenter
+    # (a `dermalab segment train` run, copied into the run) at inference
+    input: str = "raw"
+    crop_margin: float = 0.1  # crop: margin around the lesion's box, a share of its size
+    segmenter: str | None = None
     sampler: str = "none"  # none | oversample (class-balanced) | sqrt (balanced by sqrt count)
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -203,6 +209,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "folder", "ham10000", "medmnist", "hmnist", "isic2019"),
     "data.age_impute": ("median", "none"),
     "data.resize_mode": ("squash", "pad", "crop"),
+    "data.input": ("raw", "masked", "crop", "raw+masked", "mask_channel"),
     "data.split_by": ("group", "image"),
     "data.conflicts": ("drop", "keep", "error"),
     "data.sampler": ("none", "oversample", "sqrt"),
@@ -374,7 +381,7 @@ def load_config(
 #: file's own folder (so a recipe works from any current directory). Values given on the
 #: command line stay relative to the current directory, as a shell user expects.
 PATH_KEYS = (("data", "source"), ("data", "split_file"), ("data", "masks"),
-             ("model", "weights"))
+             ("data", "segmenter"), ("model", "weights"))
 #: Values of those keys that are words, not paths.
 PATH_WORDS = frozenset({"labelme"})
 #: A bare word with no such file beside the config may name a dataset (``source: ham10000``).

@@ -8,6 +8,8 @@ these ways; it never silently trains from random weights.
 
 from __future__ import annotations
 
+import copy
+
 import importlib
 import os
 import socket
@@ -216,8 +218,33 @@ def load_pretrained_body(model: nn.Module, cfg: ModelConfig) -> str:
     return "hub"
 
 
-def create_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any], str]:
-    """Build a backbone with a new ``num_classes`` head.
+def expand_stem(model: nn.Module, in_chans: int = 4) -> nn.Module:
+    """Give the first convolution ``in_chans`` input channels, the extra filter slices zero:
+    the model computes exactly what it did on the first 3 channels (the pretrained features
+    are kept) and learns from the extra channel (a lesion mask) only as training moves those
+    weights. The first convolution is timm's ``pretrained_cfg["first_conv"]``."""
+    name = str(model.pretrained_cfg["first_conv"])  # type: ignore[index]
+    old = resolve_attr(model, name)
+    if not isinstance(old, nn.Conv2d):
+        raise TypeError(f"{name} is not a Conv2d")
+    # A copy of the layer itself, not a new nn.Conv2d: the tf_* models use timm's
+    # Conv2dSame (TensorFlow "same" padding), which a plain Conv2d would silently change.
+    new = copy.deepcopy(old)
+    weight = torch.zeros(old.out_channels, in_chans // old.groups, *old.kernel_size,
+                         dtype=old.weight.dtype)
+    with torch.no_grad():
+        weight[:, : old.weight.shape[1]] = old.weight
+    new.weight = nn.Parameter(weight)
+    new.in_channels = in_chans
+    parent, _, leaf = name.rpartition(".")
+    setattr(resolve_attr(model, parent) if parent else model, leaf, new)
+    return model
+
+
+def create_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3
+                 ) -> tuple[nn.Module, dict[str, Any], str]:
+    """Build a backbone with a new ``num_classes`` head (and ``in_chans`` inputs: see
+    :func:`expand_stem`).
 
     Returns:
         ``(model, data_config, weights_origin)``; ``data_config`` holds the backbone's own
@@ -233,16 +260,19 @@ def create_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, dict[st
         origin = load_pretrained_body(model, cfg)
     data_cfg = timm.data.resolve_model_data_config(model)
     model.reset_classifier(num_classes)  # type: ignore[operator]
+    if in_chans != 3:
+        expand_stem(model, in_chans)
     return model, dict(data_cfg), origin
 
 
-def build_for_inference(backbone: str, num_classes: int, dropout: float = 0.0) -> nn.Module:
+def build_for_inference(backbone: str, num_classes: int, dropout: float = 0.0,
+                        in_chans: int = 3) -> nn.Module:
     """The architecture of a trained run, without any pretrained download (weights come from
     the checkpoint)."""
     spec = get_spec(backbone)
     model = timm.create_model(spec.timm_name, pretrained=False, drop_rate=dropout,
                               num_classes=num_classes)
-    return model
+    return expand_stem(model, in_chans) if in_chans != 3 else model
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -47,6 +47,9 @@ HISTORY_KEYS = (
 )
 
 
+SEGMENTER_DIR = "segmenter"
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The files of a run directory (see the module docstring)."""
@@ -107,6 +110,12 @@ class RunPaths:
     @property
     def explain(self) -> Path:
         return self.root / "explain"
+
+    @property
+    def segmenter(self) -> Path:
+        """A copy of the lesion segmenter a lesion-aware model needs at inference (a
+        segmentation run's ``checkpoints/best.pt``), written at training time."""
+        return self.root / SEGMENTER_DIR
 
     def predictions(self, split: str, suffix: str = "npz") -> Path:
         """``predictions_{split}.npz`` (arrays) or ``.csv`` (readable)."""
@@ -179,7 +188,14 @@ class ModelInfo:
     backbone: str
     temperature: float = 1.0
     malignant: dict[str, Any] | None = None  # {"classes": [...], "threshold": t}
+    input_mode: str = "raw"  # data.input: raw | masked | crop | raw+masked | mask_channel
+    crop_margin: float = 0.1  # data.crop_margin (input_mode crop)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels: 4 with a lesion-mask channel, else 3."""
+        return 4 if self.input_mode == "mask_channel" else 3
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict for ``model.json``."""
@@ -198,7 +214,8 @@ class ModelInfo:
                 "normalization": {"mean": list(self.mean), "std": list(self.std)},
                 "image_size": self.image_size, "resize_mode": self.resize_mode,
                 "backbone": self.backbone, "temperature": self.temperature,
-                "malignant": self.malignant}
+                "malignant": self.malignant, "input_mode": self.input_mode,
+                "crop_margin": self.crop_margin}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> ModelInfo:
@@ -213,6 +230,8 @@ class ModelInfo:
             backbone=str(ckpt["backbone"]),
             temperature=float(ckpt.get("temperature", 1.0)),
             malignant=ckpt.get("malignant"),
+            input_mode=str(ckpt.get("input_mode", "raw")),  # runs from before data.input
+            crop_margin=float(ckpt.get("crop_margin", 0.1)),
         )
 
 
@@ -242,10 +261,11 @@ def load_run(run_dir: str | Path, which: str = "best", command: str = "this comm
     paths = RunPaths(Path(run_dir))
     path = paths.require_model(command) if which == "best" else paths.checkpoints / f"{which}.pt"
     ckpt = load_checkpoint(path)
-    model = build_for_inference(ckpt["backbone"], len(ckpt["classes"]))
+    info = ModelInfo.from_checkpoint(ckpt)
+    model = build_for_inference(ckpt["backbone"], len(ckpt["classes"]), in_chans=info.in_chans)
     model.load_state_dict(ckpt["model"])
     model.eval()
-    return LoadedRun(paths=paths, model=model, info=ModelInfo.from_checkpoint(ckpt),
+    return LoadedRun(paths=paths, model=model, info=info,
                      config=from_dict(ckpt["config"]), checkpoint=ckpt)
 
 

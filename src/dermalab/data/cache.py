@@ -23,10 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 from dermalab.core.errors import ImageError
-from dermalab.data.images import array_to_rgb, load_resized, resize_rgb
+from dermalab.data.images import array_to_rgb, crop_fraction, load_resized, resize_rgb
 from dermalab.data.samples import Sample, SourceData
 
 CACHE_VERSION = 1
+
+Box = tuple[float, float, float, float]
 
 
 class ImageStore(Protocol):
@@ -54,8 +56,11 @@ class DecodeResult:
     error: ImageError | None = None
 
 
-def decode_sample(data: SourceData, sample: Sample, size: int, mode: str) -> DecodeResult:
-    """Decode one sample to a resized array, hashing the bytes it read (for duplicate checks)."""
+def decode_sample(data: SourceData, sample: Sample, size: int, mode: str,
+                  box: Box | None = None) -> DecodeResult:
+    """Decode one sample to a resized array (cropped to ``box`` first, a fraction of the
+    image: see :func:`~dermalab.data.images.crop_fraction`), hashing the bytes it read (for
+    duplicate checks)."""
     if sample.path is not None:
         try:
             raw = Path(sample.path).read_bytes()
@@ -66,13 +71,15 @@ def decode_sample(data: SourceData, sample: Sample, size: int, mode: str) -> Dec
                                                      "unreadable"))
         digest = hashlib.sha256(raw).hexdigest()
         try:
-            return DecodeResult(load_resized(raw, size, mode, name=sample.path), digest)
+            return DecodeResult(load_resized(raw, size, mode, name=sample.path, box=box), digest)
         except ImageError as exc:
             return DecodeResult(None, digest, exc)
     assert data.arrays is not None and sample.index is not None
     arr = data.arrays[sample.index]
     digest = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
     img = array_to_rgb(arr)
+    if box is not None:
+        img = crop_fraction(img, box)
     out = np.asarray(img if img.size == (size, size) else resize_rgb(img, size, mode))
     return DecodeResult(out.astype(np.uint8), digest)
 
@@ -100,26 +107,32 @@ class CachedImages:
 class DecodingImages:
     """No cache: decode every image on every access (for huge datasets or debugging)."""
 
-    def __init__(self, data: SourceData, size: int, mode: str) -> None:
-        self.data, self.size, self.mode = data, size, mode
+    def __init__(self, data: SourceData, size: int, mode: str,
+                 boxes: dict[str, Box] | None = None) -> None:
+        self.data, self.size, self.mode, self.boxes = data, size, mode, boxes or {}
         self.by_id = {s.sample_id: s for s in data.samples}
 
     def get(self, sample_id: str) -> np.ndarray:
         """Decode and resize one image; raises :class:`ImageError` naming the file."""
         s = self.by_id[sample_id]
+        box = self.boxes.get(sample_id)
         if s.path is not None:
-            return load_resized(s.path, self.size, self.mode)
-        res = decode_sample(self.data, s, self.size, self.mode)
+            return load_resized(s.path, self.size, self.mode, box=box)
+        res = decode_sample(self.data, s, self.size, self.mode, box)
         assert res.image is not None
         return res.image
 
 
-def cache_key(data: SourceData, size: int, mode: str) -> str:
-    """Changes with the source files, the sample list, the size and the resize mode."""
+def cache_key(data: SourceData, size: int, mode: str, boxes: dict[str, Box] | None = None
+              ) -> str:
+    """Changes with the source files, the sample list, the size, the resize mode and the
+    lesion crop boxes (``data.input=crop``)."""
     h = hashlib.sha256()
     h.update(f"v{CACHE_VERSION}\0{data.kind}\0{data.fingerprint}\0{size}\0{mode}\n".encode())
     for s in data.samples:
         h.update(f"{s.sample_id}\0{s.path}\0{s.index}\n".encode())
+        if boxes is not None:
+            h.update(repr(boxes.get(s.sample_id)).encode())
     return h.hexdigest()[:24]
 
 
@@ -132,13 +145,14 @@ def build_cache(
     skip_bad: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    boxes: dict[str, Box] | None = None,
 ) -> CachedImages:
     """Open the cache for this source/size/mode, building it first when missing.
 
     Bad images raise :class:`ImageError` (naming the file) unless ``skip_bad``; then they are
     recorded in the cache's ``bad`` list and left out of ``ids``.
     """
-    key = cache_key(data, size, mode)
+    key = cache_key(data, size, mode, boxes)
     folder = cache_dir / key
     if (folder / "index.json").is_file():
         cached = CachedImages(folder)
@@ -151,7 +165,7 @@ def build_cache(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_cache(data, size, mode, tmp, skip_bad, workers, progress)
+        _write_cache(data, size, mode, tmp, skip_bad, workers, progress, boxes or {})
         try:
             tmp.rename(folder)
         except OSError:
@@ -171,6 +185,7 @@ def _write_cache(
     skip_bad: bool,
     workers: int | None,
     progress: bool,
+    boxes: dict[str, Box],
 ) -> None:
     samples = data.samples
     n = len(samples)
@@ -179,7 +194,8 @@ def _write_cache(
     ids: list[str] = []
     hashes: dict[str, str] = {}
     bad: list[dict[str, str]] = []
-    fn: Callable[[Sample], DecodeResult] = lambda s: decode_sample(data, s, size, mode)  # noqa: E731
+    fn: Callable[[Sample], DecodeResult] = lambda s: decode_sample(  # noqa: E731
+        data, s, size, mode, boxes.get(s.sample_id))
     slot = 0
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(fn, samples)

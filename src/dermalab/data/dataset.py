@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+from torchvision import tv_tensors
 
 from dermalab.data.cache import ImageStore
 
@@ -23,7 +25,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         store: ImageStore,
         sample_ids: Sequence[str],
         targets: Sequence[int],
-        transform: Callable[[torch.Tensor], torch.Tensor],
+        transform: Callable[..., Any],
     ) -> None:
         if len(sample_ids) != len(targets):
             raise ValueError("sample_ids and targets differ in length")
@@ -37,6 +39,13 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = torch.from_numpy(self.store.get(self.sample_ids[i])).permute(2, 0, 1).contiguous()
+        if img.shape[0] == 4:
+            # A lesion-mask channel: the mask goes through every geometric augmentation with
+            # the image (tv_tensors.Mask), and through none of the colour ones or the
+            # normalisation; it enters the model as 0/1.
+            x, m = self.transform(tv_tensors.Image(img[:3]), tv_tensors.Mask(img[3:] > 127))
+            return torch.cat([x.as_subclass(torch.Tensor),
+                              m.as_subclass(torch.Tensor).to(x.dtype)]), int(self.targets[i])
         return self.transform(img), int(self.targets[i])
 
 
@@ -64,7 +73,7 @@ def balanced_sampler(
 
 
 def make_loader(
-    dataset: ImageDataset,
+    dataset: Dataset[tuple[torch.Tensor, int]],
     batch_size: int,
     *,
     shuffle: bool = False,

@@ -175,19 +175,39 @@ def load_resized(
     *,
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    box: tuple[float, float, float, float] | None = None,
 ) -> np.ndarray:
-    """Decode (with JPEG draft), convert and resize: a ``(size, size, 3)`` uint8 array."""
-    img = open_rgb(source, name=name, draft_size=size, max_pixels=max_pixels)
+    """Decode (with JPEG draft), convert and resize: a ``(size, size, 3)`` uint8 array.
+
+    ``box`` = ``(x0, y0, x1, y1)`` as fractions of the width and height: crop to it first
+    (a lesion's bounding box; see :func:`dermalab.data.lesion.lesion_box`). The crop is taken
+    from the full decoded image, so the crop gets every source pixel there is.
+    """
+    img = open_rgb(source, name=name, draft_size=None if box else size, max_pixels=max_pixels)
+    if box is not None:
+        img = crop_fraction(img, box)
     return np.asarray(resize_rgb(img, size, mode), dtype=np.uint8)
+
+
+def crop_fraction(img: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    """Crop to ``(x0, y0, x1, y1)`` given as fractions of the width and height (rounded out
+    to whole pixels, at least one pixel)."""
+    w, h = img.size
+    x0, y0 = max(0, int(np.floor(box[0] * w))), max(0, int(np.floor(box[1] * h)))
+    x1, y1 = min(w, int(np.ceil(box[2] * w))), min(h, int(np.ceil(box[3] * h)))
+    return img.crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
 
 
 def normalize_batch(images: np.ndarray, mean: Sequence[float], std: Sequence[float]
                     ) -> np.ndarray:
     """``(N, S, S, 3)`` uint8 -> ``(N, 3, S, S)`` float32 ``(x / 255 - mean) / std``, the one
-    normalisation shared by evaluation, Grad-CAM, ONNX export and the predictor."""
+    normalisation shared by evaluation, Grad-CAM, ONNX export and the predictor. A 4th
+    channel (the lesion mask, 0 or 255) becomes 0 or 1."""
     x = np.asarray(images, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
     m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
     s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    if x.shape[1] == 4:  # a lesion-mask channel (data.input=mask_channel): kept as 0/1
+        return np.ascontiguousarray(np.concatenate([(x[:, :3] - m) / s, x[:, 3:]], axis=1))
     return np.ascontiguousarray((x - m) / s)
 
 

@@ -17,6 +17,7 @@ from dermalab.data.cache import (
     default_cache_dir,
     sample_hashes,
 )
+from dermalab.data.lesion import LesionImages, LesionMasks, read_masks
 from dermalab.data.samples import Sample, SourceData
 from dermalab.data.sources import load_source
 from dermalab.data.splits import (
@@ -41,6 +42,9 @@ class PreparedData:
     hashes: dict[str, str]
     leaks: LeakReport
     image_size: int
+    input_mode: str = "raw"  # data.input (dermalab.data.lesion)
+    lesion: LesionMasks | None = None  # the masks behind a lesion-aware input
+    train_extra: ImageStore | None = None  # raw+masked: the masked copy of every train image
 
     @property
     def classes(self) -> list[str]:
@@ -64,7 +68,12 @@ class PreparedData:
     def warnings(self) -> list[str]:
         """Data problems to say before training: the source's (class-map keys that match
         nothing), the split's (classes missing from a part) and tiny classes."""
-        return [*self.source.warnings, *self.split.warnings, *small_class_warnings(self.counts())]
+        out = [*self.source.warnings, *self.split.warnings, *small_class_warnings(self.counts())]
+        if self.lesion is not None and self.lesion.without:
+            n = len(self.lesion.without)
+            out.append(f"{n} image(s) have no lesion mask (e.g. {self.lesion.without[0]}): "
+                       f"data.input={self.input_mode} uses them whole")
+        return out
 
     def counts(self) -> dict[str, dict[str, int]]:
         """split -> class -> images."""
@@ -100,11 +109,13 @@ def prepare_data(
         LeakError: a split with shared groups or identical files (unless ``allow_leaks``).
     """
     data = load_source(cfg, source)
+    lesion = read_masks(data, cfg, image_size) if cfg.input != "raw" else None
+    boxes = lesion.boxes if lesion is not None and cfg.input == "crop" else None
     store: ImageStore
     if cfg.cache:
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
         cached = build_cache(data, image_size, cfg.resize_mode, cache_dir,
-                             skip_bad=cfg.skip_bad, progress=progress)
+                             skip_bad=cfg.skip_bad, progress=progress, boxes=boxes)
         if cached.bad:
             keep = set(cached.ids)
             data.samples = [s for s in data.samples if s.sample_id in keep]
@@ -113,7 +124,7 @@ def prepare_data(
         store = cached
         hashes = cached.hashes
     else:
-        store = DecodingImages(data, image_size, cfg.resize_mode)
+        store = DecodingImages(data, image_size, cfg.resize_mode, boxes=boxes)
         hashes = sample_hashes(data, data.samples)
     apply_conflict_policy(data, hashes, cfg.conflicts)
     split = resolve_split(
@@ -131,7 +142,12 @@ def prepare_data(
         assert_no_leaks(leaks, f"split ({split.origin})")
     if write and split_path is not None and not split_path.is_file():
         write_split(split_path, data.samples, split)
-    return PreparedData(data, split, store, hashes, leaks, image_size)
+    extra = None
+    if lesion is not None and cfg.input in ("masked", "mask_channel"):
+        store = LesionImages(store, lesion, cfg.input)
+    elif lesion is not None and cfg.input == "raw+masked":
+        extra = LesionImages(store, lesion, "masked")
+    return PreparedData(data, split, store, hashes, leaks, image_size, cfg.input, lesion, extra)
 
 
 def label_conflicts(samples: list[Sample], hashes: dict[str, str]) -> list[list[Sample]]:

@@ -7,6 +7,7 @@ argmax agreement) and the result is recorded in ``model.json``.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 
 from dermalab.core.atomic import atomic_path, atomic_write_text
 from dermalab.core.models import FeaturesAndLogits
-from dermalab.core.runs import load_run
+from dermalab.core.runs import SEGMENTER_DIR, load_run
 from dermalab.data.images import normalize_batch
 
 OPSET = 17
@@ -41,7 +42,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
     model = run.model.eval()  # dropout/BN in eval mode: the classic cause of mismatches
     info = run.info
     s = info.image_size
-    example = torch.randn(2, 3, s, s)
+    example = torch.randn(2, info.in_chans, s, s)
     onnx_path = out / "model.onnx"
     both = FeaturesAndLogits(model).eval()
     with atomic_path(onnx_path) as tmp:
@@ -54,6 +55,9 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
     if check_images is None:
         rng = np.random.default_rng(0)
         check_images = rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8)
+        if info.in_chans == 4:  # a lesion-mask channel: 0 or 255
+            check_images = np.concatenate(
+                [check_images, rng.integers(0, 2, (4, s, s, 1), dtype=np.uint8) * 255], axis=3)
     x = torch.from_numpy(normalize_batch(check_images, info.mean, info.std))
     with torch.no_grad():
         ref = model(x).numpy()
@@ -66,6 +70,9 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
                   "outputs": ["logits", "features", "feature_map"],
                   "layout": "NCHW",
                   "source_run": str(run.paths.root.resolve()), "parity": parity}
+    seg = run.paths.root / SEGMENTER_DIR
+    if seg.is_dir():  # the lesion segmenter travels with the model that needs it
+        shutil.copytree(seg, out / SEGMENTER_DIR, dirs_exist_ok=True)
     meta = info.to_json()
     atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
     return meta

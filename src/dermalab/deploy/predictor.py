@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from dermalab.core.calibration import calibrated_probs, malignant_score
 from dermalab.core.errors import DermalabError
-from dermalab.core.runs import ModelInfo, RunPaths, load_run
-from dermalab.data.images import load_resized, normalize_batch
+from dermalab.core.runs import SEGMENTER_DIR, ModelInfo, RunPaths, load_run
+from dermalab.data.images import crop_fraction, load_resized, normalize_batch, open_rgb, resize_rgb
+from dermalab.data.lesion import NEEDS_MASK, apply_input, lesion_box
+from dermalab.data.masks import resize_mask
 
 
 class Predictor:
@@ -30,6 +33,9 @@ class Predictor:
             raise DermalabError("a predictor needs an ONNX file or a PyTorch model")
         self.info = info
         self.run_dir = run_dir
+        self.home: Path | None = run_dir if run_dir is not None else (
+            onnx_path.parent if onnx_path is not None else None)
+        self._segmenter: Any = None
         self._torch = torch_model
         self._session = None
         if onnx_path is not None:
@@ -73,10 +79,74 @@ class Predictor:
         """The PyTorch model (for Grad-CAM), when loaded from a run directory."""
         return self._torch
 
-    def preprocess(self, source: str | os.PathLike[str] | bytes, name: str | None = None
-                   ) -> np.ndarray:
-        """Decode, orient, convert and resize exactly as in training: ``(S, S, 3)`` uint8."""
-        return load_resized(source, self.info.image_size, self.info.resize_mode, name=name)
+    def preprocess(self, source: str | os.PathLike[str] | bytes, name: str | None = None,
+                   mask: np.ndarray | None = None) -> np.ndarray:
+        """Decode, orient, convert, resize (and for a lesion-aware model, apply its input
+        mode: see :meth:`prepare`) exactly as in training: ``(S, S, 3)`` (or ``(S, S, 4)``)
+        uint8."""
+        if self.info.input_mode not in NEEDS_MASK:
+            return load_resized(source, self.info.image_size, self.info.resize_mode, name=name)
+        return self.prepare(open_rgb(source, name=name), mask)
+
+    @property
+    def segmenter(self) -> Any:
+        """The lesion segmenter that came with the model (``RUN_DIR/segmenter/``, copied
+        there from ``data.segmenter`` at training; ``export`` copies it beside the ONNX
+        file), loaded on first use.
+
+        Raises:
+            DermalabError: the model needs a mask and has no segmenter.
+        """
+        if self._segmenter is None:
+            folder = self.home / SEGMENTER_DIR if self.home is not None else None
+            if folder is None or not (folder / "checkpoints" / "best.pt").is_file():
+                raise DermalabError(
+                    f"this model takes data.input={self.info.input_mode} and needs a lesion "
+                    "mask for every image: give one, or retrain with data.segmenter=SEG_RUN "
+                    "(a `dermalab segment train` run) so the model brings its segmenter")
+            from dermalab.segment.predict import Segmenter
+
+            seg = Segmenter.load(folder)
+            if seg.resize_mode != "squash":
+                raise DermalabError(f"{folder}: a segmenter trained with data.resize_mode="
+                                    f"{seg.resize_mode} cannot map its mask back onto the "
+                                    "photo; train it with resize_mode=squash")
+            self._segmenter = seg
+        return self._segmenter
+
+    def segment(self, img: Image.Image) -> np.ndarray:
+        """The lesion mask of a photo from the segmenter, at the photo's own size (its mask is
+        made at the segmenter's square input, squashed, so stretching it back is exact)."""
+        seg = self.segmenter
+        arr = np.asarray(resize_rgb(img, seg.image_size, "squash"), np.uint8)
+        small = Image.fromarray(seg.masks(arr[None])[0].astype(np.uint8) * 255, "L")
+        out: np.ndarray = np.asarray(small.resize(img.size, Image.Resampling.NEAREST)) >= 128
+        return out
+
+    def prepare(self, img: Image.Image, mask: np.ndarray | None = None) -> np.ndarray:
+        """The model's input from a decoded, upright RGB photo, as in training
+        (:mod:`dermalab.data.lesion`): resized for ``raw`` and ``raw+masked`` (which predicts
+        on raw photos); for ``crop`` cropped to the lesion's box plus the trained margin from
+        the full-resolution photo, then resized; for ``masked`` the background filled; for
+        ``mask_channel`` the mask as a 4th channel. ``mask`` (``(H, W)`` bool at the photo's
+        size) is the lesion; without one the model's segmenter draws it.
+
+        Raises:
+            DermalabError: a mask of another size than the photo, or no mask and no segmenter.
+        """
+        size, rmode, mode = self.info.image_size, self.info.resize_mode, self.info.input_mode
+        if mode not in NEEDS_MASK:
+            return np.asarray(resize_rgb(img, size, rmode), np.uint8)
+        if mask is None:
+            mask = self.segment(img)
+        elif mask.shape != (img.height, img.width):
+            raise DermalabError(f"the lesion mask is {mask.shape[1]}x{mask.shape[0]} but the "
+                                f"photo is {img.width}x{img.height}")
+        if mode == "crop":
+            box = lesion_box(mask, self.info.crop_margin)
+            return np.asarray(resize_rgb(crop_fraction(img, box), size, rmode), np.uint8)
+        arr = np.asarray(resize_rgb(img, size, rmode), np.uint8)
+        return apply_input(arr, resize_mask(mask, size, rmode), mode)
 
     def _normalise(self, images: np.ndarray) -> np.ndarray:
         return normalize_batch(images, self.info.mean, self.info.std)

@@ -8,29 +8,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from dermalab.core.config import DataConfig
-from dermalab.core.errors import DataError
-from dermalab.data.masks import load_mask, resize_mask
+from dermalab.data.lesion import read_masks
 from dermalab.data.prepare import PreparedData
-from dermalab.data.samples import Sample
-
-EXIF_ROTATED = (5, 6, 7, 8)  # orientations that swap width and height
-
-
-def image_size_of(sample: Sample, data: PreparedData) -> tuple[int, int]:
-    """``(width, height)`` of the sample's image as decoded (EXIF orientation applied)."""
-    if sample.path is None:
-        assert data.source.arrays is not None and sample.index is not None
-        arr = data.source.arrays[sample.index]
-        return int(arr.shape[1]), int(arr.shape[0])
-    with Image.open(sample.path) as img:
-        w, h = img.size
-        rotated = img.getexif().get(274) in EXIF_ROTATED
-    return (h, w) if rotated else (w, h)
 
 
 @dataclass
@@ -54,25 +37,9 @@ def load_masks(data: PreparedData, cfg: DataConfig, size: int) -> MaskedData:
         DataError: no ``data.masks`` configured, or no sample has a mask.
         MaskError: an unusable mask (unless ``data.skip_bad``, which leaves it out).
     """
-    if not cfg.masks:
-        raise DataError("segmentation needs lesion masks: set data.masks to a folder of masks "
-                        "or to 'labelme'")
-    masks: dict[str, np.ndarray] = {}
-    without: list[str] = []
-    for s in data.source.samples:
-        try:
-            m = load_mask(s, cfg, image_size_of(s, data))
-        except DataError:
-            if not cfg.skip_bad:
-                raise
-            m = None
-        if m is None:
-            without.append(s.sample_id)
-        else:
-            masks[s.sample_id] = resize_mask(m, size, cfg.resize_mode)
-    if not masks:
-        raise DataError(f"no image of {data.source.location} has a mask in {cfg.masks}")
-    return MaskedData(data, masks, without)
+    lm = read_masks(data.source, cfg, size)
+    masks = {sid: m for sid in lm.packed if (m := lm.get(sid)) is not None}
+    return MaskedData(data, masks, lm.without)
 
 
 class MaskDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):

@@ -29,7 +29,8 @@ from dermalab.core.calibration import calibrated_probs, malignant_score
 from dermalab.core.errors import DermalabError, ImageError
 from dermalab.core.i18n import DEFAULT_LANGUAGE, t
 from dermalab.core.runs import RunPaths, read_metrics
-from dermalab.data.images import open_rgb, resize_rgb
+from dermalab.data.images import open_rgb
+from dermalab.data.lesion import NEEDS_MASK
 from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
 from dermalab.deploy.predictor import Predictor
 from dermalab.serve.accounts import AccountStore
@@ -157,6 +158,8 @@ class AnalysisService:
         self.predictor = Predictor.load(run_dir)
         if self.predictor.torch_model is None:
             raise DermalabError(f"{run_dir}: the web service needs a run directory")
+        if self.info.input_mode in NEEDS_MASK:
+            _ = self.predictor.segmenter  # fail at start, not at the first photo
         self.info = self.predictor.info
         self.ood = MahalanobisOOD.load(serving / "ood.npz")
         colour = serving / "ood_colour.npz"
@@ -259,8 +262,9 @@ class AnalysisService:
         stored photo is the decoded pixels, upright, as a new JPEG: the upload's EXIF/XMP (GPS
         position, device ids, dates) is not kept."""
         img = decode_upload(data, filename, self.settings)
-        arr = np.asarray(resize_rgb(img, self.info.image_size, self.info.resize_mode),
-                         dtype=np.uint8)
+        # The model's input: resized, or for a lesion-aware model cropped/masked with the
+        # lesion its segmenter finds (the same preprocessing as training).
+        arr = self.predictor.prepare(img)
         logits, feats, fmap = self.predictor.forward_all(arr[None])
         probs = calibrated_probs(logits, self.info.temperature)[0]
         ood_score = float(self.ood.score(feats)[0])
@@ -284,7 +288,7 @@ class AnalysisService:
             verdict = "ok" if float(probs[order[0]]) >= t_unsure else "uncertain"
             referral = {"malignant": "urgent", "uncertain": "routine"}.get(
                 referral_reason(verdict, mal_p, mal_t), conditions[0]["urgency"])
-            heat = self.heatmap(arr, int(order[0]), fmap)
+            heat = self.heatmap(np.ascontiguousarray(arr[..., :3]), int(order[0]), fmap)
         analysis_id = str(uuid.uuid4())
         created = now()
         result: dict[str, Any] = self.localize({

@@ -23,9 +23,11 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ import timm
 import torch
 from accelerate import Accelerator
 from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
 
 from dermalab.core.calibration import calibrated_probs
 from dermalab.core.config import ExperimentConfig, from_dict, save_config, to_dict
@@ -159,15 +162,19 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
         raise ConfigError("the split has an empty train or val part; check data.split_ratios")
     counts = class_counts(train_targets, len(data.classes))
 
+    in_chans = 4 if cfg.data.input == "mask_channel" else 3
     if resume is not None:  # the weights come from the checkpoint: no pretrained download
         cfg_model = cfg.model.__class__(**{**to_dict(cfg.model), "pretrained": False})
-        model, data_cfg, _ = create_model(cfg_model, len(data.classes))
+        model, data_cfg, _ = create_model(cfg_model, len(data.classes), in_chans)
         origin = str(resume["weights_origin"])
     else:
-        model, data_cfg, origin = create_model(cfg.model, len(data.classes))
+        model, data_cfg, origin = create_model(cfg.model, len(data.classes), in_chans)
     info = ModelInfo(classes=data.classes, display_names=data.source.display_names,
                      mean=list(data_cfg["mean"]), std=list(data_cfg["std"]), image_size=size,
-                     resize_mode=cfg.data.resize_mode, backbone=cfg.model.backbone)
+                     resize_mode=cfg.data.resize_mode, backbone=cfg.model.backbone,
+                     input_mode=cfg.data.input, crop_margin=cfg.data.crop_margin)
+    if accelerator.is_main_process:
+        copy_segmenter(cfg.data.segmenter, paths)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optim, model)
@@ -181,16 +188,22 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
         state = TrainState.from_checkpoint(resume)
 
     order = torch.Generator()
+    train_ids = [s.sample_id for s in data.samples("train")]
+    augment = train_transform(size, info.mean, info.std, cfg.data.augment)
+    train_ds: Dataset[tuple[torch.Tensor, int]] = ImageDataset(data.store, train_ids,
+                                                               train_targets, augment)
+    if data.train_extra is not None:  # raw+masked: every training image raw and masked
+        train_ds = ConcatDataset([train_ds, ImageDataset(data.train_extra, train_ids,
+                                                         train_targets, augment)])
+        train_targets = train_targets + train_targets
     sampler = None
     if cfg.data.sampler != "none":
         power = 1.0 if cfg.data.sampler == "oversample" else 0.5
         sampler = balanced_sampler(train_targets, len(data.classes), power, generator=order)
-    train_ds = ImageDataset(data.store, [s.sample_id for s in data.samples("train")],
-                            train_targets, train_transform(size, info.mean, info.std,
-                                                           cfg.data.augment))
     train_loader = make_loader(train_ds, cfg.train.batch_size, shuffle=True, sampler=sampler,
                                num_workers=cfg.data.num_workers,
-                               drop_last=len(train_ds) > cfg.train.batch_size, generator=order)
+                               drop_last=len(train_targets) > cfg.train.batch_size,
+                               generator=order)
     val_loader = make_loader(
         ImageDataset(data.store, [s.sample_id for s in data.samples("val")],
                      data.targets("val"), eval_transform(info.mean, info.std)),
@@ -202,6 +215,25 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
                     scheduler=scheduler, loss_fn=build_loss(cfg.loss, counts),
                     train_loader=train_loader, val_loader=val_loader, order=order,
                     counts=counts, state=state)
+
+
+def copy_segmenter(segmenter: str | None, paths: RunPaths) -> None:
+    """Copy the lesion segmenter (``data.segmenter``, a ``dermalab segment train`` run) into
+    the run, so predict, export and serve find the segmenter the model's input needs.
+
+    Raises:
+        ConfigError: not a segmentation run.
+    """
+    if not segmenter:
+        return
+    src = RunPaths(Path(segmenter))
+    ckpt = load_checkpoint(src.require_model("data.segmenter"))
+    if ckpt.get("kind") != "segmentation":
+        raise ConfigError(f"data.segmenter={segmenter}: not a segmentation run; train one "
+                          "with `dermalab segment train`")
+    dst = paths.segmenter / "checkpoints" / "best.pt"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src.best, dst)
 
 
 def announce(t: Training) -> None:
