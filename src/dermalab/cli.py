@@ -270,7 +270,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dermalab.deploy.predictor import Predictor
 
     predictor = Predictor.load(args.model)
-    results = predictor.predict_each(args.images, top_k=args.top_k, tta=args.tta)
+    results = predictor.predict_each(args.images, top_k=args.top_k, tta=args.tta,
+                                     masks_dir=args.masks)
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"error: {r['error']}", file=sys.stderr)
@@ -549,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     pr.add_argument("--top-k", type=int, default=3, help="classes shown per image")
     pr.add_argument("--tta", action="store_true", help="average over flips")
+    pr.add_argument("--masks", metavar="DIR", help="lesion masks for a model trained with "
+                    "data.input other than raw (<stem>_segmentation.png, <stem>_mask.png or "
+                    "<stem>.png); images without one are segmented by the model's segmenter")
     pr.add_argument("--json", action="store_true", help="one JSON list on stdout")
     pr.set_defaults(func=cmd_predict)
 

@@ -202,15 +202,18 @@ class Predictor:
         probs = self.probabilities(images, tta)
         return [self.describe(src, p, top_k) for src, p in zip(sources, probs, strict=True)]
 
-    def predict_each(self, sources: list[str], top_k: int = 3, tta: bool = False
-                     ) -> list[dict[str, Any]]:
+    def predict_each(self, sources: list[str], top_k: int = 3, tta: bool = False,
+                     masks_dir: str | None = None) -> list[dict[str, Any]]:
         """Like :meth:`predict`, but a bad image does not stop the others: its entry is
-        ``{"image": path, "error": "what is wrong"}``; the good ones are analysed together."""
+        ``{"image": path, "error": "what is wrong"}``; the good ones are analysed together.
+        ``masks_dir``: lesion masks for a lesion-aware model (``<stem>_segmentation.png``,
+        ``<stem>_mask.png`` or ``<stem>.png``); an image without one is segmented."""
         out: list[dict[str, Any]] = []
         good: list[tuple[int, np.ndarray]] = []
         for i, src in enumerate(sources):
             try:
-                good.append((i, self.preprocess(src)))
+                mask = find_mask(masks_dir, src) if masks_dir else None
+                good.append((i, self.preprocess(src, mask=mask)))
                 out.append({})
             except DermalabError as exc:
                 out.append({"image": src, "error": str(exc)})
@@ -236,3 +239,14 @@ class Predictor:
             out["malignant_threshold"] = float(threshold) if threshold is not None else None
             out["malignant_flag"] = bool(threshold is not None and score >= float(threshold))
         return out
+
+
+def find_mask(folder: str, image: str) -> np.ndarray | None:
+    """The lesion mask of ``image`` in ``folder`` (see :meth:`Predictor.predict_each`)."""
+    from dermalab.data.masks import read_mask
+
+    stem = Path(image).stem
+    for name in (f"{stem}_segmentation.png", f"{stem}_mask.png", f"{stem}.png"):
+        if (Path(folder) / name).is_file():
+            return read_mask(Path(folder) / name)
+    return None

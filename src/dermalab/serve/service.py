@@ -158,9 +158,9 @@ class AnalysisService:
         self.predictor = Predictor.load(run_dir)
         if self.predictor.torch_model is None:
             raise DermalabError(f"{run_dir}: the web service needs a run directory")
+        self.info = self.predictor.info
         if self.info.input_mode in NEEDS_MASK:
             _ = self.predictor.segmenter  # fail at start, not at the first photo
-        self.info = self.predictor.info
         self.ood = MahalanobisOOD.load(serving / "ood.npz")
         colour = serving / "ood_colour.npz"
         self.ood_colour = MahalanobisOOD.load(colour) if colour.is_file() else None
