@@ -9,7 +9,6 @@ these ways; it never silently trains from random weights.
 from __future__ import annotations
 
 import copy
-
 import importlib
 import os
 import socket
