@@ -98,6 +98,13 @@ def test_crop_through_the_cli_the_export_and_the_web_service(
     assert main(["predict", str(crop_run), *photos, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [len(r["top"]) for r in out] == [3, 3, 3]
+    lesion = out[0]["lesion"]
+    assert lesion["mask"] == "segmenter" and "not a diagnosis" in lesion["note"]
+    assert 0 <= lesion["measurements"]["area_share"] <= 1
+    assert main(["predict", str(crop_run), photos[0], "--json", "--masks",
+                 str(HAM_DIR / "masks")]) == 0
+    given = json.loads(capsys.readouterr().out)[0]["lesion"]
+    assert given["mask"] == "given" and given["measurements"]["area_share"] > 0.01
     assert main(["export", str(crop_run), "--format", "onnx"]) == 0
     capsys.readouterr()
     assert (crop_run / "export" / "segmenter" / "checkpoints" / "best.pt").is_file()

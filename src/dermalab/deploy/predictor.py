@@ -88,6 +88,20 @@ class Predictor:
             return load_resized(source, self.info.image_size, self.info.resize_mode, name=name)
         return self.prepare(open_rgb(source, name=name), mask)
 
+    def _with_lesion(self, src: str, masks_dir: str | None
+                     ) -> tuple[np.ndarray, dict[str, Any]]:
+        """A lesion-aware model's input for one file, and the lesion's measurements (from the
+        given mask, else the segmenter's), which are descriptive, not diagnostic."""
+        from dermalab.segment.measure import measure_lesion
+
+        img = open_rgb(src)
+        given = find_mask(masks_dir, src) if masks_dir else None
+        mask = given if given is not None else self.segment(img)
+        x = self.prepare(img, mask)
+        return x, {"mask": "given" if given is not None else "segmenter",
+                   "measurements": measure_lesion(mask, np.asarray(img)).to_json(),
+                   "note": "descriptive measurements of the outlined lesion, not a diagnosis"}
+
     @property
     def segmenter(self) -> Any:
         """The lesion segmenter that came with the model (``RUN_DIR/segmenter/``, copied
@@ -210,10 +224,14 @@ class Predictor:
         ``<stem>_mask.png`` or ``<stem>.png``); an image without one is segmented."""
         out: list[dict[str, Any]] = []
         good: list[tuple[int, np.ndarray]] = []
+        lesions: dict[int, dict[str, Any]] = {}
         for i, src in enumerate(sources):
             try:
-                mask = find_mask(masks_dir, src) if masks_dir else None
-                good.append((i, self.preprocess(src, mask=mask)))
+                if self.info.input_mode in NEEDS_MASK:
+                    x, lesions[i] = self._with_lesion(src, masks_dir)
+                    good.append((i, x))
+                else:
+                    good.append((i, self.preprocess(src)))
                 out.append({})
             except DermalabError as exc:
                 out.append({"image": src, "error": str(exc)})
@@ -221,6 +239,8 @@ class Predictor:
             probs = self.probabilities(np.stack([img for _, img in good]), tta)
             for (i, _), p in zip(good, probs, strict=True):
                 out[i] = self.describe(sources[i], p, top_k)
+                if i in lesions:
+                    out[i]["lesion"] = lesions[i]
         return out
 
     def describe(self, image: str, probs: np.ndarray, top_k: int = 3) -> dict[str, Any]:
