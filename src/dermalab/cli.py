@@ -611,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "live; several servers behind one address need a shared one "
                     "(redis://HOST:6379)")
     sv.add_argument("--clinics", metavar="FILE", help="clinic directory (CSV or YAML; see "
-                    "configs/clinics.example.yaml) for the dermatologist finder")
+                    "examples/clinics.example.yaml) for the dermatologist finder")
     sv.add_argument("--orphan-grace", type=float, metavar="S", help="at start-up, delete "
                     "analyses whose photo is missing once older than S seconds (default 0 "
                     "with the run's own database and photos, 600 with --db/--images, which "

@@ -17,7 +17,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 
 @pytest.fixture(scope="module")
 def server(skin_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    clinics = Path(__file__).parents[2] / "configs" / "clinics.example.yaml"
+    clinics = Path(__file__).parents[2] / "examples" / "clinics.example.yaml"
     with dermalab_server(skin_run, tmp_path_factory.mktemp("web"),
                          extra_args=("--clinics", str(clinics))) as url:
         yield url

@@ -14,7 +14,7 @@ from dermalab.serve.app import create_app
 from dermalab.serve.clinics import EARTH_RADIUS_KM, haversine_km, load_directory
 from tests.serve.test_accounts import _settings
 
-EXAMPLE = Path(__file__).parents[2] / "configs" / "clinics.example.yaml"
+EXAMPLE = Path(__file__).parents[2] / "examples" / "clinics.example.yaml"
 
 
 def _cosines_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

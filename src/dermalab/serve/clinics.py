@@ -2,7 +2,7 @@
 --clinics FILE``): the nearest suitable clinics to a position or a city, by great-circle
 distance; for an urgent referral, those that accept urgent referrals first.
 
-The directory is a CSV or YAML file (see ``configs/clinics.example.yaml``) with, per clinic:
+The directory is a CSV or YAML file (see ``examples/clinics.example.yaml``) with, per clinic:
 ``name``, ``address``, ``city``, ``latitude``, ``longitude`` (required), ``phone``,
 ``website``, ``specialties`` (a list, or ``;``-separated in CSV), ``urgent`` (accepts urgent
 referrals: true/false) and ``hours`` (optional). dermalab ships no directory: it never invents
@@ -116,7 +116,7 @@ def load_directory(path: str | Path) -> ClinicDirectory:
     path = Path(path)
     if not path.is_file():
         raise DermalabError(f"{path}: no such clinic directory (a CSV or YAML file; see "
-                            f"configs/clinics.example.yaml)")
+                            f"examples/clinics.example.yaml)")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
