@@ -116,8 +116,19 @@ def main() -> None:
         photos = skimage_photos()
         non_skin = {n: post(url, f"{n}.jpg", b, tokens[0])[2].get("verdict")
                     for n, b in photos.items()}
+    metrics = json.loads((run / "metrics.json").read_text())
+    info = json.loads((run / "export" / "model.json").read_text()) if (
+        run / "export" / "model.json").is_file() else {}
+    model = {"backbone": info.get("backbone") or metrics.get("backbone"),
+             "image_size": info.get("image_size"),
+             "test_balanced_accuracy": (round(float(metrics["balanced_accuracy"]), 3)
+                                        if metrics.get("balanced_accuracy") is not None
+                                        else None),
+             "test_images": sum(metrics.get("split", {}).get("counts", {}).get("test", {})
+                                .values())}
     report = {
-        "run": str(run.resolve()), "backend": backend, "clients": args.clients,
+        "run": str(run.resolve()), "model": model, "backend": backend,
+        "clients": args.clients,
         "requests": args.requests, "wall_seconds": round(wall, 2),
         "throughput_rps": round(args.requests / wall, 2),
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1),
@@ -143,7 +154,10 @@ def main() -> None:
     md = [f"# Web service load ({report['date']}, {os.cpu_count()} CPUs, backend {backend})", "",
           f"{args.requests} uploads of real HAM10000 test photos from {args.clients} concurrent "
           "clients on 127.0.0.1; each response includes calibrated probabilities, the OOD check "
-          "and a Grad-CAM heat-map.", "",
+          "and a Grad-CAM heat-map; each client is a signed-in account (bearer token).", "",
+          f"Model: {model['backbone']} at {model['image_size']} px, test balanced accuracy "
+          f"{model['test_balanced_accuracy']} on {model['test_images']} images (the not-skin "
+          "rates below depend on the model; the latency on its architecture and size).", "",
           "| p50 ms | p95 ms | max ms | req/s | 5xx | status codes |",
           "| --- | --- | --- | --- | --- | --- |",
           f"| {report['latency_ms']['p50']} | {report['latency_ms']['p95']} | "

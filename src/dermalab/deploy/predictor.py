@@ -28,7 +28,8 @@ class Predictor:
     """Calibrated top-k predictions from ONNX Runtime or PyTorch."""
 
     def __init__(self, info: ModelInfo, *, onnx_path: Path | None = None,
-                 torch_model: Any = None, run_dir: Path | None = None) -> None:
+                 torch_model: Any = None, run_dir: Path | None = None,
+                 threads: int | None = None) -> None:
         if onnx_path is None and torch_model is None:
             raise DermalabError("a predictor needs an ONNX file or a PyTorch model")
         self.info = info
@@ -42,14 +43,18 @@ class Predictor:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
-            opts.intra_op_num_threads = int(os.environ.get("DERMALAB_ORT_THREADS", "0"))
+            # 0: every core for one inference (the CLI); a server answering several requests
+            # at once passes 1, so requests run side by side instead of fighting for cores.
+            env = os.environ.get("DERMALAB_ORT_THREADS")
+            opts.intra_op_num_threads = int(env) if env else (threads or 0)
             self._session = ort.InferenceSession(str(onnx_path), opts,
                                                  providers=["CPUExecutionProvider"])
             self._input = self._session.get_inputs()[0].name
         self.backend = "onnxruntime" if self._session is not None else "torch"
 
     @classmethod
-    def load(cls, path: str | Path, prefer_onnx: bool = True) -> Predictor:
+    def load(cls, path: str | Path, prefer_onnx: bool = True, threads: int | None = None
+             ) -> Predictor:
         """A run directory, an export directory, or a ``model.onnx`` with ``model.json`` beside.
 
         Raises:
@@ -60,17 +65,18 @@ class Predictor:
             p_json = p.with_suffix(".json")
             if not p_json.is_file():
                 raise DermalabError(f"{p}: no {p_json.name} beside it (export writes both)")
-            return cls(ModelInfo.from_json(json.loads(p_json.read_text())), onnx_path=p)
+            return cls(ModelInfo.from_json(json.loads(p_json.read_text())), onnx_path=p,
+                       threads=threads)
         if (p / "model.onnx").is_file() and (p / "model.json").is_file():
             return cls(ModelInfo.from_json(json.loads((p / "model.json").read_text())),
-                       onnx_path=p / "model.onnx")
+                       onnx_path=p / "model.onnx", threads=threads)
         if RunPaths(p).best.is_file():
             run = load_run(p)
             info = run.info
             onnx = run.paths.export / "model.onnx"
             use_onnx = prefer_onnx and onnx.is_file()
             return cls(info, onnx_path=onnx if use_onnx else None, torch_model=run.model,
-                       run_dir=p)
+                       run_dir=p, threads=threads)
         raise DermalabError(f"{p}: not a run directory (checkpoints/best.pt) or an exported "
                             "model (model.onnx + model.json)")
 

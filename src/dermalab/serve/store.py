@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     delete,
+    event,
     func,
     select,
     update,
@@ -190,6 +191,16 @@ class ImageStore:
                       and not p.name.startswith("."))
 
 
+def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
+    """Write-ahead log with ``synchronous=NORMAL``: readers never wait for the writer, and a
+    commit no longer waits for an fsync (4 of the service's 44 ms per upload); a killed
+    process still loses nothing committed, a power cut at most the last commits."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
 def make_engine(url: str) -> Any:
     """An engine for ``url``, with the schema created or upgraded to the newest revision."""
     from dermalab.serve.migrations import upgrade
@@ -201,6 +212,9 @@ def make_engine(url: str) -> Any:
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    if url.startswith("sqlite") and ":memory:" not in url and url not in ("sqlite://",
+                                                                          "sqlite:///"):
+        event.listen(engine, "connect", _sqlite_wal)
     upgrade(engine)
     return engine
 
