@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,20 @@ from tests.webserver import dermalab_server
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _playwright() -> Any:
+    """Playwright's sync API, or skip when it or Debian's chromium is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed (.ci/run installs it)")
+    return sync_api
+
+
+def _test_id(run: Path, k: int) -> str:
+    """The ``k``-th test image of the run's split."""
+    with open(run / "splits.csv") as f:
+        return [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"][k]
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +43,9 @@ def server(skin_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                                       {"width": 390, "height": 844}], ids=["desktop", "phone"])
 def test_upload_and_see_the_result(server: str, skin_run: Path, viewport: dict,
                                    tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
-    import csv
+    sync_api = _playwright()
 
-    with open(skin_run / "splits.csv") as f:
-        test_id = next(r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test")
+    test_id = _test_id(skin_run, 0)
     photo = HAM_DIR / "images" / f"{test_id}.jpg"
     shot = skin_run / f"web_{viewport['width']}.png"
     with sync_api.sync_playwright() as p:
@@ -61,15 +73,11 @@ def test_upload_and_see_the_result(server: str, skin_run: Path, viewport: dict,
 def test_the_page_in_korean_at_phone_width(server: str, skin_run: Path) -> None:
     """A Korean phone (locale ko-KR): the page, verdict, referral and care text are Korean,
     percentages are formatted for the locale and nothing overflows sideways."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
-    import csv
+    sync_api = _playwright()
     import re
 
     hangul = re.compile(r"[가-힣]")
-    with open(skin_run / "splits.csv") as f:
-        test_id = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"][1]
+    test_id = _test_id(skin_run, 1)
     shot = skin_run / "web_390_ko.png"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
@@ -104,13 +112,9 @@ def test_the_page_in_korean_at_phone_width(server: str, skin_run: Path) -> None:
 def test_sign_up_analyse_sign_out_and_it_is_gone(server: str, skin_run: Path) -> None:
     """A visitor gets a private device session, creates an account (the device's analysis
     moves into it), signs out, and the page and the API then show nothing of it."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
-    import csv
+    sync_api = _playwright()
 
-    with open(skin_run / "splits.csv") as f:
-        test_id = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"][2]
+    test_id = _test_id(skin_run, 2)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 390, "height": 844})
@@ -157,13 +161,9 @@ def test_sign_up_analyse_sign_out_and_it_is_gone(server: str, skin_run: Path) ->
 def test_find_a_dermatologist_near_me(server: str, skin_run: Path) -> None:
     """After a result, the person allows their location (granted here, placed in Busan) and
     the nearest clinics of the directory are listed, nearest first; a typed city works too."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
-    import csv
+    sync_api = _playwright()
 
-    with open(skin_run / "splits.csv") as f:
-        test_id = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"][1]
+    test_id = _test_id(skin_run, 1)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         context = browser.new_context(viewport={"width": 390, "height": 844},

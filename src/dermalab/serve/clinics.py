@@ -14,13 +14,13 @@ from __future__ import annotations
 import csv
 import math
 import unicodedata
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from dermalab.core.errors import DermalabError
+from dermalab.serve.schemas import Clinic
 
 EARTH_RADIUS_KM = 6371.0088  # the IUGG mean radius R1 = (2a + b) / 3 of the WGS-84 ellipsoid
 REQUIRED = ("name", "address", "city", "latitude", "longitude")
@@ -47,26 +47,6 @@ def city_key(name: str) -> str:
     plain = unicodedata.normalize("NFKD", name)
     plain = "".join(ch for ch in plain if not unicodedata.combining(ch))
     return " ".join(plain.split()).casefold()
-
-
-@dataclass(frozen=True)
-class Clinic:
-    """One entry of the directory."""
-
-    name: str
-    address: str
-    city: str
-    latitude: float
-    longitude: float
-    phone: str | None = None
-    website: str | None = None
-    specialties: tuple[str, ...] = field(default_factory=tuple)
-    urgent: bool = False
-    hours: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return {**asdict(self), "specialties": list(self.specialties)}
 
 
 def _clinic(raw: dict[str, Any], where: str) -> Clinic:
@@ -103,7 +83,7 @@ def _clinic(raw: dict[str, Any], where: str) -> Clinic:
     return Clinic(name=str(raw["name"]).strip(), address=str(raw["address"]).strip(),
                   city=str(raw["city"]).strip(), latitude=lat, longitude=lon,
                   phone=text("phone"), website=text("website"), specialties=specialties,
-                  urgent=urgent, hours=text("hours"))
+                  urgent=bool(urgent), hours=text("hours"))
 
 
 def load_directory(path: str | Path) -> ClinicDirectory:

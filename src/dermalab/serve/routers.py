@@ -142,7 +142,7 @@ def find_clinics(svc: Service, lang: Language, response: Response,
         origin = found
     else:
         raise HTTPException(422, "give lat and lon, or city")
-    items = [{**c.as_dict(), "distance_km": round(d, 1)}
+    items = [{**c.model_dump(), "distance_km": round(d, 1)}
              for c, d in directory.nearest(*origin, urgent=urgency == "urgent", limit=limit)]
     return {"configured": True, "items": items, "advice": advice}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from dermalab.core.i18n import DEFAULT_LANGUAGE, t
 
@@ -78,16 +78,21 @@ class Messages(BaseModel):
     messages: dict[str, str] = Field(description="Message key -> text ({name}-style fields).")
 
 
-class AnalysisSummary(BaseModel):
-    """A history entry."""
+class Outcome(BaseModel):
+    """What one analysis found, in brief."""
 
-    id: str = Field(description="Identifier.")
+    id: str = Field(description="The analysis (its photo: /v1/analyses/{id}/photo).")
     created_at: datetime = Field(description="When (UTC).")
-    filename: str = Field(description="Uploaded file name.")
     verdict: str = Field(description="ok | uncertain | not_skin.")
     referral: str | None = Field(description="urgent | routine | self-care | null.")
     top_condition: str | None = Field(description="Name of the most probable condition.")
     top_probability: float | None = Field(description="Its calibrated probability.")
+
+
+class AnalysisSummary(Outcome):
+    """A history entry."""
+
+    filename: str = Field(description="Uploaded file name.")
     spot: str | None = Field(None, description="Name of the spot it was filed under.")
 
 
@@ -159,15 +164,9 @@ class SpotList(BaseModel):
     items: list[SpotSummary]
 
 
-class SpotEntry(BaseModel):
+class SpotEntry(Outcome):
     """One photo of a spot."""
 
-    id: str = Field(description="The analysis (its photo: /v1/analyses/{id}/photo).")
-    created_at: datetime = Field(description="When (UTC).")
-    verdict: str = Field(description="ok | uncertain | not_skin.")
-    referral: str | None = Field(description="urgent | routine | self-care | null.")
-    top_condition: str | None = Field(description="Name of the most probable condition.")
-    top_probability: float | None = Field(description="Its calibrated probability.")
     malignant_probability: float | None = Field(description="Calibrated probability of any "
                                                             "possibly malignant class.")
     malignant_threshold: float | None = Field(description="The operating point it is "
@@ -188,19 +187,26 @@ class SpotHistory(SpotRef):
     language: str = Field(default=DEFAULT_LANGUAGE, description="Language of the texts.")
 
 
-class ClinicOut(BaseModel):
-    """A clinic from the operator's directory, with its distance."""
+class Clinic(BaseModel):
+    """One clinic of the operator's directory (``--clinics``)."""
+
+    model_config = ConfigDict(frozen=True)
 
     name: str
     address: str
     city: str
-    latitude: float
-    longitude: float
+    latitude: float = Field(ge=-90, le=90, description="Degrees (WGS-84).")
+    longitude: float = Field(ge=-180, le=180, description="Degrees (WGS-84).")
     phone: str | None = None
     website: str | None = None
-    specialties: list[str] = Field(default_factory=list)
-    urgent: bool = Field(description="Accepts urgent referrals.")
+    specialties: tuple[str, ...] = ()
+    urgent: bool = Field(False, description="Accepts urgent referrals.")
     hours: str | None = None
+
+
+class ClinicOut(Clinic):
+    """A clinic with its distance from the search origin."""
+
     distance_km: float = Field(description="Great-circle distance from the search origin.")
 
 
