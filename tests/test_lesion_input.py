@@ -124,6 +124,12 @@ def test_crop_through_the_cli_the_export_and_the_web_service(
 
         # The service prepares an upload exactly as predict does (crop by its segmenter).
         assert np.array_equal(svc.predictor.prepare(open_rgb(photos[0])), images[0])
+        if body["verdict"] != "not_skin":  # the outline and measurements come along
+            lesion = body["lesion"]
+            assert lesion["outline_png"].startswith("data:image/png;base64,")
+            assert 0 < lesion["area_share"] <= 1 and lesion["diameter_px"] > 0
+        else:
+            assert body["lesion"] is None
         want = torch_pred.probabilities(images[:1])[0]
         if body["conditions"]:  # and so answers the same probabilities
             top = body["conditions"][0]

@@ -42,6 +42,9 @@ def test_the_page_and_the_service_use_only_keys_that_exist() -> None:
              if not k.endswith("_")}  # "page.ref_" + a referral: listed below
     used |= {f"page.ref_{r}" for r in ("urgent", "routine", "self-care", "none")}
     used |= {"page.not_sure", "page.top"}
+    from dermalab.segment.measure import DERMOSCOPIC_COLOURS
+
+    used |= {f"page.colour_{c}" for c in DERMOSCOPIC_COLOURS}  # the page shows each by name
     assert used <= set(catalogue()), used - set(catalogue())
     serve = resources.files("dermalab.serve")
     service = "".join(serve.joinpath(f).read_text("utf-8") for f in ("service.py",

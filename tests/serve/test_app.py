@@ -272,3 +272,29 @@ def test_standardised_mahalanobis_is_the_z_space_distance() -> None:
     p = LedoitWolf(assume_centered=True).fit(z).precision_
     want = np.einsum("nd,de,ne->n", z[:7], p, z[:7])
     assert np.allclose(det.score(x[:7]), want, rtol=1e-6)
+
+
+def test_lesion_summary_measures_in_the_photos_own_pixels() -> None:
+    """A disc of radius 500 px in a 2000x1500 photo: measured on a 512 px copy, the diameter
+    is still given in the photo's pixels; the outline image is at most 384 px."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from dermalab.serve.service import lesion_summary
+
+    w, h, r = 2000, 1500, 500
+    yy, xx = np.mgrid[:h, :w]
+    disc = (xx - 1000) ** 2 + (yy - 700) ** 2 <= r * r
+    photo = np.full((h, w, 3), 220, np.uint8)
+    photo[disc] = (95, 55, 35)  # dark brown
+    out = lesion_summary(Image.fromarray(photo), disc)
+    assert out is not None
+    assert out["area_share"] == pytest.approx(np.pi * r * r / (w * h), rel=0.02)
+    assert out["diameter_px"] == pytest.approx(2 * r, rel=0.02)
+    assert out["compactness"] == pytest.approx(1.0, abs=0.05)
+    assert out["colours"] == ["dark_brown"]
+    png = Image.open(io.BytesIO(base64.b64decode(out["outline_png"].split(",", 1)[1])))
+    assert max(png.size) == 384
+    assert lesion_summary(Image.fromarray(photo), np.zeros((h, w), bool)) is None

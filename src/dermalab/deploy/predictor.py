@@ -109,6 +109,12 @@ class Predictor:
                    "note": "descriptive measurements of the outlined lesion, not a diagnosis"}
 
     @property
+    def has_segmenter(self) -> bool:
+        """Whether the model came with a lesion segmenter (``data.segmenter``)."""
+        return self.home is not None and (self.home / SEGMENTER_DIR / "checkpoints"
+                                          / "best.pt").is_file()
+
+    @property
     def segmenter(self) -> Any:
         """The lesion segmenter that came with the model (``RUN_DIR/segmenter/``, copied
         there from ``data.segmenter`` at training; ``export`` copies it beside the ONNX

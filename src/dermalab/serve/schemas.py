@@ -33,6 +33,22 @@ class SpotRef(BaseModel):
     name: str = Field(description="The name its owner gave it (e.g. 'left shoulder mole').")
 
 
+class Lesion(BaseModel):
+    """The lesion as the model's segmenter outlined it: descriptive measurements after the
+    ABCD rule of dermoscopy (Stolz et al.), not a diagnosis."""
+
+    area_share: float = Field(description="Lesion pixels / photo pixels.")
+    asymmetry_major: float = Field(description="0 = mirror-symmetric about the major axis.")
+    asymmetry_minor: float = Field(description="0 = mirror-symmetric about the minor axis.")
+    compactness: float = Field(description="4π·area/perimeter²: 1 = a disc; lower = a more "
+                                           "irregular border.")
+    colours: list[str] = Field(description="Dermoscopic colours covering at least 5% of the "
+                                           "lesion (white, red, light_brown, dark_brown, "
+                                           "blue_grey, black).")
+    diameter_px: float = Field(description="Largest diameter, in the photo's pixels.")
+    outline_png: str = Field(description="The photo with the outline drawn (PNG data URL).")
+
+
 class AnalysisOut(BaseModel):
     """The result of analysing one photo."""
 
@@ -64,6 +80,9 @@ class AnalysisOut(BaseModel):
     heatmap_png: str | None = Field(description="Grad-CAM overlay as a data: URL (PNG), showing "
                                                 "where the model looked; null for not-skin.")
     spot: SpotRef | None = Field(None, description="The named spot this photo belongs to.")
+    lesion: Lesion | None = Field(None, description="The outlined lesion and its "
+                                                    "measurements, when the model brings a "
+                                                    "segmenter; null otherwise.")
     disclaimer: str = Field(default=DISCLAIMER, description="Always shown: not a diagnosis.")
     language: str = Field(default=DEFAULT_LANGUAGE, description="Language of the plain-language "
                           "fields: from the request's Accept-Language header or its 'lang' "

@@ -138,6 +138,41 @@ def clean_photo(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+OUTLINE_SIDE = 384  # the outline image's longer side
+MEASURE_SIDE = 512  # measurements on a copy no larger than this (a phone photo is 12 MP)
+OUTLINE_RGB = (0, 230, 255)  # cyan: visible on every skin tone and on a dark lesion
+
+
+def lesion_summary(img: Image.Image, mask: np.ndarray) -> dict[str, Any] | None:
+    """The lesion the segmenter outlined: its measurements (:func:`measure_lesion`, on a
+    copy at most ``MEASURE_SIDE`` px; the diameter given in the photo's own pixels) and the
+    photo with the outline drawn, as a PNG data URL. ``None`` when nothing was outlined."""
+    from scipy import ndimage
+
+    from dermalab.segment.measure import largest_region, measure_lesion
+
+    if not mask.any():
+        return None
+    scale = min(1.0, MEASURE_SIDE / max(img.size))
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    small = np.asarray(img.resize(size, Image.Resampling.BILINEAR), np.uint8)
+    m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
+        size, Image.Resampling.NEAREST)) >= 128
+    measured = measure_lesion(m, small).to_json()
+    measured["diameter_px"] = round(measured["diameter_px"] / scale, 1)
+    view = min(1.0, OUTLINE_SIDE / max(img.size))
+    vsize = (max(1, round(img.width * view)), max(1, round(img.height * view)))
+    photo = np.array(img.resize(vsize, Image.Resampling.BILINEAR), np.uint8)
+    region = np.asarray(Image.fromarray(largest_region(mask).astype(np.uint8) * 255).resize(
+        vsize, Image.Resampling.NEAREST)) >= 128
+    edge = region & ~ndimage.binary_erosion(region, iterations=2)
+    photo[edge] = OUTLINE_RGB
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, "PNG", compress_level=1)
+    return {**measured, "outline_png": "data:image/png;base64,"
+            + base64.b64encode(buf.getvalue()).decode()}
+
+
 def check_servable(paths: RunPaths) -> None:
     """A finished run with serving thresholds, or a one-line error saying what to run."""
     paths.require_model("serve")
@@ -266,7 +301,8 @@ class AnalysisService:
         img = decode_upload(data, filename, self.settings)
         # The model's input: resized, or for a lesion-aware model cropped/masked with the
         # lesion its segmenter finds (the same preprocessing as training).
-        arr = self.predictor.prepare(img)
+        mask = self.predictor.segment(img) if self.predictor.has_segmenter else None
+        arr = self.predictor.prepare(img, mask)
         logits, feats, fmap = self.predictor.forward_all(arr[None])
         probs = calibrated_probs(logits, self.info.temperature)[0]
         ood_score = float(self.ood.score(feats)[0])
@@ -291,6 +327,8 @@ class AnalysisService:
             referral = {"malignant": "urgent", "uncertain": "routine"}.get(
                 referral_reason(verdict, mal_p, mal_t), conditions[0]["urgency"])
             heat = self.heatmap(np.ascontiguousarray(arr[..., :3]), int(order[0]), fmap)
+        lesion = lesion_summary(img, mask) if mask is not None and verdict != "not_skin" \
+            else None
         analysis_id = str(uuid.uuid4())
         created = now()
         result: dict[str, Any] = self.localize({
@@ -300,7 +338,8 @@ class AnalysisService:
             "ood_score": ood_score, "ood_threshold": self.ood.threshold,
             "ood_colour_score": colour_score,
             "ood_colour_threshold": self.ood_colour.threshold if self.ood_colour else None,
-            "uncertain_threshold": t_unsure, "heatmap_png": heat}, DEFAULT_LANGUAGE)
+            "uncertain_threshold": t_unsure, "heatmap_png": heat, "lesion": lesion},
+            DEFAULT_LANGUAGE)
         named = self.history.spot_named(spot, owner) if spot and spot.strip() else None
         result["spot"] = {"id": named.id, "name": named.name} if named else None
         photo = clean_photo(img)
@@ -469,6 +508,9 @@ class AnalysisService:
             for r in rows:
                 res = json.loads(r.result_json)
                 res.pop("heatmap_png", None)
+                if res.get("lesion"):
+                    res["lesion"] = {k: v for k, v in res["lesion"].items()
+                                     if k != "outline_png"}
                 photo = self._read_photo(r.image_ref)
                 if photo is not None:
                     zf.writestr(f"photos/{r.image_ref}", photo)

@@ -150,12 +150,32 @@ function render(r) {
     info.append(d);
   });
   $("result-disclaimer").textContent = r.disclaimer;
+  renderLesion(r.lesion);
   $("spot-link").hidden = !r.spot;
   if (r.spot) {
     $("see-spot").textContent = msg("page.see_spot", {name: r.spot.name});
     $("see-spot").onclick = () => showSpot(r.spot.id);
   }
   showClinics(r.referral);
+}
+
+// The outline the segmenter drew and its measurements (descriptive, not diagnostic).
+function renderLesion(lesion) {
+  $("lesion-box").hidden = !lesion;
+  const tb = $("lesion-table"); tb.replaceChildren();
+  if (!lesion) return;
+  $("outline").src = lesion.outline_png;
+  const num = (x, d) => new Intl.NumberFormat(lang || undefined,
+                                              {maximumFractionDigits: d}).format(x);
+  const rows = [
+    ["page.m_area", pct(lesion.area_share)],
+    ["page.m_asym", num(lesion.asymmetry_major, 2) + " / " + num(lesion.asymmetry_minor, 2)],
+    ["page.m_border", num(lesion.compactness, 2)],
+    ["page.m_colours", lesion.colours.map((c) => msg("page.colour_" + c)).join(", ") || "–"],
+    ["page.m_diameter", msg("page.px", {n: num(lesion.diameter_px, 0)})],
+  ];
+  rows.forEach(([k, v]) => { const tr = document.createElement("tr");
+    tr.append(text("td", msg(k)), text("td", v)); tb.append(tr); });
 }
 
 // -- the dermatologist finder: the position is asked for only when the person presses the
