@@ -319,6 +319,14 @@ def _ham_image_dirs(csv_path: Path, cfg: DataConfig) -> list[Path]:
     return found or [base]
 
 
+def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV's header and rows, keys and values stripped (BOM-tolerant)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        return [h.strip() for h in (reader.fieldnames or [])], rows
+
+
 def _bad_row(where: str, problem: str | None, cfg: DataConfig, bad: list[dict[str, str]]
              ) -> bool:
     """True for a bad row listed in ``bad`` (``data.skip_bad``); raises without skip_bad."""
@@ -345,13 +353,10 @@ def read_ham10000(path: Path, cfg: DataConfig) -> SourceData:
         if found is None:
             raise DataError(f"{path}: no HAM10000_metadata.csv with columns {list(HAM_REQUIRED)}")
         csv_path = found
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in HAM_REQUIRED if c not in header]
-        if missing:
-            raise DataError(f"{csv_path}: missing required column(s) {missing}; found {header}")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    header, rows = _read_rows(csv_path)
+    missing = [c for c in HAM_REQUIRED if c not in header]
+    if missing:
+        raise DataError(f"{csv_path}: missing required column(s) {missing}; found {header}")
     if not rows:
         raise DataError(f"{csv_path}: no rows")
     dirs = _ham_image_dirs(csv_path, cfg)
@@ -405,12 +410,6 @@ def read_ham10000(path: Path, cfg: DataConfig) -> SourceData:
 # ISIC 2019
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()}
-                for row in csv.DictReader(f)]
-
-
 def read_isic2019(path: Path, cfg: DataConfig) -> SourceData:
     """ISIC 2019 training data: ``ISIC_2019_Training_GroundTruth.csv`` (one-hot columns MEL,
     NV, BCC, AK, BKL, DF, VASC, SCC, UNK) and, when present, ``ISIC_2019_Training_Metadata.csv``
@@ -422,13 +421,13 @@ def read_isic2019(path: Path, cfg: DataConfig) -> SourceData:
     truth = folder / ISIC2019_TRUTH if path.is_dir() else path
     if not truth.is_file():
         raise DataError(f"{folder}: no {ISIC2019_TRUTH}")
-    rows = _read_rows(truth)
+    _, rows = _read_rows(truth)
     columns = [c for c in ISIC2019_CLASSES if rows and c in rows[0]]
     if not rows or "image" not in rows[0] or not columns:
         raise DataError(f"{truth}: expected columns image and {list(ISIC2019_CLASSES)}")
     meta_path = folder / ISIC2019_META
-    meta_rows = {r.get("image", ""): r for r in _read_rows(meta_path)} if meta_path.is_file() \
-        else {}
+    meta_rows = {r.get("image", ""): r for r in _read_rows(meta_path)[1]} \
+        if meta_path.is_file() else {}
     dirs = ([Path(d) if Path(d).is_absolute() else folder / d for d in cfg.image_dirs]
             if cfg.image_dirs else [folder / "images", folder / "ISIC_2019_Training_Input"])
     index = _image_index(dirs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +109,10 @@ class Predictor:
                    "measurements": measure_lesion(mask, np.asarray(img)).to_json(),
                    "note": "descriptive measurements of the outlined lesion, not a diagnosis"}
 
-    @property
+    @cached_property
     def has_segmenter(self) -> bool:
-        """Whether the model came with a lesion segmenter (``data.segmenter``)."""
+        """Whether the model came with a lesion segmenter (``data.segmenter``); looked up
+        once, not on every request."""
         return self.home is not None and (self.home / SEGMENTER_DIR / "checkpoints"
                                           / "best.pt").is_file()
 

@@ -301,7 +301,7 @@ class AnalysisService:
         img = decode_upload(data, filename, self.settings)
         # The model's input: resized, or for a lesion-aware model cropped/masked with the
         # lesion its segmenter finds (the same preprocessing as training).
-        mask = self.predictor.segment(img) if self.predictor.has_segmenter else None
+        mask = self.predictor.segment(img) if self.info.input_mode in NEEDS_MASK else None
         arr = self.predictor.prepare(img, mask)
         logits, feats, fmap = self.predictor.forward_all(arr[None])
         probs = calibrated_probs(logits, self.info.temperature)[0]
@@ -327,8 +327,12 @@ class AnalysisService:
             referral = {"malignant": "urgent", "uncertain": "routine"}.get(
                 referral_reason(verdict, mal_p, mal_t), conditions[0]["urgency"])
             heat = self.heatmap(np.ascontiguousarray(arr[..., :3]), int(order[0]), fmap)
-        lesion = lesion_summary(img, mask) if mask is not None and verdict != "not_skin" \
-            else None
+        lesion = None
+        if verdict != "not_skin" and self.predictor.has_segmenter:
+            # A raw model with a segmenter outlines only photos that are skin.
+            if mask is None:
+                mask = self.predictor.segment(img)
+            lesion = lesion_summary(img, mask)
         analysis_id = str(uuid.uuid4())
         created = now()
         result: dict[str, Any] = self.localize({
