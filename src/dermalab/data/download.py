@@ -245,6 +245,9 @@ def download_dataset(name: str, *, root: Path | None = None, parts: Iterable[str
     entries = load_catalog(catalog)
     entry = catalog_entry(name, entries)
     root = root or data_home()
+    if entry.manual:
+        raise DataError(f"{name} cannot be downloaded by dermalab: {entry.manual} Place it at "
+                        f"{root / name}.")
     wanted = list(parts) if parts else entry.default_parts()
     unknown = [p for p in wanted if p not in entry.parts]
     if unknown:
@@ -362,6 +365,9 @@ def resolve_dataset(location: str, *, progress: bool = True,
     entry, part = found
     needed = entry.default_parts() if part is None else [part]
     state = local_state(entry)
+    if entry.manual and not state.exists:
+        raise DataError(f"{entry.name}: not downloadable; {entry.manual} Place it at "
+                        f"{state.path} (or set DERMALAB_DATA).")
     if not state.has(needed):
         download_dataset(entry.name, parts=needed, progress=progress, catalog=catalog,
                          mirror=os.environ.get("DERMALAB_MIRROR"))

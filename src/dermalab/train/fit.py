@@ -172,7 +172,8 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
     info = ModelInfo(classes=data.classes, display_names=data.source.display_names,
                      mean=list(data_cfg["mean"]), std=list(data_cfg["std"]), image_size=size,
                      resize_mode=cfg.data.resize_mode, backbone=cfg.model.backbone,
-                     input_mode=cfg.data.input, crop_margin=cfg.data.crop_margin)
+                     input_mode=cfg.data.input, crop_margin=cfg.data.crop_margin,
+                     image_type=cfg.data.image_type)
     if accelerator.is_main_process:
         copy_segmenter(cfg.data.segmenter, paths)
     if cfg.model.channels_last:
