@@ -339,7 +339,7 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
 def test_serve_advice_for_a_run_without_serving_thresholds_works(
         odd_run: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     from dermalab.core.runs import RunPaths
-    from dermalab.serve.service import check_servable
+    from dermalab.serve.models import check_servable
 
     run = odd_run[0]  # trained with eval.serving=false
     assert main(["serve", str(run)]) == 2

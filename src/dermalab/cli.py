@@ -384,21 +384,64 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_models(paths: list[str], router: str | None
+                 ) -> tuple[list[str], tuple[tuple[str, str], ...], str | None]:
+    """The runs, image-type overrides and router of ``dermalab serve RUN_DIR...`` or of a
+    models file (``serve models.yaml``: ``models: [{run: DIR, image_type: clinical}, ...]``,
+    ``router: DIR``; relative paths are relative to the file)."""
+    import yaml
+
+    from dermalab.core.errors import ConfigError
+
+    if len(paths) != 1 or not paths[0].endswith((".yaml", ".yml")):
+        return paths, (), router
+    file = Path(paths[0])
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such models file")
+    try:
+        tree = yaml.safe_load(file.read_text("utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML ({exc})") from None
+    models = tree.get("models") if isinstance(tree, dict) else None
+    if not isinstance(models, list) or not models:
+        raise ConfigError(f"{file}: needs `models:`, a list of {{run: DIR, image_type: "
+                          "dermoscopic|clinical}}")
+    runs, types = [], []
+    for i, entry in enumerate(models, 1):
+        if not isinstance(entry, dict) or not entry.get("run"):
+            raise ConfigError(f"{file}: model {i} needs `run: RUN_DIR`")
+        run = str((file.parent / str(entry["run"])).resolve())
+        runs.append(run)
+        if entry.get("image_type"):
+            types.append((run, str(entry["image_type"])))
+    if router is None and tree.get("router"):
+        router = str((file.parent / str(tree["router"])).resolve())
+    return runs, tuple(types), router
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``dermalab serve RUN_DIR``."""
+    """``dermalab serve RUN_DIR [RUN_DIR...] | MODELS.yaml``."""
     import uvicorn
 
     from dermalab.core.runs import RunPaths
     from dermalab.serve.app import create_app
-    from dermalab.serve.service import ServeSettings, check_servable
+    from dermalab.serve.models import check_servable
+    from dermalab.serve.service import ServeSettings
 
-    check_servable(RunPaths(Path(args.run_dir)))  # before announcing anything
+    runs, types, router = serve_models(args.run_dir, args.router)
+    for run in runs:
+        check_servable(RunPaths(Path(run)))  # before announcing anything
+    if router:
+        from dermalab.deploy.router import ImageRouter
+
+        ImageRouter.load(router)
     if args.clinics:
         from dermalab.serve.clinics import load_directory
 
         load_directory(args.clinics)
     hosts = tuple(args.allowed_host or ()) or ("127.0.0.1", "localhost", args.host)
-    settings = ServeSettings(run_dir=args.run_dir, database_url=args.db,
+    settings = ServeSettings(run_dir=runs[0], more_runs=tuple(runs[1:]), router=router,
+                             image_types=types, database_url=args.db,
                              image_store=args.images, open=args.open, allowed_hosts=hosts,
                              docs=args.docs, retention_days=args.retention_days,
                              cookie_secure=args.secure_cookies, rate_signin=args.rate_signin,
@@ -407,10 +450,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     mode = ("OPEN mode: no accounts, every analysis visible to whoever uses it (single-user "
             "local install)" if args.open else "accounts: each person sees only their own "
             "analyses")
-    print(f"dermalab: serving {args.run_dir} on http://{args.host}:{args.port} "
-          f"(decision support, not a diagnosis); {mode}", flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
-                workers=1)
+    app = create_app(settings)  # loads the models: a bad pairing stops here, in one line
+    print(f"dermalab: serving {', '.join(runs)}{' routed by ' + router if router else ''} on "
+          f"http://{args.host}:{args.port} (decision support, not a diagnosis); {mode}",
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
+    return 0
+
+
+def cmd_router_fit(args: argparse.Namespace) -> int:
+    """``dermalab router fit RUN_DIR... --out DIR``."""
+    from dermalab.deploy.router_fit import fit_router_for_runs
+
+    meta = fit_router_for_runs(args.run_dirs, args.out, per_run=args.per_run,
+                               progress=not args.no_progress)
+    val = meta.get("val")
+    print(f"wrote the image-type router to {args.out} ({', '.join(meta['types'])}; fitted on "
+          + ", ".join(f"{k}: {v}" for k, v in meta["fit_images"].items())
+          + (f"; validation accuracy {val['accuracy']:.3f} on "
+             + ", ".join(f"{k}: {v}" for k, v in val["images"].items() if v) if val else "")
+          + ")")
+    print(f"serve with: dermalab serve {' '.join(args.run_dirs)} --router {args.out}")
     return 0
 
 
@@ -591,8 +651,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_parser(sgsub, "the segmenter", "a segmentation run directory",
                        cmd_segment_export)
 
+    ro = sub.add_parser("router", help="the image-type router of a several-model service")
+    rosub = ro.add_subparsers(dest="router_command", required=True)
+    rof = rosub.add_parser("fit", help="fit which model answers a photo (dermoscopic / "
+                           "clinical / not skin) from the runs' own images and non-skin photos")
+    rof.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                     help="the runs to serve, one per image type (data.image_type)")
+    rof.add_argument("--out", required=True, help="the router folder to write")
+    rof.add_argument("--per-run", type=int, default=800, help="training images used per run")
+    rof.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rof.set_defaults(func=cmd_router_fit)
+
     sv = sub.add_parser("serve", help="the web page and API for photo analysis")
-    sv.add_argument("run_dir", help="a finished run directory (with serving thresholds)")
+    sv.add_argument("run_dir", nargs="+", metavar="RUN_DIR",
+                    help="finished run directories (with serving thresholds), one per image "
+                    "type, or a models file (models.yaml: see the README)")
+    sv.add_argument("--router", metavar="DIR", help="image-type router (dermalab router fit); "
+                    "needed to serve more than one model")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 makes "
                     "the page reachable from other machines)")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on")

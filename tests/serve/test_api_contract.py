@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -24,6 +25,8 @@ class StubService:
     """The service's interface with canned answers; uploads go through the real checks."""
 
     backend = "stub"
+    models = {"dermoscopic": None}
+    router = None
 
     def __init__(self) -> None:
         # --open mode: the contract of the analyses routes, without accounts (tests/serve/
@@ -33,10 +36,12 @@ class StubService:
         self.seen: list[tuple[str, int]] = []
         self.languages: list[str] = []
         self.spots: list[str | None] = []
+        self.image_types: list[str | None] = []
 
     def analyze(self, data: bytes, filename: str, lang: str = "en", owner: Any = None,
-                spot: str | None = None) -> dict[str, Any]:
+                spot: str | None = None, image_type: str | None = None) -> dict[str, Any]:
         img = decode_upload(data, filename, self.settings)
+        self.image_types.append(image_type)
         self.seen.append((filename, len(data)))
         self.spots.append(spot)
         self.languages.append(lang)
@@ -50,6 +55,10 @@ class StubService:
                "malignant_probability": 0.1, "malignant_threshold": 0.3, "ood_score": 1.0,
                "ood_threshold": 2.0, "ood_colour_score": None, "ood_colour_threshold": None,
                "uncertain_threshold": 0.5, "heatmap_png": None, "disclaimer": DISCLAIMER,
+               "model": {"name": "stub", "image_type": "dermoscopic"},
+               "routing": {"image_type": "dermoscopic", "chosen_by": "single",
+                           "probabilities": None,
+                           "text": "Answered by the dermoscopy model (the only model here)."},
                "size": img.size}
         self.rows[aid] = res
         return res
@@ -69,11 +78,15 @@ class StubService:
         return self.rows.pop(analysis_id, None) is not None
 
     def model_card(self) -> dict[str, Any]:
-        return {"backbone": "stub", "classes": {"nv": "Naevus"}, "image_size": 64,
+        return {"name": "stub", "image_type": "dermoscopic", "backbone": "stub",
+                "classes": {"nv": "Naevus"}, "image_size": 64,
                 "training_data": "none", "test_metrics": {"accuracy": None},
                 "calibration": {"temperature": 1.0}, "malignant_operating_point": None,
                 "inference_backend": "stub", "intended_use": "tests",
                 "limitations": ["a stub"], "disclaimer": DISCLAIMER}
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        return [self.model_card()]
 
 
 @pytest.fixture
@@ -102,6 +115,40 @@ def test_create_returns_201_and_the_schema(client: TestClient, stub: StubService
     assert body.filename == "spot.png" and body.conditions[0].class_name == "nv"
     assert "size" not in r.json()  # response_model drops what the schema does not document
     assert stub.seen == [("spot.png", len(_png()))]
+
+
+def test_the_photo_type_is_passed_on_and_checked(client: TestClient, stub: StubService) -> None:
+    for kind in ("clinical", "dermoscopic", "auto"):
+        r = client.post("/v1/analyses", files={"file": ("a.png", _png())},
+                        data={"image_type": kind})
+        assert r.status_code == 201, r.text
+    assert client.post("/v1/analyses", files={"file": ("a.png", _png())}).status_code == 201
+    assert stub.image_types == ["clinical", "dermoscopic", "auto", "auto"]
+    r = client.post("/v1/analyses", files={"file": ("a.png", _png())},
+                    data={"image_type": "microscope"})
+    assert r.status_code == 422 and len(stub.image_types) == 4
+
+
+def test_heic_and_large_phone_photos_are_read() -> None:
+    """An iPhone HEIC photo decodes (pillow-heif); a 12 MP JPEG is decoded in draft mode and
+    a large PNG box-reduced, both still at least decode_side pixels a side."""
+    settings = ServeSettings(run_dir="unused", max_upload_bytes=50 * 1024 * 1024)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (300, 400, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "HEIF", quality=90)
+    assert buf.getvalue()[4:12] in (b"ftypheic", b"ftypmif1", b"ftypheix")
+    img = decode_upload(buf.getvalue(), "IMG_0001.HEIC", settings)
+    assert img.size == (400, 300) and img.mode == "RGB"
+    # the colours survive the HEVC round trip roughly (a wrong decoder gives noise or grey)
+    assert abs(np.asarray(img, float).mean() - pixels.mean()) < 3
+    big = Image.fromarray(np.repeat(np.repeat(pixels, 10, 0), 10, 1))  # 4000x3000 = 12 MP
+    for fmt in ("JPEG", "PNG"):
+        buf = io.BytesIO()
+        big.save(buf, fmt)
+        img = decode_upload(buf.getvalue(), f"big.{fmt.lower()}", settings)
+        assert min(img.size) >= settings.decode_side and max(img.size) <= 2000, (fmt, img.size)
+        assert img.size[0] * 3 == img.size[1] * 4  # the aspect ratio is kept
 
 
 @pytest.mark.parametrize(("name", "data", "status", "words"), [
@@ -156,7 +203,8 @@ def test_paging_parameters_are_bounded(client: TestClient, params: dict[str, Any
 
 def test_model_card_health_page_and_openapi(client: TestClient) -> None:
     ModelCard.model_validate(client.get("/v1/model").json())
-    assert client.get("/healthz").json() == {"status": "ok", "backend": "stub", "mode": "open"}
+    assert client.get("/healthz").json() == {"status": "ok", "backend": "stub", "mode": "open",
+                                              "models": ["dermoscopic"], "router": False}
     assert "Not a diagnosis" in client.get("/").text
     spec = client.get("/openapi.json").json()
     assert set(spec["paths"]) == {
@@ -213,7 +261,7 @@ def test_upload_errors_in_korean(client: TestClient) -> None:
                                   "32픽셀 이상이어야 합니다.")
     r = client.post("/v1/analyses", files={"file": ("x.jpg", b"not an image" * 5)},
                     headers={"Accept-Language": "ko"})
-    assert r.status_code == 415 and "JPEG, PNG, WebP" in r.json()["detail"]
+    assert r.status_code == 415 and "JPEG, HEIC, PNG, WebP" in r.json()["detail"]
     assert "사진 파일로 읽을 수 없습니다" in r.json()["detail"]
 
 

@@ -134,8 +134,8 @@ def _as_list(value: Any) -> tuple[str, ...]:
 
 def _parse_entry(name: str, raw: Any) -> DatasetEntry:
     manual = _text(raw.get("manual")) if isinstance(raw, dict) else ""
-    if not isinstance(raw, dict) or not manual and (
-            not isinstance(raw.get("parts"), dict) or not raw["parts"]):
+    if not isinstance(raw, dict) or (not manual and (
+            not isinstance(raw.get("parts"), dict) or not raw["parts"])):
         raise DataError(f"dataset catalog: {name}: needs a mapping with at least one part "
                         "(or `manual:`, how to obtain a dataset that cannot be downloaded)")
     parts = {}

@@ -20,8 +20,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dermalab.core.errors import ImageError
 
+try:  # HEIC/HEIF, the iPhone camera's format: Pillow reads it through libheif
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # an install without it still reads every other format
+    pass
+
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif"}
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif", ".heic", ".heif"}
 )
 # 64 megapixels covers full-resolution phone and DSLR photos; anything bigger is far more likely
 # a decompression bomb than a skin photo, and would cost gigabytes to decode.

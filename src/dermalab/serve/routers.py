@@ -4,7 +4,7 @@ anonymous device), the account (export, deletion), the model card and health, an
 from __future__ import annotations
 
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
@@ -58,12 +58,17 @@ def create_analysis(request: Request, svc: Service, lang: Language, caller: Call
                                                                  "(JPEG, PNG...)")],
                     spot: Annotated[str | None, Form(max_length=120, description=(
                         "Name of the spot to file this photo under (e.g. 'left shoulder "
-                        "mole'), to follow it over time; a new name starts a new spot"))] = None
+                        "mole'), to follow it over time; a new name starts a new spot"))] = None,
+                    image_type: Annotated[Literal["auto", "dermoscopic", "clinical"], Form(
+                        description="How the photo was taken: 'dermoscopic' (through a "
+                                    "dermatoscope) or 'clinical' (an ordinary camera or "
+                                    "phone); 'auto' lets the image-type router decide")] = "auto"
                     ) -> dict[str, Any]:
     _limit(request, "upload", f"owner:{caller.owner}", f"ip:{_client(request)}")
     limit = svc.settings.max_upload_bytes
     data = file.file.read(limit + 1)  # never read more than the limit into memory
-    return svc.analyze(data, file.filename or "upload", lang, owner=caller.owner, spot=spot)
+    return svc.analyze(data, file.filename or "upload", lang, owner=caller.owner, spot=spot,
+                       image_type=image_type)
 
 
 # Another owner's analysis answers 404 exactly like a missing one: never confirm it exists.
@@ -290,14 +295,21 @@ def model_card(svc: Service) -> dict[str, Any]:
     return svc.model_card()
 
 
+@meta.get("/v1/models", response_model=list[ModelCard],
+          summary="Every served model (one per image type)")
+def model_cards(svc: Service) -> list[dict[str, Any]]:
+    return svc.model_cards()
+
+
 @meta.get("/v1/messages", response_model=Messages, summary="The web page's texts")
 def page_messages(lang: Language) -> dict[str, Any]:
     return {"language": lang, "languages": LANGUAGE_NAMES, "messages": messages(lang, "page.")}
 
 
 @meta.get("/healthz", summary="Liveness, and whether accounts are on")
-def healthz(svc: Service) -> dict[str, str]:
-    return {"status": "ok", "backend": svc.backend,
+def healthz(svc: Service) -> dict[str, Any]:
+    return {"status": "ok", "backend": svc.backend, "models": list(svc.models),
+            "router": svc.router is not None,
             "mode": "open" if svc.settings.open else "accounts"}
 
 

@@ -49,6 +49,29 @@ class Lesion(BaseModel):
     outline_png: str = Field(description="The photo with the outline drawn (PNG data URL).")
 
 
+class ModelRef(BaseModel):
+    """The model that answered."""
+
+    name: str = Field(description="The served run's name (see /v1/models).")
+    image_type: Literal["dermoscopic", "clinical"] = Field(
+        description="The kind of photo it was trained on.")
+
+
+class Routing(BaseModel):
+    """Why that model answered."""
+
+    image_type: Literal["dermoscopic", "clinical", "not_skin"] = Field(
+        description="What the photo was taken to be: a dermoscopic close-up, an ordinary "
+                    "(clinical/phone) photo of skin, or not skin (the router's finding, "
+                    "whoever chose the model).")
+    chosen_by: Literal["router", "user", "single"] = Field(
+        description="'router': the image-type router chose the model; 'user': the photo's "
+                    "type was given with the upload; 'single': only one model is served.")
+    probabilities: dict[str, float] | None = Field(
+        description="The router's probability of each image type; null without a router.")
+    text: str = Field(description="Which model answered and why, in plain words.")
+
+
 class AnalysisOut(BaseModel):
     """The result of analysing one photo."""
 
@@ -80,6 +103,9 @@ class AnalysisOut(BaseModel):
     heatmap_png: str | None = Field(description="Grad-CAM overlay as a data: URL (PNG), showing "
                                                 "where the model looked; null for not-skin.")
     spot: SpotRef | None = Field(None, description="The named spot this photo belongs to.")
+    model: ModelRef | None = Field(None, description="The model that answered (null for "
+                                                     "analyses stored before it was named).")
+    routing: Routing | None = Field(None, description="Why that model answered.")
     lesion: Lesion | None = Field(None, description="The outlined lesion and its "
                                                     "measurements, when the model brings a "
                                                     "segmenter; null otherwise.")
@@ -127,6 +153,9 @@ class AnalysisPage(BaseModel):
 class ModelCard(BaseModel):
     """What the model is, how well it did, and what it is not for."""
 
+    name: str = Field(description="The served run's name.")
+    image_type: Literal["dermoscopic", "clinical"] = Field(
+        description="The kind of photo it answers for.")
     backbone: str = Field(description="Network architecture.")
     classes: dict[str, str] = Field(description="Class label -> readable name.")
     image_size: int = Field(description="Input side in pixels.")

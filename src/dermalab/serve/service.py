@@ -1,20 +1,16 @@
-"""The analysis service: one loaded model shared by all requests.
+"""The analysis service: the loaded models (one per image type: dermoscopic, clinical), the
+image-type router that picks which answers a photo, and the stores, shared by all requests.
 
-Inference runs through ONNX Runtime when the run has an export (thread-safe sessions), else
-PyTorch. Heat-maps are Grad-CAM at the final feature map: in closed form (no hooks, thread-safe)
-for global-average-pool + linear heads, else pytorch-grad-cam on a small pool of model replicas,
-one per concurrent request, since it attaches hooks to the model it is given. Nothing else is
-shared and mutable across requests.
+Inference runs through ONNX Runtime when a run has an export (thread-safe sessions), else
+PyTorch (see :mod:`dermalab.serve.models`). Nothing else is shared and mutable across requests.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import io
 import json
 import os
-import queue
 import uuid
 from dataclasses import dataclass
 from importlib import resources
@@ -25,16 +21,12 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from dermalab.core.calibration import calibrated_probs, malignant_score
 from dermalab.core.errors import DermalabError, ImageError
 from dermalab.core.i18n import DEFAULT_LANGUAGE, t
-from dermalab.core.runs import RunPaths, read_metrics
 from dermalab.data.images import open_rgb
-from dermalab.data.lesion import NEEDS_MASK
-from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
-from dermalab.deploy.predictor import Predictor
+from dermalab.deploy.router import ImageRouter
 from dermalab.serve.accounts import AccountStore
-from dermalab.serve.schemas import DISCLAIMER
+from dermalab.serve.models import ServedModel
 from dermalab.serve.store import OPEN, Analysis, HistoryStore, ImageStore, Owner, make_engine, now
 
 
@@ -42,11 +34,17 @@ from dermalab.serve.store import OPEN, Analysis, HistoryStore, ImageStore, Owner
 class ServeSettings:
     """Service configuration."""
 
-    run_dir: str
+    run_dir: str  # the first model; its serving/ folder holds the default database and photos
+    more_runs: tuple[str, ...] = ()  # further models, one per image type
+    router: str | None = None  # a `dermalab router fit` folder: which model answers a photo
+    # run folder -> image type, overriding what the run says (a models file's `image_type:`)
+    image_types: tuple[tuple[str, str], ...] = ()
+    model_detectors: bool = True  # with a router, also the answering model's own detectors
     database_url: str | None = None  # default sqlite:///<run_dir>/serving/history.db
     image_store: str | None = None  # folder or s3://bucket/prefix; default <run_dir>/serving/
     max_upload_bytes: int = 15 * 1024 * 1024
     max_pixels: int = 40_000_000
+    decode_side: int = 1024  # large JPEGs are decoded at a reduced scale still this big
     min_side: int = 32
     top_k: int = 3
     heatmap_size: int = 224
@@ -95,6 +93,21 @@ def load_conditions() -> dict[str, dict[str, Any]]:
     return out
 
 
+def routing_text(routing: dict[str, Any], lang: str) -> str:
+    """Which model answered and why, in ``lang``."""
+    kind = routing["image_type"]
+    probs = routing.get("probabilities") or {}
+    if kind == "not_skin":
+        return t("routing.not_skin", lang, probability=percent(probs.get("not_skin", 1.0)))
+    name, model = t(f"image_type.{kind}", lang), t(f"model.{kind}", lang)
+    if routing["chosen_by"] == "user":
+        return t("routing.user", lang, type=name, model=model)
+    if routing["chosen_by"] == "router":
+        return t("routing.router", lang, type=name, model=model,
+                 probability=percent(probs.get(kind, 0.0)))
+    return t("routing.single", lang, model=model)
+
+
 def referral_reason(verdict: str, mal_p: float | None, mal_t: float | None) -> str:
     """Why an analysis gets its referral: ``not_skin``; ``malignant`` (the malignant score
     reached its operating point: urgent, whatever the top condition); ``uncertain`` (routine
@@ -117,7 +130,11 @@ def decode_upload(data: bytes, filename: str, settings: ServeSettings) -> Image.
         raise UploadError(413, "upload.too_many_bytes", filename=filename,
                           mb=settings.max_upload_bytes // (1024 * 1024))
     try:
-        img = open_rgb(data, name=filename, max_pixels=settings.max_pixels)
+        # A 12 MP phone JPEG is decoded at 1/2-1/4 scale (libjpeg's draft mode), still at
+        # least decode_side pixels a side: several times faster, and all a 128-224 px model,
+        # the outline and the stored copy need.
+        img = open_rgb(data, name=filename, max_pixels=settings.max_pixels,
+                       draft_size=settings.decode_side)
     except ImageError as exc:
         status, key = {"not_image": (415, "upload.not_image"),
                        "too_large": (413, "upload.too_large")}.get(exc.kind,
@@ -126,6 +143,9 @@ def decode_upload(data: bytes, filename: str, settings: ServeSettings) -> Image.
     if min(img.size) < settings.min_side:
         raise UploadError(422, "upload.too_small", filename=filename, width=img.size[0],
                           height=img.size[1], min_side=settings.min_side)
+    factor = min(img.size) // settings.decode_side
+    if factor >= 2:  # formats without a draft mode (PNG, WebP, HEIC): a cheap box reduction
+        img = img.reduce(factor)
     return img
 
 
@@ -173,73 +193,62 @@ def lesion_summary(img: Image.Image, mask: np.ndarray) -> dict[str, Any] | None:
             + base64.b64encode(buf.getvalue()).decode()}
 
 
-def check_servable(paths: RunPaths) -> None:
-    """A finished run with serving thresholds, or a one-line error saying what to run."""
-    paths.require_model("serve")
-    read_metrics(paths)  # finished?
-    if not (paths.serving / "ood.npz").is_file():
-        raise DermalabError(f"{paths.root}: no serving thresholds; run `dermalab report "
-                            f"{paths.root} --serving` once to fit them")
-
-
 class AnalysisService:
-    """Loads the model, thresholds, condition information and stores once."""
+    """Loads the models, the router, the thresholds, condition information and stores once."""
 
     def __init__(self, settings: ServeSettings) -> None:
-        paths = RunPaths(Path(settings.run_dir))
-        check_servable(paths)
-        run_dir, serving = paths.root, paths.serving
         self.settings = settings
-        # One ONNX Runtime thread per inference: the server runs requests side by side
-        # (measured on 2 CPUs, 4 clients: p95 254 -> 163-181 ms, 27 -> 32-35 uploads/s).
-        self.predictor = Predictor.load(run_dir, threads=1)
-        if self.predictor.torch_model is None:
-            raise DermalabError(f"{run_dir}: the web service needs a run directory")
-        self.info = self.predictor.info
-        if self.info.input_mode in NEEDS_MASK:
-            _ = self.predictor.segmenter  # fail at start, not at the first photo
-        self.ood = MahalanobisOOD.load(serving / "ood.npz")
-        colour = serving / "ood_colour.npz"
-        self.ood_colour = MahalanobisOOD.load(colour) if colour.is_file() else None
-        self.thresholds = json.loads((serving / "serving.json").read_text())
-        self.metrics = read_metrics(paths)
+        overrides = dict(settings.image_types)
+        self.models: dict[str, ServedModel] = {}
+        for run in (settings.run_dir, *settings.more_runs):
+            model = ServedModel(run, image_type=overrides.get(run),
+                                heatmap_size=settings.heatmap_size,
+                                cam_workers=settings.cam_workers, fast_cam=settings.fast_cam)
+            if model.image_type in self.models:
+                raise DermalabError(
+                    f"{run}: a second {model.image_type} model (besides "
+                    f"{self.models[model.image_type].name}); serve one model per image type "
+                    "(a models file can set a run's image_type)")
+            self.models[model.image_type] = model
+        self.primary = next(iter(self.models.values()))
+        self.router = ImageRouter.load(settings.router) if settings.router else None
+        if len(self.models) > 1 and self.router is None:
+            raise DermalabError(
+                f"{len(self.models)} models need an image-type router to choose between them: "
+                f"fit one with `dermalab router fit {' '.join(self._run_args())} --out "
+                "ROUTER_DIR` and pass --router ROUTER_DIR")
+        serving = Path(settings.run_dir) / "serving"
         self.conditions = load_conditions()
         engine = make_engine(settings.database_url
                              or f"sqlite:///{(serving / 'history.db').resolve()}")
         self.history = HistoryStore(engine)
         self.accounts = AccountStore(engine)
         self.images = ImageStore(settings.image_store or str(serving / "uploads"))
-        # For global-average-pool + linear heads, Grad-CAM at the final feature map has a
-        # closed form (one forward pass, no hooks, thread-safe). Otherwise pytorch-grad-cam runs,
-        # and since it hooks the model it is given, each concurrent request needs its own copy:
-        # a small pool of replicas (the models are small) instead of one global lock.
-        from dermalab.evaluate.explain import has_linear_gap_head
-
-        self._closed_form_cam = settings.fast_cam and has_linear_gap_head(
-            self.predictor.torch_model)
-        head = self.predictor.torch_model.get_classifier()
-        self._head_weight = head.weight.detach().float().numpy() if self._closed_form_cam \
-            else None
-        self._cam_models: queue.Queue[Any] = queue.Queue()
-        if not self._closed_form_cam:
-            for _ in range(max(1, settings.cam_workers)):
-                self._cam_models.put(copy.deepcopy(self.predictor.torch_model).eval())
-        self.run_name = run_dir.resolve().name
         from dermalab.serve.clinics import load_directory
 
         self.clinics = load_directory(settings.clinics) if settings.clinics else None
 
+    def _run_args(self) -> list[str]:
+        return [self.settings.run_dir, *self.settings.more_runs]
+
     @property
     def backend(self) -> str:
-        """``onnxruntime`` or ``torch``."""
-        return self.predictor.backend
+        """``onnxruntime`` or ``torch`` (the first model's)."""
+        return self.primary.backend
+
+    def model_named(self, name: str | None) -> ServedModel:
+        """The served model called ``name`` (the first one for analyses stored before models
+        were named, or by a model no longer served)."""
+        return next((m for m in self.models.values() if m.name == name), self.primary)
 
     # -- analysis ------------------------------------------------------------------------------
-    def _condition(self, cls: str, p: float, lang: str = DEFAULT_LANGUAGE) -> dict[str, Any]:
+    def _condition(self, cls: str, p: float, lang: str = DEFAULT_LANGUAGE,
+                   model: ServedModel | None = None) -> dict[str, Any]:
         entry = self.conditions.get(cls, {})
         local = {**entry, **(entry.get(lang) or {})}  # the language's texts over English
+        names = (model or self.primary).info.display_names
         return {"class_name": cls,
-                "name": local.get("name") or self.info.display_names.get(cls, cls),
+                "name": local.get("name") or names.get(cls, cls),
                 "probability": p,
                 "urgency": entry.get("urgency", "routine"),
                 "description": local.get("description") or t("condition.no_description", lang),
@@ -248,10 +257,11 @@ class AnalysisService:
 
     def localize(self, result: dict[str, Any], lang: str) -> dict[str, Any]:
         """An analysis with every plain-language field in ``lang``, rendered from its facts
-        (verdict, referral, conditions and probabilities), so stored analyses can be read in
-        any language."""
+        (verdict, referral, conditions and probabilities, routing), so stored analyses can be
+        read in any language."""
         out = dict(result)
-        conditions = [self._condition(c["class_name"], c["probability"], lang)
+        model = self.model_named((result.get("model") or {}).get("name"))
+        conditions = [self._condition(c["class_name"], c["probability"], lang, model)
                       for c in result["conditions"]]
         verdict, mal_p, mal_t = (result["verdict"], result.get("malignant_probability"),
                                  result.get("malignant_threshold"))
@@ -266,84 +276,80 @@ class AnalysisService:
         referral_text = (t(f"referral.{result['referral']}", lang) if reason == "condition"
                          else t(f"referral.{reason}", lang,
                                 probability=percent(mal_p or 0.0)))
+        routing = result.get("routing")
+        if routing:
+            routing = {**routing, "text": routing_text(routing, lang)}
         out.update(conditions=conditions, verdict_text=verdict_text, referral_text=referral_text,
-                   disclaimer=t("disclaimer", lang), language=lang)
+                   disclaimer=t("disclaimer", lang), language=lang, routing=routing)
         return out
 
-    def heatmap(self, image: np.ndarray, class_index: int,
-                feature_map: np.ndarray | None = None) -> str:
-        """Grad-CAM overlay as a PNG data URL (closed form from the final feature map where
-        exact, else pytorch-grad-cam)."""
-        from dermalab.evaluate.explain import cam_from_feature_map, cam_maps, overlay
-
-        if self._head_weight is not None and feature_map is not None:
-            maps = cam_from_feature_map(feature_map, self._head_weight, [class_index],
-                                        image.shape[0])
+    def choose(self, img: Image.Image, image_type: str | None = None
+               ) -> tuple[ServedModel, dict[str, Any]]:
+        """Which model answers a photo, and why: the user's word (``image_type``), else the
+        router, else the only model. The routing facts say which; ``image_type`` there is
+        ``not_skin`` when the router finds the photo is not of skin, whoever chose the model."""
+        route = self.router.route(img) if self.router is not None else None
+        if image_type and image_type != "auto":
+            if image_type not in self.models:
+                raise UploadError(422, "upload.no_model", image_type=image_type,
+                                  served=", ".join(self.models))
+            model, by = self.models[image_type], "user"
+        elif route is not None:
+            # The router's most probable type among those served (a router may know a type
+            # this service does not run).
+            served = max(self.models, key=lambda k: route.probabilities.get(k, 0.0))
+            model, by = self.models[served], "router"
         else:
-            model = self._cam_models.get()
-            try:
-                maps, _ = cam_maps(model, self.info.backbone, image[None], self.info.mean,
-                                   self.info.std, [class_index], with_logits=False)
-            finally:
-                self._cam_models.put(model)
-        ov = overlay(image, maps[0], size=self.settings.heatmap_size)
-        buf = io.BytesIO()
-        # Fast zlib level: "optimize" cost ~80 ms per request for a few kB.
-        Image.fromarray(ov).save(buf, "PNG", compress_level=1)
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+            model, by = self.primary, "single"
+        found = route.image_type if route is not None else model.image_type
+        return model, {"image_type": "not_skin" if found == "not_skin" else model.image_type,
+                       "chosen_by": by,
+                       "probabilities": route.probabilities if route is not None else None}
 
     def analyze(self, data: bytes, filename: str, lang: str = DEFAULT_LANGUAGE,
-                owner: Owner = OPEN, spot: str | None = None) -> dict[str, Any]:
-        """Decode, predict, decide, explain and store one upload for ``owner`` (stored in
-        English; answered in ``lang``), under ``owner``'s spot named ``spot`` if given. The
+                owner: Owner = OPEN, spot: str | None = None,
+                image_type: str | None = None) -> dict[str, Any]:
+        """Decode, route, predict, decide, explain and store one upload for ``owner`` (stored in
+        English; answered in ``lang``), under ``owner``'s spot named ``spot`` if given;
+        ``image_type`` (dermoscopic | clinical) is the user's word on what the photo is. The
         stored photo is the decoded pixels, upright, as a new JPEG: the upload's EXIF/XMP (GPS
         position, device ids, dates) is not kept."""
         img = decode_upload(data, filename, self.settings)
-        # The model's input: resized, or for a lesion-aware model cropped/masked with the
-        # lesion its segmenter finds (the same preprocessing as training).
-        mask = self.predictor.segment(img) if self.info.input_mode in NEEDS_MASK else None
-        arr = self.predictor.prepare(img, mask)
-        logits, feats, fmap = self.predictor.forward_all(arr[None])
-        probs = calibrated_probs(logits, self.info.temperature)[0]
-        ood_score = float(self.ood.score(feats)[0])
-        colour_score = (float(self.ood_colour.score(colour_statistics(arr[None]))[0])
-                        if self.ood_colour is not None else None)
-        colour_ood = colour_score is not None and self.ood_colour is not None and \
-            colour_score > self.ood_colour.threshold
-        t_unsure = float(self.thresholds["uncertain_threshold"])
-        mal = self.info.malignant or {}
-        mal_classes = [c for c in mal.get("classes", []) if c in self.info.classes]
-        mal_p = (float(malignant_score(probs[None], self.info.classes, mal_classes)[0])
-                 if mal_classes else None)
-        mal_t = float(mal["threshold"]) if mal.get("threshold") is not None else None
-        order = np.argsort(-probs)[: self.settings.top_k]
-        conditions = [self._condition(self.info.classes[i], float(probs[i])) for i in order]
+        model, routing = self.choose(img, image_type)
+        a = model.assess(img)
+        not_skin = routing["image_type"] == "not_skin" or (
+            a.out_of_distribution and (self.router is None or self.settings.model_detectors))
+        t_unsure = model.uncertain_threshold
+        order = np.argsort(-a.probs)[: self.settings.top_k]
+        conditions = [self._condition(model.info.classes[i], float(a.probs[i]), model=model)
+                      for i in order]
         heat = None
-        if ood_score > self.ood.threshold or colour_ood:
+        if not_skin:
             verdict, referral = "not_skin", None
             conditions = []
         else:
-            verdict = "ok" if float(probs[order[0]]) >= t_unsure else "uncertain"
+            verdict = "ok" if float(a.probs[order[0]]) >= t_unsure else "uncertain"
             referral = {"malignant": "urgent", "uncertain": "routine"}.get(
-                referral_reason(verdict, mal_p, mal_t), conditions[0]["urgency"])
-            heat = self.heatmap(np.ascontiguousarray(arr[..., :3]), int(order[0]), fmap)
+                referral_reason(verdict, a.malignant_p, a.malignant_t),
+                conditions[0]["urgency"])
+            heat = model.heatmap(np.ascontiguousarray(a.arr[..., :3]), int(order[0]), a.fmap)
         lesion = None
-        if verdict != "not_skin" and self.predictor.has_segmenter:
+        if verdict != "not_skin" and model.predictor.has_segmenter:
             # A raw model with a segmenter outlines only photos that are skin.
-            if mask is None:
-                mask = self.predictor.segment(img)
+            mask = a.mask if a.mask is not None else model.predictor.segment(img)
             lesion = lesion_summary(img, mask)
         analysis_id = str(uuid.uuid4())
         created = now()
         result: dict[str, Any] = self.localize({
             "id": analysis_id, "created_at": created, "filename": filename[:255],
             "verdict": verdict, "referral": referral, "conditions": conditions,
-            "malignant_probability": mal_p, "malignant_threshold": mal_t,
-            "ood_score": ood_score, "ood_threshold": self.ood.threshold,
-            "ood_colour_score": colour_score,
-            "ood_colour_threshold": self.ood_colour.threshold if self.ood_colour else None,
-            "uncertain_threshold": t_unsure, "heatmap_png": heat, "lesion": lesion},
-            DEFAULT_LANGUAGE)
+            "malignant_probability": a.malignant_p, "malignant_threshold": a.malignant_t,
+            "ood_score": a.ood_score, "ood_threshold": model.ood.threshold,
+            "ood_colour_score": a.colour_score,
+            "ood_colour_threshold": model.ood_colour.threshold if model.ood_colour else None,
+            "uncertain_threshold": t_unsure, "heatmap_png": heat, "lesion": lesion,
+            "model": {"name": model.name, "image_type": model.image_type},
+            "routing": routing}, DEFAULT_LANGUAGE)
         named = self.history.spot_named(spot, owner) if spot and spot.strip() else None
         result["spot"] = {"id": named.id, "name": named.name} if named else None
         photo = clean_photo(img)
@@ -533,35 +539,9 @@ class AnalysisService:
         return n
 
     def model_card(self) -> dict[str, Any]:
-        """The model card."""
-        m = self.metrics
-        mal = m.get("malignant") or None
-        return {
-            "backbone": self.info.backbone,
-            "classes": {c: self.info.display_names.get(c, c) for c in self.info.classes},
-            "image_size": self.info.image_size,
-            "training_data": str(m.get("split", {}).get("origin", "")) + " — "
-                             + ", ".join(f"{k}: {sum(v.values())}" for k, v in
-                                         m.get("split", {}).get("counts", {}).items()),
-            "test_metrics": {k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1",
-                                                    "roc_auc_macro")},
-            "calibration": {k: m.get(k) for k in ("temperature", "ece_before", "ece_after")},
-            "malignant_operating_point": ({k: mal.get(k) for k in
-                                           ("threshold", "sensitivity", "specificity")}
-                                          if mal else None),
-            "inference_backend": self.predictor.backend,
-            "intended_use": "Education and decision support for people with a skin concern and "
-                            "for researchers; it suggests likely conditions and when to see a "
-                            "doctor. It does not diagnose.",
-            "limitations": [
-                "Trained on dermoscopic images (HAM10000-style); phone photos of skin differ "
-                "and results on them are less reliable.",
-                "Knows only its training classes; other conditions are reported as the "
-                "closest known class or as uncertain.",
-                "Skin tones, body sites and ages that are rare in the training data may have "
-                "lower accuracy (see the subgroup table in the run's report).",
-                "Probabilities are calibrated on the validation split of the training data, "
-                "not on the population that uses this page.",
-            ],
-            "disclaimer": DISCLAIMER,
-        }
+        """The first model's card."""
+        return self.primary.card()
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """Every served model's card, with how photos are routed to them."""
+        return [m.card() for m in self.models.values()]
