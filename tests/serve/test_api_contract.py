@@ -203,6 +203,7 @@ def test_paging_parameters_are_bounded(client: TestClient, params: dict[str, Any
 
 def test_model_card_health_page_and_openapi(client: TestClient) -> None:
     ModelCard.model_validate(client.get("/v1/model").json())
+    assert [ModelCard.model_validate(c).name for c in client.get("/v1/models").json()] == ["stub"]
     assert client.get("/healthz").json() == {"status": "ok", "backend": "stub", "mode": "open",
                                               "models": ["dermoscopic"], "router": False}
     assert "Not a diagnosis" in client.get("/").text
@@ -211,7 +212,7 @@ def test_model_card_health_page_and_openapi(client: TestClient) -> None:
         "/v1/analyses", "/v1/analyses/{analysis_id}", "/v1/analyses/{analysis_id}/photo",
         "/v1/spots", "/v1/spots/{spot_id}", "/v1/clinics", "/v1/clinics/cities",
         "/v1/auth/anonymous", "/v1/auth/signup", "/v1/auth/signin", "/v1/auth/session",
-        "/v1/auth/signout", "/v1/account", "/v1/account/export", "/v1/model", "/v1/messages",
+        "/v1/auth/signout", "/v1/account", "/v1/account/export", "/v1/model", "/v1/models", "/v1/messages",
         "/healthz"}
     post = spec["paths"]["/v1/analyses"]["post"]["responses"]
     assert {"201", "413", "415", "422"} <= set(post)
