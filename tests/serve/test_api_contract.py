@@ -8,7 +8,7 @@ import io
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -25,7 +25,7 @@ class StubService:
     """The service's interface with canned answers; uploads go through the real checks."""
 
     backend = "stub"
-    models = {"dermoscopic": None}
+    models: ClassVar[dict[str, None]] = {"dermoscopic": None}
     router = None
 
     def __init__(self) -> None:
@@ -212,7 +212,8 @@ def test_model_card_health_page_and_openapi(client: TestClient) -> None:
         "/v1/analyses", "/v1/analyses/{analysis_id}", "/v1/analyses/{analysis_id}/photo",
         "/v1/spots", "/v1/spots/{spot_id}", "/v1/clinics", "/v1/clinics/cities",
         "/v1/auth/anonymous", "/v1/auth/signup", "/v1/auth/signin", "/v1/auth/session",
-        "/v1/auth/signout", "/v1/account", "/v1/account/export", "/v1/model", "/v1/models", "/v1/messages",
+        "/v1/auth/signout", "/v1/account", "/v1/account/export", "/v1/model", "/v1/models",
+        "/v1/messages",
         "/healthz"}
     post = spec["paths"]["/v1/analyses"]["post"]["responses"]
     assert {"201", "413", "415", "422"} <= set(post)
