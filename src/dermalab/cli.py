@@ -423,18 +423,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``dermalab serve RUN_DIR [RUN_DIR...] | MODELS.yaml``."""
     import uvicorn
 
-    from dermalab.core.runs import RunPaths
     from dermalab.serve.app import create_app
-    from dermalab.serve.models import check_servable
-    from dermalab.serve.service import ServeSettings
+    from dermalab.serve.service import ServeSettings, check_models
 
     runs, types, router = serve_models(args.run_dir, args.router)
-    for run in runs:
-        check_servable(RunPaths(Path(run)))  # before announcing anything
-    if router:
-        from dermalab.deploy.router import ImageRouter
-
-        ImageRouter.load(router)
     if args.clinics:
         from dermalab.serve.clinics import load_directory
 
@@ -447,10 +439,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              cookie_secure=args.secure_cookies, rate_signin=args.rate_signin,
                              rate_upload=args.rate_upload, rate_storage=args.rate_storage,
                              clinics=args.clinics, orphan_grace_s=args.orphan_grace)
+    check_models(settings)  # before announcing anything
     mode = ("OPEN mode: no accounts, every analysis visible to whoever uses it (single-user "
             "local install)" if args.open else "accounts: each person sees only their own "
             "analyses")
-    app = create_app(settings)  # loads the models: a bad pairing stops here, in one line
+    app = create_app(settings)
     print(f"dermalab: serving {', '.join(runs)}{' routed by ' + router if router else ''} on "
           f"http://{args.host}:{args.port} (decision support, not a diagnosis); {mode}",
           flush=True)

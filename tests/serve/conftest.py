@@ -42,3 +42,51 @@ def skin_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "optim.lr=0.003", "data.split_ratios=[0.6,0.2,0.2]", "eval.gallery=0",
             "eval.report=false"]), run, progress=False)
     return run
+
+
+DERMNET_DIR = HAM_DIR.parent / "dermnetnz_subset"
+CLINICAL_CLASSES = ("Acne vulgaris", "Psoriasis", "Vitiligo")
+
+
+def dermnet_photos(folder: str) -> list[Path]:
+    """A DermNet folder's photos, sorted."""
+    return sorted((DERMNET_DIR / folder).glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def clinical_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small clinical-photo model: 24 real DermNet photos of each of three conditions."""
+    if not DERMNET_DIR.is_dir():
+        pytest.skip(f"DermNet photos not found at {DERMNET_DIR}")
+    from dermalab.core.config import load_config
+    from dermalab.pipeline import train_run
+
+    root = tmp_path_factory.mktemp("dermnet") / "photos"
+    for folder in CLINICAL_CLASSES:
+        (root / folder).mkdir(parents=True)
+        for p in dermnet_photos(folder)[:24]:
+            (root / folder / p.name).symlink_to(p)
+    run = tmp_path_factory.mktemp("serve_runs") / "clinical"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DERMALAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        train_run(load_config(None, [
+            f"data.source={root}", "data.image_type=clinical", "data.image_size=96",
+            "train.epochs=3", "train.batch_size=16", "train.patience=0",
+            "tracking.enabled=false", "model.freeze_epochs=1", "optim.lr=0.003",
+            "data.split_ratios=[0.6,0.2,0.2]", "eval.gallery=0", "eval.report=false",
+            "eval.malignant_classes=[]"]), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def router_dir(skin_run: Path, clinical_run: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image-type router for the two small models, fitted by the CLI."""
+    from dermalab.cli import main
+
+    out = tmp_path_factory.mktemp("router") / "router"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DERMALAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        assert main(["router", "fit", str(skin_run), str(clinical_run), "--out", str(out),
+                     "--no-progress"]) == 0
+    return out

@@ -26,7 +26,7 @@ from dermalab.core.i18n import DEFAULT_LANGUAGE, t
 from dermalab.data.images import open_rgb
 from dermalab.deploy.router import ImageRouter
 from dermalab.serve.accounts import AccountStore
-from dermalab.serve.models import ServedModel
+from dermalab.serve.models import ServedModel, check_servable
 from dermalab.serve.store import OPEN, Analysis, HistoryStore, ImageStore, Owner, make_engine, now
 
 
@@ -39,7 +39,10 @@ class ServeSettings:
     router: str | None = None  # a `dermalab router fit` folder: which model answers a photo
     # run folder -> image type, overriding what the run says (a models file's `image_type:`)
     image_types: tuple[tuple[str, str], ...] = ()
-    model_detectors: bool = True  # with a router, also the answering model's own detectors
+    # With a router, its "not skin" class decides alone by default: it was fitted on both skin
+    # types and on non-skin photos, while each model's own detectors know one type only and
+    # their false alarms add up (bench/app_models.py measures both ways). True: either says.
+    model_detectors: bool = False
     database_url: str | None = None  # default sqlite:///<run_dir>/serving/history.db
     image_store: str | None = None  # folder or s3://bucket/prefix; default <run_dir>/serving/
     max_upload_bytes: int = 15 * 1024 * 1024
@@ -191,6 +194,34 @@ def lesion_summary(img: Image.Image, mask: np.ndarray) -> dict[str, Any] | None:
     Image.fromarray(photo).save(buf, "PNG", compress_level=1)
     return {**measured, "outline_png": "data:image/png;base64,"
             + base64.b64encode(buf.getvalue()).decode()}
+
+
+def check_models(settings: ServeSettings) -> None:
+    """What serving ``settings`` needs, checked without loading the models: finished runs with
+    serving thresholds, one per image type (as their recipes or the overrides say), and a
+    router when there are several; a one-line error naming what to do otherwise."""
+    from dermalab.core.config import load_config
+    from dermalab.core.runs import RunPaths
+
+    runs = [settings.run_dir, *settings.more_runs]
+    overrides = dict(settings.image_types)
+    seen: dict[str, str] = {}
+    for run in runs:
+        paths = RunPaths(Path(run))
+        check_servable(paths)
+        kind = overrides.get(run) or load_config(str(paths.config), []).data.image_type
+        if kind in seen:
+            raise DermalabError(f"{run}: a second {kind} model (besides {seen[kind]}); serve "
+                                "one model per image type (a models file can set a run's "
+                                "image_type)")
+        seen[kind] = run
+    if len(runs) > 1 and not settings.router:
+        raise DermalabError(
+            f"{len(runs)} models need an image-type router to choose between them: fit one "
+            f"with `dermalab router fit {' '.join(runs)} --out ROUTER_DIR` and pass --router "
+            "ROUTER_DIR")
+    if settings.router:
+        ImageRouter.load(settings.router)
 
 
 class AnalysisService:

@@ -1,0 +1,183 @@
+"""One service, two models: the image-type router sends a real DermNet clinical photo to the
+clinical model and a real HAM10000 image to the dermoscopy model, flags photos that are not
+skin, and yields to the user's word on how a photo was taken."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from dermalab.cli import main
+from dermalab.core.errors import DermalabError
+from dermalab.data.negatives import load_photo, negative_images
+from dermalab.deploy.router import TYPES, ImageRouter, predict_proba, router_input
+from dermalab.serve.app import create_app
+from dermalab.serve.service import AnalysisService, ServeSettings
+from tests.conftest import HAM_DIR
+from tests.serve.conftest import dermnet_photos
+
+
+def _settings(tmp: Path, skin_run: Path, clinical_run: Path, router: Path | None,
+              **kw: object) -> ServeSettings:
+    return ServeSettings(run_dir=str(skin_run), more_runs=(str(clinical_run),),
+                         router=str(router) if router else None,
+                         database_url=f"sqlite:///{tmp / 'h.db'}",
+                         image_store=str(tmp / "uploads"), max_upload_bytes=4 * 1024 * 1024,
+                         **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def client(skin_run: Path, clinical_run: Path, router_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    tmp = tmp_path_factory.mktemp("serve2")
+    with TestClient(create_app(_settings(tmp, skin_run, clinical_run, router_dir))) as c:
+        session = c.post("/v1/auth/anonymous", headers={"X-Requested-With": "dermalab"}).json()
+        c.headers["Authorization"] = f"Bearer {session['token']}"
+        yield c
+
+
+def _ham_test_image(run: Path) -> Path:
+    with open(run / "splits.csv") as f:
+        ids = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"]
+    return HAM_DIR / "images" / f"{ids[0]}.jpg"
+
+
+def _post(client: TestClient, name: str, data: bytes, **form: str) -> dict:
+    r = client.post("/v1/analyses", files={"file": (name, data)}, data=form)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_each_photo_type_is_answered_by_its_own_model(client: TestClient, skin_run: Path,
+                                                       clinical_run: Path) -> None:
+    # clinical photos the clinical model never trained on (it saw the first 24 per folder)
+    for folder, i in (("Psoriasis", 60), ("Acne vulgaris", 200), ("Vitiligo", 50)):
+        photo = dermnet_photos(folder)[i]
+        body = _post(client, photo.name, photo.read_bytes())
+        assert body["model"] == {"name": clinical_run.name, "image_type": "clinical"}, folder
+        assert body["routing"]["chosen_by"] == "router"
+        assert body["routing"]["image_type"] == "clinical"
+        assert body["routing"]["probabilities"]["clinical"] > 0.5
+        assert "clinical-photo model" in body["routing"]["text"]
+        assert body["verdict"] in ("ok", "uncertain"), (folder, body["routing"])
+        assert {c["class_name"] for c in body["conditions"]} <= {
+            "Acne vulgaris", "Psoriasis", "Vitiligo"}
+        assert body["heatmap_png"].startswith("data:image/png;base64,")
+    ham = _ham_test_image(skin_run)
+    body = _post(client, ham.name, ham.read_bytes())
+    assert body["model"]["image_type"] == "dermoscopic"
+    assert body["routing"] == {**body["routing"], "image_type": "dermoscopic",
+                               "chosen_by": "router"}
+    assert body["verdict"] in ("ok", "uncertain")
+    assert body["conditions"][0]["class_name"] in ("mel", "nv", "bkl", "bcc")
+
+
+def test_the_users_word_chooses_the_model(client: TestClient, skin_run: Path) -> None:
+    photo = dermnet_photos("Psoriasis")[61]
+    body = _post(client, photo.name, photo.read_bytes(), image_type="dermoscopic")
+    assert body["model"]["image_type"] == "dermoscopic"
+    assert body["routing"]["chosen_by"] == "user"
+    assert "as you said" in body["routing"]["text"]
+    ko = client.get(f"/v1/analyses/{body['id']}", params={"lang": "ko"}).json()
+    assert ko["routing"]["text"] != body["routing"]["text"] and "모델" in ko["routing"]["text"]
+
+
+@pytest.mark.parametrize("pixels", [
+    pytest.param(lambda: load_photo("skimage", "immunohistochemistry"), id="histology-slide"),
+    pytest.param(lambda: load_photo("skimage", "text"), id="printed-text"),
+    pytest.param(lambda: load_photo("sklearn", "flower.jpg"), id="flower"),
+    pytest.param(lambda: next(n.image for n in negative_images("test", rendered_per_kind=1)
+                              if n.kind == "screenshot"), id="screenshot"),
+])
+def test_photos_that_are_not_skin_are_flagged(client: TestClient, pixels: object) -> None:
+    """Held-out non-skin photos: none of these sources was used to fit the router."""
+    body = _post(client, "x.jpg", _jpeg(pixels()))  # type: ignore[operator]
+    assert body["verdict"] == "not_skin", body["routing"]
+    assert body["conditions"] == [] and body["heatmap_png"] is None
+
+
+def test_models_endpoint_and_health(client: TestClient, clinical_run: Path) -> None:
+    cards = client.get("/v1/models").json()
+    assert [c["image_type"] for c in cards] == ["dermoscopic", "clinical"]
+    assert cards[1]["name"] == clinical_run.name and "clinical photos" in cards[1][
+        "limitations"][0]
+    assert set(cards[1]["classes"]) == {"Acne vulgaris", "Psoriasis", "Vitiligo"}
+    health = client.get("/healthz").json()
+    assert health["models"] == ["dermoscopic", "clinical"] and health["router"] is True
+
+
+def test_a_type_not_served_is_refused(skin_run: Path, tmp_path: Path) -> None:
+    settings = ServeSettings(run_dir=str(skin_run), database_url=f"sqlite:///{tmp_path / 'h'}",
+                             image_store=str(tmp_path / "u"), open=True)
+    with TestClient(create_app(settings)) as c:
+        photo = dermnet_photos("Psoriasis")[62]
+        r = c.post("/v1/analyses", files={"file": (photo.name, photo.read_bytes())},
+                   data={"image_type": "clinical"})
+        assert r.status_code == 422 and "clinical" in r.json()["detail"]
+        body = c.post("/v1/analyses", files={"file": (photo.name, photo.read_bytes())}).json()
+        assert body["routing"]["chosen_by"] == "single"
+
+
+def test_several_models_need_a_router_and_distinct_types(
+        skin_run: Path, clinical_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(DermalabError, match="router fit"):
+        AnalysisService(_settings(tmp_path, skin_run, clinical_run, None))
+    with pytest.raises(DermalabError, match="second dermoscopic model"):
+        AnalysisService(ServeSettings(run_dir=str(skin_run), more_runs=(str(skin_run),)))
+    with pytest.raises(DermalabError, match="not a router folder"):
+        ImageRouter.load(tmp_path)
+
+
+def test_serve_reads_a_models_file_and_says_what_is_wrong(
+        skin_run: Path, clinical_run: Path, router_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from dermalab.cli import serve_models
+
+    file = tmp_path / "models.yaml"
+    file.write_text(f"models:\n  - run: {skin_run}\n  - run: {clinical_run}\n"
+                    f"    image_type: clinical\nrouter: {router_dir}\n")
+    runs, types, router = serve_models([str(file)], None)
+    assert runs == [str(skin_run), str(clinical_run)]
+    assert types == ((str(clinical_run), "clinical"),) and router == str(router_dir)
+    file.write_text("models: {run: x}\n")
+    assert main(["serve", str(file)]) == 2
+    assert "needs `models:`" in capsys.readouterr().err
+    # two models, no router: refused before listening, in one line
+    assert main(["serve", str(skin_run), str(clinical_run), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "router fit" in err and err.count("\n") == 1
+
+
+def test_router_probabilities_match_scikit_learn(router_dir: Path) -> None:
+    """The router's stored weights reproduce what scikit-learn would answer: the softmax of
+    the standardised features times the coefficients (checked here against a refit of
+    LogisticRegression's predict_proba on the same weights)."""
+    from sklearn.linear_model import LogisticRegression
+
+    router = ImageRouter.load(router_dir)
+    meta = json.loads((router_dir / "router.json").read_text())
+    assert router.types == [t for t in TYPES if t in meta["fit_images"]]
+    images = np.stack([router_input(n.image) for n in negative_images(
+        "test", crops_per_photo=1, rendered_per_kind=1)[:6]])
+    f = router.features(images)
+    clf = LogisticRegression()
+    clf.classes_ = np.arange(len(router.types))
+    clf.coef_, clf.intercept_ = router.coef, router.intercept
+    expected = clf.predict_proba((f - router.shift) / router.scale)
+    got = predict_proba(f, router.shift, router.scale, router.coef, router.intercept)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(router.probabilities(images), got, rtol=1e-6)
