@@ -193,3 +193,40 @@ def test_find_a_dermatologist_near_me(server: str, skin_run: Path) -> None:
         browser.close()
     elsewhere = [u for u in requests if not u.startswith((server, "blob:", "data:"))]
     assert not elsewhere, elsewhere  # nothing from another origin
+
+
+def test_a_phone_photo_of_a_rash_meets_the_clinical_model(
+        skin_run: Path, clinical_run: Path, router_dir: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Both models behind one page (a models file): a DermNet psoriasis photo is answered
+    with conditions by the clinical-photo model, and the page says which model answered."""
+    from tests.serve.conftest import dermnet_photos
+
+    sync_api = _playwright()
+    state = tmp_path_factory.mktemp("web2")
+    models = state / "models.yaml"
+    models.write_text(f"models:\n  - run: {skin_run}\n  - run: {clinical_run}\n"
+                      f"router: {router_dir}\n")
+    photo = dermnet_photos("Psoriasis")[70]
+    shot = clinical_run / "web_clinical_390.png"
+    with dermalab_server(models, state) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(url)
+        page.wait_for_selector("#type-field:not([hidden])")  # two models: the type choice
+        assert page.locator("#image-type").input_value() == "auto"
+        page.set_input_files("#file", str(photo))
+        page.click("#analyse")
+        page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        assert page.locator("#bars .bar").count() >= 1  # conditions, not "not skin"
+        assert "clinical-photo model" in page.locator("#routing").inner_text()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        page.screenshot(path=str(shot), full_page=True)
+        # the person's word overrides the router
+        page.select_option("#image-type", "dermoscopic")
+        page.click("#analyse")
+        # (the page's CSP forbids evaluated strings, so wait on a text selector)
+        page.wait_for_selector("#routing:has-text('as you said')", timeout=60_000)
+        assert "dermoscopy model" in page.locator("#routing").inner_text()
+        browser.close()
+    assert shot.stat().st_size > 20_000

@@ -125,6 +125,8 @@ function render(r) {
   $("result").hidden = false;
   $("result").lang = r.language;
   $("verdict").textContent = r.verdict_text;
+  $("routing").hidden = !r.routing;
+  if (r.routing) $("routing").textContent = r.routing.text;
   const ref = $("referral");
   ref.className = "referral " + (r.referral || "none");
   ref.textContent = r.referral_text;
@@ -289,6 +291,7 @@ async function analyse() {
   const form = new FormData(); form.append("file", chosen, chosen.name);
   const spot = $("spot").value.trim();
   if (spot) form.append("spot", spot);
+  if (!$("type-field").hidden) form.append("image_type", $("image-type").value);
   try {
     await ready;
     const res = await fetch("/v1/analyses", {method: "POST", body: form,
@@ -336,3 +339,7 @@ async function loadHistory() {
 // before the device session exists.
 const ready = loadMessages().then(ensureSession);
 ready.then(loadHistory);
+// With a model for each kind of photo, the person may say how theirs was taken.
+fetch("/healthz").then((r) => r.json()).then((h) => {
+  $("type-field").hidden = !(h.models && h.models.length > 1);
+}).catch(() => {});
