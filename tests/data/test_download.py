@@ -24,7 +24,7 @@ from dermalab.cli import main
 from dermalab.core.config import DataConfig, load_config
 from dermalab.core.errors import DataError
 from dermalab.data.catalog import MARKER, load_catalog, parse_location
-from dermalab.data.download import DownloadError, download_dataset
+from dermalab.data.download import DownloadError, download_dataset, resolve_dataset
 from dermalab.data.sources import load_source
 from dermalab.data.unpack import Limits, unpack_archive
 from tests.conftest import HAM_DIR
@@ -130,6 +130,25 @@ def test_builtin_catalog_records_every_url_and_checksum() -> None:
         parse_location("dataset://dermamnist/512", cat)
     with pytest.raises(DataError, match=r"unknown dataset 'ham1000'.*ham10000"):
         parse_location("dataset://ham1000", cat)
+
+
+def test_a_dataset_that_cannot_be_downloaded_says_how_to_get_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DermNet NZ's terms forbid redistribution: its entry is `manual`. Missing, it is one line
+    saying where to put it; placed (or linked) there, it resolves with no network."""
+    monkeypatch.setenv("DERMALAB_DATA", str(tmp_path))
+    entry = load_catalog()["dermnet_clinical"]
+    assert entry.manual and not entry.parts
+    with pytest.raises(DataError, match=r"not downloadable.*Place it at .*dermnet_clinical"):
+        resolve_dataset("dermnet_clinical")
+    with pytest.raises(DataError, match="cannot be downloaded by dermalab"):
+        download_dataset("dermnet_clinical", root=tmp_path)
+    (tmp_path / "dermnet_clinical" / "Psoriasis").mkdir(parents=True)
+    assert resolve_dataset("dermnet_clinical") == tmp_path / "dermnet_clinical"
+    with pytest.raises(DataError, match="at least one part"):
+        from dermalab.data.catalog import _parse_entry
+
+        _parse_entry("x", {"title": "no parts and no manual"})
 
 
 def test_download_then_inspect(tmp_path: Path, server: FileServer, catalog: Path,
