@@ -66,6 +66,11 @@ def ensure_runs(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     derm = Path(args.dermoscopy)
     train_run(derm, str(REPO / "configs" / "ham10000_default.yaml"),
               [f"train.epochs={args.derm_epochs}", "train.max_batches=60", "eval.report=false"])
+    for run in (clinical, derm):  # the service runs ONNX Runtime when an export exists
+        if not (run / "export" / "model.onnx").is_file():
+            from dermalab.deploy.export import export_onnx
+
+            export_onnx(run)
     router = Path(args.router)
     if not (router / "router.json").is_file():
         from dermalab.deploy.router_fit import fit_router_for_runs

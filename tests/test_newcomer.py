@@ -348,3 +348,29 @@ def test_serve_advice_for_a_run_without_serving_thresholds_works(
     assert advice[:2] == ["dermalab", "report"]
     assert main(advice[1:]) == 0  # the advice, as given
     check_servable(RunPaths(run))  # now the run can be served
+
+
+def test_report_reanalyses_with_other_eval_settings_and_keeps_them(
+        odd_run: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A recipe that named the wrong malignant classes is fixed without retraining; settings
+    that would need retraining are refused in one line."""
+    import json
+
+    from dermalab.core.runs import load_run
+
+    run = odd_run[0]
+    classes = json.loads((run / "metrics.json").read_text())["classes"]
+    target = classes[-1]
+    assert main(["report", str(run), "--set", f"eval.malignant_classes=[{target!r}]"]) == 0
+    capsys.readouterr()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["malignant"]["classes"] == [target]
+    loaded = load_run(run)
+    assert loaded.config.eval.malignant_classes == [target]
+    assert loaded.info.malignant is not None and loaded.info.malignant["classes"] == [target]
+    assert target in (run / "config.yaml").read_text()
+    before = (run / "checkpoints" / "best.pt").read_bytes()
+    assert main(["report", str(run), "--set", "train.epochs=9"]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "eval.* settings only" in line and "train.epochs=9" in line
+    assert (run / "checkpoints" / "best.pt").read_bytes() == before

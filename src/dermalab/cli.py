@@ -248,7 +248,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from dermalab.core.runs import RunPaths
     from dermalab.pipeline import finalize_run
 
-    m = finalize_run(args.run_dir, progress=True, serving=True if args.serving else None)
+    m = finalize_run(args.run_dir, progress=True, serving=True if args.serving else None,
+                     eval_overrides=args.set or None)
     print(f"{RunPaths(Path(args.run_dir)).report}: temperature {m['temperature']:.3f}, ECE "
           f"{m['ece_before']:.4f} -> {m['ece_after']:.4f}, NLL {m['nll_before']:.4f} -> "
           f"{m['nll_after']:.4f}")
@@ -598,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="a finished run directory")
     rep.add_argument("--serving", action="store_true", help="also fit the web service's "
                      "'not skin' and 'not sure' detectors (when the run's eval.serving is off)")
+    rep.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="evaluation settings to "
+                     "analyse with, kept in the run's config (eval.* only, e.g. "
+                     "eval.malignant_classes=[mel,bcc])")
     rep.set_defaults(func=cmd_report)
 
     _add_export_parser(sub, "the best model", "a finished run directory", cmd_export)

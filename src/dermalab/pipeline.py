@@ -14,14 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dermalab.core.config import ExperimentConfig, flatten, to_dict
-from dermalab.core.errors import RunNotFoundError, StopTraining
+from dermalab.core.config import ExperimentConfig, flatten, replace, save_config, to_dict
+from dermalab.core.errors import ConfigError, RunNotFoundError, StopTraining
 from dermalab.core.models import count_parameters
 from dermalab.core.runs import (
+    LoadedRun,
     RunPaths,
     load_checkpoint,
     load_run,
     read_metrics,
+    save_checkpoint,
     write_metrics,
 )
 from dermalab.core.tracking import Tracker
@@ -82,15 +84,35 @@ def run_or_reuse(cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool =
     return train_run(cfg, paths.root, progress=progress)
 
 
+def set_eval(run: LoadedRun, overrides: list[str]) -> None:
+    """Apply ``eval.*`` overrides to a finished run (its best checkpoint's config and
+    ``config.yaml``): they change the final analysis (operating point, calibration bins,
+    serving detectors...), never the trained weights, so other keys are refused."""
+    wrong = [o for o in overrides if not o.strip().startswith("eval.")]
+    if wrong:
+        raise ConfigError(f"report --set takes eval.* settings only (the model is already "
+                          f"trained): {', '.join(wrong)}")
+    run.config = replace(run.config, overrides)
+    ckpt = load_checkpoint(run.paths.best)
+    ckpt.pop("format", None)
+    ckpt["config"] = to_dict(run.config)
+    save_checkpoint(ckpt, run.paths.best)
+    save_config(run.config, run.paths.config)
+
+
 def finalize_run(run_dir: str | Path, *, data: PreparedData | None = None,
-                 progress: bool = False, serving: bool | None = None) -> dict[str, Any]:
+                 progress: bool = False, serving: bool | None = None,
+                 eval_overrides: list[str] | None = None) -> dict[str, Any]:
     """Calibration, operating point, subgroups, plots, gallery, serving detectors and report
     for a run whose best checkpoint has been evaluated (idempotent: ``dermalab report``).
-    ``serving`` overrides the run's ``eval.serving`` (fit the web service's detectors or not).
+    ``serving`` overrides the run's ``eval.serving`` (fit the web service's detectors or not);
+    ``eval_overrides`` (``eval.key=value``) change its evaluation settings first (:func:`set_eval`).
 
     Returns the updated ``metrics.json`` content.
     """
     run = load_run(run_dir, command="report")
+    if eval_overrides:
+        set_eval(run, eval_overrides)
     paths, cfg = run.paths, run.config
     metrics = read_metrics(paths)
     if data is None:
