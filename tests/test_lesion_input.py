@@ -123,7 +123,7 @@ def test_crop_through_the_cli_the_export_and_the_web_service(
         from dermalab.data.images import open_rgb
 
         # The service prepares an upload exactly as predict does (crop by its segmenter).
-        assert np.array_equal(svc.predictor.prepare(open_rgb(photos[0])), images[0])
+        assert np.array_equal(svc.primary.predictor.prepare(open_rgb(photos[0])), images[0])
         if body["verdict"] != "not_skin":  # the outline and measurements come along
             lesion = body["lesion"]
             assert lesion["outline_png"].startswith("data:image/png;base64,")
