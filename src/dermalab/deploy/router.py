@@ -65,25 +65,27 @@ class ImageRouter:
         self.shift, self.scale = weights["shift"], weights["scale"]
         self.coef, self.intercept = weights["coef"], weights["intercept"]
 
-    @classmethod
-    def load(cls, folder: str | Path, threads: int = 1) -> ImageRouter:
-        """Read a router folder; a one-line error when it is not one."""
-        import onnxruntime as ort
-
+    @staticmethod
+    def check(folder: str | Path) -> list[Path]:
+        """The router files of ``folder`` (onnx, npz, json); a one-line error when it is not
+        a router folder."""
         folder = Path(folder)
         need = [folder / n for n in ("router.onnx", "router.npz", "router.json")]
         missing = [p.name for p in need if not p.is_file()]
         if missing:
             raise DermalabError(f"{folder}: not a router folder (missing {', '.join(missing)}); "
                                 "fit one with `dermalab router fit RUN_DIR... --out DIR`")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(need[0]), opts, providers=["CPUExecutionProvider"])
+        return need
+
+    @classmethod
+    def load(cls, folder: str | Path, threads: int = 1) -> ImageRouter:
+        """Read a router folder (see :meth:`check`)."""
+        need = cls.check(folder)
+        session = _session(need[0], threads)
         with np.load(need[1], allow_pickle=False) as z:
             weights = {k: z[k].astype(np.float64) for k in ("shift", "scale", "coef",
                                                             "intercept")}
-        return cls(folder, session, json.loads(need[2].read_text("utf-8")), weights)
+        return cls(Path(folder), session, json.loads(need[2].read_text("utf-8")), weights)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """``(N, S, S, 3)`` uint8 router inputs -> embedding + colour statistics."""
@@ -198,7 +200,11 @@ def fit_router(fit: Mapping[str, Sequence[np.ndarray]], val: Mapping[str, Sequen
     return meta
 
 
-def _session(path: Path) -> Any:
+def _session(path: Path, threads: int = 0) -> Any:
+    """An ONNX Runtime CPU session; ``threads`` intra-op threads (0: ONNX Runtime's default)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

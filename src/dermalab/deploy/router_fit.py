@@ -7,7 +7,7 @@ non-skin ``fit`` set; then fit it (:func:`dermalab.deploy.router.fit_router`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +16,28 @@ import numpy as np
 from dermalab.core.errors import DermalabError
 from dermalab.core.runs import load_run
 from dermalab.data.negatives import negative_images
-from dermalab.data.prepare import PreparedData, prepare_data
+from dermalab.data.prepare import prepare_data
 from dermalab.deploy.router import fit_router, router_input
 
 
-def run_images(run_dir: str | Path, split: str, limit: int, *, seed: int = 0,
-               progress: bool = False) -> tuple[str, list[np.ndarray], PreparedData]:
-    """``(image_type, router inputs, data)`` of up to ``limit`` images of a run's ``split``
-    (a random subset; the run's own split file, so validation and test stay held out). Read
-    as raw photos whatever the model's ``data.input``: the router sees uploads, not crops."""
+def run_images(run_dir: str | Path, limits: Mapping[str, int], *, seed: int = 0,
+               progress: bool = False) -> tuple[str, dict[str, list[np.ndarray]]]:
+    """``(image_type, split -> router inputs)``: up to ``limits[split]`` images of each split
+    of a run (a random subset; the run's own split file, so validation and test stay held
+    out), from one pass over its data. Read as raw photos whatever the model's
+    ``data.input``: the router sees uploads, not crops."""
     run = load_run(run_dir, command="router fit")
     cfg = dataclasses.replace(run.config.data, input="raw")
     data = prepare_data(cfg, run.info.image_size, split_path=run.paths.splits,
                         progress=progress, write=False)
-    ids = [s.sample_id for s in data.samples(split)]
     rng = np.random.default_rng(seed)
-    if len(ids) > limit:
-        ids = [ids[i] for i in sorted(rng.choice(len(ids), limit, replace=False))]
-    return run.info.image_type, [router_input(data.store.get(i)) for i in ids], data
+    out = {}
+    for split, limit in limits.items():
+        ids = [s.sample_id for s in data.samples(split)]
+        if len(ids) > limit:
+            ids = [ids[i] for i in sorted(rng.choice(len(ids), limit, replace=False))]
+        out[split] = [router_input(data.store.get(i)) for i in ids]
+    return run.info.image_type, out
 
 
 def fit_router_for_runs(run_dirs: Sequence[str | Path], out: str | Path, *,
@@ -44,12 +48,12 @@ def fit_router_for_runs(run_dirs: Sequence[str | Path], out: str | Path, *,
     val: dict[str, list[np.ndarray]] = {}
     sources: dict[str, str] = {}
     for run_dir in run_dirs:
-        kind, images, _ = run_images(run_dir, "train", per_run, progress=progress)
+        kind, images = run_images(run_dir, {"train": per_run, "val": val_per_run},
+                                  progress=progress)
         if kind in fit:
             raise DermalabError(f"{run_dir}: a second {kind} model ({sources[kind]} is one); "
                                 "a router sends each image type to one model")
-        fit[kind] = images
-        val[kind] = run_images(run_dir, "val", val_per_run)[1]
+        fit[kind], val[kind] = images["train"], images["val"]
         sources[kind] = f"{Path(run_dir).resolve()} (train split; val split for the check)"
     negatives = negative_images("fit")
     fit["not_skin"] = [router_input(n.image) for n in negatives]

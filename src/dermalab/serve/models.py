@@ -16,7 +16,7 @@ import json
 import queue
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from PIL import Image
@@ -27,9 +27,9 @@ from dermalab.core.runs import RunPaths, read_metrics
 from dermalab.data.lesion import NEEDS_MASK
 from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
 from dermalab.deploy.predictor import Predictor
-from dermalab.serve.schemas import DISCLAIMER
+from dermalab.serve.schemas import DISCLAIMER, ImageType
 
-IMAGE_TYPES = ("dermoscopic", "clinical")
+IMAGE_TYPES: tuple[str, ...] = get_args(ImageType)
 
 
 def check_servable(paths: RunPaths) -> None:

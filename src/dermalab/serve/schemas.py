@@ -49,12 +49,15 @@ class Lesion(BaseModel):
     outline_png: str = Field(description="The photo with the outline drawn (PNG data URL).")
 
 
+ImageType = Literal["dermoscopic", "clinical"]  # the kinds of photo a served model is for
+
+
 class ModelRef(BaseModel):
-    """The model that answered."""
+    """A served model: which one, and for which kind of photo."""
 
     name: str = Field(description="The served run's name (see /v1/models).")
-    image_type: Literal["dermoscopic", "clinical"] = Field(
-        description="The kind of photo it was trained on.")
+    image_type: ImageType = Field(description="The kind of photo it was trained on and "
+                                              "answers for.")
 
 
 class Routing(BaseModel):
@@ -150,12 +153,9 @@ class AnalysisPage(BaseModel):
     offset: int = Field(description="Offset of this page.")
 
 
-class ModelCard(BaseModel):
+class ModelCard(ModelRef):
     """What the model is, how well it did, and what it is not for."""
 
-    name: str = Field(description="The served run's name.")
-    image_type: Literal["dermoscopic", "clinical"] = Field(
-        description="The kind of photo it answers for.")
     backbone: str = Field(description="Network architecture.")
     classes: dict[str, str] = Field(description="Class label -> readable name.")
     image_size: int = Field(description="Input side in pixels.")

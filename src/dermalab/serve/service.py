@@ -221,13 +221,14 @@ def check_models(settings: ServeSettings) -> None:
             f"with `dermalab router fit {' '.join(runs)} --out ROUTER_DIR` and pass --router "
             "ROUTER_DIR")
     if settings.router:
-        ImageRouter.load(settings.router)
+        ImageRouter.check(settings.router)
 
 
 class AnalysisService:
     """Loads the models, the router, the thresholds, condition information and stores once."""
 
     def __init__(self, settings: ServeSettings) -> None:
+        check_models(settings)  # one model per image type, a router for several
         self.settings = settings
         overrides = dict(settings.image_types)
         self.models: dict[str, ServedModel] = {}
@@ -235,19 +236,9 @@ class AnalysisService:
             model = ServedModel(run, image_type=overrides.get(run),
                                 heatmap_size=settings.heatmap_size,
                                 cam_workers=settings.cam_workers, fast_cam=settings.fast_cam)
-            if model.image_type in self.models:
-                raise DermalabError(
-                    f"{run}: a second {model.image_type} model (besides "
-                    f"{self.models[model.image_type].name}); serve one model per image type "
-                    "(a models file can set a run's image_type)")
             self.models[model.image_type] = model
         self.primary = next(iter(self.models.values()))
         self.router = ImageRouter.load(settings.router) if settings.router else None
-        if len(self.models) > 1 and self.router is None:
-            raise DermalabError(
-                f"{len(self.models)} models need an image-type router to choose between them: "
-                f"fit one with `dermalab router fit {' '.join(self._run_args())} --out "
-                "ROUTER_DIR` and pass --router ROUTER_DIR")
         serving = Path(settings.run_dir) / "serving"
         self.conditions = load_conditions()
         engine = make_engine(settings.database_url
@@ -258,9 +249,6 @@ class AnalysisService:
         from dermalab.serve.clinics import load_directory
 
         self.clinics = load_directory(settings.clinics) if settings.clinics else None
-
-    def _run_args(self) -> list[str]:
-        return [self.settings.run_dir, *self.settings.more_runs]
 
     @property
     def backend(self) -> str:
