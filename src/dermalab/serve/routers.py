@@ -7,7 +7,7 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from dermalab.core.i18n import LANGUAGE_NAMES, messages, t
 from dermalab.serve.accounts import AccountError, Issued
@@ -18,6 +18,7 @@ from dermalab.serve.dependencies import (
     MaybeCaller,
     Service,
 )
+from dermalab.serve.ondevice import ORT_FILES
 from dermalab.serve.schemas import (
     AnalysisOut,
     AnalysisPage,
@@ -49,6 +50,11 @@ account = APIRouter(prefix="/v1/account", tags=["accounts"], responses=AUTH)
 meta = APIRouter(tags=["model"])
 clinics = APIRouter(prefix="/v1/clinics", tags=["clinics"])
 page = APIRouter(include_in_schema=False)
+ondevice = APIRouter(prefix="/v1/ondevice", tags=["on-device"])
+ort = APIRouter(prefix="/ort", include_in_schema=False)
+# Revalidated on every use (cheap with the ETag): a new model replaces the old at once, and the
+# page's service worker keeps its own copy for offline use.
+REVALIDATE = {"Cache-Control": "no-cache"}
 
 
 @analyses.post("", response_model=AnalysisOut, status_code=201, responses=ERRORS,
@@ -309,7 +315,7 @@ def page_messages(lang: Language) -> dict[str, Any]:
 @meta.get("/healthz", summary="Liveness, and whether accounts are on")
 def healthz(svc: Service) -> dict[str, Any]:
     return {"status": "ok", "backend": svc.backend, "models": list(svc.models),
-            "router": svc.router is not None,
+            "router": svc.router is not None, "ondevice": bool(svc.ondevice),
             "mode": "open" if svc.settings.open else "accounts"}
 
 
@@ -319,3 +325,58 @@ _PAGE = resources.files("dermalab.serve").joinpath("static/index.html").read_tex
 @page.get("/", response_class=HTMLResponse)
 def index() -> str:
     return _PAGE
+
+
+# -- on-device analysis: what the browser needs to analyse a photo without uploading it --------
+@ondevice.get("", summary="Models the page can run in the browser")
+def ondevice_models(svc: Service) -> dict[str, Any]:
+    return {"available": bool(svc.ondevice), "runtime": "/ort/",
+            "models": [{"name": b.name, "image_type": b.meta["image_type"],
+                        "version": b.etag,
+                        "bundle": f"/v1/ondevice/{b.name}/bundle.json",
+                        "arrays": f"/v1/ondevice/{b.name}/arrays.bin",
+                        "files": {kind: f"/v1/ondevice/{b.name}/{kind}.onnx"
+                                  for kind in b.files}}
+                       for b in svc.ondevice.values()],
+            "unavailable": svc.ondevice_off}
+
+
+def _bundle(svc: Service, name: str) -> Any:
+    b = svc.ondevice.get(name)
+    if b is None:
+        raise HTTPException(404, f"no on-device model called {name!r}")
+    return b
+
+
+@ondevice.get("/{name}/bundle.json", summary="A model's preprocessing, thresholds and texts")
+def ondevice_bundle(svc: Service, name: str) -> Response:
+    b = _bundle(svc, name)
+    return JSONResponse(b.meta, headers={**REVALIDATE, "ETag": f'"{b.etag}"'})
+
+
+@ondevice.get("/{name}/arrays.bin", summary="A model's detector and heat-map arrays")
+def ondevice_arrays(svc: Service, name: str) -> Response:
+    b = _bundle(svc, name)
+    return Response(b.arrays, media_type="application/octet-stream",
+                    headers={**REVALIDATE, "ETag": f'"{b.etag}"'})
+
+
+@ondevice.get("/{name}/{kind}.onnx", summary="A model's ONNX file (fp32 or int8)")
+def ondevice_model_file(svc: Service, name: str, kind: Literal["fp32", "int8"]) -> Response:
+    b = _bundle(svc, name)
+    if kind not in b.files:
+        raise HTTPException(404, f"{name} has no {kind} export")
+    return FileResponse(b.files[kind], media_type="application/octet-stream",
+                        headers=REVALIDATE)
+
+
+ORT_TYPES = {".mjs": "text/javascript", ".wasm": "application/wasm"}
+
+
+@ort.get("/{file}")
+def ort_file(svc: Service, file: str) -> Response:
+    """ONNX Runtime Web's files, from the npm package (only the ones the page loads)."""
+    if svc.ort_dir is None or file not in ORT_FILES:
+        raise HTTPException(404, "not found")
+    path = svc.ort_dir / file
+    return FileResponse(path, media_type=ORT_TYPES[path.suffix], headers=REVALIDATE)

@@ -27,6 +27,7 @@ from dermalab.data.images import open_rgb
 from dermalab.deploy.router import ImageRouter
 from dermalab.serve.accounts import AccountStore
 from dermalab.serve.models import ServedModel, check_servable
+from dermalab.serve.ondevice import Bundle, bundles, find_ort_dir
 from dermalab.serve.store import OPEN, Analysis, HistoryStore, ImageStore, Owner, make_engine, now
 
 
@@ -63,6 +64,8 @@ class ServeSettings:
     rate_storage: str = "memory://"  # limits storage URI; shared (redis://...) across processes
     clinics: str | None = None  # a clinic directory (CSV or YAML) for the dermatologist finder
     orphan_grace_s: float | None = None  # None: 0 with the run's own stores, else 600 s
+    ondevice: bool = True  # offer analysis in the browser for models that can run there
+    ort_dir: str | None = None  # onnxruntime-web's dist folder; default: the checkout's npm one
 
 
 class UploadError(DermalabError):
@@ -120,6 +123,42 @@ def referral_reason(verdict: str, mal_p: float | None, mal_t: float | None) -> s
     if mal_p is not None and mal_t is not None and mal_p >= mal_t:
         return "malignant"
     return "uncertain" if verdict == "uncertain" else "condition"
+
+
+def decide(probs: np.ndarray, not_skin: bool, uncertain_threshold: float, top_k: int,
+           mal_p: float | None, mal_t: float | None, urgency: dict[str, str],
+           classes: list[str]) -> tuple[str, str | None, list[int]]:
+    """The decision rules, apart from any wording: ``(verdict, referral, top-k indices)``.
+
+    ``not_skin`` when a detector (or the router) says so; else ``ok`` when the top calibrated
+    probability reaches the "not sure" threshold, else ``uncertain``. The referral is
+    ``urgent`` when the malignant score reaches its operating point, ``routine`` when
+    uncertain, else the top condition's own urgency (``urgency``, default ``routine``). The
+    page's on-device analysis applies the same rules (``static/ondevice/core.js``, ``decide``).
+    """
+    order = [int(i) for i in np.argsort(-probs, kind="stable")[:top_k]]
+    if not_skin:
+        return "not_skin", None, order
+    verdict = "ok" if float(probs[order[0]]) >= uncertain_threshold else "uncertain"
+    referral = {"malignant": "urgent", "uncertain": "routine"}.get(
+        referral_reason(verdict, mal_p, mal_t), urgency.get(classes[order[0]], "routine"))
+    return verdict, referral, order
+
+
+def wording(verdict: str, referral: str | None, top: tuple[str, float] | None,
+            mal_p: float | None, mal_t: float | None, lang: str) -> tuple[str, str]:
+    """The verdict's and the referral's sentences in ``lang``; ``top`` is the top condition's
+    (name, probability)."""
+    reason = referral_reason(verdict, mal_p, mal_t)
+    if verdict == "not_skin":
+        verdict_text = t("verdict.not_skin", lang)
+    elif verdict == "ok" and top is not None:
+        verdict_text = t("verdict.ok", lang, name=top[0], probability=percent(top[1]))
+    else:
+        verdict_text = t("verdict.uncertain", lang)
+    referral_text = (t(f"referral.{referral}", lang) if reason == "condition"
+                     else t(f"referral.{reason}", lang, probability=percent(mal_p or 0.0)))
+    return verdict_text, referral_text
 
 
 def decode_upload(data: bytes, filename: str, settings: ServeSettings) -> Image.Image:
@@ -249,6 +288,23 @@ class AnalysisService:
         from dermalab.serve.clinics import load_directory
 
         self.clinics = load_directory(settings.clinics) if settings.clinics else None
+        self._setup_ondevice()
+
+    def _setup_ondevice(self) -> None:
+        """The on-device bundles (see :mod:`dermalab.serve.ondevice`), and why a model has
+        none."""
+        self.ort_dir = find_ort_dir(self.settings.ort_dir) if self.settings.ondevice else None
+        self.ondevice: dict[str, Bundle] = {}
+        self.ondevice_off: dict[str, str] = {}
+        if not self.settings.ondevice:
+            self.ondevice_off = {m.name: "turned off (--no-ondevice)"
+                                 for m in self.models.values()}
+        elif self.ort_dir is None:
+            self.ondevice_off = {m.name: "onnxruntime-web is not installed (scripts/setup.sh "
+                                 "installs it with npm)" for m in self.models.values()}
+        else:
+            self.ondevice, self.ondevice_off = bundles(self.models, self.conditions,
+                                                       self.settings.top_k)
 
     @property
     def backend(self) -> str:
@@ -284,17 +340,9 @@ class AnalysisService:
                       for c in result["conditions"]]
         verdict, mal_p, mal_t = (result["verdict"], result.get("malignant_probability"),
                                  result.get("malignant_threshold"))
-        reason = referral_reason(verdict, mal_p, mal_t)
-        if verdict == "not_skin":
-            verdict_text = t("verdict.not_skin", lang)
-        elif verdict == "ok":
-            verdict_text = t("verdict.ok", lang, name=conditions[0]["name"],
-                             probability=percent(conditions[0]["probability"]))
-        else:
-            verdict_text = t("verdict.uncertain", lang)
-        referral_text = (t(f"referral.{result['referral']}", lang) if reason == "condition"
-                         else t(f"referral.{reason}", lang,
-                                probability=percent(mal_p or 0.0)))
+        top = (conditions[0]["name"], conditions[0]["probability"]) if conditions else None
+        verdict_text, referral_text = wording(verdict, result["referral"], top, mal_p, mal_t,
+                                              lang)
         routing = result.get("routing")
         if routing:
             routing = {**routing, "text": routing_text(routing, lang)}
@@ -339,19 +387,15 @@ class AnalysisService:
         not_skin = routing["image_type"] == "not_skin" or (
             a.out_of_distribution and (self.router is None or self.settings.model_detectors))
         t_unsure = model.uncertain_threshold
-        order = np.argsort(-a.probs)[: self.settings.top_k]
-        conditions = [self._condition(model.info.classes[i], float(a.probs[i]), model=model)
-                      for i in order]
-        heat = None
-        if not_skin:
-            verdict, referral = "not_skin", None
-            conditions = []
-        else:
-            verdict = "ok" if float(a.probs[order[0]]) >= t_unsure else "uncertain"
-            referral = {"malignant": "urgent", "uncertain": "routine"}.get(
-                referral_reason(verdict, a.malignant_p, a.malignant_t),
-                conditions[0]["urgency"])
-            heat = model.heatmap(np.ascontiguousarray(a.arr[..., :3]), int(order[0]), a.fmap)
+        classes = list(model.info.classes)
+        verdict, referral, order = decide(
+            a.probs, not_skin, t_unsure, self.settings.top_k, a.malignant_p, a.malignant_t,
+            {c: self.conditions.get(c, {}).get("urgency", "routine") for c in classes},
+            classes)
+        conditions = [] if not_skin else [
+            self._condition(classes[i], float(a.probs[i]), model=model) for i in order]
+        heat = None if not_skin else model.heatmap(np.ascontiguousarray(a.arr[..., :3]),
+                                                   order[0], a.fmap)
         lesion = None
         if verdict != "not_skin" and model.predictor.has_segmenter:
             # A raw model with a segmenter outlines only photos that are skin.

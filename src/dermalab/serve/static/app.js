@@ -1,3 +1,5 @@
+import * as device from "/static/ondevice/run.js";
+
 const $ = (id) => document.getElementById(id);
 let chosen = null;
 let current = null;  // the analysis shown, re-read in another language when it changes
@@ -90,11 +92,14 @@ $("lang").addEventListener("change", async (e) => {
   localStorage.setItem("dermalab.lang", lang);
   await loadMessages();
   renderAccount();
-  if (current) {  // the result on screen, in the new language
+  if (shownLocal) {  // an on-device result: worded again here, from its kept facts
+    render(device.localize(shownLocal.facts, shownLocal, lang || "en"));
+  } else if (current) {  // the result on screen, in the new language
     const res = await fetch("/v1/analyses/" + current, {headers: headers()});
     if (res.ok) render(await res.json());
   }
   loadHistory();
+  loadLocalHistory();
 });
 
 function choose(file) {
@@ -121,7 +126,8 @@ function text(tag, content, cls) {
 }
 
 function render(r) {
-  current = r.id;
+  current = r.routing && r.routing.on_device ? null : r.id;
+  if (!(r.routing && r.routing.on_device)) shownLocal = null;
   $("result").hidden = false;
   $("result").lang = r.language;
   $("verdict").textContent = r.verdict_text;
@@ -130,8 +136,10 @@ function render(r) {
   const ref = $("referral");
   ref.className = "referral " + (r.referral || "none");
   ref.textContent = r.referral_text;
-  $("photo").src = chosen ? URL.createObjectURL(chosen)
-    : "/v1/analyses/" + encodeURIComponent(r.id) + "/photo";
+  const local = r.routing && r.routing.on_device;
+  $("photo").hidden = local && !chosen;  // an on-device photo is not kept anywhere
+  if (chosen) $("photo").src = URL.createObjectURL(chosen);
+  else if (!local) $("photo").src = "/v1/analyses/" + encodeURIComponent(r.id) + "/photo";
   $("heat-box").style.display = r.heatmap_png ? "" : "none";
   if (r.heatmap_png) $("heatmap").src = r.heatmap_png;
   const bars = $("bars"); bars.replaceChildren();
@@ -153,7 +161,7 @@ function render(r) {
   });
   $("result-disclaimer").textContent = r.disclaimer;
   renderLesion(r.lesion);
-  $("spot-link").hidden = !r.spot;
+  $("spot-link").hidden = !r.spot || local;
   if (r.spot) {
     $("see-spot").textContent = msg("page.see_spot", {name: r.spot.name});
     $("see-spot").onclick = () => showSpot(r.spot.id);
@@ -286,6 +294,7 @@ async function showSpot(id) {
 
 async function analyse() {
   if (!chosen) return;
+  if (onDevice && $("ondevice").checked) return analyseOnDevice();
   $("analyse").disabled = true;
   $("status").textContent = msg("page.analysing");
   const form = new FormData(); form.append("file", chosen, chosen.name);
@@ -309,6 +318,97 @@ async function analyse() {
   }
 }
 $("analyse").addEventListener("click", analyse);
+
+// -- on-device analysis: the model runs in this browser and the photo is never uploaded -------
+let onDevice = null;  // what the server offers for it (null: nothing)
+let shownLocal = null;  // the on-device analysis on screen (its facts and texts)
+
+function localModel() {
+  const models = onDevice.models;
+  const type = $("type-field").hidden ? "auto" : $("image-type").value;
+  const byType = models.find((m) => m.image_type === type);
+  if (byType) return [byType, "user"];
+  // Without the server's router, a photo of unknown kind goes to the clinical-photo model
+  // when there is one: on a phone, that is the usual photo.
+  return [models.find((m) => m.image_type === "clinical") || models[0],
+          models.length > 1 ? "default" : "single"];
+}
+
+async function analyseOnDevice() {
+  $("analyse").disabled = true;
+  $("status").textContent = msg("page.ondevice_loading");
+  try {
+    const [info, chosenBy] = localModel();
+    const model = await device.loadModel(info, onDevice.runtime);
+    $("status").textContent = msg("page.analysing");
+    const img = await device.decode(chosen);
+    const facts = await device.analyse(img, model, chosenBy);
+    const entry = {id: crypto.randomUUID(), created_at: new Date().toISOString(),
+                   filename: chosen.name, facts: {...facts, id: undefined},
+                   texts: model.bundle.texts, image_type: model.bundle.image_type};
+    entry.facts.id = entry.id;
+    entry.facts.created_at = entry.created_at;
+    await device.keep(entry);
+    shownLocal = entry;
+    $("status").textContent = msg("page.done");
+    render(device.localize(entry.facts, entry, lang || "en"));
+    loadLocalHistory();
+  } catch (e) {
+    $("status").textContent = "";
+    $("status").append(text("span", e instanceof device.OnDeviceError
+      ? msg(e.key, e.params) : msg("page.ondevice_failed"), "error"));
+    if (!(e instanceof device.OnDeviceError)) console.error(e);
+  } finally {
+    $("analyse").disabled = false;
+  }
+}
+
+async function loadLocalHistory() {
+  let items = [];
+  try { items = await device.history(); } catch (e) { items = []; }
+  $("local-section").hidden = !onDevice && !items.length;
+  $("local-empty").hidden = items.length > 0;
+  $("forget-local").hidden = !items.length;
+  const tbody = $("local-history"); tbody.replaceChildren();
+  const fmt = new Intl.DateTimeFormat(lang || undefined, {dateStyle: "short",
+                                                          timeStyle: "short"});
+  items.forEach((a) => {
+    const r = device.localize(a.facts, a, lang || "en");
+    const top = r.conditions[0];
+    const what = !top ? msg("page.not_skin") : msg(
+      r.verdict === "uncertain" ? "page.not_sure" : "page.top",
+      {name: top.name, probability: pct(top.probability)});
+    const open = text("button", what, "secondary");
+    open.addEventListener("click", () => { chosen = null; shownLocal = a; render(r); });
+    const del = text("button", msg("page.delete"), "secondary");
+    del.addEventListener("click", async () => {
+      await device.forget(a.id);
+      if (shownLocal && shownLocal.id === a.id) { shownLocal = null; $("result").hidden = true; }
+      loadLocalHistory();
+    });
+    const tdWhat = document.createElement("td"); tdWhat.append(open);
+    const tdDel = document.createElement("td"); tdDel.append(del);
+    const tr = document.createElement("tr");
+    tr.append(text("td", fmt.format(new Date(a.created_at))), tdWhat,
+              text("td", msg("page.ref_" + (r.referral || "none"))), tdDel);
+    tbody.append(tr);
+  });
+}
+$("forget-local").addEventListener("click", async () => {
+  await device.forgetAll();
+  if (shownLocal) { shownLocal = null; $("result").hidden = true; }
+  loadLocalHistory();
+});
+$("ondevice").addEventListener("change", () => {
+  localStorage.setItem("dermalab.ondevice", $("ondevice").checked ? "1" : "");
+});
+device.available().then((offer) => {
+  onDevice = offer;
+  $("ondevice-field").hidden = !offer;
+  $("ondevice-note").hidden = !offer;
+  if (offer) $("ondevice").checked = localStorage.getItem("dermalab.ondevice") === "1";
+  loadLocalHistory();
+});
 
 async function loadHistory() {
   loadSpots();

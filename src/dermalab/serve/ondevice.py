@@ -1,0 +1,169 @@
+"""What the page needs to analyse a photo in the browser, so the photo never leaves the device:
+per served model, the exported ONNX file(s) and a *bundle* — the model's preprocessing, its
+temperature, the malignant operating point, the "not sure" threshold, both "not skin"
+detectors and the closed-form Grad-CAM weights, plus every text the answer is worded with, in
+every language. The browser (``static/ondevice/``) applies exactly the decision rules of
+:meth:`dermalab.serve.service.AnalysisService.analyze` with them.
+
+Numbers travel in two files: ``bundle.json`` (small ones) and ``arrays.bin`` (the feature
+detector's class means and ``D x D`` precision matrix and the classifier weights, float32
+little-endian, each named in ``bundle.json`` with its byte offset and shape): a 1,280-wide
+precision matrix is 6.5 MB as float32 and would be ~3x that as JSON text.
+
+ONNX Runtime Web itself is served from the ``onnxruntime-web`` npm package that
+``scripts/setup.sh`` installs (``node_modules/onnxruntime-web/dist``): nothing is fetched from a
+third-party origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermalab.core.i18n import LANGUAGES, catalogue
+from dermalab.data.lesion import NEEDS_MASK
+from dermalab.serve.models import ServedModel
+
+#: The files of onnxruntime-web the page loads (the WASM build, threaded and SIMD).
+ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+#: Message keys the on-device answer is worded with.
+MESSAGE_PREFIXES = ("verdict.", "referral.", "disclaimer", "condition.no_", "routing.", "model.")
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+def find_ort_dir(explicit: str | None = None) -> Path | None:
+    """The ``onnxruntime-web`` dist folder: ``explicit``, ``$DERMALAB_ORT_DIR``, or the
+    checkout's ``node_modules`` (where ``scripts/setup.sh`` puts it); ``None`` if absent."""
+    candidates = [explicit, os.environ.get("DERMALAB_ORT_DIR"),
+                  str(Path(__file__).resolve().parents[3] / "node_modules" / "onnxruntime-web"
+                      / "dist")]
+    for c in candidates:
+        if c and all((Path(c) / f).is_file() for f in ORT_FILES):
+            return Path(c)
+    return None
+
+
+@dataclass
+class Bundle:
+    """One model's on-device bundle."""
+
+    name: str
+    meta: dict[str, Any]  # bundle.json
+    arrays: bytes  # arrays.bin
+    files: dict[str, Path] = field(default_factory=dict)  # model.onnx, model.int8.onnx
+
+    @property
+    def etag(self) -> str:
+        """A content hash, so the page (and its service worker) notices a new model."""
+        h = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode())
+        h.update(self.arrays)
+        for p in self.files.values():
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+
+def unavailable_reason(model: ServedModel) -> str | None:
+    """Why ``model`` cannot run in the browser, or ``None`` when it can."""
+    if model.info.input_mode in NEEDS_MASK:
+        return (f"data.input={model.info.input_mode} needs the lesion segmenter, which runs "
+                "on the server only")
+    if model.cam_weight is None:
+        return "its heat-map needs Grad-CAM with gradients (no global-pool + linear head)"
+    if model.ood_colour is None:
+        return "its serving thresholds predate the colour detector; run `dermalab report " \
+               "RUN --serving` again"
+    if model.predictor.run_dir is None or not (
+            model.predictor.run_dir / "export" / "model.onnx").is_file():
+        return f"no ONNX export; run `dermalab export {model.predictor.run_dir}`"
+    return None
+
+
+def texts(conditions: dict[str, dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+    """The answer's wording in every language: the catalogue's messages and each class's
+    condition entry (its language's fields over English), as the server words it."""
+    out: dict[str, Any] = {}
+    for lang in LANGUAGES:
+        msgs = {k: e.get(lang) or e["en"] for k, e in catalogue().items()
+                if k.startswith(MESSAGE_PREFIXES)}
+        conds = {}
+        for c in classes:
+            entry = conditions.get(c, {})
+            local = {**entry, **(entry.get(lang) or {})}
+            conds[c] = {k: local.get(k) for k in ("name", "description", "care", "see_doctor")}
+            conds[c]["urgency"] = entry.get("urgency", "routine")
+        out[lang] = {"messages": msgs, "conditions": conds}
+    return out
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], bytes]:
+    """Float32 little-endian arrays back to back, with their offsets and shapes."""
+    index: dict[str, Any] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for name, a in arrays.items():
+        b = np.ascontiguousarray(a, dtype="<f4").tobytes()
+        index[name] = {"offset": offset, "shape": list(a.shape)}
+        chunks.append(b)
+        offset += len(b)
+    return index, b"".join(chunks)
+
+
+def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k: int
+                ) -> Bundle:
+    """The bundle of a model that can run in the browser (see :func:`unavailable_reason`)."""
+    info = model.info
+    assert model.ood_colour is not None and model.cam_weight is not None
+    export = Path(model.predictor.run_dir or ".") / "export"
+    files = {kind: export / name for kind, name in MODEL_FILES.items()
+             if (export / name).is_file()}
+    index, blob = _pack({"ood_means": model.ood.means, "ood_precision": model.ood.precision,
+                         "cam_weight": model.cam_weight})
+    mal = info.malignant or {}
+    mal_classes = [c for c in mal.get("classes", []) if c in info.classes]
+    meta = {
+        "format": 1,
+        "name": model.name,
+        "image_type": model.image_type,
+        "classes": list(info.classes),
+        "image_size": info.image_size,
+        "resize_mode": info.resize_mode,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "temperature": info.temperature,
+        "malignant": ({"classes": mal_classes, "threshold": mal.get("threshold")}
+                      if mal_classes else None),
+        "uncertain_threshold": model.uncertain_threshold,
+        "top_k": top_k,
+        "ood": {"threshold": model.ood.threshold, "means": "ood_means",
+                "precision": "ood_precision"},
+        "colour": {"threshold": model.ood_colour.threshold,
+                   "means": model.ood_colour.means.tolist(),
+                   "precision": model.ood_colour.precision.tolist()},
+        "cam": {"weight": "cam_weight"},
+        "arrays": index,
+        "models": {kind: f"{kind}.onnx" for kind in files},
+        "texts": texts(conditions, list(info.classes)),
+    }
+    return Bundle(model.name, meta, blob, files)
+
+
+def bundles(models: dict[str, ServedModel], conditions: dict[str, dict[str, Any]], top_k: int
+            ) -> tuple[dict[str, Bundle], dict[str, str]]:
+    """The bundles of the served models that can run in the browser, and why the others
+    cannot (model name -> reason)."""
+    ok: dict[str, Bundle] = {}
+    why: dict[str, str] = {}
+    for m in models.values():
+        reason = unavailable_reason(m)
+        if reason is None:
+            ok[m.name] = make_bundle(m, conditions, top_k)
+        else:
+            why[m.name] = reason
+    return ok, why

@@ -1,0 +1,168 @@
+// On-device analysis, the browser part: ONNX Runtime Web (WebAssembly) runs the exported model
+// on the photo inside the page; the photo is never sent anywhere. Results are kept in this
+// browser only (IndexedDB), until deleted.
+import {
+  camFromFeatureMap, colourStatistics, decide, localize, mahalanobisScore, normalize, overlay,
+  pillowResize, prepareMahalanobis, resizeForModel, shrinkLikeServer, smallMahalanobis, softmax,
+} from "./core.js";
+
+const MAX_PIXELS = 40_000_000;  // as the server (ServeSettings.max_pixels)
+const MIN_SIDE = 32;
+const HEATMAP_SIZE = 224;
+
+export class OnDeviceError extends Error {
+  constructor(key, params = {}) { super(key); this.key = key; this.params = params; }
+}
+
+let ortModule = null;
+async function runtime(base) {
+  if (!ortModule) {
+    ortModule = await import(base + "ort.wasm.min.mjs");
+    ortModule.env.wasm.wasmPaths = base;
+    // Threads need a cross-origin isolated page (the server sends COOP + COEP); else one.
+    ortModule.env.wasm.numThreads = globalThis.crossOriginIsolated
+      ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
+  }
+  return ortModule;
+}
+
+// What the server offers for on-device use (null when nothing).
+export async function available() {
+  try {
+    const res = await fetch("/v1/ondevice");
+    if (!res.ok) return null;
+    const body = await res.json();
+    return body.available ? body : null;
+  } catch (e) {
+    return null;
+  }
+}
+
+const loaded = new Map();  // model name -> {bundle, session, mahalanobis, camWeight, kind}
+
+// Load (once) a model: its bundle, arrays and ONNX file — the INT8 one when there is one.
+export async function loadModel(info, runtimeBase, prefer = "int8") {
+  const key = info.name + ":" + info.version;
+  if (loaded.has(key)) return loaded.get(key);
+  const [bundle, arrays] = await Promise.all([
+    fetch(info.bundle).then((r) => r.json()),
+    fetch(info.arrays).then((r) => r.arrayBuffer())]);
+  const kind = info.files[prefer] ? prefer : "fp32";
+  const modelBytes = await fetch(info.files[kind]).then((r) => r.arrayBuffer());
+  const ort = await runtime(runtimeBase);
+  const session = await ort.InferenceSession.create(new Uint8Array(modelBytes),
+                                                    {executionProviders: ["wasm"]});
+  const view = (name) => {
+    const a = bundle.arrays[name];
+    const n = a.shape.reduce((x, y) => x * y, 1);
+    return new Float32Array(arrays, a.offset, n);
+  };
+  const [k, d] = bundle.arrays[bundle.ood.means].shape;
+  const model = {bundle, session, kind, ort,
+                 mahalanobis: prepareMahalanobis(view(bundle.ood.means),
+                                                 view(bundle.ood.precision), k, d),
+                 camWeight: view(bundle.cam.weight)};
+  loaded.set(key, model);
+  return model;
+}
+
+// Decode a photo as the browser shows it (upright: EXIF orientation applied) into RGB.
+export async function decode(file) {
+  let bmp;
+  try {
+    bmp = await createImageBitmap(file, {imageOrientation: "from-image"});
+  } catch (e) {
+    throw new OnDeviceError("page.ondevice_unreadable", {filename: file.name});
+  }
+  const {width: w, height: h} = bmp;
+  if (w * h > MAX_PIXELS) throw new OnDeviceError("page.ondevice_too_large", {filename: file.name});
+  if (Math.min(w, h) < MIN_SIDE) throw new OnDeviceError("page.ondevice_too_small", {filename: file.name});
+  const canvas = new OffscreenCanvas(w, h);
+  const ctx = canvas.getContext("2d", {willReadFrequently: true});
+  ctx.drawImage(bmp, 0, 0);
+  bmp.close();
+  const rgba = ctx.getImageData(0, 0, w, h).data;
+  const rgb = new Uint8Array(w * h * 3);
+  for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
+    rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
+  }
+  const jpeg = /jpe?g$/i.test(file.type) || /\.jpe?g$/i.test(file.name || "");
+  return shrinkLikeServer(rgb, w, h, jpeg);
+}
+
+// The heat-map as a PNG data URL.
+async function heatmapPng(img, model, fmap, dims, classIndex) {
+  const [, c, h, w] = dims;
+  const weight = model.camWeight.subarray(classIndex * c, (classIndex + 1) * c);
+  const cam = camFromFeatureMap(fmap, c, h, w, weight, HEATMAP_SIZE);
+  const shown = pillowResize(img.data, img.width, img.height, HEATMAP_SIZE, HEATMAP_SIZE);
+  const canvas = new OffscreenCanvas(HEATMAP_SIZE, HEATMAP_SIZE);
+  canvas.getContext("2d").putImageData(
+    new ImageData(overlay(shown, cam, HEATMAP_SIZE), HEATMAP_SIZE, HEATMAP_SIZE), 0, 0);
+  const blob = await canvas.convertToBlob({type: "image/png"});
+  const bytes = new Uint8Array(await blob.arrayBuffer());
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return "data:image/png;base64," + btoa(s);
+}
+
+// Analyse a decoded photo with a loaded model: the facts of an analysis (as the server's,
+// worded later by ``localize``), the heat-map and timings.
+export async function analyse(img, model, chosenBy) {
+  const b = model.bundle;
+  const t0 = performance.now();
+  const arr = resizeForModel(img.data, img.width, img.height, b.image_size, b.resize_mode);
+  const x = normalize(arr, b.image_size, b.mean, b.std);
+  const out = await model.session.run(
+    {image: new model.ort.Tensor("float32", x, [1, 3, b.image_size, b.image_size])});
+  const t1 = performance.now();
+  const probs = softmax(out.logits.data, b.temperature);
+  const ood = mahalanobisScore(out.features.data, model.mahalanobis);
+  const colour = smallMahalanobis(colourStatistics(arr), b.colour.means, b.colour.precision);
+  const en = b.texts.en.conditions;
+  const facts = decide(b, probs, ood, colour, (c) => (en[c] || {}).urgency || "routine");
+  facts.heatmap_png = facts.verdict === "not_skin" ? null
+    : await heatmapPng(img, model, out.feature_map.data, out.feature_map.dims, facts.top_index);
+  facts.model = {name: b.name, image_type: b.image_type, precision: model.kind};
+  facts.routing = {image_type: facts.verdict === "not_skin" ? "not_skin" : b.image_type,
+                   chosen_by: chosenBy, on_device: true};
+  facts.probabilities = probs;
+  facts.timing_ms = {model: t1 - t0, total: performance.now() - t0};
+  return facts;
+}
+
+export {localize};
+
+// -- this browser's own history (IndexedDB) --------------------------------------------------
+const DB = "dermalab-ondevice";
+const STORE = "analyses";
+
+function db() {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.open(DB, 1);
+    req.onupgradeneeded = () => req.result.createObjectStore(STORE, {keyPath: "id"});
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+async function tx(mode, fn) {
+  const d = await db();
+  return new Promise((resolve, reject) => {
+    const t = d.transaction(STORE, mode);
+    const req = fn(t.objectStore(STORE));
+    t.oncomplete = () => { d.close(); resolve(req ? req.result : undefined); };
+    t.onerror = () => { d.close(); reject(t.error); };
+  });
+}
+
+// Keep an analysis (its facts, the bundle's texts to word it, no photo).
+export function keep(entry) { return tx("readwrite", (s) => s.put(entry)); }
+export function history() {
+  return tx("readonly", (s) => s.getAll()).then(
+    (items) => items.sort((a, b) => b.created_at.localeCompare(a.created_at)));
+}
+export function forget(id) { return tx("readwrite", (s) => s.delete(id)); }
+export function forgetAll() { return tx("readwrite", (s) => s.clear()); }

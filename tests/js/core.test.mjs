@@ -1,0 +1,95 @@
+// The page's on-device functions against the Python they mirror: tests/serve/test_ondevice_js.py
+// writes the Python outputs on fixed inputs to $DERMALAB_JS_CASES and runs this file.
+import assert from "node:assert/strict";
+import {readFileSync} from "node:fs";
+import {test} from "node:test";
+
+import {
+  camFromFeatureMap, colourStatistics, decide, fill, localize, mahalanobisScore, normalize,
+  percent, prepareMahalanobis, resizeForModel, softmax,
+} from "../../src/dermalab/serve/static/ondevice/core.js";
+
+const C = JSON.parse(readFileSync(process.env.DERMALAB_JS_CASES, "utf8"));
+
+function close(got, want, tol, what) {
+  assert.equal(got.length, want.length, `${what}: length`);
+  let worst = 0;
+  for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+  assert.ok(worst <= tol, `${what}: max |diff| ${worst} > ${tol}`);
+}
+
+test("resizing matches Pillow's bicubic resize, byte for byte", () => {
+  for (const c of C.resize) {
+    const got = resizeForModel(Uint8Array.from(c.input), c.w, c.h, c.size, c.mode);
+    const what = `${c.w}x${c.h} -> ${c.size} ${c.mode}`;
+    const big = c.w / c.size >= 6 || c.h / c.size >= 6;  // Pillow reduces first
+    // The block reduction before a large shrink may round one level differently.
+    close(got, c.expected, big ? 1 : 0, what);
+  }
+});
+
+test("normalisation matches normalize_batch", () => {
+  const n = C.normalize;
+  close(normalize(Uint8Array.from(n.input), n.size, n.mean, n.std), n.expected, 1e-6,
+        "normalize");
+});
+
+test("temperature softmax matches calibrated_probs", () => {
+  C.softmax.logits.forEach((row, i) => close(softmax(row, C.softmax.temperature),
+                                             C.softmax.expected[i], 1e-12, "softmax"));
+});
+
+test("Mahalanobis score matches MahalanobisOOD.score", () => {
+  const m = C.mahalanobis;
+  const prep = prepareMahalanobis(Float32Array.from(m.means), Float32Array.from(m.precision),
+                                  m.k, m.d);
+  const got = m.features.map((f) => mahalanobisScore(Float32Array.from(f), prep));
+  got.forEach((g, i) => assert.ok(Math.abs(g - m.expected[i]) <= 1e-9 * Math.abs(m.expected[i]),
+                                  `score ${i}: ${g} vs ${m.expected[i]}`));
+});
+
+test("colour statistics match colour_statistics", () => {
+  for (const c of C.colour) close(colourStatistics(Uint8Array.from(c.input)), c.expected, 1e-9,
+                                  "colour");
+});
+
+test("closed-form Grad-CAM matches cam_from_feature_map", () => {
+  const m = C.cam;
+  m.weight.forEach((row, k) => close(
+    camFromFeatureMap(Float32Array.from(m.fmap), m.c, m.h, m.w, Float32Array.from(row), m.size),
+    m.expected[k], 1e-5, `cam ${k}`));
+});
+
+test("percentages are written as Python writes them", () => {
+  for (const [p, want] of C.percent) assert.equal(percent(p), want, `percent(${p})`);
+});
+
+test("verdict, referral and wording follow the server's rules", () => {
+  let kinds = new Set();
+  for (const c of C.decide) {
+    const facts = decide(c.bundle, c.probs, c.ood, c.colour, (k) => c.urgency[k]);
+    assert.equal(facts.verdict, c.verdict);
+    assert.equal(facts.referral, c.referral);
+    assert.deepEqual(facts.conditions.map((x) => c.bundle.classes.indexOf(x.class_name)),
+                     c.order);
+    kinds.add(facts.verdict + "/" + facts.referral);
+    for (const [lang, [verdictText, referralText]] of Object.entries(c.texts)) {
+      const conds = Object.fromEntries(c.bundle.classes.map((k) => [k, {name: `name-${k}`}]));
+      const texts = {};
+      for (const l of Object.keys(C.messages)) texts[l] = {messages: C.messages[l], conditions: conds};
+      const r = localize(facts, {texts, image_type: "dermoscopic"}, lang);
+      assert.equal(r.verdict_text, verdictText, `${lang} verdict`);
+      assert.equal(r.referral_text, referralText, `${lang} referral`);
+      assert.ok(r.routing.text.length > 10);
+    }
+  }
+  // The fixed cases reach every verdict and several referrals.
+  for (const v of ["ok", "uncertain", "not_skin"]) {
+    assert.ok([...kinds].some((k) => k.startsWith(v + "/")), `no ${v} case in ${[...kinds]}`);
+  }
+  assert.ok([...kinds].some((k) => k.endsWith("/urgent")));
+});
+
+test("fill leaves no placeholder behind", () => {
+  assert.equal(fill("{a} and {b}", {a: 1}), "1 and ");
+});
