@@ -266,6 +266,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     par = meta["extra"]["parity"]
     print(f"wrote {out / 'model.onnx'} and {out / 'model.json'} (ONNX Runtime vs PyTorch: max "
           f"abs diff {par['max_abs_diff']:.2e}, argmax agreement {par['argmax_agreement']:.0%})")
+    if args.quantize == "int8":
+        from dermalab.deploy.quantize import quantize_int8
+
+        q = quantize_int8(args.run_dir, args.out)
+        print(f"wrote {out / q['file']}: {q['int8_bytes'] / 1e6:.1f} MB, {q['size_ratio']:.1f}x "
+              f"smaller; on {q['check_images']} validation images top-1 agreement with FP32 "
+              f"{q['top1_agreement']:.1%}, max |dp| {q['max_abs_prob_diff']:.3f}, balanced "
+              f"accuracy {q['balanced_accuracy_int8']:.3f} (FP32 "
+              f"{q['balanced_accuracy_fp32']:.3f})")
     return 0
 
 
@@ -488,13 +497,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_export_parser(sub: Any, what: str, run_help: str,
-                       func: Callable[[argparse.Namespace], int]) -> None:
+                       func: Callable[[argparse.Namespace], int]) -> Any:
     """``export RUN_DIR [--format onnx] [--out DIR]`` (classifier and segmenter alike)."""
     exp = sub.add_parser("export", help=f"export {what} (ONNX + model.json)")
     exp.add_argument("run_dir", help=run_help)
     exp.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     exp.add_argument("--out", help="output folder (default RUN_DIR/export)")
     exp.set_defaults(func=func)
+    return exp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -604,7 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "eval.malignant_classes=[mel,bcc])")
     rep.set_defaults(func=cmd_report)
 
-    _add_export_parser(sub, "the best model", "a finished run directory", cmd_export)
+    exp = _add_export_parser(sub, "the best model", "a finished run directory", cmd_export)
+    exp.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx: static "
+                     "INT8 quantisation calibrated on training images, checked against FP32 "
+                     "on validation images (for on-device analysis on phones)")
 
     pr = sub.add_parser("predict", help="top-k calibrated classes for images")
     pr.add_argument("model", help="a run directory or an exported model (folder or .onnx)")

@@ -1,0 +1,105 @@
+"""On-device analysis in a real browser: the model runs in the page (ONNX Runtime Web) and the
+photo is never sent anywhere. Playwright drives Debian's chromium against a real server."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import HAM_DIR
+from tests.serve.test_browser import ARGS, CHROMIUM, _playwright, _test_id
+from tests.webserver import dermalab_server
+
+JPEG_SOI = b"\xff\xd8\xff"
+
+
+@pytest.fixture(scope="module")
+def exported_run(skin_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the small HAM10000 run with its ONNX export (the shared run stays PyTorch)."""
+    from dermalab.deploy.export import export_onnx
+
+    run = tmp_path_factory.mktemp("ondevice") / "skin"
+    shutil.copytree(skin_run, run, ignore=shutil.ignore_patterns("history.db", "uploads"))
+    export_onnx(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(exported_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with dermalab_server(exported_run, tmp_path_factory.mktemp("web_ondevice")) as url:
+        yield url
+
+
+def _record(page: Any) -> list[dict[str, Any]]:
+    """Every request the page makes from now on: method, path, body size, whether the body
+    holds JPEG data."""
+    seen: list[dict[str, Any]] = []
+
+    def on_request(req: Any) -> None:
+        body = req.post_data_buffer or b""
+        seen.append({"method": req.method, "url": req.url, "bytes": len(body),
+                     "jpeg": JPEG_SOI in body})
+
+    page.on("request", on_request)
+    return seen
+
+
+def test_analyse_on_this_device_and_nothing_is_uploaded(server: str, exported_run: Path
+                                                        ) -> None:
+    sync_api = _playwright()
+    photo = HAM_DIR / "images" / f"{_test_id(exported_run, 1)}.jpg"
+    shot = exported_run / "web_ondevice_390.png"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(server)
+        assert page.evaluate("crossOriginIsolated")  # COOP + COEP: WebAssembly threads
+        page.wait_for_selector("#ondevice-field:not([hidden])")
+        page.check("#ondevice")
+        page.set_input_files("#file", str(photo))
+        requests = _record(page)
+        page.click("#analyse")
+        page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+        assert page.locator("#bars .bar").count() >= 1
+        assert "not uploaded" in page.locator("#routing").inner_text()
+        assert page.eval_on_selector("#heatmap", "img => img.naturalWidth") == 224
+        assert "not a diagnosis" in page.locator("#result-disclaimer").inner_text()
+        page.wait_for_selector("#local-history tr")
+        page.screenshot(path=str(shot), full_page=True)
+
+        # Nothing of the photo left the page, and nothing went to the analyses API.
+        assert requests, "the model files are fetched on first use"
+        assert not [r for r in requests if r["jpeg"] or r["bytes"] > 0], requests
+        assert not [r for r in requests if "/v1/analyses" in r["url"]], requests
+        assert page.evaluate("fetch('/v1/analyses').then(r => r.json()).then(b => b.total)") \
+            == 0
+
+        # The same photo on the server gives the same answer.
+        local = page.evaluate(
+            "import('/static/ondevice/run.js').then(m => m.history()).then(h => h[0].facts)")
+        page.uncheck("#ondevice")
+        page.click("#analyse")
+        page.wait_for_selector("#history tr", timeout=120_000)
+        server_side = page.evaluate(
+            "fetch('/v1/analyses?limit=1').then(r => r.json()).then(b => "
+            "fetch('/v1/analyses/' + b.items[0].id)).then(r => r.json())")
+        assert local["verdict"] == server_side["verdict"]
+        assert [c["class_name"] for c in local["conditions"]] == \
+            [c["class_name"] for c in server_side["conditions"]]
+        for a, b in zip(local["conditions"], server_side["conditions"], strict=True):
+            assert abs(a["probability"] - b["probability"]) < 1e-3
+        assert abs(local["ood_score"] - server_side["ood_score"]) \
+            < 1e-3 * server_side["ood_score"]
+        assert abs(local["ood_colour_score"] - server_side["ood_colour_score"]) < 1e-6
+
+        # Deleting it on the device removes it from this browser.
+        page.locator("#local-history button", has_text="Delete").first.click()
+        page.wait_for_selector("#local-empty:not([hidden])")
+        assert page.evaluate(
+            "import('/static/ondevice/run.js').then(m => m.history()).then(h => h.length)") == 0
+        browser.close()
+    assert shot.stat().st_size > 20_000
