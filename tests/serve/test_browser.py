@@ -57,6 +57,7 @@ def test_upload_and_see_the_result(server: str, skin_run: Path, viewport: dict,
         page.click("#analyse")
         page.wait_for_selector("#result:not([hidden])", timeout=60_000)
         assert page.locator("#bars .bar").count() >= 1
+        assert not page.locator("#type-field").is_visible()  # one model: nothing to choose
         width = page.eval_on_selector("#heatmap", "img => img.naturalWidth")
         assert width >= 96
         assert page.locator("#referral").inner_text().strip()

@@ -103,3 +103,36 @@ def test_analyse_on_this_device_and_nothing_is_uploaded(server: str, exported_ru
             "import('/static/ondevice/run.js').then(m => m.history()).then(h => h.length)") == 0
         browser.close()
     assert shot.stat().st_size > 20_000
+
+
+def test_installable_and_on_device_analysis_works_offline(server: str, exported_run: Path
+                                                          ) -> None:
+    """One visit with on-device analysis on, then the network goes: the page reloads from
+    the service worker's cache and analyses a photo on the device."""
+    sync_api = _playwright()
+    photo = HAM_DIR / "images" / f"{_test_id(exported_run, 2)}.jpg"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        context = browser.new_context(viewport={"width": 390, "height": 844})
+        page = context.new_page()
+        page.goto(server)
+        manifest = page.evaluate("fetch('/manifest.webmanifest').then(r => r.json())")
+        assert manifest["display"] == "standalone"
+        assert {i["sizes"] for i in manifest["icons"]} == {"192x192", "512x512"}
+        page.wait_for_selector("#ondevice-field:not([hidden])")
+        page.check("#ondevice")
+        page.wait_for_selector("#ondevice-field[data-ready='1']", timeout=120_000)
+        assert page.evaluate("navigator.serviceWorker.controller !== null")
+
+        context.set_offline(True)
+        page.reload()
+        page.wait_for_selector("#ondevice-field:not([hidden])", timeout=30_000)
+        assert page.is_checked("#ondevice")  # the choice is remembered
+        page.set_input_files("#file", str(photo))
+        page.click("#analyse")
+        page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+        assert "not uploaded" in page.locator("#routing").inner_text()
+        assert page.locator("#bars .bar").count() >= 1 or "not look like" in \
+            page.locator("#verdict").inner_text()
+        page.screenshot(path=str(exported_run / "web_ondevice_offline_390.png"), full_page=True)
+        browser.close()

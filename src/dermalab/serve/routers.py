@@ -319,7 +319,8 @@ def healthz(svc: Service) -> dict[str, Any]:
             "mode": "open" if svc.settings.open else "accounts"}
 
 
-_PAGE = resources.files("dermalab.serve").joinpath("static/index.html").read_text("utf-8")
+_STATIC = resources.files("dermalab.serve").joinpath("static")
+_PAGE = _STATIC.joinpath("index.html").read_text("utf-8")
 
 
 @page.get("/", response_class=HTMLResponse)
@@ -380,3 +381,17 @@ def ort_file(svc: Service, file: str) -> Response:
         raise HTTPException(404, "not found")
     path = svc.ort_dir / file
     return FileResponse(path, media_type=ORT_TYPES[path.suffix], headers=REVALIDATE)
+
+
+@page.get("/sw.js")
+def service_worker() -> Response:
+    """The service worker, at the root so its scope is the whole page (offline use)."""
+    return Response(_STATIC.joinpath("sw.js").read_bytes(), media_type="text/javascript",
+                    headers=REVALIDATE)
+
+
+@page.get("/manifest.webmanifest")
+def web_manifest() -> Response:
+    """The web app manifest: the page installs to a phone's home screen."""
+    return Response(_STATIC.joinpath("manifest.webmanifest").read_bytes(),
+                    media_type="application/manifest+json", headers=REVALIDATE)

@@ -399,16 +399,45 @@ $("forget-local").addEventListener("click", async () => {
   if (shownLocal) { shownLocal = null; $("result").hidden = true; }
   loadLocalHistory();
 });
+// With on-device analysis on, the model is fetched (and kept by the service worker) at once,
+// so it is ready, and usable offline, before the first photo.
+async function warmModel() {
+  if (!onDevice || !$("ondevice").checked) return;
+  try {
+    await controlled();
+    await device.loadModel(localModel()[0], onDevice.runtime);
+    $("ondevice-field").dataset.ready = "1";
+  } catch (e) {
+    console.error(e);
+  }
+}
 $("ondevice").addEventListener("change", () => {
   localStorage.setItem("dermalab.ondevice", $("ondevice").checked ? "1" : "");
+  warmModel();
 });
+$("image-type").addEventListener("change", warmModel);
 device.available().then((offer) => {
   onDevice = offer;
   $("ondevice-field").hidden = !offer;
   $("ondevice-note").hidden = !offer;
   if (offer) $("ondevice").checked = localStorage.getItem("dermalab.ondevice") === "1";
   loadLocalHistory();
+  warmModel();
 });
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.register("/sw.js").catch((e) => console.error(e));
+}
+// Resolves once the service worker handles this page's requests (on a first visit it takes
+// over a moment after the page loads), so what is fetched next is kept for offline use.
+function controlled() {
+  if (!("serviceWorker" in navigator) || navigator.serviceWorker.controller) {
+    return Promise.resolve();
+  }
+  return new Promise((resolve) => {
+    navigator.serviceWorker.addEventListener("controllerchange", resolve, {once: true});
+    setTimeout(resolve, 10000);  // no worker (e.g. a private window): load without it
+  });
+}
 
 async function loadHistory() {
   loadSpots();
