@@ -74,3 +74,20 @@ def test_quantize_without_an_export_says_what_to_run(skin_run: Path, tmp_path: P
                                                                  "uploads"))
     with pytest.raises(DermalabError, match="dermalab export"):
         quantize_int8(run)
+
+
+def test_int8_is_offered_to_the_page_only_when_it_agrees_with_fp32(tmp_path: Path) -> None:
+    from dermalab.serve.ondevice import INT8_MIN_AGREEMENT, int8_gate
+
+    (tmp_path / "model.onnx").write_bytes(b"fp32")
+    assert int8_gate(tmp_path) is None  # no INT8 export: nothing to say
+    (tmp_path / "model.int8.onnx").write_bytes(b"int8")
+    for agreement, offered in ((0.89, False), (INT8_MIN_AGREEMENT, True), (1.0, True)):
+        (tmp_path / "model.json").write_text(json.dumps(
+            {"extra": {"int8": {"top1_agreement": agreement}}}))
+        note = int8_gate(tmp_path)
+        assert (note is None) == offered, note
+        if not offered:
+            assert "89.0%" in note and "FP32" in note
+    (tmp_path / "model.json").write_text(json.dumps({"extra": {}}))
+    assert "--quantize int8" in (int8_gate(tmp_path) or "")

@@ -49,6 +49,13 @@ def find_ort_dir(explicit: str | None = None) -> Path | None:
     return None
 
 
+def ort_version(dist: Path | None) -> str | None:
+    """The version of the ``onnxruntime-web`` package whose ``dist`` folder this is."""
+    if dist is None or not (dist.parent / "package.json").is_file():
+        return None
+    return str(json.loads((dist.parent / "package.json").read_text()).get("version"))
+
+
 @dataclass
 class Bundle:
     """One model's on-device bundle."""
@@ -67,6 +74,29 @@ class Bundle:
             st = p.stat()
             h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
+
+
+#: The INT8 model is offered to the page only when, on validation images, its top class agrees
+#: with the FP32 model's this often (``export --quantize int8`` measures it); else the page
+#: runs FP32, which agrees with the server to float precision.
+INT8_MIN_AGREEMENT = 0.98
+
+
+def int8_gate(export: Path) -> str | None:
+    """Why the INT8 export is not offered (``None``: it is, or there is none)."""
+    if not (export / MODEL_FILES["int8"]).is_file():
+        return None
+    meta = json.loads((export / "model.json").read_text())
+    q = (meta.get("extra") or {}).get("int8") or {}
+    agreement = q.get("top1_agreement")
+    if agreement is None:
+        return "model.json has no INT8 check; run `dermalab export RUN --quantize int8` again"
+    # bench/ondevice.py lowers the bar to measure INT8 in the browser whatever its agreement.
+    need = float(os.environ.get("DERMALAB_INT8_MIN_AGREEMENT", INT8_MIN_AGREEMENT))
+    if agreement < need:
+        return (f"INT8 agrees with FP32 on {agreement:.1%} of validation images (needs "
+                f"{need:.0%}); the page runs FP32")
+    return None
 
 
 def unavailable_reason(model: ServedModel) -> str | None:
@@ -123,6 +153,9 @@ def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k
     export = Path(model.predictor.run_dir or ".") / "export"
     files = {kind: export / name for kind, name in MODEL_FILES.items()
              if (export / name).is_file()}
+    int8_note = int8_gate(export)
+    if int8_note is not None:
+        files.pop("int8", None)
     index, blob = _pack({"ood_means": model.ood.means, "ood_precision": model.ood.precision,
                          "cam_weight": model.cam_weight})
     mal = info.malignant or {}
@@ -149,6 +182,7 @@ def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k
         "cam": {"weight": "cam_weight"},
         "arrays": index,
         "models": {kind: f"{kind}.onnx" for kind in files},
+        "int8_note": int8_note,
         "texts": texts(conditions, list(info.classes)),
     }
     return Bundle(model.name, meta, blob, files)

@@ -334,10 +334,12 @@ def ondevice_models(svc: Service) -> dict[str, Any]:
     return {"available": bool(svc.ondevice), "runtime": "/ort/",
             "models": [{"name": b.name, "image_type": b.meta["image_type"],
                         "version": b.etag,
-                        "bundle": f"/v1/ondevice/{b.name}/bundle.json",
-                        "arrays": f"/v1/ondevice/{b.name}/arrays.bin",
-                        "files": {kind: f"/v1/ondevice/{b.name}/{kind}.onnx"
-                                  for kind in b.files}}
+                        # versioned URLs: the page's service worker keeps them as they are
+                        "bundle": f"/v1/ondevice/{b.name}/bundle.json?v={b.etag}",
+                        "arrays": f"/v1/ondevice/{b.name}/arrays.bin?v={b.etag}",
+                        "files": {kind: f"/v1/ondevice/{b.name}/{kind}.onnx?v={b.etag}"
+                                  for kind in b.files},
+                        "int8_note": b.meta["int8_note"]}
                        for b in svc.ondevice.values()],
             "unavailable": svc.ondevice_off}
 
@@ -384,10 +386,12 @@ def ort_file(svc: Service, file: str) -> Response:
 
 
 @page.get("/sw.js")
-def service_worker() -> Response:
-    """The service worker, at the root so its scope is the whole page (offline use)."""
-    return Response(_STATIC.joinpath("sw.js").read_bytes(), media_type="text/javascript",
-                    headers=REVALIDATE)
+def service_worker(svc: Service) -> Response:
+    """The service worker, at the root so its scope is the whole page (offline use). Its
+    cache is named after the ONNX Runtime Web version served, so an upgrade replaces it."""
+    text = _STATIC.joinpath("sw.js").read_text("utf-8").replace(
+        '"dermalab-ort-unknown"', f'"dermalab-ort-{svc.ort_version or "none"}"', 1)
+    return Response(text, media_type="text/javascript", headers=REVALIDATE)
 
 
 @page.get("/manifest.webmanifest")

@@ -27,7 +27,7 @@ from dermalab.data.images import open_rgb
 from dermalab.deploy.router import ImageRouter
 from dermalab.serve.accounts import AccountStore
 from dermalab.serve.models import ServedModel, check_servable
-from dermalab.serve.ondevice import Bundle, bundles, find_ort_dir
+from dermalab.serve.ondevice import Bundle, bundles, find_ort_dir, ort_version
 from dermalab.serve.store import OPEN, Analysis, HistoryStore, ImageStore, Owner, make_engine, now
 
 
@@ -294,6 +294,7 @@ class AnalysisService:
         """The on-device bundles (see :mod:`dermalab.serve.ondevice`), and why a model has
         none."""
         self.ort_dir = find_ort_dir(self.settings.ort_dir) if self.settings.ondevice else None
+        self.ort_version = ort_version(self.ort_dir)
         self.ondevice: dict[str, Bundle] = {}
         self.ondevice_off: dict[str, str] = {}
         if not self.settings.ondevice:

@@ -1,9 +1,12 @@
 // The page's service worker: after one visit the page, ONNX Runtime Web and (once on-device
 // analysis has been used or switched on) the model are kept in this browser, so on-device
-// analysis works with the network off. Network first, the cache when offline: a new model or
-// page reaches the person as soon as they are online. Nothing personal is cached — no
-// analysis, photo, account or session response; only the public files below.
-const CACHE = "dermalab-v1";
+// analysis works with the network off. Files that never change under their URL (the model
+// files carry their version, ?v=..., and ONNX Runtime's files are those of the version this
+// cache is named after — the server writes it in) come from the cache first; everything else
+// from the network first, the cache only when offline, so a new page or model list reaches
+// the person as soon as they are online. Nothing personal is cached — no analysis, photo,
+// account or session response; only the public files below.
+const CACHE = "dermalab-ort-unknown";
 const SHELL = ["/", "/static/app.js", "/static/ondevice/core.js", "/static/ondevice/run.js",
                "/manifest.webmanifest", "/static/icon-192.png", "/v1/ondevice",
                "/v1/messages", "/healthz",
@@ -27,12 +30,16 @@ self.addEventListener("fetch", (event) => {
   const url = new URL(event.request.url);
   if (event.request.method !== "GET" || url.origin !== self.location.origin
       || !PUBLIC.some((re) => re.test(url.pathname))) return;  // the network, as usual
-  event.respondWith(fetch(event.request).then((res) => {
+  const network = () => fetch(event.request).then((res) => {
     if (res.ok) {
       const copy = res.clone();
       caches.open(CACHE).then((c) => c.put(event.request, copy));
     }
     return res;
-  }).catch(() => caches.match(event.request, {ignoreVary: true, ignoreSearch: false})
-    .then((hit) => hit || Response.error())));
+  });
+  const cached = () => caches.match(event.request, {ignoreVary: true});
+  const immutable = url.searchParams.has("v") || url.pathname.startsWith("/ort/");
+  event.respondWith(immutable
+    ? cached().then((hit) => hit || network())
+    : network().catch(() => cached().then((hit) => hit || Response.error())));
 });

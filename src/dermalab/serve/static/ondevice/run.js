@@ -20,8 +20,9 @@ async function runtime(base) {
     ortModule = await import(base + "ort.wasm.min.mjs");
     ortModule.env.wasm.wasmPaths = base;
     // Threads need a cross-origin isolated page (the server sends COOP + COEP); else one.
-    ortModule.env.wasm.numThreads = globalThis.crossOriginIsolated
-      ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
+    ortModule.env.wasm.numThreads = globalThis.DERMALAB_ORT_THREADS
+      || (globalThis.crossOriginIsolated
+        ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1);
   }
   return ortModule;
 }
