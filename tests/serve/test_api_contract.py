@@ -27,6 +27,10 @@ class StubService:
     backend = "stub"
     models: ClassVar[dict[str, None]] = {"dermoscopic": None}
     router = None
+    ondevice: ClassVar[dict[str, None]] = {}
+    ondevice_off: ClassVar[dict[str, str]] = {"stub": "no ONNX export"}
+    ort_dir = None
+    ort_version = None
 
     def __init__(self) -> None:
         # --open mode: the contract of the analyses routes, without accounts (tests/serve/
@@ -205,7 +209,17 @@ def test_model_card_health_page_and_openapi(client: TestClient) -> None:
     ModelCard.model_validate(client.get("/v1/model").json())
     assert [ModelCard.model_validate(c).name for c in client.get("/v1/models").json()] == ["stub"]
     assert client.get("/healthz").json() == {"status": "ok", "backend": "stub", "mode": "open",
-                                              "models": ["dermoscopic"], "router": False}
+                                              "models": ["dermoscopic"], "router": False,
+                                              "ondevice": False}
+    assert client.get("/v1/ondevice").json() == {
+        "available": False, "runtime": "/ort/", "models": [],
+        "unavailable": {"stub": "no ONNX export"}}
+    assert client.get("/v1/ondevice/stub/bundle.json").status_code == 404
+    assert client.get("/ort/ort.wasm.min.mjs").status_code == 404  # no runtime installed
+    sw = client.get("/sw.js")
+    assert sw.headers["content-type"].startswith("text/javascript")
+    assert '"dermalab-ort-none"' in sw.text  # the cache is named after the runtime served
+    assert client.get("/manifest.webmanifest").json()["start_url"] == "/"
     assert "Not a diagnosis" in client.get("/").text
     spec = client.get("/openapi.json").json()
     assert set(spec["paths"]) == {
@@ -213,7 +227,8 @@ def test_model_card_health_page_and_openapi(client: TestClient) -> None:
         "/v1/spots", "/v1/spots/{spot_id}", "/v1/clinics", "/v1/clinics/cities",
         "/v1/auth/anonymous", "/v1/auth/signup", "/v1/auth/signin", "/v1/auth/session",
         "/v1/auth/signout", "/v1/account", "/v1/account/export", "/v1/model", "/v1/models",
-        "/v1/messages",
+        "/v1/messages", "/v1/ondevice", "/v1/ondevice/{name}/bundle.json",
+        "/v1/ondevice/{name}/arrays.bin", "/v1/ondevice/{name}/{kind}.onnx",
         "/healthz"}
     post = spec["paths"]["/v1/analyses"]["post"]["responses"]
     assert {"201", "413", "415", "422"} <= set(post)
