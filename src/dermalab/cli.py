@@ -448,7 +448,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              docs=args.docs, retention_days=args.retention_days,
                              cookie_secure=args.secure_cookies, rate_signin=args.rate_signin,
                              rate_upload=args.rate_upload, rate_storage=args.rate_storage,
-                             clinics=args.clinics, orphan_grace_s=args.orphan_grace)
+                             clinics=args.clinics, orphan_grace_s=args.orphan_grace,
+                             ondevice=args.ondevice)
     check_models(settings)  # before announcing anything
     mode = ("OPEN mode: no accounts, every analysis visible to whoever uses it (single-user "
             "local install)" if args.open else "accounts: each person sees only their own "
@@ -705,6 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "analyses whose photo is missing once older than S seconds (default 0 "
                     "with the run's own database and photos, 600 with --db/--images, which "
                     "another server may be writing)")
+    sv.add_argument("--no-ondevice", dest="ondevice", action="store_false", help="do not "
+                    "offer analysis in the browser (on by default for models with an ONNX "
+                    "export, when scripts/setup.sh has installed onnxruntime-web)")
     sv.add_argument("--docs", action="store_true", help="serve /docs and /redoc (they load "
                     "Swagger UI from a CDN; development only)")
     sv.set_defaults(func=cmd_serve)
