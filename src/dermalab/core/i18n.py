@@ -60,8 +60,9 @@ def t(key: str, lang: str, **params: Any) -> str:
     return (entry.get(lang) or entry[DEFAULT_LANGUAGE]).format(**params)
 
 
-def messages(lang: str, prefix: str) -> dict[str, str]:
-    """Every message whose key starts with ``prefix``, in ``lang`` (unfilled, for the page)."""
+def messages(lang: str, prefix: str | tuple[str, ...]) -> dict[str, str]:
+    """Every message whose key starts with ``prefix`` (or one of several), in ``lang``
+    (unfilled, for the page)."""
     return {key: entry.get(lang) or entry[DEFAULT_LANGUAGE]
             for key, entry in catalogue().items() if key.startswith(prefix)}
 

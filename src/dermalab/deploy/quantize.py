@@ -38,6 +38,7 @@ from dermalab.core.errors import DermalabError
 from dermalab.core.runs import load_run
 from dermalab.data.images import normalize_batch
 from dermalab.data.prepare import prepare_data
+from dermalab.deploy.serving import cached_batches
 
 INT8_NAME = "model.int8.onnx"
 PERCENTILE = 99.99
@@ -95,12 +96,6 @@ def quantize_onnx(fp32: Path, int8: Path, calibration: Iterator[np.ndarray]) -> 
                             nodes_to_exclude=shape_nodes(onnx.load(str(pre)).graph))
 
 
-def _batches(store: Any, ids: list[str], mean: Any, std: Any, batch: int = 16
-             ) -> Iterator[np.ndarray]:
-    for i in range(0, len(ids), batch):
-        yield normalize_batch(np.stack([store.get(s) for s in ids[i:i + batch]]), mean, std)
-
-
 def quantize_int8(run_dir: str | Path, out_dir: str | Path | None = None, *,
                   calibration_images: int = 256, check_images: int = 400, seed: int = 0,
                   progress: bool = False) -> dict[str, Any]:
@@ -146,12 +141,14 @@ def quantize_int8(run_dir: str | Path, out_dir: str | Path | None = None, *,
     int8 = out / INT8_NAME
     # One image per batch: the percentile calibrator stacks the batches it sees, so they must
     # all be the same size.
-    quantize_onnx(fp32, int8, _batches(data.store, calib_ids, info.mean, info.std, batch=1))
+    quantize_onnx(fp32, int8, (normalize_batch(x, info.mean, info.std)
+                               for x in cached_batches(data, calib_ids, batch=1)))
 
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
                 for p in (fp32, int8)]
     probs: list[list[np.ndarray]] = [[], []]
-    for x in _batches(data.store, check, info.mean, info.std):
+    for images in cached_batches(data, check, batch=16):
+        x = normalize_batch(images, info.mean, info.std)
         for k, sess in enumerate(sessions):
             probs[k].append(calibrated_probs(sess.run(["logits"], {"image": x})[0],
                                              info.temperature))

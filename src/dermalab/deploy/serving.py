@@ -20,7 +20,7 @@ from dermalab.deploy.ood import colour_statistics, fit_mahalanobis, selective_th
 from dermalab.evaluate.explain import to_input
 
 
-def _cached_batches(data: PreparedData, ids: list[str], batch: int) -> Iterator[np.ndarray]:
+def cached_batches(data: PreparedData, ids: list[str], batch: int) -> Iterator[np.ndarray]:
     """The cached uint8 images of ``ids``, ``batch`` at a time (never all in memory)."""
     for i in range(0, len(ids), batch):
         yield np.stack([data.store.get(s) for s in ids[i:i + batch]])
@@ -32,7 +32,7 @@ def features_of(run: LoadedRun, data: PreparedData, ids: list[str], batch: int =
     both = FeaturesAndLogits(run.model).eval()
     out = []
     with torch.no_grad():
-        for images in _cached_batches(data, ids, batch):
+        for images in cached_batches(data, ids, batch):
             out.append(both(to_input(images, run.info.mean, run.info.std))[1].double().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
@@ -40,7 +40,7 @@ def features_of(run: LoadedRun, data: PreparedData, ids: list[str], batch: int =
 def colour_of(data: PreparedData, ids: list[str], batch: int = 256) -> np.ndarray:
     """Colour statistics of cached images, ``batch`` at a time."""
     return np.concatenate([colour_statistics(images)
-                           for images in _cached_batches(data, ids, batch)])
+                           for images in cached_batches(data, ids, batch)])
 
 
 def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperature: float,

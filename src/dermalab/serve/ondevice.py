@@ -21,12 +21,13 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dermalab.core.i18n import LANGUAGES, catalogue
+from dermalab.core.i18n import LANGUAGES, messages
 from dermalab.data.lesion import NEEDS_MASK
 from dermalab.serve.models import ServedModel
 
@@ -65,9 +66,10 @@ class Bundle:
     arrays: bytes  # arrays.bin
     files: dict[str, Path] = field(default_factory=dict)  # model.onnx, model.int8.onnx
 
-    @property
+    @cached_property
     def etag(self) -> str:
-        """A content hash, so the page (and its service worker) notices a new model."""
+        """A content hash, so the page (and its service worker) notices a new model; hashed
+        once (6.5 MB of arrays), not on each of the several uses per request."""
         h = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode())
         h.update(self.arrays)
         for p in self.files.values():
@@ -120,8 +122,7 @@ def texts(conditions: dict[str, dict[str, Any]], classes: list[str]) -> dict[str
     condition entry (its language's fields over English), as the server words it."""
     out: dict[str, Any] = {}
     for lang in LANGUAGES:
-        msgs = {k: e.get(lang) or e["en"] for k, e in catalogue().items()
-                if k.startswith(MESSAGE_PREFIXES)}
+        msgs = messages(lang, MESSAGE_PREFIXES)
         conds = {}
         for c in classes:
             entry = conditions.get(c, {})

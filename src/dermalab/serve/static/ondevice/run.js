@@ -101,12 +101,12 @@ async function heatmapPng(img, model, fmap, dims, classIndex) {
   canvas.getContext("2d").putImageData(
     new ImageData(overlay(shown, cam, HEATMAP_SIZE), HEATMAP_SIZE, HEATMAP_SIZE), 0, 0);
   const blob = await canvas.convertToBlob({type: "image/png"});
-  const bytes = new Uint8Array(await blob.arrayBuffer());
-  let s = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  }
-  return "data:image/png;base64," + btoa(s);
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
 }
 
 // Analyse a decoded photo with a loaded model: the facts of an analysis (as the server's,
