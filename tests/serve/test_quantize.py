@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import timm
 import torch
 
 from dermalab.core.models import FeaturesAndLogits
-from dermalab.deploy.quantize import quantize_onnx, shape_nodes
+from dermalab.deploy.quantize import bias_shifts, correct_biases, quantize_onnx, shape_nodes
 
 
 def test_tf_same_padding_survives_quantisation(tmp_path: Path) -> None:
@@ -33,8 +34,8 @@ def test_tf_same_padding_survives_quantisation(tmp_path: Path) -> None:
     excluded = set(shape_nodes(graph))
     assert excluded and all(n.op_type != "Conv" for n in graph.node if n.name in excluded)
     rng = np.random.default_rng(0)
-    quantize_onnx(fp32, int8, iter([rng.normal(size=(8, 3, 64, 64)).astype(np.float32)
-                                    for _ in range(4)]))
+    quantize_onnx(fp32, int8, [rng.normal(size=(8, 3, 64, 64)).astype(np.float32)
+                               for _ in range(4)])
     q = onnx.load(str(int8)).graph
     assert sum(n.op_type == "QuantizeLinear" for n in q.node) > 20  # really quantised
     x = rng.normal(size=(3, 3, 64, 64)).astype(np.float32)
@@ -43,6 +44,95 @@ def test_tf_same_padding_survives_quantisation(tmp_path: Path) -> None:
             for p in (fp32, int8)]
     assert [o.shape for o in outs[0]] == [o.shape for o in outs[1]]
     assert int8.stat().st_size * 3 < fp32.stat().st_size
+
+
+def _layers_model(path: Path) -> None:
+    """A 1x1 convolution, a grouped 1x1 convolution without a bias, and a classifier: a chain
+    whose mean output is exactly linear in the mean input (no activation in between)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+             for name, shape in (("w1", (8, 4, 1, 1)), ("b1", (8,)), ("w2", (8, 2, 1, 1)),
+                                 ("w3", (3, 8)), ("b3", (3,)))]
+    nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], name="conv"),
+             helper.make_node("Conv", ["c1", "w2"], ["c2"], name="grouped", group=4),
+             helper.make_node("GlobalAveragePool", ["c2"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "layers", [helper.make_tensor_value_info(
+        "image", TensorProto.FLOAT, [None, 4, 6, 6])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, [None, 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_bias_shift_is_the_mean_output_change_of_rounded_weights() -> None:
+    """For a 1x1 convolution (grouped or not) and a linear layer the mean output is linear in
+    the mean input, so E[(W+dW) x] - E[W x] must equal the shift exactly."""
+    from onnx import numpy_helper
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        _layers_model(path)
+        graph = onnx.load(str(path)).graph
+    w = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    rng = np.random.default_rng(2)
+    dq = {k: w[k] + rng.normal(scale=0.05, size=w[k].shape).astype(np.float32)
+          for k in ("w1", "w2", "w3")}
+    x1 = rng.normal(size=(10, 4, 6, 6)).astype(np.float32)
+    x2 = np.abs(rng.normal(size=(10, 8, 6, 6))).astype(np.float32)
+    x3 = rng.normal(size=(10, 8)).astype(np.float32)
+    means = {"image": x1.mean((0, 2, 3)), "c1": x2.mean((0, 2, 3)), "f": x3.mean(0)}
+    shifts = bias_shifts(graph, dq, means)
+
+    def conv1x1(x: np.ndarray, k: np.ndarray, groups: int) -> np.ndarray:
+        ci = x.shape[1] // groups
+        co = k.shape[0] // groups
+        return np.concatenate([np.einsum("nchw,oc->nohw", x[:, g * ci:(g + 1) * ci],
+                                         k[g * co:(g + 1) * co, :, 0, 0])
+                               for g in range(groups)], axis=1)
+
+    for name, wk, x, groups in (("conv", "w1", x1, 1), ("grouped", "w2", x2, 4)):
+        change = (conv1x1(x, dq[wk], groups) - conv1x1(x, w[wk], groups)).mean((0, 2, 3))
+        np.testing.assert_allclose(shifts[name], change, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(shifts["fc"], (x3 @ (dq["w3"] - w["w3"]).T).mean(0),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_bias_correction_removes_the_mean_error_of_the_int8_weights(tmp_path: Path) -> None:
+    """After the correction, the model with ONNX Runtime's INT8-rounded weights has the same
+    mean logits as the float model on the calibration batches (the bias-less grouped layer
+    gains a bias), where without it they differ. Exact here because the chain is linear; with
+    activations in between it is exact per layer, not for the whole model."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization.qdq_loss_debug import create_weight_matching
+
+    fp32, corrected, int8 = (tmp_path / n for n in ("m.onnx", "c.onnx", "q.onnx"))
+    _layers_model(fp32)
+    rng = np.random.default_rng(3)
+    calib = [(rng.normal(size=(4, 4, 6, 6)) + 0.5).astype(np.float32) for _ in range(4)]
+    assert correct_biases(fp32, corrected, calib) == 3
+    quantize_onnx(fp32, int8, calib, bias_correction=False)
+    # The weights only: the biases are rounded too (to int32, a negligible change), and the
+    # corrected model's own biases must stay.
+    rounded = {k: np.asarray(m["dequantized"])
+               for k, m in create_weight_matching(str(fp32), str(int8)).items()
+               if k in ("w1", "w2", "w3")}
+    assert len(rounded) == 3
+
+    def mean_logits(path: Path, weights: dict[str, np.ndarray]) -> np.ndarray:
+        model = onnx.load(str(path))
+        for init in model.graph.initializer:
+            if init.name in weights:
+                init.CopyFrom(numpy_helper.from_array(
+                    weights[init.name].reshape(init.dims).astype(np.float32), init.name))
+        sess = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        return np.mean([sess.run(None, {"image": x})[0] for x in calib], axis=(0, 1))
+
+    ref = mean_logits(fp32, {})
+    assert np.abs(mean_logits(fp32, rounded) - ref).max() > 1e-4  # rounding moved the mean
+    np.testing.assert_allclose(mean_logits(corrected, rounded), ref, atol=2e-6)
 
 
 def test_export_quantize_cli(skin_run: Path, tmp_path: Path) -> None:
