@@ -5,7 +5,9 @@
    beside the FLOP floor (FLOPs per image / measured peak FLOP/s of a large fp32 matmul).
 2. Input pipeline: images/s of a DataLoader reading the decoded uint8 cache vs decoding every
    JPEG, with the training augmentation and without it, and the cost of each augmentation step.
-3. Training throughput (forward + backward + step) at the default resolution.
+3. Training throughput (forward + backward + step) at the default resolution; with
+   ``--training-levers`` only the levers on that step (bf16, torch.compile, batch size,
+   frozen BatchNorm), to ``bench/results/speed_training.{json,md}``.
 4. Peak resident memory of a short ``dermalab train`` and, with ``--run``, of ``dermalab
    serve`` answering uploads.
 
@@ -167,6 +169,58 @@ def training(model: torch.nn.Module, size: int, batches: int = 8) -> float:
     return 32 / timed(step, 5.0, batches)
 
 
+def training_levers(model: torch.nn.Module, size: int, rounds: int = 3) -> list[dict[str, Any]]:
+    """Training images/s (fwd + bwd + AdamW, channels_last) of levers on the model step
+    itself, each on a fresh copy of ``model``, as ratios to the plain step at batch 32: bf16
+    autocast (the CPU has AVX512-BF16 kernels in oneDNN), ``torch.compile`` (Inductor, after
+    its compile time), batch 16 and 64, and BatchNorm frozen (no statistics, no affine
+    gradients)."""
+    import copy
+
+    levers = [("plain, batch 32", {}), ("bf16 autocast", {"bf16": True}),
+              ("torch.compile (inductor)", {"compile": True}), ("batch 16", {"batch": 16}),
+              ("batch 64", {"batch": 64}), ("BatchNorm frozen", {"freeze_bn": True})]
+    rows: list[dict[str, Any]] = []
+    steps: list[Callable[[], None]] = []
+    for name, opt in levers:
+        m = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
+        if opt.get("freeze_bn"):
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.BatchNorm2d):
+                    mod.eval().requires_grad_(False)
+        params = [p for p in m.parameters() if p.requires_grad]
+        adamw = torch.optim.AdamW(params, lr=1e-4)
+        fwd = torch.compile(m) if opt.get("compile") else m
+        batch = int(opt.get("batch", 32))
+        x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 7, (batch,))
+
+        def step(fwd: Any = fwd, adamw: Any = adamw, x: Any = x, y: Any = y,
+                 bf16: bool = bool(opt.get("bf16"))) -> None:
+            adamw.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.cross_entropy(fwd(x), y)
+            loss.backward()
+            adamw.step()
+
+        t0 = time.perf_counter()
+        step()
+        rows.append({"lever": name, "batch": batch, "first_step_s": time.perf_counter() - t0,
+                     "rounds": []})
+        steps.append(step)
+    # Interleaved rounds, so that drift of the machine's speed during the run falls on every
+    # lever alike; the median round counts.
+    for _ in range(rounds):
+        for row, step in zip(rows, steps, strict=True):
+            row["rounds"].append(row["batch"] / timed(step, 3.0, 4))
+    for row in rows:
+        row["images_per_s"] = statistics.median(row["rounds"])
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        r["ratio"] = r["images_per_s"] / base
+    return rows
+
+
 def train_peak_rss(size: int) -> float:
     """Peak RSS (MB) of a short real ``dermalab train`` (20 batches, then the evaluation and
     the trust stage: calibration, serving detectors), from that child's own rusage."""
@@ -222,6 +276,8 @@ def main() -> None:
     ap.add_argument("--run", help="a trained run (with serving thresholds) for the server RSS")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--pipeline-images", type=int, default=1024)
+    ap.add_argument("--training-levers", action="store_true",
+                    help="only the training-step levers, to bench/results/speed_training.*")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -229,6 +285,25 @@ def main() -> None:
 
     cfg = load_config(REPO / "configs" / "ham10000_default.yaml")
     model, _, origin = create_model(cfg.model, 7)
+    if args.training_levers:
+        rows = training_levers(model, args.size)
+        report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                  "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                  "backbone": cfg.model.backbone, "size": args.size, "levers": rows}
+        md = [f"# Training step levers ({report['date']}, {report['machine']['cpus']} CPUs, "
+              f"{report['machine']['cpu_model']}, torch {torch.__version__}, threads "
+              f"{report['torch_threads']})", "",
+              f"{cfg.model.backbone} at {args.size} px, forward + backward + AdamW, "
+              "channels_last, synthetic batches (the model step alone, no data loading). "
+              "Ratios against the plain step, measured in this one run: the levers are timed "
+              "in interleaved rounds and the median round counts.", "",
+              "| lever | batch | images/s (median) | rounds | vs plain | first step (s) |",
+              "| --- | --- | --- | --- | --- | --- |"]
+        md += [f"| {r['lever']} | {r['batch']} | {r['images_per_s']:.1f} | "
+               + " / ".join(f"{v:.1f}" for v in r["rounds"])
+               + f" | {r['ratio']:.2f}x | {r['first_step_s']:.1f} |" for r in rows]
+        write_results("speed_training", report, md)
+        return
     flops = model_flops(model.eval(), args.size)
     peak = peak_flops()
     with tempfile.TemporaryDirectory() as tmp:
