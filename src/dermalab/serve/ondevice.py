@@ -29,6 +29,7 @@ import numpy as np
 
 from dermalab.core.i18n import LANGUAGES, messages
 from dermalab.data.lesion import NEEDS_MASK
+from dermalab.serve.conditions import condition_text
 from dermalab.serve.models import ServedModel
 
 #: The files of onnxruntime-web the page loads (the WASM build, threaded and SIMD).
@@ -117,20 +118,14 @@ def unavailable_reason(model: ServedModel) -> str | None:
     return None
 
 
-def texts(conditions: dict[str, dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+def texts(conditions: dict[str, dict[str, Any]], classes: list[str],
+          display_names: dict[str, str]) -> dict[str, Any]:
     """The answer's wording in every language: the catalogue's messages and each class's
-    condition entry (its language's fields over English), as the server words it."""
-    out: dict[str, Any] = {}
-    for lang in LANGUAGES:
-        msgs = messages(lang, MESSAGE_PREFIXES)
-        conds = {}
-        for c in classes:
-            entry = conditions.get(c, {})
-            local = {**entry, **(entry.get(lang) or {})}
-            conds[c] = {k: local.get(k) for k in ("name", "description", "care", "see_doctor")}
-            conds[c]["urgency"] = entry.get("urgency", "routine")
-        out[lang] = {"messages": msgs, "conditions": conds}
-    return out
+    condition texts, worded as the server words them (:func:`condition_text`)."""
+    return {lang: {"messages": messages(lang, MESSAGE_PREFIXES),
+                   "conditions": {c: condition_text(conditions.get(c, {}), c, lang,
+                                                    display_names) for c in classes}}
+            for lang in LANGUAGES}
 
 
 def _pack(arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], bytes]:
@@ -184,7 +179,7 @@ def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k
         "arrays": index,
         "models": {kind: f"{kind}.onnx" for kind in files},
         "int8_note": int8_note,
-        "texts": texts(conditions, list(info.classes)),
+        "texts": texts(conditions, list(info.classes), info.display_names),
     }
     return Bundle(model.name, meta, blob, files)
 

@@ -26,6 +26,7 @@ from dermalab.core.i18n import DEFAULT_LANGUAGE, t
 from dermalab.data.images import open_rgb
 from dermalab.deploy.router import ImageRouter
 from dermalab.serve.accounts import AccountStore
+from dermalab.serve.conditions import condition_text
 from dermalab.serve.models import ServedModel, check_servable
 from dermalab.serve.ondevice import Bundle, bundles, find_ort_dir, ort_version
 from dermalab.serve.store import OPEN, Analysis, HistoryStore, ImageStore, Owner, make_engine, now
@@ -320,16 +321,9 @@ class AnalysisService:
     # -- analysis ------------------------------------------------------------------------------
     def _condition(self, cls: str, p: float, lang: str = DEFAULT_LANGUAGE,
                    model: ServedModel | None = None) -> dict[str, Any]:
-        entry = self.conditions.get(cls, {})
-        local = {**entry, **(entry.get(lang) or {})}  # the language's texts over English
         names = (model or self.primary).info.display_names
-        return {"class_name": cls,
-                "name": local.get("name") or names.get(cls, cls),
-                "probability": p,
-                "urgency": entry.get("urgency", "routine"),
-                "description": local.get("description") or t("condition.no_description", lang),
-                "care": local.get("care") or t("condition.no_care", lang),
-                "see_doctor": local.get("see_doctor") or t("condition.no_see_doctor", lang)}
+        return {"class_name": cls, "probability": p,
+                **condition_text(self.conditions.get(cls, {}), cls, lang, names)}
 
     def localize(self, result: dict[str, Any], lang: str) -> dict[str, Any]:
         """An analysis with every plain-language field in ``lang``, rendered from its facts

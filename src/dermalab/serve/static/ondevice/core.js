@@ -368,14 +368,10 @@ export function localize(facts, bundle, lang) {
   const T = bundle.texts[lang] || bundle.texts.en;
   const msg = (key, params) => fill(T.messages[key] || bundle.texts.en.messages[key] || key,
                                     params);
-  const conditions = facts.conditions.map((c) => {
-    const e = T.conditions[c.class_name] || {};
-    return {class_name: c.class_name, probability: c.probability,
-            name: e.name || c.class_name, urgency: e.urgency || "routine",
-            description: e.description || msg("condition.no_description"),
-            care: e.care || msg("condition.no_care"),
-            see_doctor: e.see_doctor || msg("condition.no_see_doctor")};
-  });
+  // The bundle's condition texts are already worded as the server words them (fallbacks
+  // included: serve/conditions.py), so they are used as they are.
+  const conditions = facts.conditions.map((c) => (
+    {class_name: c.class_name, probability: c.probability, ...T.conditions[c.class_name]}));
   const reason = referralReason(facts.verdict, facts.malignant_probability,
                                 facts.malignant_threshold);
   let verdictText;

@@ -123,7 +123,7 @@ export async function analyse(img, model, chosenBy) {
   const ood = mahalanobisScore(out.features.data, model.mahalanobis);
   const colour = smallMahalanobis(colourStatistics(arr), b.colour.means, b.colour.precision);
   const en = b.texts.en.conditions;
-  const facts = decide(b, probs, ood, colour, (c) => (en[c] || {}).urgency || "routine");
+  const facts = decide(b, probs, ood, colour, (c) => en[c].urgency);
   facts.heatmap_png = facts.verdict === "not_skin" ? null
     : await heatmapPng(img, model, out.feature_map.data, out.feature_map.dims, facts.top_index);
   facts.model = {name: b.name, image_type: b.image_type, precision: model.kind};
