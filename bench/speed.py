@@ -154,59 +154,55 @@ def augmentation_costs(store: Any, ids: list[str], size: int, cfg: Any) -> dict[
     return out
 
 
-def training(model: torch.nn.Module, size: int, batches: int = 8) -> float:
-    """Images/s of forward + backward + AdamW step, batch 32, channels_last (as in training)."""
-    model.train().to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 7, (32,))
+def train_step(model: torch.nn.Module, size: int, batch: int = 32, *, bf16: bool = False,
+               compiled: bool = False, freeze_bn: bool = False) -> Callable[[], None]:
+    """One forward + backward + AdamW step on a fresh channels_last copy of ``model`` and a
+    fixed synthetic batch, as in training; optionally under bf16 autocast, through
+    ``torch.compile``, or with BatchNorm frozen (no statistics, no affine gradients)."""
+    import copy
+
+    m = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
+    if freeze_bn:
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.eval().requires_grad_(False)
+    adamw = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+    fwd = torch.compile(m) if compiled else m
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 7, (batch,))
 
     def step() -> None:
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
+        adamw.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(fwd(x), y)
+        loss.backward()
+        adamw.step()
 
-    return 32 / timed(step, 5.0, batches)
+    return step
+
+
+def training(model: torch.nn.Module, size: int, batches: int = 8) -> float:
+    """Images/s of forward + backward + AdamW step, batch 32, channels_last (as in training)."""
+    return 32 / timed(train_step(model, size), 5.0, batches)
 
 
 def training_levers(model: torch.nn.Module, size: int, rounds: int = 3) -> list[dict[str, Any]]:
-    """Training images/s (fwd + bwd + AdamW, channels_last) of levers on the model step
-    itself, each on a fresh copy of ``model``, as ratios to the plain step at batch 32: bf16
-    autocast (the CPU has AVX512-BF16 kernels in oneDNN), ``torch.compile`` (Inductor, after
-    its compile time), batch 16 and 64, and BatchNorm frozen (no statistics, no affine
-    gradients)."""
-    import copy
-
-    levers = [("plain, batch 32", {}), ("bf16 autocast", {"bf16": True}),
-              ("torch.compile (inductor)", {"compile": True}), ("batch 16", {"batch": 16}),
-              ("batch 64", {"batch": 64}), ("BatchNorm frozen", {"freeze_bn": True})]
+    """Training images/s (:func:`train_step`) of levers on the model step itself, as ratios
+    to the plain step at batch 32: bf16 autocast (the CPU has AVX512-BF16 kernels in oneDNN),
+    ``torch.compile`` (Inductor, after its compile time), batch 16 and 64, and BatchNorm
+    frozen."""
+    levers: list[tuple[str, dict[str, Any]]] = [
+        ("plain, batch 32", {}), ("bf16 autocast", {"bf16": True}),
+        ("torch.compile (inductor)", {"compiled": True}), ("batch 16", {"batch": 16}),
+        ("batch 64", {"batch": 64}), ("BatchNorm frozen", {"freeze_bn": True})]
     rows: list[dict[str, Any]] = []
     steps: list[Callable[[], None]] = []
     for name, opt in levers:
-        m = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
-        if opt.get("freeze_bn"):
-            for mod in m.modules():
-                if isinstance(mod, torch.nn.BatchNorm2d):
-                    mod.eval().requires_grad_(False)
-        params = [p for p in m.parameters() if p.requires_grad]
-        adamw = torch.optim.AdamW(params, lr=1e-4)
-        fwd = torch.compile(m) if opt.get("compile") else m
-        batch = int(opt.get("batch", 32))
-        x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 7, (batch,))
-
-        def step(fwd: Any = fwd, adamw: Any = adamw, x: Any = x, y: Any = y,
-                 bf16: bool = bool(opt.get("bf16"))) -> None:
-            adamw.zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = torch.nn.functional.cross_entropy(fwd(x), y)
-            loss.backward()
-            adamw.step()
-
+        step = train_step(model, size, **opt)
         t0 = time.perf_counter()
         step()
-        rows.append({"lever": name, "batch": batch, "first_step_s": time.perf_counter() - t0,
-                     "rounds": []})
+        rows.append({"lever": name, "batch": opt.get("batch", 32),
+                     "first_step_s": time.perf_counter() - t0, "rounds": []})
         steps.append(step)
     # Interleaved rounds, so that drift of the machine's speed during the run falls on every
     # lever alike; the median round counts.
@@ -215,9 +211,7 @@ def training_levers(model: torch.nn.Module, size: int, rounds: int = 3) -> list[
             row["rounds"].append(row["batch"] / timed(step, 3.0, 4))
     for row in rows:
         row["images_per_s"] = statistics.median(row["rounds"])
-    base = rows[0]["images_per_s"]
-    for r in rows:
-        r["ratio"] = r["images_per_s"] / base
+        row["ratio"] = row["images_per_s"] / rows[0]["images_per_s"]
     return rows
 
 

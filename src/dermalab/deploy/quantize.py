@@ -95,10 +95,9 @@ def input_means(model_path: Path, nodes: Sequence[Any],
     import onnxruntime as ort
 
     model = onnx.load(str(model_path))
-    graph_inputs = {i.name for i in model.graph.input}
-    wanted = sorted({n.input[0] for n in nodes} - graph_inputs)
-    outputs = {o.name for o in model.graph.output}
-    for name in wanted:
+    wanted = {n.input[0] for n in nodes}
+    outputs = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
+    for name in sorted(wanted - outputs):
         if name not in outputs:
             model.graph.output.append(onnx.helper.make_tensor_value_info(
                 name, onnx.TensorProto.FLOAT, None))
@@ -110,7 +109,7 @@ def input_means(model_path: Path, nodes: Sequence[Any],
     for x in calibration:
         values = dict(zip(names, sess.run(None, {input_name: x}), strict=True))
         values[input_name] = x
-        for name in {n.input[0] for n in nodes}:
+        for name in wanted:
             v = values[name]
             sums[name] = sums.get(name, 0) + v.sum(axis=(0, *range(2, v.ndim)),
                                                    dtype=np.float64)
@@ -158,7 +157,7 @@ def correct_biases(pre: Path, out: Path, calibration: Sequence[np.ndarray]) -> i
 
     with tempfile.TemporaryDirectory() as tmp:
         weights_only = Path(tmp) / "weights.onnx"
-        _quantize(pre, weights_only, calibration[:1], method="minmax")
+        _quantize(pre, weights_only, calibration[:1], percentile=False)
         matching = create_weight_matching(str(pre), str(weights_only))
     dequantized = {name: np.asarray(m["dequantized"]) for name, m in matching.items()}
     model = onnx.load(str(pre))
@@ -190,7 +189,7 @@ def correct_biases(pre: Path, out: Path, calibration: Sequence[np.ndarray]) -> i
 
 
 def _quantize(model: Path, target: Path, calibration: Sequence[np.ndarray], *,
-              method: str = "percentile") -> None:
+              percentile: bool = True) -> None:
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -207,7 +206,6 @@ def _quantize(model: Path, target: Path, calibration: Sequence[np.ndarray], *,
             x = next(batches, None)
             return None if x is None else {"image": x}
 
-    percentile = method == "percentile"
     # The calibrator prints its progress; the CLI reports the result instead.
     with contextlib.redirect_stdout(io.StringIO()):
         quantize_static(str(model), str(target), Reader(), quant_format=QuantFormat.QDQ,
