@@ -333,35 +333,71 @@ def cmd_segment_train(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOWN_MEASUREMENTS = 20  # more images than this: a summary line instead of one per image
+
+
+def _segment_inputs(args: list[str]) -> list[tuple[str, Path]]:
+    """``(image path, where its mask goes relative to --out)`` for each argument: a file as
+    ``<stem>_mask.png``; a folder's images (recursively, sorted) mirroring its sub-folders,
+    which is a layout ``data.masks`` reads for folder-per-class datasets.
+
+    Raises:
+        DermalabError: a folder without images.
+    """
+    from dermalab.data.images import is_image_name
+
+    out: list[tuple[str, Path]] = []
+    for arg in args:
+        root = Path(arg)
+        if not root.is_dir():
+            out.append((arg, Path(f"{root.stem}_mask.png")))
+            continue
+        found = sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
+        if not found:
+            raise DermalabError(f"{root}: a folder with no images (JPEG, PNG, ...) in it")
+        out += [(str(p), p.relative_to(root).parent / f"{p.stem}_mask.png") for p in found]
+    return out
+
+
 def cmd_segment_predict(args: argparse.Namespace) -> int:
-    """``dermalab segment predict RUN_DIR IMAGE...``: masks and measurements; every good
-    image is analysed, each bad one named (exit code 2 if any failed)."""
+    """``dermalab segment predict RUN_DIR IMAGE|FOLDER...``: each photo's lesion mask at the
+    photo's own size (``--out``: usable as ``data.masks`` to train a lesion-aware classifier
+    on predicted masks) and its measurements; every good image is analysed, each bad one
+    named (exit code 2 if any failed)."""
     import numpy as np
     from PIL import Image
+    from tqdm import tqdm
 
-    from dermalab.segment.measure import measure_lesion
+    from dermalab.data.images import open_rgb
+    from dermalab.segment.measure import measure_photo
     from dermalab.segment.predict import Segmenter
 
     seg = Segmenter.load(args.run_dir)
+    seg.check_maps_back(args.run_dir)
+    inputs = _segment_inputs(args.images)
     out = Path(args.out) if args.out else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     results, failed = [], 0
-    for path in args.images:
+    for path, rel in tqdm(inputs, desc="segment", unit="img", file=sys.stderr, leave=False,
+                          disable=len(inputs) <= SHOWN_MEASUREMENTS or args.json):
         try:
-            image, mask = seg.segment_file(path)
+            img = open_rgb(path)
         except DermalabError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        entry = {"image": path, **measure_lesion(mask, image).to_json()}
+        mask = seg.photo_masks([img])[0]
+        entry = {"image": path, **measure_photo(img, mask).to_json()}
         if out is not None:
-            stem = Path(path).stem
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{stem}_mask.png")
-            entry["mask"] = str(out / f"{stem}_mask.png")
+            target = out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+            entry["mask"] = str(target)
         results.append(entry)
     if args.json:
         print(json.dumps(results))
+    elif len(results) > SHOWN_MEASUREMENTS:
+        print(f"{len(results)} images segmented" + (f", masks in {out}" if out else "")
+              + "; --json gives every image's measurements")
     else:
         print("lesion measurements (descriptive, not diagnostic):")
         for r in results:
@@ -655,8 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     sgt.set_defaults(func=cmd_segment_train)
     sgp = sgsub.add_parser("predict", help="lesion masks and measurements for images")
     sgp.add_argument("run_dir", help="a segmentation run directory")
-    sgp.add_argument("images", nargs="+", help="image files")
-    sgp.add_argument("--out", help="write <name>_mask.png files here")
+    sgp.add_argument("images", nargs="+", help="image files or folders of images")
+    sgp.add_argument("--out", help="write each photo's mask here as <name>_mask.png, at the "
+                     "photo's size (a folder's sub-folders mirrored): a data.masks folder")
     sgp.add_argument("--json", action="store_true", help="one JSON list on stdout")
     sgp.set_defaults(func=cmd_segment_predict)
     _add_export_parser(sgsub, "the segmenter", "a segmentation run directory",

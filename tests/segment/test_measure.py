@@ -84,3 +84,22 @@ def test_empty_mask_and_size_mismatch() -> None:
     assert empty.area_share == 0 and empty.diameter_px == 0 and empty.colours == []
     with pytest.raises(ValueError, match="differ in size"):
         measure_lesion(_disc(), np.zeros((10, 10, 3), np.uint8))
+
+
+def test_a_large_photo_is_measured_on_a_copy_with_its_diameter_in_photo_pixels() -> None:
+    from PIL import Image
+
+    from dermalab.segment.measure import measure_photo
+
+    h, w = 1500, 2000  # 3 MP: measured at 512 x 384
+    mask = np.zeros((h, w), bool)
+    mask[disk((700, 900), 400)] = True
+    photo = np.full((h, w, 3), 200, np.uint8)
+    photo[mask] = DERMOSCOPIC_COLOURS["dark_brown"]
+    m = measure_photo(Image.fromarray(photo), mask)
+    assert m.diameter_px == pytest.approx(800, rel=0.02)
+    assert m.area_share == pytest.approx(mask.mean(), rel=0.02)
+    assert m.compactness > 0.95 and m.asymmetry_major < 0.05
+    assert m.colours == ["dark_brown"]
+    with pytest.raises(ValueError, match="differ in size"):
+        measure_photo(Image.fromarray(photo), mask[:, :-1])

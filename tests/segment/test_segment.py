@@ -89,6 +89,46 @@ def test_predict_writes_masks_and_measurements_and_names_bad_files(
     assert (tmp_path / "out" / f"{test_id}_mask.png").is_file()
 
 
+def test_predict_on_folders_writes_photo_size_masks_that_training_reads(
+        seg_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Masks for a folder-per-class dataset: at each photo's size (not the segmenter's
+    square input), mirroring the class folders, so ``data.masks`` takes them as they are."""
+    from PIL import Image
+
+    from dermalab.core.config import DataConfig
+    from dermalab.data.masks import load_mask, mask_path
+    from dermalab.data.samples import Sample
+    from dermalab.segment.predict import Segmenter
+
+    with open(seg_run / "splits.csv") as f:
+        ids = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"][:3]
+    data = tmp_path / "photos"
+    for i, sid in enumerate(ids):
+        (data / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        (data / f"class{i % 2}" / f"{sid}.jpg").symlink_to(HAM_DIR / "images" / f"{sid}.jpg")
+    (data / "notes.txt").write_text("not an image")
+    out = tmp_path / "masks"
+    assert main(["segment", "predict", str(seg_run), str(data), "--out", str(out)]) == 0
+    assert "lesion measurements" in capsys.readouterr().out
+    seg = Segmenter.load(seg_run)
+    cfg = DataConfig(masks=str(out))
+    for i, sid in enumerate(ids):
+        photo = data / f"class{i % 2}" / f"{sid}.jpg"
+        written = out / f"class{i % 2}" / f"{sid}_mask.png"
+        with Image.open(photo) as img:
+            size = img.size
+            want = seg.photo_masks([img.convert("RGB")])[0]
+        sample = Sample(f"class{i % 2}/{sid}.jpg", f"class{i % 2}", sid, path=str(photo))
+        assert mask_path(sample, cfg) == written
+        got = load_mask(sample, cfg, size)
+        assert got is not None and got.shape == (size[1], size[0])
+        assert np.array_equal(got, want)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["segment", "predict", str(seg_run), str(empty)]) == 2
+    assert "no images" in capsys.readouterr().err
+
+
 def test_onnx_export_matches_pytorch(seg_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["segment", "export", str(seg_run)]) == 0
     meta = json.loads((seg_run / "export" / "model.json").read_text())

@@ -99,14 +99,14 @@ class Predictor:
                      ) -> tuple[np.ndarray, dict[str, Any]]:
         """A lesion-aware model's input for one file, and the lesion's measurements (from the
         given mask, else the segmenter's), which are descriptive, not diagnostic."""
-        from dermalab.segment.measure import measure_lesion
+        from dermalab.segment.measure import measure_photo
 
         img = open_rgb(src)
         given = find_mask(masks_dir, src) if masks_dir else None
         mask = given if given is not None else self.segment(img)
         x = self.prepare(img, mask)
         return x, {"mask": "given" if given is not None else "segmenter",
-                   "measurements": measure_lesion(mask, np.asarray(img)).to_json(),
+                   "measurements": measure_photo(img, mask).to_json(),
                    "note": "descriptive measurements of the outlined lesion, not a diagnosis"}
 
     @cached_property
@@ -135,21 +135,14 @@ class Predictor:
             from dermalab.segment.predict import Segmenter
 
             seg = Segmenter.load(folder)
-            if seg.resize_mode != "squash":
-                raise DermalabError(f"{folder}: a segmenter trained with data.resize_mode="
-                                    f"{seg.resize_mode} cannot map its mask back onto the "
-                                    "photo; train it with resize_mode=squash")
+            seg.check_maps_back(folder)
             self._segmenter = seg
         return self._segmenter
 
     def segment(self, img: Image.Image) -> np.ndarray:
-        """The lesion mask of a photo from the segmenter, at the photo's own size (its mask is
-        made at the segmenter's square input, squashed, so stretching it back is exact)."""
-        seg = self.segmenter
-        arr = np.asarray(resize_rgb(img, seg.image_size, "squash"), np.uint8)
-        small = Image.fromarray(seg.masks(arr[None])[0].astype(np.uint8) * 255, "L")
-        out: np.ndarray = np.asarray(small.resize(img.size, Image.Resampling.NEAREST)) >= 128
-        return out
+        """The lesion mask of a photo from the segmenter, at the photo's own size."""
+        mask: np.ndarray = self.segmenter.photo_masks([img])[0]
+        return mask
 
     def prepare(self, img: Image.Image, mask: np.ndarray | None = None) -> np.ndarray:
         """The model's input from a decoded, upright RGB photo, as in training

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from skimage import color, measure
 
 #: The six dermoscopic colours of the ABCD rule as sRGB prototypes (0-255); a lesion pixel
@@ -25,6 +26,9 @@ DERMOSCOPIC_COLOURS: dict[str, tuple[int, int, int]] = {
     "blue_grey": (95, 115, 140),
     "black": (25, 20, 20),
 }
+#: Photos are measured on a copy no larger than this (a phone photo is 12 MP; the shape and
+#: colour measurements do not need more, and the diameter is scaled back).
+MEASURE_SIDE = 512
 #: A colour counts when it covers at least this share of the lesion (Stolz counts colours that
 #: are clearly present, not single pixels).
 MIN_COLOUR_SHARE = 0.05
@@ -133,3 +137,28 @@ def measure_lesion(mask: np.ndarray, image: np.ndarray | None = None) -> LesionM
         colours=dermoscopic_colours(image, region) if image is not None else [],
         diameter_px=round(float(props.feret_diameter_max), 2),
     )
+
+
+def measure_photo(img: Image.Image, mask: np.ndarray, max_side: int = MEASURE_SIDE
+                  ) -> LesionMeasurements:
+    """:func:`measure_lesion` of a photo and its mask (``(H, W)`` bool at the photo's own
+    size), on a copy whose longer side is at most ``max_side`` (bilinear photo, nearest
+    mask), with ``diameter_px`` given back in the photo's own pixels. The photo keeps its
+    aspect ratio, so asymmetry and compactness describe the lesion as photographed, not as
+    squashed to a model's square input.
+
+    Raises:
+        ValueError: the mask's size differs from the photo's.
+    """
+    m = np.asarray(mask, bool)
+    if m.shape != (img.height, img.width):
+        raise ValueError(f"photo {img.width}x{img.height} and mask {m.shape[1]}x{m.shape[0]} "
+                         "differ in size")
+    scale = min(1.0, max_side / max(img.size))
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    small = np.asarray(img.convert("RGB").resize(size, Image.Resampling.BILINEAR), np.uint8)
+    ms = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(
+        size, Image.Resampling.NEAREST)) >= 128
+    out = measure_lesion(ms, small)
+    return LesionMeasurements(**{**asdict(out),
+                                 "diameter_px": round(out.diameter_px / scale, 1)})

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from dermalab.core.atomic import atomic_path, atomic_write_text
 from dermalab.core.config import from_dict
-from dermalab.core.errors import RunNotFoundError
+from dermalab.core.errors import DermalabError, RunNotFoundError
 from dermalab.core.runs import RunPaths, load_checkpoint
-from dermalab.data.images import load_resized, normalize_batch
+from dermalab.data.images import load_resized, normalize_batch, resize_rgb
 from dermalab.segment.model import build_segmenter
 from dermalab.segment.postprocess import clean_mask
 
@@ -71,6 +73,34 @@ class Segmenter:
         as in training (a bad file raises :class:`~dermalab.core.errors.ImageError`)."""
         image = load_resized(path, self.image_size, self.resize_mode)
         return image, self.masks(image[None])[0]
+
+    def check_maps_back(self, where: str | os.PathLike[str]) -> None:
+        """Raise unless this segmenter's masks map back onto the photo exactly (``squash``:
+        the photo was stretched to the square input, so stretching the mask back is exact;
+        ``pad``/``crop`` lose or add borders).
+
+        Raises:
+            DermalabError: naming ``where`` (the segmenter's folder) and what to do.
+        """
+        if self.resize_mode != "squash":
+            raise DermalabError(f"{where}: a segmenter trained with data.resize_mode="
+                                f"{self.resize_mode} cannot map its mask back onto the photo; "
+                                "train it with resize_mode=squash")
+
+    def photo_masks(self, photos: Sequence[Image.Image]) -> list[np.ndarray]:
+        """Each photo's lesion mask at the photo's own size (``(H, W)`` bool): the photos
+        are squashed to the square input in one batch, and each mask stretched back
+        (nearest neighbour). Needs a ``squash`` segmenter (:meth:`check_maps_back`)."""
+        self.check_maps_back("the segmenter")
+        if not photos:
+            return []
+        batch = np.stack([np.asarray(resize_rgb(p, self.image_size, "squash"), np.uint8)
+                          for p in photos])
+        out = []
+        for photo, m in zip(photos, self.masks(batch), strict=True):
+            small = Image.fromarray(m.astype(np.uint8) * 255, "L")
+            out.append(np.asarray(small.resize(photo.size, Image.Resampling.NEAREST)) >= 128)
+        return out
 
 
 class _Probabilities(nn.Module):

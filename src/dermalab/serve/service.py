@@ -202,27 +202,20 @@ def clean_photo(img: Image.Image) -> bytes:
 
 
 OUTLINE_SIDE = 384  # the outline image's longer side
-MEASURE_SIDE = 512  # measurements on a copy no larger than this (a phone photo is 12 MP)
 OUTLINE_RGB = (0, 230, 255)  # cyan: visible on every skin tone and on a dark lesion
 
 
 def lesion_summary(img: Image.Image, mask: np.ndarray) -> dict[str, Any] | None:
-    """The lesion the segmenter outlined: its measurements (:func:`measure_lesion`, on a
-    copy at most ``MEASURE_SIDE`` px; the diameter given in the photo's own pixels) and the
+    """The lesion the segmenter outlined: its measurements (:func:`measure_photo`, on a
+    copy at most 512 px; the diameter given in the photo's own pixels) and the
     photo with the outline drawn, as a PNG data URL. ``None`` when nothing was outlined."""
     from scipy import ndimage
 
-    from dermalab.segment.measure import largest_region, measure_lesion
+    from dermalab.segment.measure import largest_region, measure_photo
 
     if not mask.any():
         return None
-    scale = min(1.0, MEASURE_SIDE / max(img.size))
-    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    small = np.asarray(img.resize(size, Image.Resampling.BILINEAR), np.uint8)
-    m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
-        size, Image.Resampling.NEAREST)) >= 128
-    measured = measure_lesion(m, small).to_json()
-    measured["diameter_px"] = round(measured["diameter_px"] / scale, 1)
+    measured = measure_photo(img, mask).to_json()
     view = min(1.0, OUTLINE_SIDE / max(img.size))
     vsize = (max(1, round(img.width * view)), max(1, round(img.height * view)))
     photo = np.array(img.resize(vsize, Image.Resampling.BILINEAR), np.uint8)
