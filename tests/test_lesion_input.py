@@ -172,3 +172,17 @@ def test_mask_channel_and_raw_plus_masked(ham_masked: Path, tmp_path: Path,
     assert history.count("\n") == 2  # one epoch trained on both copies
     raw_pred = Predictor.load(tmp_path / "rm", prefer_onnx=False)
     assert raw_pred.preprocess(photo).shape == (64, 64, 3)  # predicts on the raw photo
+
+
+def test_the_report_shows_the_test_lesions_measurements(crop_run: Path) -> None:
+    from dermalab.evaluate.report import build_report
+
+    m = json.loads((crop_run / "metrics.json").read_text())
+    lesions = m["lesion_measurements"]
+    with open(crop_run / "splits.csv") as f:
+        n_test = sum(r["split"] == "test" for r in csv.DictReader(f))
+    assert lesions["test_images"] == n_test and 0 < lesions["measured"] <= n_test
+    assert sum(g["n"] for c, g in lesions["per_class"].items() if c != "all") \
+        == lesions["per_class"]["all"]["n"] == lesions["measured"]
+    page = build_report(crop_run)
+    assert "Lesion measurements (descriptive)" in page and "diagnose nothing" in page

@@ -26,6 +26,7 @@ from dermalab.core.runs import (
 from dermalab.data.prepare import PreparedData
 from dermalab.evaluate.analysis import analyze
 from dermalab.evaluate.gallery import mistakes, render_gallery
+from dermalab.evaluate.lesion_stats import lesion_measurements_by_class
 from dermalab.train.accel import make_accelerator
 from dermalab.train.loop import predict_split
 
@@ -45,8 +46,9 @@ def saved_predictions(run: LoadedRun, data: PreparedData, split: str) -> Predict
 
 def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
                           test: Predictions) -> dict[str, Any]:
-    """Temperature, operating point, subgroups, TTA effect (for ``metrics.json``); writes the
-    temperature and threshold into ``best.pt``, the ROC and reliability plots and the gallery.
+    """Temperature, operating point, subgroups, TTA effect and, with lesion masks, the test
+    lesions' measurements per class (for ``metrics.json``); writes the temperature and
+    threshold into ``best.pt``, the ROC and reliability plots and the gallery.
     """
     cfg, paths, classes = run.config, run.paths, run.info.classes
     by_id = {s.sample_id: s for s in data.source.samples}
@@ -77,6 +79,10 @@ def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
                                          method=cfg.eval.cam_method,
                                          size=max(160, run.info.image_size))
                           if names else [])
+    lesions = lesion_measurements_by_class([by_id[i] for i in test.ids if i in by_id],
+                                           data.source, cfg.data, classes)
+    if lesions is not None:
+        out["lesion_measurements"] = lesions
     return out
 
 

@@ -175,6 +175,22 @@ test); probabilities shown anywhere the model is used are softmax(logits / T).</
     sections.append(("subgroups", "Subgroups",
                      sub_html or '<p class="note">No subgroup metadata in this dataset.</p>'))
 
+    lesions = m.get("lesion_measurements")
+    if lesions:
+        pcm = lesions["per_class"]
+        rows = [[c, g["n"], g["median_area_share"], g["median_asymmetry"],
+                 g["median_compactness"], g["median_diameter_px"], g["mean_colours"]]
+                for c, g in pcm.items()]
+        sections.append(("lesions", "Lesion measurements (descriptive)", f"""
+<p class="note">The lesion outlines of {lesions['measured']} of the {lesions['test_images']}
+test images (their masks, data.masks), measured on the photo and summarised per true class:
+median area share of the photo, asymmetry about the two principal axes (0 = mirror-symmetric),
+border compactness (1 = a disc), largest diameter in the photo's pixels, and the mean number
+of dermoscopic colours covering at least 5% of the lesion (ABCD rule, Stolz et al. 1994).
+They describe the outlines; they are not what the model uses and they diagnose nothing.</p>
+{_table(['class', 'n', 'area share', 'asymmetry', 'compactness', 'diameter px', 'colours'],
+        rows)}"""))
+
     gal = m.get("gallery") or []
     gal_html = (_img(plots / "misclassified_gradcam.png", "misclassified Grad-CAM gallery")
                 + '<p class="note">The test images the model got wrong with the highest '
