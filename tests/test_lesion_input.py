@@ -146,9 +146,11 @@ def test_mask_channel_and_raw_plus_masked(ham_masked: Path, tmp_path: Path,
     from dermalab.deploy.predictor import Predictor
 
     monkeypatch.setenv("DERMALAB_CACHE", str(tmp_path / "cache"))
-    _train(ham_masked, tmp_path / "mc", "mask_channel")
+    _train(ham_masked, tmp_path / "mc", "mask_channel", "eval.gallery=2")
     run = load_run(tmp_path / "mc")
     assert run.info.in_chans == 4
+    # the Grad-CAM gallery draws the photo of a 4-channel input
+    assert (tmp_path / "mc" / "plots" / "misclassified_gradcam.png").stat().st_size > 1000
     photo = _test_images(tmp_path / "mc", 1)[0]
     pred = Predictor.load(tmp_path / "mc", prefer_onnx=False)
     with pytest.raises(DermalabError, match="needs a lesion mask"):

@@ -71,8 +71,9 @@ def cam_maps(
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, size: int | None = None) -> np.ndarray:
-    """Heat-map blended over the image (uint8 RGB), optionally upscaled for display."""
-    img = image
+    """Heat-map blended over the image (uint8 RGB; a ``mask_channel`` input's 4th channel,
+    the lesion mask, is not drawn), optionally upscaled for display."""
+    img = image = np.ascontiguousarray(image[..., :3])
     heat = cam
     if size and size != image.shape[0]:
         img = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))

@@ -70,7 +70,8 @@ def render_gallery(
         entry: dict[str, Any] = {"image": name, "true": truths[j], "pred": pred,
                                  "probability": p, "explained_class": info.classes[k]}
         if per_image_dir is not None:
-            orig = np.asarray(Image.fromarray(images[j]).resize(ov.shape[:2][::-1]))
+            orig = np.asarray(Image.fromarray(np.ascontiguousarray(images[j][..., :3]))
+                              .resize(ov.shape[:2][::-1]))
             entry["file"] = f"{label}_{method}.png"
             Image.fromarray(np.concatenate([orig, ov], axis=1)).save(per_image_dir
                                                                      / entry["file"])
