@@ -85,19 +85,13 @@ def predicted_mask_quality(seg_run: Path, predicted: Path) -> dict[str, float]:
     at the photos' own size (200x150), on the segmenter's test split."""
     import csv
 
-    from PIL import Image
-
+    from dermalab.data.masks import read_mask
     from dermalab.segment.metrics import segmentation_metrics
 
     with open(seg_run / "splits.csv") as f:
         test = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"]
-
-    def read(path: Path) -> np.ndarray:
-        with Image.open(path) as m:
-            return np.asarray(m.convert("L")) >= 128
-
-    preds = [read(predicted / f"{sid}_mask.png") for sid in test]
-    truths = [read(HAM / "masks" / f"{sid}_segmentation.png") for sid in test]
+    preds = [read_mask(predicted / f"{sid}_mask.png") for sid in test]
+    truths = [read_mask(HAM / "masks" / f"{sid}_segmentation.png") for sid in test]
     m = segmentation_metrics(preds, truths)
     return {k: round(float(m[k]), 4) for k in ("n", "dice", "jaccard", "thresholded_jaccard")}
 

@@ -20,8 +20,7 @@ from PIL import Image
 from dermalab.core.config import DataConfig
 from dermalab.core.errors import DataError
 from dermalab.data.images import array_to_rgb, open_rgb
-from dermalab.data.lesion import image_size_of
-from dermalab.data.masks import load_mask
+from dermalab.data.masks import load_mask, mask_path
 from dermalab.data.samples import Sample, SourceData
 from dermalab.segment.measure import measure_photo
 
@@ -44,11 +43,14 @@ def measure_samples(samples: Sequence[Sample], source: SourceData, cfg: DataConf
     without one (or whose mask or photo cannot be read) are left out, not guessed."""
     out = []
     for s in samples:
+        if mask_path(s, cfg) is None:
+            continue  # no photo decoded for nothing
         try:
-            mask = load_mask(s, cfg, image_size_of(s, source))
+            photo = _photo(s, source)  # decoded once: its size checks the mask
+            mask = load_mask(s, cfg, photo.size)
             if mask is None or not mask.any():
                 continue
-            m = measure_photo(_photo(s, source), mask).to_json()
+            m = measure_photo(photo, mask).to_json()
         except (DataError, OSError):
             continue
         out.append((s.label, m))

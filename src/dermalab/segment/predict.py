@@ -18,7 +18,7 @@ from dermalab.core.atomic import atomic_path, atomic_write_text
 from dermalab.core.config import from_dict
 from dermalab.core.errors import DermalabError, RunNotFoundError
 from dermalab.core.runs import RunPaths, load_checkpoint
-from dermalab.data.images import load_resized, normalize_batch, resize_rgb
+from dermalab.data.images import normalize_batch, resize_rgb
 from dermalab.segment.model import build_segmenter
 from dermalab.segment.postprocess import clean_mask
 
@@ -67,12 +67,6 @@ class Segmenter:
         """Binary masks (thresholded; largest region with holes filled when configured)."""
         return [clean_mask(p >= self.threshold) if self.postprocess else p >= self.threshold
                 for p in self.probabilities(images)]
-
-    def segment_file(self, path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``(image (S, S, 3) uint8, mask (S, S) bool)`` of an image file, decoded and resized
-        as in training (a bad file raises :class:`~dermalab.core.errors.ImageError`)."""
-        image = load_resized(path, self.image_size, self.resize_mode)
-        return image, self.masks(image[None])[0]
 
     def check_maps_back(self, where: str | os.PathLike[str]) -> None:
         """Raise unless this segmenter's masks map back onto the photo exactly (``squash``:
