@@ -155,23 +155,30 @@ def augmentation_costs(store: Any, ids: list[str], size: int, cfg: Any) -> dict[
 
 
 def train_step(model: torch.nn.Module, size: int, batch: int = 32, *, bf16: bool = False,
-               compiled: bool = False, freeze_bn: bool = False) -> Callable[[], None]:
+               compiled: bool = False, freeze_bn: bool = False,
+               freeze_stages: int = 0) -> Callable[[], None]:
     """One forward + backward + AdamW step on a fresh channels_last copy of ``model`` and a
     fixed synthetic batch, as in training; optionally under bf16 autocast, through
-    ``torch.compile``, or with BatchNorm frozen (no statistics, no affine gradients)."""
+    ``torch.compile``, with BatchNorm frozen (no statistics, no affine gradients), or with the
+    stem and first stages frozen as ``model.freeze_stages`` does."""
     import copy
+
+    from dermalab.core.models import set_body_trainable
+    from dermalab.train.loop import frozen_bn_eval
 
     m = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
     if freeze_bn:
         for mod in m.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.eval().requires_grad_(False)
+    set_body_trainable(m, True, freeze_stages)
     adamw = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
     fwd = torch.compile(m) if compiled else m
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 7, (batch,))
 
     def step() -> None:
+        frozen_bn_eval(m)
         adamw.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = torch.nn.functional.cross_entropy(fwd(x), y)
@@ -186,15 +193,19 @@ def training(model: torch.nn.Module, size: int, batches: int = 8) -> float:
     return 32 / timed(train_step(model, size), 5.0, batches)
 
 
-def training_levers(model: torch.nn.Module, size: int, rounds: int = 3) -> list[dict[str, Any]]:
+LEVERS: list[tuple[str, dict[str, Any]]] = [
+    ("plain, batch 32", {}), ("bf16 autocast", {"bf16": True}),
+    ("torch.compile (inductor)", {"compiled": True}), ("batch 16", {"batch": 16}),
+    ("batch 64", {"batch": 64}), ("BatchNorm frozen", {"freeze_bn": True}),
+    *((f"stem + {k} stage{'s' * (k > 1)} frozen", {"freeze_stages": k}) for k in (1, 2, 3))]
+
+
+def training_levers(model: torch.nn.Module, size: int, rounds: int = 3,
+                    levers: list[tuple[str, dict[str, Any]]] = LEVERS) -> list[dict[str, Any]]:
     """Training images/s (:func:`train_step`) of levers on the model step itself, as ratios
-    to the plain step at batch 32: bf16 autocast (the CPU has AVX512-BF16 kernels in oneDNN),
-    ``torch.compile`` (Inductor, after its compile time), batch 16 and 64, and BatchNorm
-    frozen."""
-    levers: list[tuple[str, dict[str, Any]]] = [
-        ("plain, batch 32", {}), ("bf16 autocast", {"bf16": True}),
-        ("torch.compile (inductor)", {"compiled": True}), ("batch 16", {"batch": 16}),
-        ("batch 64", {"batch": 64}), ("BatchNorm frozen", {"freeze_bn": True})]
+    to the first (the plain step at batch 32): bf16 autocast (the CPU has AVX512-BF16 kernels
+    in oneDNN), ``torch.compile`` (Inductor, after its compile time), batch 16 and 64,
+    BatchNorm frozen, and the stem + first stages frozen (``model.freeze_stages``)."""
     rows: list[dict[str, Any]] = []
     steps: list[Callable[[], None]] = []
     for name, opt in levers:
@@ -209,6 +220,41 @@ def training_levers(model: torch.nn.Module, size: int, rounds: int = 3) -> list[
     for _ in range(rounds):
         for row, step in zip(rows, steps, strict=True):
             row["rounds"].append(row["batch"] / timed(step, 3.0, 4))
+    for row in rows:
+        row["images_per_s"] = statistics.median(row["rounds"])
+        row["ratio"] = row["images_per_s"] / rows[0]["images_per_s"]
+    return rows
+
+
+def training_end_to_end(size: int, variants: list[tuple[str, list[str]]], batches: int = 30,
+                        rounds: int = 3) -> list[dict[str, Any]]:
+    """Training images/s of real ``dermalab train`` epochs cut to ``batches`` batches: the
+    recipe's own data loader (cached uint8 images, augmentation, sampler), model step and
+    optimiser, as ``train_one_epoch`` runs them; per variant of the default recipe
+    (``--set``-style overrides), timed in interleaved rounds, the median round counting."""
+    from dermalab.core.runs import RunPaths
+    from dermalab.train.fit import setup_training
+    from dermalab.train.loop import train_one_epoch
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = []
+        for i, (name, sets) in enumerate(variants):
+            cfg = load_config(REPO / "configs" / "ham10000_default.yaml",
+                              [f"data.source={HAM}", f"data.image_size={size}",
+                               "tracking.enabled=false", "model.freeze_epochs=0", *sets])
+            t = setup_training(cfg, RunPaths(Path(tmp) / str(i)), progress=False)
+            runs.append(t)
+            rows.append({"variant": name, "sets": sets, "rounds": []})
+        for r in range(-1, rounds):  # round -1 warms each variant up (kernels, workers)
+            for row, t in zip(rows, runs, strict=True):
+                stats = train_one_epoch(t.model, t.train_loader, t.loss_fn, t.optimizer,
+                                        t.accelerator, channels_last=t.cfg.model.channels_last,
+                                        batch_transform=t.batch_augment,
+                                        max_batches=batches if r >= 0 else 3,
+                                        progress=False)
+                if r >= 0:
+                    row["rounds"].append(stats.images_per_second)
     for row in rows:
         row["images_per_s"] = statistics.median(row["rounds"])
         row["ratio"] = row["images_per_s"] / rows[0]["images_per_s"]

@@ -188,3 +188,15 @@ def test_the_report_shows_the_test_lesions_measurements(crop_run: Path) -> None:
         == lesions["per_class"]["all"]["n"] == lesions["measured"]
     page = build_report(crop_run)
     assert "Lesion measurements (descriptive)" in page and "diagnose nothing" in page
+
+
+def test_mask_channel_refuses_a_frozen_stem(ham_masked: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mask channel's stem weights start at zero and must learn: freezing the stem would
+    leave the mask unseen, so the run stops before training with what to change."""
+    from dermalab.core.errors import ConfigError
+
+    monkeypatch.setenv("DERMALAB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=r"set model\.freeze_stages=0"):
+        _train(ham_masked, tmp_path / "mc", "mask_channel", "model.freeze_stages=1")
+    assert not (tmp_path / "mc" / "checkpoints" / "last.pt").exists()

@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 
 from dermalab.core.config import ModelConfig
-from dermalab.core.errors import PretrainedWeightsUnavailableError
+from dermalab.core.errors import ConfigError, PretrainedWeightsUnavailableError
 from dermalab.core.models import (
     REGISTRY,
     build_for_inference,
     cam_target_layer,
     create_model,
+    early_stage_parameters,
     load_pretrained_body,
     set_body_trainable,
 )
@@ -134,3 +135,33 @@ def test_freeze_body_keeps_head_trainable() -> None:
     assert trainable == {"classifier.weight", "classifier.bias"}
     set_body_trainable(model, True)
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(("name", "stages", "prefixes"), [
+    ("tf_efficientnet_lite0", 2, ("conv_stem.", "bn1.", "blocks.0.", "blocks.1.")),
+    ("resnet18", 1, ("conv1.", "bn1.", "layer1.")),
+])
+def test_freeze_stages_freezes_the_stem_and_the_first_stages_only(
+        name: str, stages: int, prefixes: tuple[str, ...]) -> None:
+    model, _, _ = create_model(ModelConfig(backbone=name, pretrained=False), 3)
+    early = {id(p) for p in early_stage_parameters(model, stages)}
+    names = {n for n, p in model.named_parameters() if id(p) in early}
+    assert names == {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
+    set_body_trainable(model, True, stages)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == names
+    # The head warm-up freezes the rest too; unfreezing it leaves the early stages frozen.
+    set_body_trainable(model, False, stages)
+    head = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert head == {n for n, _ in model.named_parameters() if n.split(".")[0] in
+                    ("classifier", "fc")}
+    set_body_trainable(model, True, stages)
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == names
+    assert early_stage_parameters(model, 0) == []
+
+
+def test_freeze_stages_refuses_to_freeze_every_stage() -> None:
+    model, _, _ = create_model(ModelConfig(backbone="resnet18", pretrained=False), 3)
+    assert len(early_stage_parameters(model, 3)) > 0  # layer4 still learns
+    with pytest.raises(ConfigError, match=r"freeze_stages=4 leaves nothing.*at most 3"):
+        early_stage_parameters(model, 4)

@@ -234,3 +234,23 @@ def test_evaluate_a_ham_run_on_a_folder_dataset(tmp_path: Path, cache_dir: Path)
     folder = write_photo_dataset(tmp_path / "folder", per_class=3)
     res = evaluate_run(run, data=str(folder), split="all")
     assert res["n"] == 9 and res["data"] == str(folder)
+
+
+def test_freeze_stages_keeps_the_early_stages_pretrained(dataset: Path, tmp_path: Path) -> None:
+    """model.freeze_stages: the stem and the first stages end the run with their pretrained
+    weights and BatchNorm statistics; the later stages and the head learn."""
+    from dermalab.core.models import create_model
+
+    cfg = load_config(None, [*TINY, "train.epochs=2", "model.freeze_stages=2",
+                             "eval.gallery=0", "eval.serving=false", "eval.report=false",
+                             f"data.source={dataset}"])
+    train_run(cfg, tmp_path / "run", progress=False)
+    trained = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    start = create_model(cfg.model, 3)[0].state_dict()
+    early = ("conv_stem.", "bn1.", "blocks.0.", "blocks.1.")
+    for name, value in start.items():
+        if name.startswith("classifier"):
+            continue
+        same = torch.equal(trained[name], value)
+        assert same == name.startswith(early) or name.endswith("num_batches_tracked"), name
+    assert not torch.equal(trained["blocks.2.0.conv_pw.weight"], start["blocks.2.0.conv_pw.weight"])

@@ -33,6 +33,10 @@ class AugmentConfig:
     rotation: float = 30.0  # degrees, uniform in [-rotation, rotation]
     color_jitter: float = 0.15  # brightness/contrast/saturation strength; 0 disables
     hue: float = 0.02
+    # where it runs: "image" (torchvision steps per image in the data loader) or "batch" (one
+    # affine warp and one colour matrix per image on the whole uint8 batch, much cheaper on a
+    # CPU; dermalab.data.batch_augment)
+    on: str = "image"
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,9 @@ class ModelConfig:
     weights: str | None = None  # a local weights file (state dict) for the backbone
     dropout: float = 0.2
     freeze_epochs: int = 0  # train only the head for the first N epochs
+    # Keep the stem and the first N stages (timm's coarse parameter groups) at their pretrained
+    # weights for the whole run: no backward through them, so each step is cheaper.
+    freeze_stages: int = 0
     channels_last: bool = True
 
 
@@ -217,6 +224,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.split_by": ("group", "image"),
     "data.conflicts": ("drop", "keep", "error"),
     "data.sampler": ("none", "oversample", "sqrt"),
+    "data.augment.on": ("image", "batch"),
     "loss.name": ("ce", "weighted_ce", "focal", "cb"),
     "loss.cb_type": ("softmax", "sigmoid", "focal"),
     "optim.name": ("sgd", "adam", "adamw", "rmsprop"),

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dermalab.core.config import ModelConfig
-from dermalab.core.errors import PretrainedWeightsUnavailableError
+from dermalab.core.errors import ConfigError, PretrainedWeightsUnavailableError
 
 
 @dataclass(frozen=True)
@@ -280,16 +280,49 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(head.parameters())
 
 
-def set_body_trainable(model: nn.Module, trainable: bool) -> None:
-    """Freeze or unfreeze everything except the head.
+def early_stage_parameters(model: nn.Module, stages: int) -> list[nn.Parameter]:
+    """Parameters of the stem and the first ``stages`` stages, in timm's coarse grouping
+    (``model.group_matcher(coarse=True)``, the grouping of its layer-wise LR decay: the stem
+    is group 0, then one group per stage — ``blocks.i`` of an EfficientNet/MobileNet,
+    ``layer_i`` of a ResNet, ``denseblock_i`` of a DenseNet, one conv of a VGG).
+
+    Why freeze them: they sit at the highest resolution, so their backward pass is a large
+    share of a CPU step (EfficientNet-Lite0 at 128 px: stem + 2 stages frozen, 1.7x faster
+    step, ``bench/results/speed_training.md``), and their generic edge/colour filters are the
+    part of an ImageNet network that transfers best (Yosinski et al., "How transferable are
+    features in deep neural networks?", NeurIPS 2014).
+
+    Raises:
+        ConfigError: ``stages`` leaves no stage to train.
+    """
+    if stages <= 0:
+        return []
+    from timm.models import group_parameters
+
+    groups = group_parameters(model, model.group_matcher(coarse=True))  # type: ignore[operator]
+    order = sorted(groups)
+    # The last group is the head (with the final conv/pre-logits of some backbones); at least
+    # one stage before it keeps learning.
+    if stages > len(order) - 3:
+        raise ConfigError(f"model.freeze_stages={stages} leaves nothing to fine-tune: this "
+                          f"backbone has {len(order) - 2} stages after its stem; use at most "
+                          f"{len(order) - 3}")
+    names = {n for g in order[: stages + 1] for n in groups[g]}
+    return [p for n, p in model.named_parameters() if n in names]
+
+
+def set_body_trainable(model: nn.Module, trainable: bool, frozen_stages: int = 0) -> None:
+    """Freeze or unfreeze everything except the head; the stem and the first
+    ``frozen_stages`` stages (:func:`early_stage_parameters`) stay frozen either way.
 
     Frozen BatchNorm layers are also put in eval mode by the training loop, so the head warm-up
     does not drift the pretrained running statistics.
     """
     head = {id(p) for p in head_parameters(model)}
+    early = {id(p) for p in early_stage_parameters(model, frozen_stages)}
     for p in model.parameters():
         if id(p) not in head:
-            p.requires_grad_(trainable)
+            p.requires_grad_(trainable and id(p) not in early)
 
 
 class FeaturesAndLogits(nn.Module):

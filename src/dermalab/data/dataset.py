@@ -25,7 +25,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         store: ImageStore,
         sample_ids: Sequence[str],
         targets: Sequence[int],
-        transform: Callable[..., Any],
+        transform: Callable[..., Any] | None,
     ) -> None:
         if len(sample_ids) != len(targets):
             raise ValueError("sample_ids and targets differ in length")
@@ -39,6 +39,8 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = torch.from_numpy(self.store.get(self.sample_ids[i])).permute(2, 0, 1).contiguous()
+        if self.transform is None:  # the uint8 image as stored (augmented later, per batch)
+            return img, int(self.targets[i])
         if img.shape[0] == 4:
             # A lesion-mask channel: the mask goes through every geometric augmentation with
             # the image (tv_tensors.Mask), and through none of the colour ones or the

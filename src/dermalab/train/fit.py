@@ -43,6 +43,7 @@ from dermalab.core.errors import ConfigError, TrainingDivergedError
 from dermalab.core.metrics import classification_metrics
 from dermalab.core.models import count_parameters, create_model, get_spec, set_body_trainable
 from dermalab.core.runs import ModelInfo, RunPaths, load_checkpoint, save_checkpoint, write_history
+from dermalab.data.batch_augment import BatchAugment
 from dermalab.data.dataset import ImageDataset, balanced_sampler, class_counts, make_loader
 from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.data.transforms import eval_transform, train_transform
@@ -103,6 +104,7 @@ class Training:
     order: torch.Generator
     counts: np.ndarray
     state: TrainState
+    batch_augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # data.augment.on=batch
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -176,6 +178,13 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
                      image_type=cfg.data.image_type)
     if accelerator.is_main_process:
         copy_segmenter(cfg.data.segmenter, paths)
+    if cfg.model.freeze_stages:
+        if in_chans != 3:
+            raise ConfigError("model.freeze_stages needs the stem to stay pretrained, but "
+                              "data.input=mask_channel trains the stem's new mask channel; "
+                              "set model.freeze_stages=0")
+        # Frozen before DistributedDataParallel wraps the model, which then ignores them.
+        set_body_trainable(model, True, cfg.model.freeze_stages)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optim, model)
@@ -190,7 +199,11 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
 
     order = torch.Generator()
     train_ids = [s.sample_id for s in data.samples("train")]
-    augment = train_transform(size, info.mean, info.std, cfg.data.augment)
+    batch_augment = None
+    augment: Callable[..., Any] | None = train_transform(size, info.mean, info.std,
+                                                         cfg.data.augment)
+    if cfg.data.augment.on == "batch":  # the loader yields uint8 batches, augmented here
+        augment, batch_augment = None, BatchAugment(cfg.data.augment, info.mean, info.std)
     train_ds: Dataset[tuple[torch.Tensor, int]] = ImageDataset(data.store, train_ids,
                                                                train_targets, augment)
     if data.train_extra is not None:  # raw+masked: every training image raw and masked
@@ -215,7 +228,7 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
                     weights_origin=origin, model=model, optimizer=optimizer,
                     scheduler=scheduler, loss_fn=build_loss(cfg.loss, counts),
                     train_loader=train_loader, val_loader=val_loader, order=order,
-                    counts=counts, state=state)
+                    counts=counts, state=state, batch_augment=batch_augment)
 
 
 def copy_segmenter(segmenter: str | None, paths: RunPaths) -> None:
@@ -302,11 +315,12 @@ def fit(
         torch.manual_seed(local)
         random.seed(local)
         frozen = epoch < cfg.model.freeze_epochs
-        set_body_trainable(acc.unwrap_model(t.model), not frozen)
+        set_body_trainable(acc.unwrap_model(t.model), not frozen, cfg.model.freeze_stages)
         t.scheduler.start_epoch(epoch)
         lr = t.optimizer.param_groups[-1]["lr"]
         stats = train_one_epoch(t.model, t.train_loader, loss_dev, t.optimizer, acc,
                                 channels_last=cfg.model.channels_last,
+                                batch_transform=t.batch_augment,
                                 max_batches=cfg.train.max_batches, progress=progress,
                                 desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
         logits, targets = predict(t.model, t.val_loader, acc,

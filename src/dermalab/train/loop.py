@@ -8,7 +8,7 @@ predictions from all processes once per sample (dropping the padding of the last
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def _frozen_bn_eval(model: nn.Module) -> None:
+def frozen_bn_eval(model: nn.Module) -> None:
     """BatchNorm layers whose weights are frozen keep their pretrained running statistics."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None \
@@ -56,13 +56,17 @@ def train_one_epoch(
     accelerator: Accelerator,
     *,
     channels_last: bool = False,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     max_batches: int | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> EpochStats:
-    """One pass over ``loader``; returns loss/accuracy averaged over all processes."""
+    """One pass over ``loader``; returns loss/accuracy averaged over all processes.
+
+    ``batch_transform`` (``data.augment.on=batch``) augments and normalises each uint8 batch
+    the loader yields, in this process."""
     model.train()
-    _frozen_bn_eval(model)
+    frozen_bn_eval(model)
     total_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)
     correct = torch.zeros((), device=accelerator.device, dtype=torch.float64)
     seen = torch.zeros((), device=accelerator.device, dtype=torch.float64)
@@ -73,6 +77,8 @@ def train_one_epoch(
     for i, (images, targets) in enumerate(bar):
         if max_batches is not None and i >= max_batches:
             break
+        if batch_transform is not None:
+            images = batch_transform(images)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
