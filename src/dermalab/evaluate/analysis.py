@@ -87,17 +87,55 @@ def subgroup_metrics(
     return out
 
 
+TAUS = np.round(np.arange(-1.0, 3.0001, 0.1), 2)
+
+
+def adjusted_argmax(logits: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
+    """Post-hoc logit adjustment (Menon et al., "Long-tail learning via logit adjustment",
+    ICLR 2021): ``argmax_y f_y(x) - tau log pi_y`` with ``pi`` the training class prior.
+
+    With ``f`` the log-posterior under the training prior, ``tau = 1`` is the Bayes decision
+    for balanced error (each class weighted equally); a model trained with a re-balancing
+    loss or sampler has already moved part of the way, so ``tau`` is fitted on validation.
+    A decision rule only: probabilities are unchanged.
+    """
+    return np.asarray((logits - tau * np.log(prior)[None, :]).argmax(axis=1))
+
+
+def logit_adjustment(val: Predictions, test: Predictions, prior: np.ndarray) -> dict[str, Any]:
+    """``tau`` in [-1, 3] (steps of 0.1) that maximises validation balanced accuracy (ties:
+    the smallest ``|tau|``), and test accuracy / balanced accuracy with and without it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes missing from a small validation split
+        scores = [skm.balanced_accuracy_score(val.targets, adjusted_argmax(val.logits, prior, t))
+                  for t in TAUS]
+        best = max(range(len(TAUS)), key=lambda i: (round(scores[i], 12), -abs(TAUS[i])))
+        tau = float(TAUS[best])
+        plain, adjusted = test.logits.argmax(1), adjusted_argmax(test.logits, prior, tau)
+        return {
+            "tau": tau,
+            "val_balanced_accuracy": float(scores[best]),
+            "val_balanced_accuracy_without": float(scores[int(np.flatnonzero(TAUS == 0)[0])]),
+            "balanced_accuracy": float(skm.balanced_accuracy_score(test.targets, adjusted)),
+            "balanced_accuracy_without": float(skm.balanced_accuracy_score(test.targets, plain)),
+            "accuracy": float(np.mean(adjusted == test.targets)),
+            "accuracy_without": float(np.mean(plain == test.targets)),
+        }
+
+
 def analyze(
     val: Predictions,
     test: Predictions,
     classes: Sequence[str],
     cfg: EvalConfig,
     test_meta: Sequence[dict[str, Any]] | None = None,
+    train_counts: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Calibration, malignant operating point, TTA effect and subgroups.
 
     Returns the keys added to ``metrics.json``: ``temperature``, ``ece_before``, ``ece_after``,
-    ``nll_before``, ``nll_after``, ``malignant``, ``subgroups`` and (with TTA) ``tta``.
+    ``nll_before``, ``nll_after``, ``malignant``, ``subgroups``, (with TTA) ``tta`` and (with
+    ``train_counts``, every class present) ``logit_adjustment``.
     """
     t = fit_temperature(val.logits, val.targets)
     warning = temperature_warning(t)  # said by the pipeline and shown in the report
@@ -137,6 +175,8 @@ def analyze(
         out["malignant"] = None
     out["subgroups"] = subgroup_metrics(test.targets, after, test_meta or [], classes,
                                         malignant, threshold)
+    if train_counts is not None and len(train_counts) == len(classes) and train_counts.min() > 0:
+        out["logit_adjustment"] = logit_adjustment(val, test, train_counts / train_counts.sum())
     if test.tta_logits is not None and val.tta_logits is not None:
         t_tta = fit_temperature(val.tta_logits, val.targets)
         p_tta = calibrated_probs(test.tta_logits, t_tta)

@@ -53,7 +53,8 @@ def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
     cfg, paths, classes = run.config, run.paths, run.info.classes
     by_id = {s.sample_id: s for s in data.source.samples}
     meta = [dict(by_id[i].meta) if i in by_id else {} for i in test.ids]
-    out = analyze(val, test, classes, cfg.eval, meta)
+    counts = np.bincount(data.targets("train"), minlength=len(classes))
+    out = analyze(val, test, classes, cfg.eval, meta, train_counts=counts)
 
     # The temperature and threshold travel with the model: every later use applies them.
     ckpt = load_checkpoint(paths.best)

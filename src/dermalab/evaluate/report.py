@@ -143,6 +143,19 @@ def build_report(run_dir: Path) -> str:
                            ["balanced accuracy", tta["balanced_accuracy_without"],
                             tta["balanced_accuracy"]],
                            ["ECE after T", tta["ece_after_without"], tta["ece_after"]]])
+    la = m.get("logit_adjustment")
+    if la:
+        tta_html += (
+            f'<p class="note">Logit adjustment (Menon et al. 2021), a decision rule for '
+            f"balanced accuracy: predict argmax(logit &minus; &tau; log prior), &tau; = "
+            f"{_fmt(la['tau'], 1)} chosen on validation. Reported only: the model's answers "
+            f"and probabilities stay the plain ones.</p>"
+            + _table(["logit adjustment", "plain argmax", f"\u03c4 = {_fmt(la['tau'], 1)}"],
+                     [["validation balanced accuracy", la["val_balanced_accuracy_without"],
+                       la["val_balanced_accuracy"]],
+                      ["test balanced accuracy", la["balanced_accuracy_without"],
+                       la["balanced_accuracy"]],
+                      ["test accuracy", la["accuracy_without"], la["accuracy"]]]))
     t_warn = (f'<p class="warn">{html.escape(m["temperature_warning"])}</p>'
               if m.get("temperature_warning") else "")
     sections.append(("calibration", "Calibration", f"""
