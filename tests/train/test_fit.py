@@ -254,3 +254,28 @@ def test_freeze_stages_keeps_the_early_stages_pretrained(dataset: Path, tmp_path
         same = torch.equal(trained[name], value)
         assert same == name.startswith(early) or name.endswith("num_batches_tracked"), name
     assert not torch.equal(trained["blocks.2.0.conv_pw.weight"], start["blocks.2.0.conv_pw.weight"])
+
+
+def test_ema_weights_are_validated_kept_as_best_and_resumed(dataset: Path,
+                                                            tmp_path: Path) -> None:
+    """train.ema_decay: best.pt holds the averaged weights (the ones validated), last.pt the
+    live ones plus the average and the step count, and a resume restores the average."""
+    from dermalab.core.runs import RunPaths
+    from dermalab.train.fit import setup_training
+
+    cfg = load_config(None, [*TINY, "train.epochs=1", "train.ema_decay=0.99",
+                             "model.freeze_epochs=0", "eval.gallery=0", "eval.serving=false",
+                             "eval.report=false", f"data.source={dataset}"])
+    train_run(cfg, tmp_path / "run", progress=False)
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert "ema" not in best
+    with open(tmp_path / "run" / "splits.csv") as f:
+        n_train = sum(r["split"] == "train" for r in csv.DictReader(f))
+    assert last["steps"] == n_train // 8  # one update per optimiser step (drop_last batches)
+    name = "blocks.3.0.conv_pw.weight"
+    assert torch.equal(best["model"][name], last["ema"][name])
+    assert not torch.equal(best["model"][name], last["model"][name])
+    t = setup_training(None, RunPaths(tmp_path / "run"), resume=last, progress=False)
+    assert t.ema is not None and t.state.steps == last["steps"]
+    assert torch.equal(t.ema.module.state_dict()[name], last["ema"][name])

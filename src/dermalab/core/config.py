@@ -142,6 +142,9 @@ class TrainConfig:
     # balanced_accuracy | macro_f1 | accuracy | roc_auc_macro | loss (validation)
     monitor: str = "balanced_accuracy"
     patience: int = 6  # early stopping; 0 disables
+    # Exponential moving average of the weights (timm ModelEmaV3, decay warmed up from 0):
+    # validation, best.pt and everything after training use the average. 0 disables.
+    ema_decay: float = 0.0
     min_delta: float = 0.0
     mixed_precision: str = "auto"  # auto (bf16/fp16 on GPU, none on CPU) | no | bf16 | fp16
     cpu: bool = False  # force CPU even when a GPU is present

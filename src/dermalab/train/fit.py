@@ -34,6 +34,7 @@ import numpy as np
 import timm
 import torch
 from accelerate import Accelerator
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
@@ -68,13 +69,14 @@ class TrainState:
     epoch: int = 0  # epochs completed
     stopped_early: bool = False
     mlflow_run_id: str | None = None
+    steps: int = 0  # optimiser steps taken (the EMA's decay warm-up counts them)
 
     def to_checkpoint(self) -> dict[str, Any]:
         """Plain-typed checkpoint keys."""
         return {"history": self.history, "best_value": self.best_value,
                 "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
                 "epoch": self.epoch, "stopped_early": self.stopped_early,
-                "mlflow_run_id": self.mlflow_run_id}
+                "mlflow_run_id": self.mlflow_run_id, "steps": self.steps}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> TrainState:
@@ -82,7 +84,7 @@ class TrainState:
         return cls(history=list(ckpt["history"]), best_value=ckpt["best_value"],
                    best_epoch=ckpt["best_epoch"], bad_epochs=ckpt["bad_epochs"],
                    epoch=ckpt["epoch"], stopped_early=ckpt["stopped_early"],
-                   mlflow_run_id=ckpt.get("mlflow_run_id"))
+                   mlflow_run_id=ckpt.get("mlflow_run_id"), steps=int(ckpt.get("steps", 0)))
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Training:
     counts: np.ndarray
     state: TrainState
     batch_augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # data.augment.on=batch
+    ema: ModelEmaV3 | None = None  # train.ema_decay > 0
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -224,11 +227,21 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
         cfg.train.eval_batch_size, num_workers=cfg.data.num_workers)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader)
+    ema = None
+    if cfg.train.ema_decay > 0:
+        # Polyak averaging (Polyak & Juditsky 1992) of parameters and BatchNorm buffers; the
+        # decay ramps up as 1 - (1 + step)^(-3/4) (timm's warm-up for short runs) to
+        # train.ema_decay, so early averages do not drag in the first, random-head steps.
+        # Made after prepare(), on the model's device, from the unwrapped model.
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.train.ema_decay,
+                         use_warmup=True, warmup_power=0.75)
+        if resume is not None and "ema" in resume:
+            ema.module.load_state_dict(resume["ema"])
     return Training(cfg=cfg, paths=paths, accelerator=accelerator, data=data, info=info,
                     weights_origin=origin, model=model, optimizer=optimizer,
                     scheduler=scheduler, loss_fn=build_loss(cfg.loss, counts),
                     train_loader=train_loader, val_loader=val_loader, order=order,
-                    counts=counts, state=state, batch_augment=batch_augment)
+                    counts=counts, state=state, batch_augment=batch_augment, ema=ema)
 
 
 def copy_segmenter(segmenter: str | None, paths: RunPaths) -> None:
@@ -277,11 +290,29 @@ def announce(t: Training) -> None:
              if procs > 1 else ""))
 
 
-def _checkpoint(t: Training) -> dict[str, Any]:
-    return {"model": t.accelerator.unwrap_model(t.model).state_dict(),
+def _checkpoint(t: Training, best: bool = False) -> dict[str, Any]:
+    """``last.pt`` (``best=False``): the live weights, plus the EMA's to resume it; ``best.pt``:
+    the weights that were validated, the EMA's when there is one."""
+    live = t.accelerator.unwrap_model(t.model).state_dict()
+    ema = t.ema.module.state_dict() if t.ema is not None else None
+    return {"model": ema if best and ema is not None else live,
+            **({"ema": ema} if ema is not None and not best else {}),
             "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
             **t.state.to_checkpoint(), "config": to_dict(t.cfg), **t.info.to_checkpoint(),
             "weights_origin": t.weights_origin}
+
+
+def _ema_updater(t: Training) -> Callable[[], None] | None:
+    """What ``train_one_epoch`` calls after each optimiser step: the EMA update."""
+    if t.ema is None:
+        return None
+    ema, model, state = t.ema, t.accelerator.unwrap_model(t.model), t.state
+
+    def update() -> None:
+        state.steps += 1
+        ema.update(model, step=state.steps)
+
+    return update
 
 
 def fit(
@@ -321,10 +352,11 @@ def fit(
         stats = train_one_epoch(t.model, t.train_loader, loss_dev, t.optimizer, acc,
                                 channels_last=cfg.model.channels_last,
                                 batch_transform=t.batch_augment,
+                                after_step=_ema_updater(t),
                                 max_batches=cfg.train.max_batches, progress=progress,
                                 desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
-        logits, targets = predict(t.model, t.val_loader, acc,
-                                  channels_last=cfg.model.channels_last)
+        logits, targets = predict(t.ema.module if t.ema is not None else t.model,
+                                  t.val_loader, acc, channels_last=cfg.model.channels_last)
         check_gathered(targets, val_targets, "val")
         if not (math.isfinite(stats.loss) and np.isfinite(logits).all()):
             raise TrainingDivergedError(
@@ -353,7 +385,7 @@ def fit(
             st.stopped_early = True
         if t.is_main:
             if improved:
-                save_checkpoint(_checkpoint(t), t.paths.best)
+                save_checkpoint(_checkpoint(t, best=True), t.paths.best)
             write_history(t.paths, st.history)
             # last.pt is written after best.pt, so a kill between the two resumes correctly.
             save_checkpoint(_checkpoint(t), t.paths.last)

@@ -57,6 +57,7 @@ def train_one_epoch(
     *,
     channels_last: bool = False,
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
     max_batches: int | None = None,
     progress: bool = True,
     desc: str = "train",
@@ -64,7 +65,8 @@ def train_one_epoch(
     """One pass over ``loader``; returns loss/accuracy averaged over all processes.
 
     ``batch_transform`` (``data.augment.on=batch``) augments and normalises each uint8 batch
-    the loader yields, in this process."""
+    the loader yields, in this process; ``after_step`` runs after each optimiser step (the
+    weight average's update)."""
     model.train()
     frozen_bn_eval(model)
     total_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)
@@ -87,6 +89,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
+        if after_step is not None:
+            after_step()
         n = targets.shape[0]
         total_loss += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == targets).sum().double()
