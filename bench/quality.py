@@ -1,25 +1,29 @@
-"""Benchmark: how good. The default recipe end to end on HAM10000, and the size of the leak.
+"""Benchmark: how good. HAM10000 recipes end to end, several seeds each, and the size of the leak.
 
-1. ``configs/ham10000_default.yaml`` on the lesion-grouped split saved by the data layer (test
-   never used for a choice): test balanced accuracy (the ISIC 2018 metric), accuracy, macro-F1,
-   macro AUC, ECE after temperature scaling, and malignant sensitivity/specificity at the
-   threshold chosen on validation; and the same test metrics with flip TTA
-   (``dermalab evaluate RUN --tta``), beside them.
-2. The same recipe on a random image-level split (``data.split_by=image``), which puts images
-   of one lesion on both sides: the difference is the optimism that leaky splits carry.
+Each recipe is ``configs/ham10000_default.yaml`` plus overrides (``RECIPES``): the default
+itself, the previous default, single-lever variants, and the default on a random image-level
+split (``data.split_by=image``, which puts images of one lesion on both sides: the difference
+is the optimism leaky splits carry). Every run is scored on its own split's test part, which
+no choice ever sees (the epoch and the temperature come from validation):
 
-Anchors printed beside ours (not comparable one to one; see the notes in the table).
+- balanced accuracy (the ISIC 2018 metric), accuracy, macro-F1, macro AUC, ECE after
+  temperature scaling, malignant sensitivity/specificity at the validation-chosen threshold;
+- beside them, never used to pick anything: flip TTA (``dermalab evaluate RUN --tta``) and
+  post-hoc logit adjustment (tau chosen on validation, ``metrics.json``);
+- per recipe, mean +- sd over its seeds, and the minutes of each run.
 
-    .venv/bin/python bench/quality.py [--set KEY=VALUE ...] [--only grouped|image]
+    .venv/bin/python bench/quality.py [--recipe NAME ...] [--seeds 42 7 1] [--table-only]
 
-Run directories go to ``bench/work/quality/`` (finished runs reused, cut-off runs resumed);
-results to ``bench/results/quality.{json,md}``.
+Run directories go to ``bench/work/quality/<recipe>/s<seed>/`` (finished runs reused,
+cut-off runs resumed); the tables are rebuilt from every finished run there, so runs added in
+later sessions join them. Results: ``bench/results/quality.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     HAM,
     REPO,
+    RESULTS,
     WORK,
     dermalab_cmd,
     fmt,
@@ -46,7 +51,17 @@ ANCHORS = [
     ("ResNet-18 at 224 px, leak-corrected DermaMNIST split (Abhishek et al. 2025)",
      {"accuracy": 0.836, "roc_auc_macro": 0.953}),
 ]
-TARGET = {"balanced_accuracy": 0.75, "roc_auc_macro": 0.94}
+TARGET = {"balanced_accuracy": 0.75, "roc_auc_macro": 0.95}
+
+#: name -> (what changes, overrides of configs/ham10000_default.yaml)
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    "default": ("the default recipe as configured", []),
+    "previous-default": ("the default before 2026-11-29: every stage trains, per-image "
+                         "augmentation in the loader",
+                         ["model.freeze_stages=0", "data.augment.batched=false"]),
+    "image-split": ("the default on a random image-level split (leaky)",
+                    ["data.split_by=image", "data.allow_leaks=true"]),
+}
 
 
 def tta_test(run_dir: Path) -> dict[str, Any]:
@@ -63,9 +78,10 @@ def tta_test(run_dir: Path) -> dict[str, Any]:
     return res
 
 
-def row(name: str, m: dict[str, Any], tta: dict[str, Any]) -> dict[str, Any]:
+def row(name: str, seed: int, m: dict[str, Any], tta: dict[str, Any]) -> dict[str, Any]:
     mal = m.get("malignant") or {}
-    return {"name": name, "n_test": m["n"], "accuracy": m["accuracy"],
+    la = m.get("logit_adjustment") or {}
+    return {"recipe": name, "seed": seed, "n_test": m["n"], "accuracy": m["accuracy"],
             "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
             "roc_auc_macro": m["roc_auc_macro"], "ece_after": m.get("ece_after"),
             "temperature": m.get("temperature"),
@@ -73,57 +89,128 @@ def row(name: str, m: dict[str, Any], tta: dict[str, Any]) -> dict[str, Any]:
             "malignant_specificity": mal.get("specificity"),
             "tta_balanced_accuracy": tta.get("balanced_accuracy"),
             "tta_accuracy": tta.get("accuracy"), "tta_roc_auc_macro": tta.get("roc_auc_macro"),
+            "logit_adjusted_balanced_accuracy": la.get("balanced_accuracy"),
+            "logit_adjustment_tau": la.get("tau"),
             "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
             "train_minutes": round(m["train_seconds_total"] / 60, 1),
             "lesions_shared": m["split"]["group_overlap"]}
 
 
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def pm(values: list[float], nd: int = 3) -> str:
+    mean, sd = mean_sd(values)
+    return f"{mean:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd is not None else "")
+
+
+def finished_rows(work: Path) -> list[dict[str, Any]]:
+    """A row for every finished run under ``work/<recipe>/s<seed>``."""
+    rows = []
+    for metrics in sorted(work.glob("*/s*/metrics.json")):
+        run, recipe = metrics.parent, metrics.parent.parent.name
+        if recipe in RECIPES:
+            rows.append(row(recipe, int(run.name[1:]), json.loads(metrics.read_text()),
+                            tta_test(run)))
+    return rows
+
+
+def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[str]:
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["recipe"], []).append(r)
+    md = ["## The default recipe, lesion-grouped split, per seed", "",
+          "| seed | bal. acc | acc | macro-F1 | AUC | ECE (after T) | malignant sens / spec | "
+          "flip TTA bal. acc | logit-adjusted bal. acc (tau) | epochs (best) | train min |",
+          "|" + " --- |" * 11]
+    for r in by.get("default", []):
+        md.append(f"| {r['seed']} | **{fmt(r['balanced_accuracy'])}** | {fmt(r['accuracy'])} | "
+                  f"{fmt(r['macro_f1'])} | {fmt(r['roc_auc_macro'])} | {fmt(r['ece_after'])} | "
+                  f"{fmt(r['malignant_sensitivity'], 2)} / {fmt(r['malignant_specificity'], 2)}"
+                  f" | {fmt(r['tta_balanced_accuracy'])} | "
+                  f"{fmt(r['logit_adjusted_balanced_accuracy'])} "
+                  f"({fmt(r['logit_adjustment_tau'], 1)}) | {r['epochs_run']} "
+                  f"({r['best_epoch']}) | {r['train_minutes']} |")
+    if len(by.get("default", [])) > 1:
+        d = by["default"]
+        md.append("| **mean ± sd** | **" + pm([r["balanced_accuracy"] for r in d]) + "** | "
+                  + " | ".join(pm([r[k] for r in d]) for k in ("accuracy", "macro_f1",
+                                                               "roc_auc_macro", "ece_after"))
+                  + " | | | | | " + pm([r["train_minutes"] for r in d], 1) + " |")
+    md += ["", "## Recipes and levers", "",
+           "Each row is the default recipe with one change, scored on the lesion-grouped "
+           "split (the image-level row on its own, leaky split). Differences smaller than the "
+           "seed-to-seed spread of the default are noise.", "",
+           "| recipe | what changes | seeds | bal. acc | AUC | flip TTA bal. acc | "
+           "logit-adjusted bal. acc | train min |", "|" + " --- |" * 8]
+    for name, (what, sets) in RECIPES.items():
+        rs = by.get(name)
+        if not rs:
+            continue
+        change = what + (f" (`{' '.join(sets)}`)" if sets else "")
+        la = [r["logit_adjusted_balanced_accuracy"] for r in rs
+              if r["logit_adjusted_balanced_accuracy"] is not None]
+        md.append(f"| {name} | {change} | {', '.join(str(r['seed']) for r in rs)} | "
+                  f"{pm([r['balanced_accuracy'] for r in rs])} | "
+                  f"{pm([r['roc_auc_macro'] for r in rs])} | "
+                  f"{pm([r['tta_balanced_accuracy'] for r in rs])} | "
+                  f"{pm(la) if la else '–'} | {pm([r['train_minutes'] for r in rs], 1)} |")
+    if previous:
+        md += ["", f"Earlier record ({previous['date']}, the then default, one seed, older "
+               "code): " + ", ".join(f"{r['name']}: balanced accuracy "
+                                     f"{fmt(r['balanced_accuracy'])}, AUC "
+                                     f"{fmt(r['roc_auc_macro'])}, {r['train_minutes']} min"
+                                     for r in previous["rows"]) + "."]
+    return md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(REPO / "configs" / "ham10000_default.yaml"))
-    ap.add_argument("--set", dest="sets", nargs="+", default=[])
-    ap.add_argument("--only", choices=["grouped", "image"])
+    ap.add_argument("--recipe", nargs="+", default=[], choices=sorted(RECIPES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[42])
+    ap.add_argument("--table-only", action="store_true", help="only rebuild the tables")
     ap.add_argument("--work", default=str(WORK / "quality"))
     args = ap.parse_args()
     work = Path(args.work)
-    rows = []
-    if args.only in (None, "grouped"):
-        m = train_run(work / "grouped", args.config, args.sets, str(HAM))
-        rows.append(row("lesion-grouped split (honest)", m, tta_test(work / "grouped")))
-    if args.only in (None, "image"):
-        m = train_run(work / "by_image", args.config,
-                      [*args.sets, "data.split_by=image", "data.allow_leaks=true"], str(HAM))
-        rows.append(row("random image-level split (leaky)", m, tta_test(work / "by_image")))
+    if not args.table_only:
+        for name in args.recipe:
+            for seed in args.seeds:
+                train_run(work / name / f"s{seed}", args.config,
+                          [*RECIPES[name][1], f"train.seed={seed}"], str(HAM))
+    rows = finished_rows(work)
+    old = RESULTS / "quality.json"
+    previous = None
+    if old.is_file():
+        saved = json.loads(old.read_text())
+        previous = saved.get("previous") or (saved if "recipes" not in saved else None)
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
-              "config": repo_relative(args.config),
-              "overrides": args.sets, "rows": rows, "target": TARGET,
-              "anchors": [{"what": w, **v} for w, v in ANCHORS]}
-    if len(rows) == 2:
-        report["leak_inflation"] = {k: rows[1][k] - rows[0][k] for k in
-                                    ("accuracy", "balanced_accuracy", "macro_f1",
-                                     "roc_auc_macro")}
+              "config": repo_relative(args.config), "target": TARGET,
+              "recipes": {k: {"what": w, "overrides": s} for k, (w, s) in RECIPES.items()},
+              "rows": rows, "anchors": [{"what": w, **v} for w, v in ANCHORS],
+              "previous": previous}
+    grouped = {r["seed"]: r for r in rows if r["recipe"] == "default"}
+    leaky = [(grouped[r["seed"]], r) for r in rows
+             if r["recipe"] == "image-split" and r["seed"] in grouped]
     md = [f"# Quality on HAM10000 ({report['date']}, {report['machine']['cpus']} CPUs"
           f"{', GPU ' + report['machine']['cuda'] if report['machine']['cuda'] else ''})", "",
-          f"Recipe `{Path(args.config).name}`"
-          + (f" with `{' '.join(args.sets)}`" if args.sets else "")
-          + f". Target for the CPU budget: balanced accuracy >= {TARGET['balanced_accuracy']}, "
-          f"AUC >= {TARGET['roc_auc_macro']}.", "",
-          "| split | test n | bal. acc | acc | macro-F1 | AUC | ECE (after T) | malignant "
-          "sens / spec | flip TTA: bal. acc / acc / AUC | epochs (best) | train min | "
-          "lesions shared |",
-          "|" + " --- |" * 12]
-    for r in rows:
-        md.append(f"| {r['name']} | {r['n_test']} | **{fmt(r['balanced_accuracy'])}** | "
-                  f"{fmt(r['accuracy'])} | {fmt(r['macro_f1'])} | {fmt(r['roc_auc_macro'])} | "
-                  f"{fmt(r['ece_after'])} | {fmt(r['malignant_sensitivity'], 2)} / "
-                  f"{fmt(r['malignant_specificity'], 2)} | {fmt(r['tta_balanced_accuracy'])} / "
-                  f"{fmt(r['tta_accuracy'])} / {fmt(r['tta_roc_auc_macro'])} | "
-                  f"{r['epochs_run']} ({r['best_epoch']}) | {r['train_minutes']} | "
-                  f"{r['lesions_shared']} |")
-    if "leak_inflation" in report:
-        li = report["leak_inflation"]
-        md += ["", "Leak size (image-level minus lesion-grouped): " + ", ".join(
-            f"{k} {v:+.3f}" for k, v in li.items()) + "."]
+          f"Recipe `{Path(args.config).name}`. Target for the CPU budget: balanced accuracy "
+          f">= {TARGET['balanced_accuracy']} and AUC >= {TARGET['roc_auc_macro']} as the mean "
+          "of 3 seeds, each run <= 60 min on 2 CPUs. Test n = "
+          + ", ".join(sorted({str(r["n_test"]) for r in rows})) + ".", "",
+          *tables(rows, previous)]
+    if leaky:
+        g, i = leaky[0]
+        report["leak_inflation"] = {k: i[k] - g[k] for k in
+                                    ("accuracy", "balanced_accuracy", "macro_f1",
+                                     "roc_auc_macro")}
+        md += ["", f"Leak size (image-level minus lesion-grouped, seed {g['seed']}): "
+               + ", ".join(f"{k} {v:+.3f}" for k, v in report["leak_inflation"].items())
+               + f"; lesions shared by train and test: {i['lesions_shared']} vs "
+               f"{g['lesions_shared']}."]
     md += ["", "Anchors (other splits, resolutions and budgets):", ""]
     md += [f"- {w}: " + ", ".join(f"{k} {v:.3f}" for k, v in vals.items()) for w, vals in ANCHORS]
     write_results("quality", report, md)

@@ -5,9 +5,11 @@
    beside the FLOP floor (FLOPs per image / measured peak FLOP/s of a large fp32 matmul).
 2. Input pipeline: images/s of a DataLoader reading the decoded uint8 cache vs decoding every
    JPEG, with the training augmentation and without it, and the cost of each augmentation step.
-3. Training throughput (forward + backward + step) at the default resolution; with
-   ``--training-levers`` only the levers on that step (bf16, torch.compile, batch size,
-   frozen BatchNorm), to ``bench/results/speed_training.{json,md}``.
+3. Training throughput at the default resolution, the previous default against the current
+   one in this run: the model step alone (forward + backward + AdamW on a synthetic batch)
+   and real epochs (the recipe's loader, augmentation and step); with ``--training-levers``
+   only the levers on the step (bf16, torch.compile, batch size, frozen BatchNorm, frozen
+   stages), to ``bench/results/speed_training.{json,md}``.
 4. Peak resident memory of a short ``dermalab train`` and, with ``--run``, of ``dermalab
    serve`` answering uploads.
 
@@ -188,9 +190,8 @@ def train_step(model: torch.nn.Module, size: int, batch: int = 32, *, bf16: bool
     return step
 
 
-def training(model: torch.nn.Module, size: int, batches: int = 8) -> float:
-    """Images/s of forward + backward + AdamW step, batch 32, channels_last (as in training)."""
-    return 32 / timed(train_step(model, size), 5.0, batches)
+#: Overrides of configs/ham10000_default.yaml that give back the default before 2026-11-29.
+PREVIOUS_DEFAULT = ["model.freeze_stages=0", "data.augment.batched=false"]
 
 
 LEVERS: list[tuple[str, dict[str, Any]]] = [
@@ -349,7 +350,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         infer = inference(model, args.size, Path(tmp))
     pipe = input_pipeline(args.size, args.pipeline_images)
-    train_ips = training(model, args.size)
+    # Training, old against new in this one run: the model step alone and real epochs.
+    stages = cfg.model.freeze_stages
+    step_rows = training_levers(model, args.size, levers=[
+        ("every stage trains (previous default)", {}),
+        (f"stem + {stages} stages frozen (default)", {"freeze_stages": stages})])
+    train_ips = step_rows[0]["images_per_s"]
+    e2e = training_end_to_end(args.size, [
+        ("previous default: every stage trains, augmentation per image in the loader",
+         PREVIOUS_DEFAULT),
+        (f"stem + {stages} stages frozen only", ["data.augment.batched=false"]),
+        ("batch augmentation only", ["model.freeze_stages=0"]),
+        ("default (both)", [])])
     train_rss = train_peak_rss(args.size)
     serve_rss = serve_peak_rss(Path(args.run)) if args.run else None
     serve_load = REPO / "bench" / "results" / "serve_load.json"
@@ -359,6 +371,7 @@ def main() -> None:
         "weights": origin, "size": args.size, "gflops_per_image": flops / 1e9,
         "peak_gflops": peak / 1e9, "flop_floor_ms_per_image": 1000 * flops / peak,
         "inference": infer, "input_pipeline": pipe, "train_images_per_s": train_ips,
+        "training_step": step_rows, "training_end_to_end": e2e,
         "train_peak_rss_mb": train_rss, "serve_peak_rss_mb": serve_rss,
         "serve_load": json.loads(serve_load.read_text()) if serve_load.is_file() else None,
     }
@@ -382,8 +395,12 @@ def main() -> None:
            f"**{pipe['eval_ratio']:.1f}x** |",
            "| training augmentation, ms/image per step | "
            + ", ".join(f"{k} {v:.2f}" for k, v in pipe["augment_ms"].items()) + " |",
-           f"| training throughput (fwd+bwd+AdamW, batch 32, channels_last) | "
-           f"{train_ips:.1f} images/s |",
+           *(f"| training step alone (fwd+bwd+AdamW, batch 32, channels_last), {r['lever']} | "
+             f"{r['images_per_s']:.1f} images/s ({r['ratio']:.2f}x; rounds "
+             + " / ".join(f"{v:.0f}" for v in r["rounds"]) + ") |" for r in step_rows),
+           *(f"| real training epochs (loader + augmentation + step, 30 batches), "
+             f"{r['variant']} | {r['images_per_s']:.1f} images/s ({r['ratio']:.2f}x; rounds "
+             + " / ".join(f"{v:.0f}" for v in r["rounds"]) + ") |" for r in e2e),
            f"| peak RSS, `dermalab train` (20 batches + evaluation) | {train_rss:.0f} MB |",
            "| peak RSS, `dermalab serve` after 50 uploads | "
            + (f"{serve_rss:.0f} MB |" if serve_rss else "not measured (no --run) |")]

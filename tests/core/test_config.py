@@ -66,3 +66,11 @@ def test_missing_or_bad_file(tmp_path: Path) -> None:
 
 def test_parse_override_keeps_strings() -> None:
     assert parse_override("data.source=../shared/data") == ("data.source", "../shared/data")
+
+
+def test_a_yaml_boolean_key_is_named_not_crashed_on(tmp_path: Path) -> None:
+    """``on:`` unquoted is YAML's True: a one-line error saying so, not a TypeError."""
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  augment:\n    on: batch\n")
+    with pytest.raises(ConfigError, match=r"data\.augment\.True.*on/off/yes/no.*quote"):
+        load_config(f)

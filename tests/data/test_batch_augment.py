@@ -1,4 +1,4 @@
-"""Batch augmentation (data.augment.on=batch): each factor against its exact definition or
+"""Batch augmentation (data.augment.batched): each factor against its exact definition or
 torchvision's own operation, the parameter distributions, the mask channel, and a real run."""
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def test_a_run_with_batch_augmentation_trains(tmp_path: Path) -> None:
 
     data = write_photo_dataset(tmp_path / "photos", per_class=12)
     m = train_run(load_config(None, [
-        f"data.source={data}", "data.image_size=48", "data.augment.on=batch",
+        f"data.source={data}", "data.image_size=48", "data.augment.batched=true",
         "train.epochs=2", "train.batch_size=8", "train.patience=0", "tracking.enabled=false",
         "eval.gallery=0", "eval.serving=false", "eval.report=false", "optim.lr=0.003"]),
         tmp_path / "run", progress=False)

@@ -33,10 +33,10 @@ class AugmentConfig:
     rotation: float = 30.0  # degrees, uniform in [-rotation, rotation]
     color_jitter: float = 0.15  # brightness/contrast/saturation strength; 0 disables
     hue: float = 0.02
-    # where it runs: "image" (torchvision steps per image in the data loader) or "batch" (one
-    # affine warp and one colour matrix per image on the whole uint8 batch, much cheaper on a
-    # CPU; dermalab.data.batch_augment)
-    on: str = "image"
+    # false: torchvision steps per image in the data loader; true: one affine warp and one
+    # colour matrix per image on the whole uint8 batch, much cheaper on a CPU
+    # (dermalab.data.batch_augment)
+    batched: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.split_by": ("group", "image"),
     "data.conflicts": ("drop", "keep", "error"),
     "data.sampler": ("none", "oversample", "sqrt"),
-    "data.augment.on": ("image", "batch"),
     "loss.name": ("ce", "weighted_ce", "focal", "cb"),
     "loss.cb_type": ("softmax", "sigmoid", "focal"),
     "optim.name": ("sgd", "adam", "adamw", "rmsprop"),
@@ -310,6 +309,12 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
         raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    odd = [k for k in values if not isinstance(k, str)]
+    if odd:
+        # YAML 1.1 reads unquoted on/off/yes/no/true/false keys as booleans (and 1 as a number)
+        raise ConfigError(f"config key {prefix}{odd[0]!r} in section '{prefix.rstrip('.')}' is "
+                          "not a name (YAML reads unquoted on/off/yes/no as true/false); quote "
+                          "it or fix its spelling")
     unknown = sorted(set(values) - set(fields))
     if unknown:
         valid = ", ".join(prefix + name for name in fields)

@@ -157,7 +157,7 @@ def apply_params(images: torch.Tensor, p: AugmentParams, mean: Sequence[float],
 
 
 class BatchAugment:
-    """``data.augment.on=batch``: the training augmentation as a callable on a uint8 batch
+    """``data.augment.batched``: the training augmentation as a callable on a uint8 batch
     (draws fresh parameters from torch's global RNG, which training seeds per epoch)."""
 
     def __init__(self, aug: AugmentConfig, mean: Sequence[float], std: Sequence[float]) -> None:

@@ -87,7 +87,7 @@ def subgroup_metrics(
     return out
 
 
-TAUS = np.round(np.arange(-1.0, 3.0001, 0.1), 2)
+TAUS = np.round(np.arange(-1.0, 3.0001, 0.1), 2) + 0.0  # + 0.0: no "-0.0" in reports
 
 
 def adjusted_argmax(logits: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:

@@ -106,7 +106,7 @@ class Training:
     order: torch.Generator
     counts: np.ndarray
     state: TrainState
-    batch_augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # data.augment.on=batch
+    batch_augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # data.augment.batched
     ema: ModelEmaV3 | None = None  # train.ema_decay > 0
     started: float = field(default_factory=time.perf_counter)
 
@@ -205,7 +205,7 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
     batch_augment = None
     augment: Callable[..., Any] | None = train_transform(size, info.mean, info.std,
                                                          cfg.data.augment)
-    if cfg.data.augment.on == "batch":  # the loader yields uint8 batches, augmented here
+    if cfg.data.augment.batched:  # the loader yields uint8 batches, augmented here
         augment, batch_augment = None, BatchAugment(cfg.data.augment, info.mean, info.std)
     train_ds: Dataset[tuple[torch.Tensor, int]] = ImageDataset(data.store, train_ids,
                                                                train_targets, augment)

@@ -64,7 +64,7 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass over ``loader``; returns loss/accuracy averaged over all processes.
 
-    ``batch_transform`` (``data.augment.on=batch``) augments and normalises each uint8 batch
+    ``batch_transform`` (``data.augment.batched``) augments and normalises each uint8 batch
     the loader yields, in this process; ``after_step`` runs after each optimiser step (the
     weight average's update)."""
     model.train()
