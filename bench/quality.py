@@ -90,7 +90,7 @@ def row(name: str, seed: int, m: dict[str, Any], tta: dict[str, Any]) -> dict[st
             "tta_balanced_accuracy": tta.get("balanced_accuracy"),
             "tta_accuracy": tta.get("accuracy"), "tta_roc_auc_macro": tta.get("roc_auc_macro"),
             "logit_adjusted_balanced_accuracy": la.get("balanced_accuracy"),
-            "logit_adjustment_tau": la.get("tau"),
+            "logit_adjustment_tau": la["tau"] + 0.0 if "tau" in la else None,  # no "-0.0"
             "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
             "train_minutes": round(m["train_seconds_total"] / 60, 1),
             "lesions_shared": m["split"]["group_overlap"]}
