@@ -33,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     HAM,
+    PREVIOUS_DEFAULT,
     REPO,
     RESULTS,
     WORK,
@@ -57,8 +58,8 @@ TARGET = {"balanced_accuracy": 0.75, "roc_auc_macro": 0.95}
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "default": ("the default recipe as configured", []),
     "previous-default": ("the default before 2026-11-29: every stage trains, per-image "
-                         "augmentation in the loader",
-                         ["model.freeze_stages=0", "data.augment.batched=false"]),
+                         "augmentation in the loader, no weight average, 12 epochs, "
+                         "patience 4", PREVIOUS_DEFAULT),
     "image-split": ("the default on a random image-level split (leaky)",
                     ["data.split_by=image", "data.allow_leaks=true"]),
 }

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HAM, REPO, machine, write_results
+from common import HAM, PREVIOUS_DEFAULT, REPO, machine, write_results
 
 from dermalab.core.config import load_config
 
@@ -169,11 +169,12 @@ def train_step(model: torch.nn.Module, size: int, batch: int = 32, *, bf16: bool
     from dermalab.train.loop import frozen_bn_eval
 
     m = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
+    # Before the BatchNorm lever: set_body_trainable switches every other body weight on.
+    set_body_trainable(m, True, freeze_stages)
     if freeze_bn:
         for mod in m.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.eval().requires_grad_(False)
-    set_body_trainable(m, True, freeze_stages)
     adamw = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
     fwd = torch.compile(m) if compiled else m
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -188,10 +189,6 @@ def train_step(model: torch.nn.Module, size: int, batch: int = 32, *, bf16: bool
         adamw.step()
 
     return step
-
-
-#: Overrides of configs/ham10000_default.yaml that give back the default before 2026-11-29.
-PREVIOUS_DEFAULT = ["model.freeze_stages=0", "data.augment.batched=false"]
 
 
 LEVERS: list[tuple[str, dict[str, Any]]] = [
@@ -230,11 +227,11 @@ def training_levers(model: torch.nn.Module, size: int, rounds: int = 3,
 def training_end_to_end(size: int, variants: list[tuple[str, list[str]]], batches: int = 30,
                         rounds: int = 3) -> list[dict[str, Any]]:
     """Training images/s of real ``dermalab train`` epochs cut to ``batches`` batches: the
-    recipe's own data loader (cached uint8 images, augmentation, sampler), model step and
-    optimiser, as ``train_one_epoch`` runs them; per variant of the default recipe
+    recipe's own data loader (cached uint8 images, augmentation, sampler), model step,
+    optimiser and weight-average update, as ``fit`` runs them; per variant of the default recipe
     (``--set``-style overrides), timed in interleaved rounds, the median round counting."""
     from dermalab.core.runs import RunPaths
-    from dermalab.train.fit import setup_training
+    from dermalab.train.fit import ema_updater, setup_training
     from dermalab.train.loop import train_one_epoch
 
     rows: list[dict[str, Any]] = []
@@ -252,6 +249,7 @@ def training_end_to_end(size: int, variants: list[tuple[str, list[str]]], batche
                 stats = train_one_epoch(t.model, t.train_loader, t.loss_fn, t.optimizer,
                                         t.accelerator, channels_last=t.cfg.model.channels_last,
                                         batch_transform=t.batch_augment,
+                                        after_step=ema_updater(t),
                                         max_batches=batches if r >= 0 else 3,
                                         progress=False)
                 if r >= 0:

@@ -47,7 +47,8 @@ from dermalab.core.config import AugmentConfig
 
 LUMA = (0.299, 0.587, 0.114)
 # RGB -> YIQ (FCC NTSC); its inverse is computed, so the round trip is exact to float error.
-_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+_YIQ = torch.tensor(((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312)))
+_YIQ_INV = torch.linalg.inv(_YIQ)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,6 @@ def colour_matrices(p: AugmentParams) -> torch.Tensor:
     eye = torch.eye(3).expand(n, 3, 3)
     sat = (p.saturation[:, None, None] * eye
            + (1 - p.saturation)[:, None, None] * luma.expand(n, 3, 3))
-    yiq = torch.tensor(_YIQ)
     # The YIQ chroma plane turns the other way round from HSV's hue circle: -2 pi h turns red
     # towards green for h > 0, as torchvision's adjust_hue does.
     theta = -2 * math.pi * p.hue
@@ -127,7 +127,7 @@ def colour_matrices(p: AugmentParams) -> torch.Tensor:
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2] = theta.cos(), -theta.sin()
     rot[:, 2, 1], rot[:, 2, 2] = theta.sin(), theta.cos()
-    hue = torch.linalg.inv(yiq) @ rot @ yiq
+    hue = _YIQ_INV @ rot @ _YIQ
     return hue @ sat
 
 

@@ -202,11 +202,10 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
 
     order = torch.Generator()
     train_ids = [s.sample_id for s in data.samples("train")]
-    batch_augment = None
-    augment: Callable[..., Any] | None = train_transform(size, info.mean, info.std,
-                                                         cfg.data.augment)
-    if cfg.data.augment.batched:  # the loader yields uint8 batches, augmented here
-        augment, batch_augment = None, BatchAugment(cfg.data.augment, info.mean, info.std)
+    # Batched: the loader yields the uint8 images and the epoch loop augments each batch.
+    batched = cfg.data.augment.batched
+    augment = None if batched else train_transform(size, info.mean, info.std, cfg.data.augment)
+    batch_augment = BatchAugment(cfg.data.augment, info.mean, info.std) if batched else None
     train_ds: Dataset[tuple[torch.Tensor, int]] = ImageDataset(data.store, train_ids,
                                                                train_targets, augment)
     if data.train_extra is not None:  # raw+masked: every training image raw and masked
@@ -302,7 +301,7 @@ def _checkpoint(t: Training, best: bool = False) -> dict[str, Any]:
             "weights_origin": t.weights_origin}
 
 
-def _ema_updater(t: Training) -> Callable[[], None] | None:
+def ema_updater(t: Training) -> Callable[[], None] | None:
     """What ``train_one_epoch`` calls after each optimiser step: the EMA update."""
     if t.ema is None:
         return None
@@ -352,7 +351,7 @@ def fit(
         stats = train_one_epoch(t.model, t.train_loader, loss_dev, t.optimizer, acc,
                                 channels_last=cfg.model.channels_last,
                                 batch_transform=t.batch_augment,
-                                after_step=_ema_updater(t),
+                                after_step=ema_updater(t),
                                 max_batches=cfg.train.max_batches, progress=progress,
                                 desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
         logits, targets = predict(t.ema.module if t.ema is not None else t.model,
