@@ -181,3 +181,86 @@ def test_int8_is_offered_to_the_page_only_when_it_agrees_with_fp32(tmp_path: Pat
             assert "89.0%" in note and "FP32" in note
     (tmp_path / "model.json").write_text(json.dumps({"extra": {}}))
     assert "--quantize int8" in (int8_gate(tmp_path) or "")
+
+
+def test_sensitivity_is_the_mean_logit_change_and_ranks_layers_within_the_budget() -> None:
+    """On the linear chain the logits are linear in each weight, so the mean |change| of the
+    logits doubles when the rounding error does and is zero without one; the layer with the
+    largest error ranks first, and the 16-bit choice never exceeds its share of the weights."""
+    from onnx import numpy_helper
+
+    from dermalab.deploy.quantize import layer_weights, most_sensitive, weight_sensitivity
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        _layers_model(path)
+        w = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+        rng = np.random.default_rng(4)
+        calib = [rng.normal(size=(4, 4, 6, 6)).astype(np.float32) for _ in range(3)]
+        noise = {k: rng.normal(size=w[k].shape).astype(np.float32) for k in ("w1", "w2", "w3")}
+        scale = {"w1": 1e-3, "w2": 1e-2, "w3": 1e-4}
+        one = weight_sensitivity(path, {k: w[k] + scale[k] * noise[k] for k in noise}, calib)
+        two = weight_sensitivity(path, {k: w[k] + 2 * scale[k] * noise[k] for k in noise}, calib)
+        none = weight_sensitivity(path, {k: w[k] for k in noise}, calib)
+        sizes = layer_weights(path)
+    assert sizes == {"w1": 32, "w2": 16, "w3": 24}
+    for k in noise:
+        assert one[k] > 0 and none[k] == 0
+        np.testing.assert_allclose(two[k], 2 * one[k], rtol=1e-3)
+    assert max(one, key=one.__getitem__) == "w2"
+    assert most_sensitive(one, sizes, 1.0) == sorted(one, key=lambda k: -one[k])
+    assert most_sensitive(one, sizes, 16 / 72) == ["w2"]  # exactly its share
+    assert most_sensitive(one, sizes, 15 / 72) == []  # w2 does not fit; none smaller as bad
+    assert most_sensitive(one, sizes, 0.0) == []
+
+
+def test_sixteen_bit_activations_and_sensitive_layers_are_what_the_file_holds(
+        tmp_path: Path) -> None:
+    """The chosen weights are stored as int16 and the others as int8; with 16-bit activations
+    every activation is uint16, and the model is closer to FP32 than with 8-bit ones."""
+    from onnx import TensorProto
+
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=3).eval()
+    fp32 = tmp_path / "m.onnx"
+    torch.onnx.export(FeaturesAndLogits(model).eval(), (torch.randn(2, 3, 64, 64),), str(fp32),
+                      dynamo=False, opset_version=17, input_names=["image"],
+                      output_names=["logits", "features", "feature_map"],
+                      dynamic_axes={"image": {0: "batch"}})
+    rng = np.random.default_rng(0)
+    calib = [rng.normal(size=(2, 3, 64, 64)).astype(np.float32) for _ in range(4)]
+    x = rng.normal(size=(6, 3, 64, 64)).astype(np.float32)
+    ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"image": x})[0]
+    err = {}
+    for bits, share in ((8, 0.0), (16, 0.05)):
+        out = tmp_path / f"a{bits}.onnx"
+        how = quantize_onnx(fp32, out, calib, activation_bits=bits, sensitive_share=share)
+        graph = onnx.load(str(out)).graph
+        inits = {i.name: i for i in graph.initializer}
+        weight_types = {}
+        for n in graph.node:
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+                weight_types[n.input[0]] = inits[n.input[0]].data_type
+        act = {inits[n.input[2]].data_type for n in graph.node
+               if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits}
+        assert act == {TensorProto.UINT16 if bits == 16 else TensorProto.UINT8}
+        sixteen = sum(t == TensorProto.INT16 for t in weight_types.values())
+        assert sixteen == how["sixteen_bit_layers"] and how["activation_bits"] == bits
+        assert (sixteen > 0) == (share > 0)
+        assert sum(t == TensorProto.INT8 for t in weight_types.values()) > 20
+        assert 0 <= how["sixteen_bit_share"] <= share
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+            ["logits"], {"image": x})[0]
+        err[bits] = float(np.abs(got - ref).mean())
+    assert err[16] < err[8]
+
+
+def test_quantize_refuses_other_activation_widths(tmp_path: Path) -> None:
+    from dermalab.core.errors import DermalabError
+
+    fp32 = tmp_path / "m.onnx"
+    _layers_model(fp32)
+    with pytest.raises(DermalabError, match="8 or 16"):
+        quantize_onnx(fp32, tmp_path / "q.onnx", [np.zeros((1, 4, 6, 6), np.float32)],
+                      activation_bits=4)
