@@ -5,8 +5,9 @@ import {readFileSync} from "node:fs";
 import {test} from "node:test";
 
 import {
-  camFromFeatureMap, colourStatistics, decide, fill, localize, mahalanobisScore, normalize,
-  percent, prepareMahalanobis, resizeForModel, softmax,
+  camFromFeatureMap, chooseType, colourStatistics, decide, fill, localize, mahalanobisScore,
+  normalize, percent, prepareMahalanobis, resizeForModel, routeProbabilities, routerInput,
+  softmax,
 } from "../../src/dermalab/serve/static/ondevice/core.js";
 
 const C = JSON.parse(readFileSync(process.env.DERMALAB_JS_CASES, "utf8"));
@@ -92,4 +93,34 @@ test("verdict, referral and wording follow the server's rules", () => {
 
 test("fill leaves no placeholder behind", () => {
   assert.equal(fill("{a} and {b}", {a: 1}), "1 and ");
+});
+
+test("the router's input matches router_input (Pillow BILINEAR), byte for byte", () => {
+  for (const c of C.router.resize) {
+    close(routerInput(Uint8Array.from(c.input), c.w, c.h, c.size), c.expected, 0,
+          `router ${c.w}x${c.h} -> ${c.size}`);
+  }
+});
+
+test("the router's probabilities match predict_proba", () => {
+  const r = C.router.route;
+  r.embedding.forEach((e, i) => close(
+    routeProbabilities(e, r.colour[i], r.shift, r.scale, r.coef, r.intercept),
+    r.expected[i], 1e-12, `route ${i}`));
+});
+
+test("the served type and the not-skin rule match routed_type and is_not_skin", () => {
+  for (const c of C.router.choose) {
+    assert.deepEqual(chooseType(c.served, c.probabilities, null), [c.expected, "router"]);
+    assert.deepEqual(chooseType(c.served, c.probabilities, c.served.at(-1)),
+                     [c.served.at(-1), "user"]);
+  }
+  const bundle = {classes: ["a", "b"], top_k: 2, uncertain_threshold: 0.5,
+                  ood: {threshold: 10}, colour: {threshold: 10}, malignant: null};
+  for (const c of C.router.rules) {
+    const score = c.detectors ? 11 : 9;
+    const facts = decide(bundle, [0.7, 0.3], score, 0, () => "routine", c.routed,
+                         c.model_detectors);
+    assert.equal(facts.verdict === "not_skin", c.expected, JSON.stringify(c));
+  }
 });

@@ -136,3 +136,55 @@ def test_installable_and_on_device_analysis_works_offline(server: str, exported_
             page.locator("#verdict").inner_text()
         page.screenshot(path=str(exported_run / "web_ondevice_offline_390.png"), full_page=True)
         browser.close()
+
+
+def test_the_page_routes_on_the_device_as_the_server_does(
+        exported_run: Path, clinical_run: Path, router_dir: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two models and the image-type router behind one page: on the device, the router runs
+    in the browser and sends a DermNet psoriasis photo to the model the server's router picks,
+    with the server's verdict and conditions, and the photo is still not uploaded."""
+    from dermalab.deploy.export import export_onnx
+    from tests.serve.conftest import dermnet_photos
+
+    sync_api = _playwright()
+    state = tmp_path_factory.mktemp("web_ondevice_router")
+    clinical = state / "clinical"
+    shutil.copytree(clinical_run, clinical, ignore=shutil.ignore_patterns("history.db",
+                                                                          "uploads"))
+    export_onnx(clinical)
+    models = state / "models.yaml"
+    models.write_text(f"models:\n  - run: {exported_run}\n  - run: {clinical}\n"
+                      f"router: {router_dir}\n")
+    photo = dermnet_photos("Psoriasis")[70]
+    with dermalab_server(models, state) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(url)
+        offer = page.evaluate("fetch('/v1/ondevice').then(r => r.json())")
+        assert offer["router"] and len(offer["models"]) == 2
+        page.wait_for_selector("#ondevice-field:not([hidden])")
+        page.check("#ondevice")
+        page.set_input_files("#file", str(photo))
+        requests = _record(page)
+        page.click("#analyse")
+        page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+        local = page.evaluate(
+            "import('/static/ondevice/run.js').then(m => m.history()).then(h => h[0].facts)")
+        assert not [r for r in requests if r["jpeg"] or r["bytes"] > 0], requests
+        assert local["routing"]["chosen_by"] == "router"
+
+        page.uncheck("#ondevice")
+        page.click("#analyse")
+        page.wait_for_selector("#history tr", timeout=120_000)
+        server_side = page.evaluate(
+            "fetch('/v1/analyses?limit=1').then(r => r.json()).then(b => "
+            "fetch('/v1/analyses/' + b.items[0].id)).then(r => r.json())")
+        assert server_side["routing"]["chosen_by"] == "router"
+        assert local["model"]["name"] == server_side["model"]["name"]
+        for t, p_server in server_side["routing"]["probabilities"].items():
+            assert abs(local["routing"]["probabilities"][t] - p_server) < 1e-3, t
+        assert local["verdict"] == server_side["verdict"]
+        assert [c["class_name"] for c in local["conditions"]] == \
+            [c["class_name"] for c in server_side["conditions"]]
+        browser.close()

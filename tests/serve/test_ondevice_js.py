@@ -19,8 +19,9 @@ from dermalab.core.calibration import calibrated_probs
 from dermalab.core.i18n import LANGUAGES, t
 from dermalab.data.images import normalize_batch, resize_rgb
 from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
+from dermalab.deploy.router import predict_proba, router_input
 from dermalab.evaluate.explain import cam_from_feature_map
-from dermalab.serve.service import decide, percent, wording
+from dermalab.serve.service import decide, is_not_skin, percent, routed_type, wording
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,6 +89,38 @@ def _decide_cases(rng: np.random.Generator) -> list[dict]:
     return cases
 
 
+def _router_cases(rng: np.random.Generator) -> dict:
+    """The router's input (Pillow BILINEAR, no block reduction), its logistic regression on
+    embedding + colour statistics, the served-type choice and the "not skin" rule."""
+    resize = []
+    for w, h, size in [(200, 150, 128), (1200, 900, 128), (37, 53, 128), (640, 480, 64),
+                       (128, 128, 128)]:
+        img = _image(rng, w, h)
+        resize.append({"w": w, "h": h, "size": size, "input": img.ravel().tolist(),
+                       "expected": router_input(img, size).ravel().tolist()})
+    d_emb, types = 12, ["dermoscopic", "clinical", "not_skin"]
+    emb = rng.normal(size=(6, d_emb))
+    colour = rng.normal(3, 2, size=(6, 23))
+    shift = rng.normal(size=d_emb + 23)
+    scale = rng.uniform(0.5, 3, size=d_emb + 23)
+    coef = rng.normal(size=(len(types), d_emb + 23))
+    intercept = rng.normal(size=len(types))
+    probs = predict_proba(np.concatenate([emb, colour], axis=1), shift, scale, coef, intercept)
+    choose = []
+    for p in [*probs, np.array([0.4, 0.4, 0.2]), np.array([0.1, 0.3, 0.6])]:
+        pd = dict(zip(types, map(float, p), strict=True))
+        for served in (["dermoscopic", "clinical"], ["clinical", "dermoscopic"], ["clinical"]):
+            choose.append({"served": served, "probabilities": pd,
+                           "expected": routed_type(served, pd)})
+    rules = [{"routed": r, "detectors": dt, "model_detectors": md,
+              "expected": is_not_skin(r, dt, md)}
+             for r in (None, False, True) for dt in (False, True) for md in (False, True)]
+    return {"resize": resize, "route": {
+        "embedding": emb.tolist(), "colour": colour.tolist(), "shift": shift.tolist(),
+        "scale": scale.tolist(), "coef": coef.ravel().tolist(), "intercept": intercept.tolist(),
+        "expected": probs.tolist()}, "choose": choose, "rules": rules}
+
+
 def _messages() -> dict:
     keys = ["verdict.ok", "verdict.uncertain", "verdict.not_skin", "referral.not_skin",
             "referral.malignant", "referral.uncertain", "referral.urgent", "referral.routine",
@@ -126,6 +159,7 @@ def make_cases() -> dict:
         "percent": [[p, percent(p)] for p in (0.0, 0.004, 0.125, 0.135, 0.5, 0.8149, 0.995,
                                                1.0, 0.305)],
         "decide": _decide_cases(rng),
+        "router": _router_cases(rng),
         "messages": _messages(),
         "referral_check": t("referral.routine", "en"),
     }

@@ -29,6 +29,7 @@ import numpy as np
 
 from dermalab.core.i18n import LANGUAGES, messages
 from dermalab.data.lesion import NEEDS_MASK
+from dermalab.deploy.router import ImageRouter
 from dermalab.serve.conditions import condition_text
 from dermalab.serve.models import ServedModel
 
@@ -182,6 +183,20 @@ def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k
         "texts": texts(conditions, list(info.classes), info.display_names),
     }
     return Bundle(model.name, meta, blob, files)
+
+
+def router_bundle(router: ImageRouter, model_detectors: bool) -> Bundle:
+    """The image-type router for the page (``static/ondevice/run.js``, ``route``): its
+    embedding (``fp32.onnx``), input size and normalisation, types, and the logistic
+    regression's standardisation and weights (``arrays.bin``). ``model_detectors``: whether
+    a model's own "not skin" detectors also decide beside the router, as on the server
+    (``ServeSettings.model_detectors``)."""
+    index, blob = _pack({"shift": router.shift, "scale": router.scale, "coef": router.coef,
+                         "intercept": router.intercept})
+    meta = {"format": 1, "types": list(router.types), "size": router.size,
+            "mean": list(router.mean), "std": list(router.std), "arrays": index,
+            "model_detectors": model_detectors}
+    return Bundle("router", meta, blob, {"fp32": router.folder / "router.onnx"})
 
 
 def bundles(models: dict[str, ServedModel], conditions: dict[str, dict[str, Any]], top_k: int

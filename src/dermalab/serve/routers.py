@@ -341,7 +341,36 @@ def ondevice_models(svc: Service) -> dict[str, Any]:
                                   for kind in b.files},
                         "int8_note": b.meta["int8_note"]}
                        for b in svc.ondevice.values()],
+            "router": None if (r := svc.ondevice_router) is None else {
+                "version": r.etag, "bundle": f"/v1/ondevice/router.json?v={r.etag}",
+                "arrays": f"/v1/ondevice/router.bin?v={r.etag}",
+                "files": {"fp32": f"/v1/ondevice/router.onnx?v={r.etag}"}},
             "unavailable": svc.ondevice_off}
+
+
+def _router(svc: Service) -> Any:
+    if svc.ondevice_router is None:
+        raise HTTPException(404, "this service has no image-type router for the page")
+    return svc.ondevice_router
+
+
+@ondevice.get("/router.json", summary="The image-type router: input, types, weights' index")
+def ondevice_router_bundle(svc: Service) -> Response:
+    r = _router(svc)
+    return JSONResponse(r.meta, headers={**REVALIDATE, "ETag": f'"{r.etag}"'})
+
+
+@ondevice.get("/router.bin", summary="The image-type router's standardisation and weights")
+def ondevice_router_arrays(svc: Service) -> Response:
+    r = _router(svc)
+    return Response(r.arrays, media_type="application/octet-stream",
+                    headers={**REVALIDATE, "ETag": f'"{r.etag}"'})
+
+
+@ondevice.get("/router.onnx", summary="The image-type router's embedding (ONNX)")
+def ondevice_router_model(svc: Service) -> Response:
+    return FileResponse(_router(svc).files["fp32"], media_type="application/octet-stream",
+                        headers=REVALIDATE)
 
 
 def _bundle(svc: Service, name: str) -> Any:

@@ -28,7 +28,13 @@ from dermalab.deploy.router import ImageRouter
 from dermalab.serve.accounts import AccountStore
 from dermalab.serve.conditions import condition_text
 from dermalab.serve.models import ServedModel, check_servable
-from dermalab.serve.ondevice import Bundle, bundles, find_ort_dir, ort_version
+from dermalab.serve.ondevice import (
+    Bundle,
+    bundles,
+    find_ort_dir,
+    ort_version,
+    router_bundle,
+)
 from dermalab.serve.store import OPEN, Analysis, HistoryStore, ImageStore, Owner, make_engine, now
 
 
@@ -113,6 +119,21 @@ def routing_text(routing: dict[str, Any], lang: str) -> str:
         return t("routing.router", lang, type=name, model=model,
                  probability=percent(probs.get(kind, 0.0)))
     return t("routing.single", lang, model=model)
+
+
+def routed_type(served: list[str], probabilities: dict[str, float]) -> str:
+    """The router's most probable type among the ``served`` ones (a router may know a type
+    this service does not run); the first of equals. The page's twin: ``chooseType``."""
+    return max(served, key=lambda k: probabilities.get(k, 0.0))
+
+
+def is_not_skin(routed_not_skin: bool | None, detectors: bool, model_detectors: bool) -> bool:
+    """Whether a photo is answered "not skin": without a router (``routed_not_skin`` None) the
+    model's own detectors decide; with one, the router decides, and the detectors too only
+    when ``model_detectors`` (ServeSettings). The page's twin: ``decide``."""
+    if routed_not_skin is None:
+        return detectors
+    return routed_not_skin or (detectors and model_detectors)
 
 
 def referral_reason(verdict: str, mal_p: float | None, mal_t: float | None) -> str:
@@ -291,6 +312,7 @@ class AnalysisService:
         self.ort_version = ort_version(self.ort_dir)
         self.ondevice: dict[str, Bundle] = {}
         self.ondevice_off: dict[str, str] = {}
+        self.ondevice_router: Bundle | None = None
         if not self.settings.ondevice:
             self.ondevice_off = {m.name: "turned off (--no-ondevice)"
                                  for m in self.models.values()}
@@ -300,6 +322,9 @@ class AnalysisService:
         else:
             self.ondevice, self.ondevice_off = bundles(self.models, self.conditions,
                                                        self.settings.top_k)
+            if self.router is not None and self.ondevice:
+                # the page routes as the server does, so its verdicts match the server's
+                self.ondevice_router = router_bundle(self.router, self.settings.model_detectors)
 
     @property
     def backend(self) -> str:
@@ -350,10 +375,7 @@ class AnalysisService:
                                   served=", ".join(self.models))
             model, by = self.models[image_type], "user"
         elif route is not None:
-            # The router's most probable type among those served (a router may know a type
-            # this service does not run).
-            served = max(self.models, key=lambda k: route.probabilities.get(k, 0.0))
-            model, by = self.models[served], "router"
+            model, by = self.models[routed_type(list(self.models), route.probabilities)], "router"
         else:
             model, by = self.primary, "single"
         found = route.image_type if route is not None else model.image_type
@@ -372,8 +394,8 @@ class AnalysisService:
         img = decode_upload(data, filename, self.settings)
         model, routing = self.choose(img, image_type)
         a = model.assess(img)
-        not_skin = routing["image_type"] == "not_skin" or (
-            a.out_of_distribution and (self.router is None or self.settings.model_detectors))
+        not_skin = is_not_skin(routing["image_type"] == "not_skin" if self.router else None,
+                               a.out_of_distribution, self.settings.model_detectors)
         t_unsure = model.uncertain_threshold
         classes = list(model.info.classes)
         verdict, referral, order = decide(

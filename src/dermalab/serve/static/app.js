@@ -323,13 +323,22 @@ $("analyse").addEventListener("click", analyse);
 let onDevice = null;  // what the server offers for it (null: nothing)
 let shownLocal = null;  // the on-device analysis on screen (its facts and texts)
 
-function localModel() {
+function userType() {
+  return $("type-field").hidden ? "auto" : $("image-type").value;
+}
+
+// The model for a photo: the person's word, else (with the server's router, run in this page)
+// the router's most probable served type, else the clinical-photo model when there is one (on
+// a phone, that is the usual photo).
+function localModel(probabilities = null) {
   const models = onDevice.models;
-  const type = $("type-field").hidden ? "auto" : $("image-type").value;
-  const byType = models.find((m) => m.image_type === type);
+  if (probabilities) {
+    const [type, by] = device.chooseType(models.map((m) => m.image_type), probabilities,
+                                         userType());
+    return [models.find((m) => m.image_type === type), by];
+  }
+  const byType = models.find((m) => m.image_type === userType());
   if (byType) return [byType, "user"];
-  // Without the server's router, a photo of unknown kind goes to the clinical-photo model
-  // when there is one: on a phone, that is the usual photo.
   return [models.find((m) => m.image_type === "clinical") || models[0],
           models.length > 1 ? "default" : "single"];
 }
@@ -338,11 +347,17 @@ async function analyseOnDevice() {
   $("analyse").disabled = true;
   $("status").textContent = msg("page.ondevice_loading");
   try {
-    const [info, chosenBy] = localModel();
+    const img = await device.decode(chosen);
+    let routed = null;
+    if (onDevice.router) {
+      const router = await device.loadRouter(onDevice.router, onDevice.runtime);
+      routed = {probabilities: await device.route(img, router),
+                modelDetectors: router.bundle.model_detectors};
+    }
+    const [info, chosenBy] = localModel(routed && routed.probabilities);
     const model = await device.loadModel(info, onDevice.runtime);
     $("status").textContent = msg("page.analysing");
-    const img = await device.decode(chosen);
-    const facts = await device.analyse(img, model, chosenBy);
+    const facts = await device.analyse(img, model, chosenBy, routed);
     const entry = {id: crypto.randomUUID(), created_at: new Date().toISOString(),
                    filename: chosen.name, facts: {...facts, id: undefined},
                    texts: model.bundle.texts, image_type: model.bundle.image_type};
@@ -399,13 +414,19 @@ $("forget-local").addEventListener("click", async () => {
   if (shownLocal) { shownLocal = null; $("result").hidden = true; }
   loadLocalHistory();
 });
-// With on-device analysis on, the model is fetched (and kept by the service worker) at once,
-// so it is ready, and usable offline, before the first photo.
+// With on-device analysis on, the models (and the router, which may pick any of them) are
+// fetched and kept by the service worker at once, so they are ready, and usable offline,
+// before the first photo.
 async function warmModel() {
   if (!onDevice || !$("ondevice").checked) return;
   try {
     await controlled();
-    await device.loadModel(localModel()[0], onDevice.runtime);
+    if (onDevice.router) {
+      await device.loadRouter(onDevice.router, onDevice.runtime);
+      for (const m of onDevice.models) await device.loadModel(m, onDevice.runtime);
+    } else {
+      await device.loadModel(localModel()[0], onDevice.runtime);
+    }
     $("ondevice-field").dataset.ready = "1";
   } catch (e) {
     console.error(e);

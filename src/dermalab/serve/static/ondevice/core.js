@@ -3,7 +3,8 @@
 // JavaScript twin of a Python function, tested against it on fixed inputs
 // (tests/serve/test_ondevice_js.py runs tests/js/ with Node). No DOM here, so Node can load it.
 
-// -- resizing exactly as Pillow does (Image.resize, BICUBIC, reducing_gap=3) -----------------
+// -- resizing exactly as Pillow does (Image.resize, BICUBIC with reducing_gap=3 for the models,
+// BILINEAR without it for the image-type router) -----------------------------------------------
 // Pillow's Resample.c: a separable convolution, horizontal pass first, with the kernel widened
 // by the scale when shrinking (antialiasing), coefficients in fixed point with 22 fraction bits
 // and each pass rounded to uint8.
@@ -18,12 +19,21 @@ function bicubic(x) {
   return 0.0;
 }
 
+function bilinear(x) {
+  x = Math.abs(x);
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+// Pillow's filters: the kernel and its support (in input pixels at scale 1).
+const FILTERS = {bicubic: [bicubic, BICUBIC_SUPPORT], bilinear: [bilinear, 1.0]};
+
 // Pillow's precompute_coeffs + normalize_coeffs_8bpc: for each output pixel the first input
 // pixel, how many, and their fixed-point weights.
-function coefficients(inSize, in0, in1, outSize) {
+function coefficients(inSize, in0, in1, outSize, filter) {
+  const [kernel, filterSupport] = FILTERS[filter];
   const scale = (in1 - in0) / outSize;
   const filterscale = Math.max(scale, 1.0);
-  const support = BICUBIC_SUPPORT * filterscale;
+  const support = filterSupport * filterscale;
   const ksize = Math.ceil(support) * 2 + 1;
   const bounds = new Int32Array(outSize * 2);
   const kk = new Int32Array(outSize * ksize);
@@ -38,7 +48,7 @@ function coefficients(inSize, in0, in1, outSize) {
     xmax -= xmin;
     let ww = 0.0;
     for (let x = 0; x < xmax; x++) {
-      w[x] = bicubic((x + xmin - center + 0.5) * ss);
+      w[x] = kernel((x + xmin - center + 0.5) * ss);
       ww += w[x];
     }
     for (let x = 0; x < xmax; x++) {
@@ -60,12 +70,12 @@ function clip8(ss) {
 
 // Resize interleaved RGB (3 bytes a pixel) ``w x h`` to ``ow x oh`` from the source box
 // ``[x0, y0, x1, y1]`` (fractional), as Pillow's ImagingResampleInner.
-function resample(src, w, h, ow, oh, box) {
+function resample(src, w, h, ow, oh, box, filter = "bicubic") {
   const [x0, y0, x1, y1] = box;
   const needH = ow !== w || x0 !== 0 || x1 !== ow;
   const needV = oh !== h || y0 !== 0 || y1 !== oh;
-  const hc = coefficients(w, x0, x1, ow);
-  const vc = coefficients(h, y0, y1, oh);
+  const hc = coefficients(w, x0, x1, ow, filter);
+  const vc = coefficients(h, y0, y1, oh, filter);
   let img = src;
   let iw = w;
   let rowOffset = 0;
@@ -132,16 +142,17 @@ export function reduce(src, w, h, fx, fy) {
 }
 
 // ``Image.resize((ow, oh), BICUBIC, reducing_gap=3.0)``: a large shrink first reduces by whole
-// blocks, then resamples the rest of the way.
-export function pillowResize(src, w, h, ow, oh) {
+// blocks, then resamples the rest of the way. ``filter`` "bilinear" with ``reducingGap`` null is
+// ``Image.resize((ow, oh), BILINEAR)``.
+export function pillowResize(src, w, h, ow, oh, filter = "bicubic", reducingGap = 3.0) {
   if (ow === w && oh === h) return Uint8Array.from(src);
-  const fx = Math.trunc(w / ow / 3.0) || 1;
-  const fy = Math.trunc(h / oh / 3.0) || 1;
+  const fx = reducingGap ? Math.trunc(w / ow / reducingGap) || 1 : 1;
+  const fy = reducingGap ? Math.trunc(h / oh / reducingGap) || 1 : 1;
   if (fx > 1 || fy > 1) {
     const r = reduce(src, w, h, fx, fy);
-    return resample(r.data, r.width, r.height, ow, oh, [0, 0, w / fx, h / fy]);
+    return resample(r.data, r.width, r.height, ow, oh, [0, 0, w / fx, h / fy], filter);
   }
-  return resample(src, w, h, ow, oh, [0, 0, w, h]);
+  return resample(src, w, h, ow, oh, [0, 0, w, h], filter);
 }
 
 // Python's round(): halves to even.
@@ -330,10 +341,15 @@ export function referralReason(verdict, malP, malT) {
   return verdict === "uncertain" ? "uncertain" : "condition";
 }
 
-export function decide(bundle, probs, oodScore, colourScore, urgencyOf) {
+// ``routedNotSkin``: null without a router; else whether the router found the photo is not of
+// skin, which then decides alone unless ``modelDetectors`` (ServeSettings.model_detectors).
+export function decide(bundle, probs, oodScore, colourScore, urgencyOf, routedNotSkin = null,
+                       modelDetectors = false) {
   const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0] || a[1] - b[1])
     .slice(0, bundle.top_k).map(([, i]) => i);
-  const notSkin = oodScore > bundle.ood.threshold || colourScore > bundle.colour.threshold;
+  const detectors = oodScore > bundle.ood.threshold || colourScore > bundle.colour.threshold;
+  const notSkin = routedNotSkin === null ? detectors
+    : routedNotSkin || (detectors && modelDetectors);
   const mal = bundle.malignant;
   const malP = mal ? mal.classes.reduce((s, c) => s + probs[bundle.classes.indexOf(c)], 0)
     : null;
@@ -352,6 +368,35 @@ export function decide(bundle, probs, oodScore, colourScore, urgencyOf) {
           ood_score: oodScore, ood_threshold: bundle.ood.threshold,
           ood_colour_score: colourScore, ood_colour_threshold: bundle.colour.threshold,
           uncertain_threshold: bundle.uncertain_threshold};
+}
+
+// -- the image-type router: dermalab.deploy.router --------------------------------------------
+// ``router_input``: the whole frame squashed to ``size`` x ``size`` (Pillow BILINEAR).
+export function routerInput(src, w, h, size) {
+  return pillowResize(src, w, h, size, size, "bilinear", null);
+}
+
+// ``predict_proba``: softmax of ((f - shift) / scale) @ coef.T + intercept, where f is the
+// embedding followed by the colour statistics; ``coef`` is (types x features), row-major.
+export function routeProbabilities(embedding, colour, shift, scale, coef, intercept) {
+  const f = [...embedding, ...colour];
+  const d = f.length;
+  const z = [];
+  for (let k = 0; k < intercept.length; k++) {
+    let s = intercept[k];
+    for (let i = 0; i < d; i++) s += ((f[i] - shift[i]) / scale[i]) * coef[k * d + i];
+    z.push(s);
+  }
+  return softmax(z);
+}
+
+// ``AnalysisService.choose``: the person's word (a served type), else the router's most
+// probable type among the served ones. Returns [type, chosen_by].
+export function chooseType(served, probabilities, userType) {
+  if (userType && userType !== "auto" && served.includes(userType)) return [userType, "user"];
+  const best = served.reduce((a, b) => ((probabilities[b] || 0) > (probabilities[a] || 0)
+    ? b : a));
+  return [best, "router"];
 }
 
 // -- wording: AnalysisService.localize ------------------------------------------------------

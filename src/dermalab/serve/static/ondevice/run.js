@@ -2,8 +2,9 @@
 // on the photo inside the page; the photo is never sent anywhere. Results are kept in this
 // browser only (IndexedDB), until deleted.
 import {
-  camFromFeatureMap, colourStatistics, decide, localize, mahalanobisScore, normalize, overlay,
-  pillowResize, prepareMahalanobis, resizeForModel, shrinkLikeServer, smallMahalanobis, softmax,
+  camFromFeatureMap, chooseType, colourStatistics, decide, localize, mahalanobisScore, normalize,
+  overlay, pillowResize, prepareMahalanobis, resizeForModel, routeProbabilities, routerInput,
+  shrinkLikeServer, smallMahalanobis, softmax,
 } from "./core.js";
 
 const MAX_PIXELS = 40_000_000;  // as the server (ServeSettings.max_pixels)
@@ -67,6 +68,43 @@ export async function loadModel(info, runtimeBase, prefer = "int8") {
   return model;
 }
 
+let loadedRouter = null;  // {version, bundle, session, arrays}
+
+// Load (once) the server's image-type router: its embedding model and logistic regression.
+export async function loadRouter(info, runtimeBase) {
+  if (loadedRouter && loadedRouter.version === info.version) return loadedRouter;
+  const [bundle, arrays, modelBytes] = await Promise.all([
+    fetch(info.bundle).then((r) => r.json()),
+    fetch(info.arrays).then((r) => r.arrayBuffer()),
+    fetch(info.files.fp32).then((r) => r.arrayBuffer())]);
+  const ort = await runtime(runtimeBase);
+  const session = await ort.InferenceSession.create(new Uint8Array(modelBytes),
+                                                    {executionProviders: ["wasm"]});
+  const view = (name) => {
+    const a = bundle.arrays[name];
+    return new Float32Array(arrays, a.offset, a.shape.reduce((x, y) => x * y, 1));
+  };
+  loadedRouter = {version: info.version, bundle, session, ort,
+                  weights: {shift: view("shift"), scale: view("scale"), coef: view("coef"),
+                            intercept: view("intercept")}};
+  return loadedRouter;
+}
+
+// What kind of photo a decoded image is, as the server's router says: {type: probability}.
+export async function route(img, router) {
+  const b = router.bundle;
+  const arr = routerInput(img.data, img.width, img.height, b.size);
+  const x = normalize(arr, b.size, b.mean, b.std);
+  const out = await router.session.run(
+    {image: new router.ort.Tensor("float32", x, [1, 3, b.size, b.size])});
+  const w = router.weights;
+  const p = routeProbabilities(out.features.data, colourStatistics(arr), w.shift, w.scale,
+                               w.coef, w.intercept);
+  return Object.fromEntries(b.types.map((t, i) => [t, p[i]]));
+}
+
+export {chooseType};
+
 // Decode a photo as the browser shows it (upright: EXIF orientation applied) into RGB.
 export async function decode(file) {
   let bmp;
@@ -110,8 +148,9 @@ async function heatmapPng(img, model, fmap, dims, classIndex) {
 }
 
 // Analyse a decoded photo with a loaded model: the facts of an analysis (as the server's,
-// worded later by ``localize``), the heat-map and timings.
-export async function analyse(img, model, chosenBy) {
+// worded later by ``localize``), the heat-map and timings. ``routed``: the router's answer
+// ({probabilities, modelDetectors}) when the server has one, else null.
+export async function analyse(img, model, chosenBy, routed = null) {
   const b = model.bundle;
   const t0 = performance.now();
   const arr = resizeForModel(img.data, img.width, img.height, b.image_size, b.resize_mode);
@@ -123,12 +162,17 @@ export async function analyse(img, model, chosenBy) {
   const ood = mahalanobisScore(out.features.data, model.mahalanobis);
   const colour = smallMahalanobis(colourStatistics(arr), b.colour.means, b.colour.precision);
   const en = b.texts.en.conditions;
-  const facts = decide(b, probs, ood, colour, (c) => en[c].urgency);
+  const routedNotSkin = routed ? chooseType(Object.keys(routed.probabilities),
+                                            routed.probabilities, null)[0] === "not_skin"
+    : null;
+  const facts = decide(b, probs, ood, colour, (c) => en[c].urgency, routedNotSkin,
+                       routed ? routed.modelDetectors : false);
   facts.heatmap_png = facts.verdict === "not_skin" ? null
     : await heatmapPng(img, model, out.feature_map.data, out.feature_map.dims, facts.top_index);
   facts.model = {name: b.name, image_type: b.image_type, precision: model.kind};
   facts.routing = {image_type: facts.verdict === "not_skin" ? "not_skin" : b.image_type,
-                   chosen_by: chosenBy, on_device: true};
+                   chosen_by: chosenBy, on_device: true,
+                   probabilities: routed ? routed.probabilities : null};
   facts.probabilities = probs;
   facts.timing_ms = {model: t1 - t0, total: performance.now() - t0};
   return facts;
