@@ -29,6 +29,7 @@ class StubService:
     router = None
     ondevice: ClassVar[dict[str, None]] = {}
     ondevice_off: ClassVar[dict[str, str]] = {"stub": "no ONNX export"}
+    ondevice_router = None
     ort_dir = None
     ort_version = None
 
@@ -212,9 +213,12 @@ def test_model_card_health_page_and_openapi(client: TestClient) -> None:
                                               "models": ["dermoscopic"], "router": False,
                                               "ondevice": False}
     assert client.get("/v1/ondevice").json() == {
-        "available": False, "runtime": "/ort/", "models": [],
+        "available": False, "runtime": "/ort/", "models": [], "router": None,
         "unavailable": {"stub": "no ONNX export"}}
     assert client.get("/v1/ondevice/stub/bundle.json").status_code == 404
+    for part in ("router.json", "router.bin", "router.onnx"):  # no router here
+        r = client.get(f"/v1/ondevice/{part}")
+        assert r.status_code == 404 and "router" in r.json()["detail"]
     assert client.get("/ort/ort.wasm.min.mjs").status_code == 404  # no runtime installed
     sw = client.get("/sw.js")
     assert sw.headers["content-type"].startswith("text/javascript")
@@ -229,6 +233,7 @@ def test_model_card_health_page_and_openapi(client: TestClient) -> None:
         "/v1/auth/signout", "/v1/account", "/v1/account/export", "/v1/model", "/v1/models",
         "/v1/messages", "/v1/ondevice", "/v1/ondevice/{name}/bundle.json",
         "/v1/ondevice/{name}/arrays.bin", "/v1/ondevice/{name}/{kind}.onnx",
+        "/v1/ondevice/router.json", "/v1/ondevice/router.bin", "/v1/ondevice/router.onnx",
         "/healthz"}
     post = spec["paths"]["/v1/analyses"]["post"]["responses"]
     assert {"201", "413", "415", "422"} <= set(post)
