@@ -68,7 +68,7 @@ export async function loadModel(info, runtimeBase, prefer = "int8") {
   return model;
 }
 
-let loadedRouter = null;  // {version, bundle, session, arrays}
+let loadedRouter = null;  // {version, bundle, session, ort, weights}
 
 // Load (once) the server's image-type router: its embedding model and logistic regression.
 export async function loadRouter(info, runtimeBase) {
