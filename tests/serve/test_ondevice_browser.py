@@ -48,6 +48,22 @@ def _record(page: Any) -> list[dict[str, Any]]:
     return seen
 
 
+#: The page's latest on-device analysis, as kept in this browser.
+LOCAL_LATEST = ("import('/static/ondevice/run.js').then(m => m.history()).then(h => h[0].facts)")
+
+
+def _same_photo_on_the_server(page: Any) -> dict[str, Any]:
+    """Analyse the chosen photo again with on-device analysis off; the server's stored
+    answer."""
+    page.uncheck("#ondevice")
+    page.click("#analyse")
+    page.wait_for_selector("#history tr", timeout=120_000)
+    result: dict[str, Any] = page.evaluate(
+        "fetch('/v1/analyses?limit=1').then(r => r.json()).then(b => "
+        "fetch('/v1/analyses/' + b.items[0].id)).then(r => r.json())")
+    return result
+
+
 def test_analyse_on_this_device_and_nothing_is_uploaded(server: str, exported_run: Path
                                                         ) -> None:
     sync_api = _playwright()
@@ -79,14 +95,8 @@ def test_analyse_on_this_device_and_nothing_is_uploaded(server: str, exported_ru
             == 0
 
         # The same photo on the server gives the same answer.
-        local = page.evaluate(
-            "import('/static/ondevice/run.js').then(m => m.history()).then(h => h[0].facts)")
-        page.uncheck("#ondevice")
-        page.click("#analyse")
-        page.wait_for_selector("#history tr", timeout=120_000)
-        server_side = page.evaluate(
-            "fetch('/v1/analyses?limit=1').then(r => r.json()).then(b => "
-            "fetch('/v1/analyses/' + b.items[0].id)).then(r => r.json())")
+        local = page.evaluate(LOCAL_LATEST)
+        server_side = _same_photo_on_the_server(page)
         assert local["verdict"] == server_side["verdict"]
         assert [c["class_name"] for c in local["conditions"]] == \
             [c["class_name"] for c in server_side["conditions"]]
@@ -169,17 +179,11 @@ def test_the_page_routes_on_the_device_as_the_server_does(
         requests = _record(page)
         page.click("#analyse")
         page.wait_for_selector("#result:not([hidden])", timeout=120_000)
-        local = page.evaluate(
-            "import('/static/ondevice/run.js').then(m => m.history()).then(h => h[0].facts)")
+        local = page.evaluate(LOCAL_LATEST)
         assert not [r for r in requests if r["jpeg"] or r["bytes"] > 0], requests
         assert local["routing"]["chosen_by"] == "router"
 
-        page.uncheck("#ondevice")
-        page.click("#analyse")
-        page.wait_for_selector("#history tr", timeout=120_000)
-        server_side = page.evaluate(
-            "fetch('/v1/analyses?limit=1').then(r => r.json()).then(b => "
-            "fetch('/v1/analyses/' + b.items[0].id)).then(r => r.json())")
+        server_side = _same_photo_on_the_server(page)
         assert server_side["routing"]["chosen_by"] == "router"
         assert local["model"]["name"] == server_side["model"]["name"]
         for t, p_server in server_side["routing"]["probabilities"].items():

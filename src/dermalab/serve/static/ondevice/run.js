@@ -40,6 +40,20 @@ export async function available() {
   }
 }
 
+// An ONNX Runtime session (WebAssembly) on a model file's bytes.
+async function createSession(runtimeBase, bytes) {
+  const ort = await runtime(runtimeBase);
+  const session = await ort.InferenceSession.create(new Uint8Array(bytes),
+                                                    {executionProviders: ["wasm"]});
+  return {ort, session};
+}
+
+// The float32 array ``name`` of a bundle, a view on its arrays.bin (``_pack`` in ondevice.py).
+function arrayView(bundle, buffer, name) {
+  const a = bundle.arrays[name];
+  return new Float32Array(buffer, a.offset, a.shape.reduce((x, y) => x * y, 1));
+}
+
 const loaded = new Map();  // model name -> {bundle, session, mahalanobis, camWeight, kind}
 
 // Load (once) a model: its bundle, arrays and ONNX file — the INT8 one when there is one.
@@ -51,14 +65,8 @@ export async function loadModel(info, runtimeBase, prefer = "int8") {
     fetch(info.arrays).then((r) => r.arrayBuffer())]);
   const kind = info.files[prefer] ? prefer : "fp32";
   const modelBytes = await fetch(info.files[kind]).then((r) => r.arrayBuffer());
-  const ort = await runtime(runtimeBase);
-  const session = await ort.InferenceSession.create(new Uint8Array(modelBytes),
-                                                    {executionProviders: ["wasm"]});
-  const view = (name) => {
-    const a = bundle.arrays[name];
-    const n = a.shape.reduce((x, y) => x * y, 1);
-    return new Float32Array(arrays, a.offset, n);
-  };
+  const {ort, session} = await createSession(runtimeBase, modelBytes);
+  const view = (name) => arrayView(bundle, arrays, name);
   const [k, d] = bundle.arrays[bundle.ood.means].shape;
   const model = {bundle, session, kind, ort,
                  mahalanobis: prepareMahalanobis(view(bundle.ood.means),
@@ -77,13 +85,8 @@ export async function loadRouter(info, runtimeBase) {
     fetch(info.bundle).then((r) => r.json()),
     fetch(info.arrays).then((r) => r.arrayBuffer()),
     fetch(info.files.fp32).then((r) => r.arrayBuffer())]);
-  const ort = await runtime(runtimeBase);
-  const session = await ort.InferenceSession.create(new Uint8Array(modelBytes),
-                                                    {executionProviders: ["wasm"]});
-  const view = (name) => {
-    const a = bundle.arrays[name];
-    return new Float32Array(arrays, a.offset, a.shape.reduce((x, y) => x * y, 1));
-  };
+  const {ort, session} = await createSession(runtimeBase, modelBytes);
+  const view = (name) => arrayView(bundle, arrays, name);
   loadedRouter = {version: info.version, bundle, session, ort,
                   weights: {shift: view("shift"), scale: view("scale"), coef: view("coef"),
                             intercept: view("intercept")}};
