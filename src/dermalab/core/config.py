@@ -37,6 +37,11 @@ class AugmentConfig:
     # colour matrix per image on the whole uint8 batch, much cheaper on a CPU
     # (dermalab.data.batch_augment)
     batched: bool = False
+    # Mixup / CutMix (dermalab.train.mixing): Beta(alpha, alpha) concentrations, 0 disables;
+    # mix_prob is the share of training batches mixed (both set: half CutMix, half Mixup)
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from dermalab.data.transforms import eval_transform, train_transform
 from dermalab.train.accel import epoch_seed, make_accelerator, seed_everything
 from dermalab.train.loop import check_gathered, mean_loss, predict, train_one_epoch
 from dermalab.train.losses import build_loss
+from dermalab.train.mixing import BatchMixer
 from dermalab.train.optim import EpochScheduler, build_optimizer
 
 #: Validation metrics recorded per epoch (``val_<name>`` in the history).
@@ -108,6 +109,7 @@ class Training:
     state: TrainState
     batch_augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # data.augment.batched
     ema: ModelEmaV3 | None = None  # train.ema_decay > 0
+    mixer: BatchMixer | None = None  # data.augment.mixup / cutmix
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -206,6 +208,7 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
     batched = cfg.data.augment.batched
     augment = None if batched else train_transform(size, info.mean, info.std, cfg.data.augment)
     batch_augment = BatchAugment(cfg.data.augment, info.mean, info.std) if batched else None
+    mixer = BatchMixer(cfg.data.augment)
     train_ds: Dataset[tuple[torch.Tensor, int]] = ImageDataset(data.store, train_ids,
                                                                train_targets, augment)
     if data.train_extra is not None:  # raw+masked: every training image raw and masked
@@ -240,7 +243,8 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
                     weights_origin=origin, model=model, optimizer=optimizer,
                     scheduler=scheduler, loss_fn=build_loss(cfg.loss, counts),
                     train_loader=train_loader, val_loader=val_loader, order=order,
-                    counts=counts, state=state, batch_augment=batch_augment, ema=ema)
+                    counts=counts, state=state, batch_augment=batch_augment, ema=ema,
+                    mixer=mixer if mixer.enabled else None)
 
 
 def copy_segmenter(segmenter: str | None, paths: RunPaths) -> None:
@@ -351,7 +355,7 @@ def fit(
         stats = train_one_epoch(t.model, t.train_loader, loss_dev, t.optimizer, acc,
                                 channels_last=cfg.model.channels_last,
                                 batch_transform=t.batch_augment,
-                                after_step=ema_updater(t),
+                                after_step=ema_updater(t), mixer=t.mixer,
                                 max_batches=cfg.train.max_batches, progress=progress,
                                 desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
         logits, targets = predict(t.ema.module if t.ema is not None else t.model,

@@ -23,6 +23,7 @@ from dermalab.core.runs import Predictions
 from dermalab.data.dataset import ImageDataset, make_loader
 from dermalab.data.prepare import PreparedData
 from dermalab.data.transforms import eval_transform
+from dermalab.train.mixing import BatchMixer, MixedBatch, mixed_correct, mixed_loss
 
 
 @dataclass
@@ -58,6 +59,7 @@ def train_one_epoch(
     channels_last: bool = False,
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
+    mixer: BatchMixer | None = None,
     max_batches: int | None = None,
     progress: bool = True,
     desc: str = "train",
@@ -65,8 +67,9 @@ def train_one_epoch(
     """One pass over ``loader``; returns loss/accuracy averaged over all processes.
 
     ``batch_transform`` (``data.augment.batched``) augments and normalises each uint8 batch
-    the loader yields, in this process; ``after_step`` runs after each optimiser step (the
-    weight average's update)."""
+    the loader yields, in this process; ``mixer`` (``data.augment.mixup``/``cutmix``) then
+    mixes the batch and the loss follows the mixed labels; ``after_step`` runs after each
+    optimiser step (the weight average's update)."""
     model.train()
     frozen_bn_eval(model)
     total_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)
@@ -81,11 +84,14 @@ def train_one_epoch(
             break
         if batch_transform is not None:
             images = batch_transform(images)
+        batch = mixer(images, targets) if mixer is not None else MixedBatch(
+            images, targets, targets, 1.0)
+        images = batch.images
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             logits = model(images)
-            loss = loss_fn(logits, targets)
+            loss = mixed_loss(loss_fn, logits, batch)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
@@ -93,7 +99,7 @@ def train_one_epoch(
             after_step()
         n = targets.shape[0]
         total_loss += loss.detach().double() * n
-        correct += (logits.detach().argmax(1) == targets).sum().double()
+        correct += mixed_correct(logits.detach().argmax(1), batch)
         seen += n
         bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
