@@ -70,6 +70,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
                     ["data.split_by=image", "data.allow_leaks=true"]),
     "no-ema": ("no weight average (validation and the final model use the live weights)",
                ["train.ema_decay=0"]),
+    "mixup": ("Mixup (alpha 0.2) or CutMix (alpha 1.0) on half the training batches",
+              ["data.augment.mixup=0.2", "data.augment.cutmix=1.0", "data.augment.mix_prob=0.5"]),
     "dermamnist-c": ("the default on the leak-corrected DermaMNIST-C split (Abhishek et al. "
                      "2025: 8,208 / 575 / 1,232 images, no lesion in two parts)",
                      [f"data.split_file={DERMAMNIST_C}"]),
