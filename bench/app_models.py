@@ -14,6 +14,10 @@ Measures, and writes to ``bench/results/app_models.{json,md}``:
    signed-in clients (a mix of clinical and dermoscopic test photos), and the server's peak RSS.
 
     .venv/bin/python bench/app_models.py [--dermoscopy RUN] [--clinical RUN] [--router DIR]
+        [--clinical-seeds RUN ...]
+
+``--clinical-seeds`` adds the same recipe's runs with other seeds (``--set train.seed=N``) to a
+per-seed table with mean +- sd; only ``--clinical`` is served and examined.
 
 Runs and the router are made when missing (bench/work/): the clinical recipe
 (configs/dermnet_clinical.yaml) and the HAM10000 default recipe cut to ``--derm-epochs`` epochs
@@ -103,7 +107,32 @@ def clinical_quality(run: Path) -> dict[str, Any]:
             # the fastest fine-tuning epoch: the speed with the CPUs to itself (the wall time
             # above includes any other work that shared them)
             "fastest_epoch_seconds": _fastest_epoch(run),
-            "malignant": m.get("malignant")}
+            "malignant": m.get("malignant"),
+            "tta_balanced_accuracy": (m.get("tta") or {}).get("balanced_accuracy")}
+
+
+def seed_table(runs: list[Path]) -> dict[str, Any]:
+    """Per-seed test numbers of the clinical recipe and their mean +- sd (ddof 1)."""
+    import yaml
+
+    rows = []
+    for run in runs:
+        m = json.loads((run / "metrics.json").read_text())
+        seed = yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"]
+        rows.append({"run": str(run), "seed": seed,
+                     "balanced_accuracy": m["balanced_accuracy"],
+                     "roc_auc_macro": m["roc_auc_macro"], "macro_f1": m["macro_f1"],
+                     "tta_balanced_accuracy": (m.get("tta") or {}).get("balanced_accuracy"),
+                     "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+                     "train_minutes": round(m["train_seconds_total"] / 60, 1)})
+    summary = {}
+    for k in ("balanced_accuracy", "roc_auc_macro", "macro_f1", "tta_balanced_accuracy",
+              "train_minutes"):
+        vals = [r[k] for r in rows if r[k] is not None]
+        if vals:
+            summary[k] = {"mean": float(np.mean(vals)),
+                          "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+    return {"rows": rows, "summary": summary}
 
 
 def _fastest_epoch(run: Path) -> float | None:
@@ -281,6 +310,8 @@ def main() -> None:
     ap.add_argument("--dermoscopy", default=str(WORK / "app_dermoscopy"))
     ap.add_argument("--clinical", default=str(WORK / "clinical_run"))
     ap.add_argument("--router", default=str(WORK / "app_router"))
+    ap.add_argument("--clinical-seeds", nargs="*", default=[],
+                    help="finished runs of the clinical recipe with other seeds")
     ap.add_argument("--derm-epochs", type=int, default=2)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--clients", type=int, default=4)
@@ -289,6 +320,7 @@ def main() -> None:
     quality = clinical_quality(clinical)
     print("clinical model:", fmt(quality["balanced_accuracy"]), fmt(quality["roc_auc_macro"]),
           flush=True)
+    seeds = seed_table([clinical, *map(Path, args.clinical_seeds)])
     watermark = watermark_attention(clinical)
     print("watermark:", watermark, flush=True)
     det = detection(derm, clinical, router)
@@ -299,7 +331,8 @@ def main() -> None:
     print("decode:", decode, flush=True)
     derm_m = json.loads((derm / "metrics.json").read_text())
     router_meta = json.loads((router / "router.json").read_text())
-    report = {"clinical_model": quality, "watermark_gradcam": watermark, "detection": det,
+    report = {"clinical_model": quality, "clinical_seeds": seeds,
+              "watermark_gradcam": watermark, "detection": det,
               "router": {k: router_meta.get(k) for k in ("types", "fit_images", "val",
                                                           "backbone", "size", "c")},
               "serve": served, "phone_decode": decode,
@@ -318,10 +351,23 @@ def main() -> None:
           f"**{fmt(q['roc_auc_macro'])}**, macro-F1 {fmt(q['macro_f1'])}, accuracy "
           f"{fmt(q['accuracy'])} on {q['test_images']} test images (duplicate-grouped split; "
           f"{q['epochs_run']} epochs, best {q['best_epoch']}, early stopping; training "
-          f"{q['train_minutes']} min wall on the CPUs above, shared with other work for most "
-          f"epochs: the fastest fine-tuning epoch took {q['fastest_epoch_seconds']} s, "
+          f"{q['train_minutes']} min wall on the CPUs above; the fastest fine-tuning epoch "
+          f"took {q['fastest_epoch_seconds']} s, "
           f"{fmt((q['fastest_epoch_seconds'] or 0) * (q['epochs_run'] or 0) / 60, 1)} min "
-          "for all epochs at that speed).", "",
+          "for all epochs at that speed). With flip test-time augmentation (reported, not "
+          f"served): balanced accuracy {fmt(q['tta_balanced_accuracy'])}.", "",
+          "Per seed (the same recipe and split, `--set train.seed=N`):", "",
+          "| seed | bal. acc | AUC | macro-F1 | flip TTA bal. acc | epochs (best) | train min |",
+          "| --- | --- | --- | --- | --- | --- | --- |",
+          *(f"| {r['seed']} | {fmt(r['balanced_accuracy'])} | {fmt(r['roc_auc_macro'])} | "
+            f"{fmt(r['macro_f1'])} | {fmt(r['tta_balanced_accuracy'])} | {r['epochs_run']} "
+            f"({r['best_epoch']}) | {r['train_minutes']} |" for r in seeds["rows"]),
+          "| **mean ± sd** | " + " | ".join(
+              f"**{fmt(seeds['summary'][k]['mean'])} ± {fmt(seeds['summary'][k]['sd'])}**"
+              if k in seeds["summary"] else "" for k in
+              ("balanced_accuracy", "roc_auc_macro", "macro_f1", "tta_balanced_accuracy"))
+          + " | | " + (f"{seeds['summary']['train_minutes']['mean']:.1f}"
+                       if "train_minutes" in seeds["summary"] else "") + " |", "",
           "| class | precision | recall | F1 | AUC | test images |",
           "| --- | --- | --- | --- | --- | --- |"]
     for c, v in q["per_class"].items():
