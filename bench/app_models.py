@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import REPO, SHARED, WORK, fmt, machine, train_run, write_results
+from bench.common import REPO, SHARED, WORK, fmt, machine, mean_sd, pm, train_run, write_results
 from bench.serve_load import post, sign_up
 from tests.webserver import spawn_server, stop, wait_healthy
 
@@ -111,6 +111,10 @@ def clinical_quality(run: Path) -> dict[str, Any]:
             "tta_balanced_accuracy": (m.get("tta") or {}).get("balanced_accuracy")}
 
 
+#: The per-seed table's quality columns.
+SEED_COLUMNS = ("balanced_accuracy", "roc_auc_macro", "macro_f1", "tta_balanced_accuracy")
+
+
 def seed_table(runs: list[Path]) -> dict[str, Any]:
     """Per-seed test numbers of the clinical recipe and their mean +- sd (ddof 1)."""
     import yaml
@@ -126,12 +130,11 @@ def seed_table(runs: list[Path]) -> dict[str, Any]:
                      "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
                      "train_minutes": round(m["train_seconds_total"] / 60, 1)})
     summary = {}
-    for k in ("balanced_accuracy", "roc_auc_macro", "macro_f1", "tta_balanced_accuracy",
-              "train_minutes"):
+    for k in (*SEED_COLUMNS, "train_minutes"):
         vals = [r[k] for r in rows if r[k] is not None]
         if vals:
-            summary[k] = {"mean": float(np.mean(vals)),
-                          "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+            mean, sd = mean_sd(vals)
+            summary[k] = {"mean": mean, "sd": sd}
     return {"rows": rows, "summary": summary}
 
 
@@ -363,11 +366,9 @@ def main() -> None:
             f"{fmt(r['macro_f1'])} | {fmt(r['tta_balanced_accuracy'])} | {r['epochs_run']} "
             f"({r['best_epoch']}) | {r['train_minutes']} |" for r in seeds["rows"]),
           "| **mean ± sd** | " + " | ".join(
-              f"**{fmt(seeds['summary'][k]['mean'])} ± {fmt(seeds['summary'][k]['sd'])}**"
-              if k in seeds["summary"] else "" for k in
-              ("balanced_accuracy", "roc_auc_macro", "macro_f1", "tta_balanced_accuracy"))
-          + " | | " + (f"{seeds['summary']['train_minutes']['mean']:.1f}"
-                       if "train_minutes" in seeds["summary"] else "") + " |", "",
+              f"**{pm(vals)}**" if vals else "" for vals in
+              ([r[k] for r in seeds["rows"] if r[k] is not None] for k in SEED_COLUMNS))
+          + f" | | {seeds['summary']['train_minutes']['mean']:.1f} |", "",
           "| class | precision | recall | F1 | AUC | test images |",
           "| --- | --- | --- | --- | --- | --- |"]
     for c, v in q["per_class"].items():

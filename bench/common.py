@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -96,3 +97,15 @@ def write_results(name: str, report: dict[str, Any], markdown: list[str]) -> Non
 def fmt(x: float | None, nd: int = 3) -> str:
     """A number for a markdown table; a dash when missing."""
     return "–" if x is None else f"{x:.{nd}f}"
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def pm(values: list[float], nd: int = 3) -> str:
+    """``mean ± sd`` of several runs (the mean alone for one)."""
+    mean, sd = mean_sd(values)
+    return f"{mean:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd is not None else "")

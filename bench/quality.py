@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from common import (
     dermalab_cmd,
     fmt,
     machine,
+    pm,
     repo_relative,
     train_run,
     write_results,
@@ -110,17 +110,6 @@ def row(name: str, seed: int, m: dict[str, Any], tta: dict[str, Any]) -> dict[st
             "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
             "train_minutes": round(m["train_seconds_total"] / 60, 1),
             "lesions_shared": m["split"]["group_overlap"]}
-
-
-def mean_sd(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (None for a single value)."""
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def pm(values: list[float], nd: int = 3) -> str:
-    mean, sd = mean_sd(values)
-    return f"{mean:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd is not None else "")
 
 
 def finished_rows(work: Path) -> list[dict[str, Any]]:
