@@ -15,7 +15,6 @@ finished run there. Results: ``bench/results/clinical_levers.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -24,7 +23,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, WORK, fmt, machine, pm, train_run, write_results
+from common import (
+    REPO,
+    WORK,
+    finished_runs,
+    fmt,
+    machine,
+    pm,
+    recipe_parser,
+    train_recipes,
+    write_results,
+)
 
 CONFIG = REPO / "configs" / "dermnet_clinical.yaml"
 TARGET = {"balanced_accuracy": 0.60, "roc_auc_macro": 0.90}
@@ -89,21 +98,11 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--recipe", nargs="+", default=[], choices=sorted(RECIPES))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[42])
-    ap.add_argument("--table-only", action="store_true", help="only rebuild the tables")
-    ap.add_argument("--work", default=str(WORK / "clinical_levers"))
-    args = ap.parse_args()
+    args = recipe_parser(__doc__, RECIPES, WORK / "clinical_levers").parse_args()
     work = Path(args.work)
     if not args.table_only:
-        for name in args.recipe:
-            for seed in args.seeds:
-                train_run(work / name / f"s{seed}", str(CONFIG),
-                          [*RECIPES[name][1], f"train.seed={seed}"])
-    rows = [row(run.parent.parent.name, run.parent)
-            for run in sorted(work.glob("*/s*/metrics.json"))
-            if run.parent.parent.name in RECIPES]
+        train_recipes(work, str(CONFIG), RECIPES, args.recipe, args.seeds)
+    rows = [row(recipe, run) for recipe, run in finished_runs(work, RECIPES)]
     n = f"validation n = {rows[0]['n_val']}, test n = {rows[0]['n_test']}" if rows else ""
     md = [f"# Clinical-photo model levers ({date.today().isoformat()}, 2 CPUs)", "",
           f"Recipe `dermnet_clinical.yaml`, DermNet NZ photos, duplicate-grouped split; {n}. "

@@ -4,6 +4,7 @@ and writing results as JSON + markdown."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -78,6 +79,34 @@ def train_run(run_dir: Path, config: str | None, sets: list[str], data: str | No
     res["bench_wall_seconds"] = round(time.perf_counter() - t0, 1)
     metrics.write_text(json.dumps(res, indent=2))
     return res
+
+
+def recipe_parser(doc: str, recipes: dict[str, Any], work: Path) -> argparse.ArgumentParser:
+    """The options every recipe benchmark shares: ``--recipe``, ``--seeds``, ``--table-only``,
+    ``--work`` (run directories ``<work>/<recipe>/s<seed>``)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--recipe", nargs="+", default=[], choices=sorted(recipes))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[42])
+    ap.add_argument("--table-only", action="store_true", help="only rebuild the tables")
+    ap.add_argument("--work", default=str(work))
+    return ap
+
+
+def train_recipes(work: Path, config: str, recipes: dict[str, tuple[str, list[str]]],
+                  names: list[str], seeds: list[int], data: str | None = None) -> None:
+    """Train (or reuse/resume, see :func:`train_run`) every named recipe at every seed into
+    ``work/<recipe>/s<seed>``; a recipe is ``(what changes, overrides of config)``."""
+    for name in names:
+        for seed in seeds:
+            train_run(work / name / f"s{seed}", config,
+                      [*recipes[name][1], f"train.seed={seed}"], data)
+
+
+def finished_runs(work: Path, recipes: dict[str, Any]) -> list[tuple[str, Path]]:
+    """``(recipe, run directory)`` of every finished run (``metrics.json`` present) under
+    ``work/<recipe>/s<seed>`` whose recipe is still known."""
+    return [(m.parent.parent.name, m.parent) for m in sorted(work.glob("*/s*/metrics.json"))
+            if m.parent.parent.name in recipes]
 
 
 def repo_relative(path: str) -> str:

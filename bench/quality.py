@@ -21,7 +21,6 @@ later sessions join them. Results: ``bench/results/quality.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -38,11 +37,13 @@ from common import (
     SHARED,
     WORK,
     dermalab_cmd,
+    finished_runs,
     fmt,
     machine,
     pm,
+    recipe_parser,
     repo_relative,
-    train_run,
+    train_recipes,
     write_results,
 )
 
@@ -114,13 +115,8 @@ def row(name: str, seed: int, m: dict[str, Any], tta: dict[str, Any]) -> dict[st
 
 def finished_rows(work: Path) -> list[dict[str, Any]]:
     """A row for every finished run under ``work/<recipe>/s<seed>``."""
-    rows = []
-    for metrics in sorted(work.glob("*/s*/metrics.json")):
-        run, recipe = metrics.parent, metrics.parent.parent.name
-        if recipe in RECIPES:
-            rows.append(row(recipe, int(run.name[1:]), json.loads(metrics.read_text()),
-                            tta_test(run)))
-    return rows
+    return [row(recipe, int(run.name[1:]), json.loads((run / "metrics.json").read_text()),
+                tta_test(run)) for recipe, run in finished_runs(work, RECIPES)]
 
 
 def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[str]:
@@ -189,19 +185,12 @@ def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = recipe_parser(__doc__, RECIPES, WORK / "quality")
     ap.add_argument("--config", default=str(REPO / "configs" / "ham10000_default.yaml"))
-    ap.add_argument("--recipe", nargs="+", default=[], choices=sorted(RECIPES))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[42])
-    ap.add_argument("--table-only", action="store_true", help="only rebuild the tables")
-    ap.add_argument("--work", default=str(WORK / "quality"))
     args = ap.parse_args()
     work = Path(args.work)
     if not args.table_only:
-        for name in args.recipe:
-            for seed in args.seeds:
-                train_run(work / name / f"s{seed}", args.config,
-                          [*RECIPES[name][1], f"train.seed={seed}"], str(HAM))
+        train_recipes(work, args.config, RECIPES, args.recipe, args.seeds, str(HAM))
     rows = finished_rows(work)
     old = RESULTS / "quality.json"
     previous = None
