@@ -264,3 +264,36 @@ def test_quantize_refuses_other_activation_widths(tmp_path: Path) -> None:
     with pytest.raises(DermalabError, match="8 or 16"):
         quantize_onnx(fp32, tmp_path / "q.onnx", [np.zeros((1, 4, 6, 6), np.float32)],
                       activation_bits=4)
+
+
+def test_calibration_stride_is_the_largest_equal_chunk() -> None:
+    from dermalab.deploy.quantize import calibration_stride
+
+    assert [calibration_stride(n, 16) for n in (256, 20, 17, 3, 1)] == [16, 10, 1, 3, 1]
+
+
+def test_calibration_activations_are_binned_in_chunks(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime's histogram calibrator holds every intermediate output it is given until it
+    bins them (256 images of a 256 px model took more than 24 GB): it must be given at most
+    CALIBRATION_CHUNK images at a time, and every image exactly once."""
+    from onnxruntime.quantization.calibrate import HistogramCalibrater
+
+    from dermalab.deploy.quantize import CALIBRATION_CHUNK
+
+    held: list[int] = []
+    clear = HistogramCalibrater.clear_collected_data
+
+    def counting_clear(self: HistogramCalibrater) -> None:
+        held.append(len(self.intermediate_outputs))
+        clear(self)
+
+    monkeypatch.setattr(HistogramCalibrater, "clear_collected_data", counting_clear)
+    fp32 = tmp_path / "m.onnx"
+    _layers_model(fp32)
+    rng = np.random.default_rng(0)
+    n = 2 * CALIBRATION_CHUNK + 4
+    quantize_onnx(fp32, tmp_path / "q.onnx",
+                  [rng.normal(size=(1, 4, 6, 6)).astype(np.float32) for _ in range(n)],
+                  bias_correction=False, sensitive_share=0.0)
+    assert sum(held) == n and 0 < max(held) <= CALIBRATION_CHUNK
