@@ -60,7 +60,8 @@ def prepare(run: Path) -> Path:
     from dermalab.deploy.export import export_onnx
     from dermalab.deploy.quantize import quantize_int8
 
-    out = WORK / "ondevice" / run.name
+    # the run's last two path parts: runs of different recipes share names like s42
+    out = WORK / "ondevice" / "_".join(run.resolve().parts[-2:])
     if not (out / "export" / "model.int8.onnx").is_file():
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(run, out, ignore=shutil.ignore_patterns("history.db", "uploads",
