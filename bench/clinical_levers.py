@@ -80,11 +80,14 @@ def ensemble(recipe: str, runs: list[Path]) -> dict[str, Any]:
     cost by the number of seeds."""
     out: dict[str, Any] = {"recipe": recipe, "seeds": sorted(int(r.name[1:]) for r in runs)}
     for split in ("val", "test"):
-        probs, targets = [], None
+        probs, targets, ids = [], None, None
         for run in runs:
             with np.load(run / f"predictions_{split}.npz") as d:
+                if ids is not None and not np.array_equal(ids, d["ids"]):
+                    raise ValueError(f"{run}: its {split} images differ from {runs[0]}'s; "
+                                     "only runs on one split can be averaged")
                 probs.append(softmax(d["logits"], axis=1))
-                targets = d["targets"]
+                targets, ids = d["targets"], d["ids"]
         mean = np.mean(probs, axis=0)
         key = "val_" if split == "val" else ""
         out[key + "balanced_accuracy"] = float(balanced_accuracy_score(targets, mean.argmax(1)))
