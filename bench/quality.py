@@ -8,6 +8,9 @@ no choice ever sees (the epoch and the temperature come from validation):
 
 - balanced accuracy (the ISIC 2018 metric), accuracy, macro-F1, macro AUC, ECE after
   temperature scaling, malignant sensitivity/specificity at the validation-chosen threshold;
+- with patient metadata (``eval.metadata``: age, sex, body site fused with the image logits,
+  the weight fitted on validation; what the served model answers when a user gives them):
+  balanced accuracy, AUC, and with logit adjustment on top;
 - beside them, never used to pick anything: flip TTA (``dermalab evaluate RUN --tta``) and
   post-hoc logit adjustment (tau chosen on validation, ``metrics.json``);
 - per recipe, mean +- sd over its seeds, and the minutes of each run.
@@ -99,6 +102,7 @@ def tta_test(run_dir: Path) -> dict[str, Any]:
 def row(name: str, seed: int, m: dict[str, Any], tta: dict[str, Any]) -> dict[str, Any]:
     mal = m.get("malignant") or {}
     la = m.get("logit_adjustment") or {}
+    mf = m.get("metadata_fusion") or {}
     return {"recipe": name, "seed": seed, "n_test": m["n"], "accuracy": m["accuracy"],
             "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
             "roc_auc_macro": m["roc_auc_macro"], "ece_after": m.get("ece_after"),
@@ -109,6 +113,11 @@ def row(name: str, seed: int, m: dict[str, Any], tta: dict[str, Any]) -> dict[st
             "tta_accuracy": tta.get("accuracy"), "tta_roc_auc_macro": tta.get("roc_auc_macro"),
             "logit_adjusted_balanced_accuracy": la.get("balanced_accuracy"),
             "logit_adjustment_tau": la["tau"] + 0.0 if "tau" in la else None,  # no "-0.0"
+            "metadata_balanced_accuracy": mf.get("balanced_accuracy"),
+            "metadata_roc_auc_macro": mf.get("roc_auc_macro"),
+            "metadata_accuracy": mf.get("accuracy"),
+            "metadata_logit_adjusted_balanced_accuracy": mf.get("logit_adjusted_balanced_accuracy"),
+            "metadata_weight": mf.get("weight"),
             "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
             "train_minutes": round(m["train_seconds_total"] / 60, 1),
             "lesions_shared": m["split"]["group_overlap"]}
@@ -120,34 +129,50 @@ def finished_rows(work: Path) -> list[dict[str, Any]]:
                 tta_test(run)) for recipe, run in finished_runs(work, RECIPES)]
 
 
+def _pm_known(values: list[Any]) -> str:
+    """mean ± sd of the values present (runs analysed before a column existed lack it)."""
+    known = [v for v in values if v is not None]
+    return pm(known) if known else "–"
+
+
 def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[str]:
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["recipe"], []).append(r)
     md = ["## The default recipe, lesion-grouped split, per seed", "",
           "| seed | bal. acc | acc | macro-F1 | AUC | ECE (after T) | malignant sens / spec | "
-          "flip TTA bal. acc | logit-adjusted bal. acc (tau) | epochs (best) | train min |",
-          "|" + " --- |" * 11]
+          "flip TTA bal. acc | logit-adjusted bal. acc (tau) | + metadata: bal. acc | "
+          "+ metadata: AUC | + metadata, logit-adjusted bal. acc | epochs (best) | train min |",
+          "|" + " --- |" * 14]
     for r in by.get("default", []):
         md.append(f"| {r['seed']} | **{fmt(r['balanced_accuracy'])}** | {fmt(r['accuracy'])} | "
                   f"{fmt(r['macro_f1'])} | {fmt(r['roc_auc_macro'])} | {fmt(r['ece_after'])} | "
                   f"{fmt(r['malignant_sensitivity'], 2)} / {fmt(r['malignant_specificity'], 2)}"
                   f" | {fmt(r['tta_balanced_accuracy'])} | "
                   f"{fmt(r['logit_adjusted_balanced_accuracy'])} "
-                  f"({fmt(r['logit_adjustment_tau'], 1)}) | {r['epochs_run']} "
+                  f"({fmt(r['logit_adjustment_tau'], 1)}) | "
+                  f"**{fmt(r['metadata_balanced_accuracy'])}** | "
+                  f"{fmt(r['metadata_roc_auc_macro'])} | "
+                  f"{fmt(r['metadata_logit_adjusted_balanced_accuracy'])} | {r['epochs_run']} "
                   f"({r['best_epoch']}) | {r['train_minutes']} |")
     if len(by.get("default", [])) > 1:
         d = by["default"]
         md.append("| **mean ± sd** | **" + pm([r["balanced_accuracy"] for r in d]) + "** | "
                   + " | ".join(pm([r[k] for r in d]) for k in ("accuracy", "macro_f1",
                                                                "roc_auc_macro", "ece_after"))
-                  + " | | | | | " + pm([r["train_minutes"] for r in d], 1) + " |")
+                  + " | | " + pm([r["tta_balanced_accuracy"] for r in d])
+                  + " | " + _pm_known([r["logit_adjusted_balanced_accuracy"] for r in d])
+                  + " | **" + _pm_known([r["metadata_balanced_accuracy"] for r in d]) + "** | "
+                  + _pm_known([r["metadata_roc_auc_macro"] for r in d]) + " | "
+                  + _pm_known([r["metadata_logit_adjusted_balanced_accuracy"] for r in d])
+                  + " | | " + pm([r["train_minutes"] for r in d], 1) + " |")
     md += ["", "## Recipes and levers", "",
            "Each row is the default recipe with one change, scored on the lesion-grouped "
            "split (the image-level row on its own, leaky split). Differences smaller than the "
            "seed-to-seed spread of the default are noise.", "",
            "| recipe | what changes | seeds | bal. acc | AUC | flip TTA bal. acc | "
-           "logit-adjusted bal. acc | train min |", "|" + " --- |" * 8]
+           "logit-adjusted bal. acc | + metadata: bal. acc / AUC | train min |",
+           "|" + " --- |" * 9]
     for name, (what, sets) in RECIPES.items():
         rs = by.get(name)
         if not rs or name in SEPARATE:
@@ -159,7 +184,10 @@ def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[
                   f"{pm([r['balanced_accuracy'] for r in rs])} | "
                   f"{pm([r['roc_auc_macro'] for r in rs])} | "
                   f"{pm([r['tta_balanced_accuracy'] for r in rs])} | "
-                  f"{pm(la) if la else '–'} | {pm([r['train_minutes'] for r in rs], 1)} |")
+                  f"{pm(la) if la else '–'} | "
+                  f"{_pm_known([r['metadata_balanced_accuracy'] for r in rs])} / "
+                  f"{_pm_known([r['metadata_roc_auc_macro'] for r in rs])} | "
+                  f"{pm([r['train_minutes'] for r in rs], 1)} |")
     if by.get("dermamnist-c"):
         rs = by["dermamnist-c"]
         md += ["", "## DermaMNIST-C (leak-corrected DermaMNIST split)", "",

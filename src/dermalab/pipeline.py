@@ -120,6 +120,7 @@ def finalize_run(run_dir: str | Path, *, data: PreparedData | None = None,
                             progress=progress)
     val = saved_predictions(run, data, "val")
     test = saved_predictions(run, data, "test")
+    metrics.pop("metadata_fusion", None)  # eval.metadata may have been switched off
     metrics.update(calibrate_and_analyse(run, data, val, test))
     if cfg.eval.serving if serving is None else serving:
         metrics["serving"] = fit_serving(run, data, val, metrics["temperature"])

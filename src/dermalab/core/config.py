@@ -172,6 +172,9 @@ class EvalConfig:
     serving: bool = True  # fit the web service's "not skin" and "not sure" thresholds
     ood_target_fpr: float = 0.02  # share of genuine val images allowed to be called not-skin
     uncertain_target_accuracy: float = 0.85  # accuracy required above the "not sure" line
+    # Patient metadata weighed beside the image (late fusion, dermalab.core.metadata): any of
+    # age, sex, localization. Fitted on the training split, weighted on validation; [] = off.
+    metadata: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.monitor": ("balanced_accuracy", "macro_f1", "accuracy", "roc_auc_macro", "loss"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "eval.cam_method": ("gradcam", "gradcam++"),
+}
+_LIST_CHOICES: dict[str, tuple[str, ...]] = {
+    "eval.metadata": ("age", "sex", "localization"),
 }
 
 
@@ -332,6 +338,11 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
             kwargs[name] = _build(tp, value or {}, key + ".")  # type: ignore[arg-type]
             continue
         kwargs[name] = _coerce(value, tp, key)
+        if key in _LIST_CHOICES:
+            odd = [v for v in kwargs[name] if v not in _LIST_CHOICES[key]]
+            if odd or len(set(kwargs[name])) != len(kwargs[name]):
+                raise ConfigError(f"config key '{key}' takes distinct values of "
+                                  f"{_LIST_CHOICES[key]}, got {value!r}")
         if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
             raise ConfigError(f"config key '{key}' must be one of {_CHOICES[key]}, got {value!r}")
     return cls(**kwargs)

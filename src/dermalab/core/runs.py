@@ -191,6 +191,7 @@ class ModelInfo:
     input_mode: str = "raw"  # data.input: raw | masked | crop | raw+masked | mask_channel
     crop_margin: float = 0.1  # data.crop_margin (input_mode crop)
     image_type: str = "dermoscopic"  # data.image_type: dermoscopic | clinical
+    metadata: dict[str, Any] | None = None  # a fitted MetadataModel (eval.metadata), as JSON
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -216,7 +217,8 @@ class ModelInfo:
                 "image_size": self.image_size, "resize_mode": self.resize_mode,
                 "backbone": self.backbone, "temperature": self.temperature,
                 "malignant": self.malignant, "input_mode": self.input_mode,
-                "crop_margin": self.crop_margin, "image_type": self.image_type}
+                "crop_margin": self.crop_margin, "image_type": self.image_type,
+                "metadata_model": self.metadata}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> ModelInfo:
@@ -234,6 +236,7 @@ class ModelInfo:
             input_mode=str(ckpt.get("input_mode", "raw")),  # runs from before data.input
             crop_margin=float(ckpt.get("crop_margin", 0.1)),
             image_type=str(ckpt.get("image_type", "dermoscopic")),  # runs from before it
+            metadata=ckpt.get("metadata_model"),
         )
 
 

@@ -27,6 +27,7 @@ from dermalab.data.prepare import PreparedData
 from dermalab.evaluate.analysis import analyze
 from dermalab.evaluate.gallery import mistakes, render_gallery
 from dermalab.evaluate.lesion_stats import lesion_measurements_by_class
+from dermalab.evaluate.metadata_fusion import fit_metadata_model, metadata_fusion
 from dermalab.train.accel import make_accelerator
 from dermalab.train.loop import predict_split
 
@@ -63,6 +64,15 @@ def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
     mal = out.get("malignant")
     ckpt["malignant"] = run.info.malignant = ({"classes": mal["classes"],
                                                "threshold": mal["threshold"]} if mal else None)
+    ckpt["metadata_model"] = run.info.metadata = None
+    if cfg.eval.metadata:
+        train = data.samples("train")
+        model = fit_metadata_model([s.meta for s in train], np.asarray(data.targets("train")),
+                                   len(classes), cfg.eval.metadata)
+        val_meta = [dict(by_id[i].meta) if i in by_id else {} for i in val.ids]
+        out["metadata_fusion"] = metadata_fusion(model, out["temperature"], val, test,
+                                                 val_meta, meta, classes)
+        ckpt["metadata_model"] = run.info.metadata = model.to_json()
     save_checkpoint(ckpt, paths.best)
 
     paths.plots.mkdir(exist_ok=True)

@@ -156,6 +156,22 @@ def build_report(run_dir: Path) -> str:
                       ["test balanced accuracy", la["balanced_accuracy_without"],
                        la["balanced_accuracy"]],
                       ["test accuracy", la["accuracy_without"], la["accuracy"]]]))
+    mf = m.get("metadata_fusion")
+    if mf:
+        tta_html += (
+            f'<p class="note">Patient metadata ({html.escape(", ".join(mf["fields"]))}) weighed '
+            f"beside the image: logits / T + w &middot; (log p(class | metadata) &minus; log "
+            f"prior), the metadata model fitted on the training split, w = "
+            f"{_fmt(mf['weight'], 2)} on validation NLL. The served model uses it when a user "
+            f"gives any of them; {mf['test_images_with_metadata']} test images had some.</p>"
+            + _table(["on test", "image only", "image + metadata"],
+                     [["balanced accuracy", mf["balanced_accuracy_without"],
+                       mf["balanced_accuracy"]],
+                      ["accuracy", mf["accuracy_without"], mf["accuracy"]],
+                      ["macro ROC-AUC", mf["roc_auc_macro_without"], mf["roc_auc_macro"]],
+                      ["NLL", mf["nll_without"], mf["nll"]],
+                      ["validation balanced accuracy", mf["val_balanced_accuracy_without"],
+                       mf["val_balanced_accuracy"]]]))
     t_warn = (f'<p class="warn">{html.escape(m["temperature_warning"])}</p>'
               if m.get("temperature_warning") else "")
     sections.append(("calibration", "Calibration", f"""
