@@ -42,6 +42,7 @@ def test_the_page_and_the_service_use_only_keys_that_exist() -> None:
              if not k.endswith("_")}  # "page.ref_" + a referral: listed below
     used |= {f"page.ref_{r}" for r in ("urgent", "routine", "self-care", "none")}
     used |= {"page.not_sure", "page.top"}
+    used |= {f"page.field_{f}" for f in ("age", "sex", "localization")}  # "page.field_" + f
     from dermalab.segment.measure import DERMOSCOPIC_COLOURS
 
     used |= {f"page.colour_{c}" for c in DERMOSCOPIC_COLOURS}  # the page shows each by name

@@ -21,7 +21,7 @@ from tests.conftest import HAM_DIR, write_ham_dataset
 RUN_SETS = ["data.image_size=64", "train.epochs=2", "train.batch_size=8", "train.patience=0",
             "tracking.enabled=false", "model.freeze_epochs=1", "optim.lr=0.003",
             "data.split_ratios=[0.5,0.25,0.25]", "eval.tta=true", "eval.gallery=4",
-            "eval.malignant_classes=[akiec,bcc]"]
+            "eval.malignant_classes=[akiec,bcc]", "eval.metadata=[age,sex,localization]"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,31 @@ def test_report_has_every_section(run: Path) -> None:
         assert f'id="{sid}"' in html, sid
     assert "data:image/png;base64," in html and "not a diagnosis" in html
     assert "src=\"http" not in html  # self-contained
+    assert "Patient metadata (age, sex, localization) weighed beside the image" in html
+
+
+def test_metadata_model_is_fitted_stored_and_measured(run: Path) -> None:
+    from dermalab.core.runs import load_checkpoint
+
+    m = json.loads((run / "metrics.json").read_text())["metadata_fusion"]
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")["metadata_model"]
+    assert ckpt["fields"] == ["age", "sex", "localization"]
+    assert ckpt["weight"] == pytest.approx(m["weight"]) and 0 <= m["weight"] <= 3
+    # The synthetic data: sex alternates, every site is "back" (one category), ages vary.
+    assert ckpt["sexes"] == ["female", "male"] and ckpt["sites"] == ["back"]
+    assert m["nll"] > 0 and m["nll_without"] > 0 and m["test_images_with_metadata"] > 0
+    # Switching it off on report removes it again, from the checkpoint and the metrics.
+    res = subprocess.run([sys.executable, "-m", "dermalab", "report", str(run), "--set",
+                          "eval.metadata=[]"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "metadata_fusion" not in json.loads((run / "metrics.json").read_text())
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["metadata_model"] is None
+    res = subprocess.run([sys.executable, "-m", "dermalab", "report", str(run), "--set",
+                          "eval.metadata=[age,sex,localization]"], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    again = json.loads((run / "metrics.json").read_text())["metadata_fusion"]
+    assert again["weight"] == pytest.approx(m["weight"], abs=1e-6)
 
 
 def test_onnx_matches_pytorch_on_images(run: Path) -> None:
@@ -78,6 +103,11 @@ def test_onnx_matches_pytorch_on_images(run: Path) -> None:
     a, b = onnx_p.probabilities(arr), torch_p.probabilities(arr)
     assert np.abs(a - b).max() < 1e-4 and (a.argmax(1) == b.argmax(1)).all()
     assert onnx_p.info.temperature == pytest.approx(torch_p.info.temperature)
+    # The metadata model travels in model.json and fuses the same way on both backends.
+    assert onnx_p.info.metadata == torch_p.info.metadata and onnx_p.metadata_model is not None
+    rows = [{"age": 70.0, "sex": "male", "localization": "back"}] * len(arr)
+    a, b = onnx_p.probabilities(arr, metadata=rows), torch_p.probabilities(arr, metadata=rows)
+    assert np.abs(a - b).max() < 1e-4
 
 
 def _dataset_images(run: Path) -> list[str]:

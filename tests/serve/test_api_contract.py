@@ -42,11 +42,17 @@ class StubService:
         self.languages: list[str] = []
         self.spots: list[str | None] = []
         self.image_types: list[str | None] = []
+        self.metadata: list[dict[str, Any] | None] = []
+
+    def metadata_inputs(self) -> dict[str, Any] | None:
+        return None
 
     def analyze(self, data: bytes, filename: str, lang: str = "en", owner: Any = None,
-                spot: str | None = None, image_type: str | None = None) -> dict[str, Any]:
+                spot: str | None = None, image_type: str | None = None,
+                metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         img = decode_upload(data, filename, self.settings)
         self.image_types.append(image_type)
+        self.metadata.append(metadata)
         self.seen.append((filename, len(data)))
         self.spots.append(spot)
         self.languages.append(lang)
@@ -134,6 +140,21 @@ def test_the_photo_type_is_passed_on_and_checked(client: TestClient, stub: StubS
     assert r.status_code == 422 and len(stub.image_types) == 4
 
 
+def test_age_sex_and_site_are_optional_and_checked(client: TestClient, stub: StubService
+                                                   ) -> None:
+    ok = [{}, {"age": "0"}, {"age": "64.5", "sex": "female", "site": "back"}, {"site": ""}]
+    for form in ok:
+        r = client.post("/v1/analyses", files={"file": ("a.png", _png())}, data=form)
+        assert r.status_code == 201, r.text
+    assert stub.metadata == [None, {"age": 0.0},
+                             {"age": 64.5, "sex": "female", "site": "back"}, None]
+    for form in ({"age": "-1"}, {"age": "121"}, {"age": "old"}, {"sex": "other"},
+                 {"site": "x" * 41}):
+        r = client.post("/v1/analyses", files={"file": ("a.png", _png())}, data=form)
+        assert r.status_code == 422, form
+    assert len(stub.metadata) == 4
+
+
 def test_heic_and_large_phone_photos_are_read() -> None:
     """An iPhone HEIC photo decodes (pillow-heif); a 12 MP JPEG is decoded in draft mode and
     a large PNG box-reduced, both still at least decode_side pixels a side."""
@@ -211,7 +232,7 @@ def test_model_card_health_page_and_openapi(client: TestClient) -> None:
     assert [ModelCard.model_validate(c).name for c in client.get("/v1/models").json()] == ["stub"]
     assert client.get("/healthz").json() == {"status": "ok", "backend": "stub", "mode": "open",
                                               "models": ["dermoscopic"], "router": False,
-                                              "ondevice": False}
+                                              "ondevice": False, "metadata": None}
     assert client.get("/v1/ondevice").json() == {
         "available": False, "runtime": "/ort/", "models": [], "router": None,
         "unavailable": {"stub": "no ONNX export"}}

@@ -87,9 +87,16 @@ def test_the_page_in_korean_at_phone_width(server: str, skin_run: Path) -> None:
         page.wait_for_selector("html[lang=ko]", state="attached")
         assert page.locator("#analyse").inner_text() == "사진 분석하기"
         assert hangul.search(page.locator("#disclaimer").inner_text())
+        # The optional age / body site (this model weighs them), offered in Korean.
+        page.wait_for_selector("#about-field:not([hidden])")
+        page.click("#about-field summary")
+        assert page.locator("#site option[value=back]").inner_text() == "등"
+        page.fill("#age", "60")
+        page.select_option("#site", "back")
         page.set_input_files("#file", str(HAM_DIR / "images" / f"{test_id}.jpg"))
         page.click("#analyse")
         page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        assert page.locator("#about-used").inner_text() == "함께 고려한 정보: 나이, 부위."
         for sel in ("#verdict", "#referral", "#result-disclaimer", "#info summary"):
             assert hangul.search(page.locator(sel).first.inner_text()), sel
         page.locator("#info details").first.click()  # open the care text for the screenshot

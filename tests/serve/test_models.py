@@ -110,6 +110,48 @@ def test_photos_that_are_not_skin_are_flagged(client: TestClient, pixels: object
     assert body["conditions"] == [] and body["heatmap_png"] is None
 
 
+def test_age_sex_and_site_are_weighed_by_the_model_that_knows_them(
+        client: TestClient, skin_run: Path) -> None:
+    from dermalab.deploy.predictor import Predictor
+
+    ham = _ham_test_image(skin_run)
+    health = client.get("/healthz").json()["metadata"]
+    assert health["fields"] == ["age", "sex", "localization"]
+    assert health["sexes"] == ["female", "male"] and "face" in health["sites"]
+    plain = _post(client, ham.name, ham.read_bytes(), image_type="dermoscopic")
+    given = _post(client, ham.name, ham.read_bytes(), image_type="dermoscopic", age="75",
+                  sex="male", site="face")
+    assert plain["metadata_used"] == [] and given["metadata_used"] == ["age", "sex",
+                                                                       "localization"]
+    # The answer is the run's own fusion of the photo's logits with that row.
+    pred = Predictor.load(skin_run)
+    logits = pred.logits(pred.preprocess(str(ham))[None])
+    expected = pred.calibrated(logits, [{"age": 75.0, "sex": "male",
+                                         "localization": "face"}])[0]
+    top = given["conditions"][0]
+    assert top["probability"] == pytest.approx(expected.max(), abs=1e-4)
+    assert top["class_name"] == pred.info.classes[int(expected.argmax())]
+    assert pred.metadata_model is not None and pred.metadata_model.weight > 0
+    assert plain["conditions"][0]["probability"] != pytest.approx(top["probability"], abs=1e-6)
+    stored = client.get(f"/v1/analyses/{given['id']}").json()
+    assert stored["metadata_used"] == given["metadata_used"]
+    # A site the model does not know: one line naming the ones it does, nothing stored.
+    before = client.get("/v1/analyses").json()["total"]
+    r = client.post("/v1/analyses", files={"file": (ham.name, ham.read_bytes())},
+                    data={"image_type": "dermoscopic", "site": "elbow"})
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("body site 'elbow' is not one this model knows: [")
+    assert client.get("/v1/analyses").json()["total"] == before
+    for bad in ({"age": "200"}, {"age": "old"}, {"sex": "robot"}):
+        r = client.post("/v1/analyses", files={"file": (ham.name, ham.read_bytes())},
+                        data={"image_type": "dermoscopic", **bad})
+        assert r.status_code == 422, bad
+    # The clinical model has no metadata model: what was given is not used, and it says so.
+    photo = dermnet_photos("Psoriasis")[60]
+    body = _post(client, photo.name, photo.read_bytes(), age="40", site="elbow")
+    assert body["model"]["image_type"] == "clinical" and body["metadata_used"] == []
+
+
 def test_models_endpoint_and_health(client: TestClient, clinical_run: Path) -> None:
     cards = client.get("/v1/models").json()
     assert [c["image_type"] for c in cards] == ["dermoscopic", "clinical"]

@@ -19,6 +19,7 @@ from PIL import Image
 
 from dermalab.core.calibration import calibrated_probs, malignant_score
 from dermalab.core.errors import DermalabError
+from dermalab.core.metadata import MetadataModel
 from dermalab.core.runs import SEGMENTER_DIR, ModelInfo, RunPaths, load_run
 from dermalab.data.images import crop_fraction, load_resized, normalize_batch, open_rgb, resize_rgb
 from dermalab.data.lesion import NEEDS_MASK, apply_input, lesion_box
@@ -212,9 +213,24 @@ class Predictor:
         views = [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]]
         return np.mean([self._forward(np.ascontiguousarray(v)) for v in views], axis=0)
 
-    def probabilities(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Temperature-calibrated class probabilities."""
-        return calibrated_probs(self.logits(images, tta), self.info.temperature)
+    @cached_property
+    def metadata_model(self) -> MetadataModel | None:
+        """The run's metadata model (``eval.metadata``), or ``None``."""
+        return MetadataModel.from_json(self.info.metadata) if self.info.metadata else None
+
+    def calibrated(self, logits: np.ndarray, metadata: list[dict[str, Any]] | None = None
+                   ) -> np.ndarray:
+        """``softmax(z / T)``, or with ``metadata`` (a row per image, any fields missing) and a
+        metadata model, ``softmax(z / T + w r(m))`` (:mod:`dermalab.core.metadata`)."""
+        t = self.info.temperature
+        if metadata is None or self.metadata_model is None:
+            return calibrated_probs(logits, t)
+        return calibrated_probs(self.metadata_model.fuse(logits / t, metadata))
+
+    def probabilities(self, images: np.ndarray, tta: bool = False,
+                      metadata: list[dict[str, Any]] | None = None) -> np.ndarray:
+        """Calibrated class probabilities (see :meth:`calibrated`)."""
+        return self.calibrated(self.logits(images, tta), metadata)
 
     def predict(self, sources: list[str], top_k: int = 3, tta: bool = False
                 ) -> list[dict[str, Any]]:

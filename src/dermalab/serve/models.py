@@ -21,7 +21,7 @@ from typing import Any, get_args
 import numpy as np
 from PIL import Image
 
-from dermalab.core.calibration import calibrated_probs, malignant_score
+from dermalab.core.calibration import malignant_score
 from dermalab.core.errors import DermalabError
 from dermalab.core.runs import RunPaths, read_metrics
 from dermalab.data.lesion import NEEDS_MASK
@@ -105,14 +105,29 @@ class ServedModel:
         """Below this top probability the answer is "not sure"."""
         return float(self.thresholds["uncertain_threshold"])
 
-    def assess(self, img: Image.Image) -> Assessment:
-        """Predict one decoded photo and apply the detectors."""
+    def metadata_row(self, given: dict[str, Any] | None) -> tuple[dict[str, Any] | None,
+                                                                   list[str]]:
+        """The user's optional age/sex/site as this model's metadata row, and the fields it
+        will weigh ([] when the model has no metadata model or nothing was given).
+
+        Raises:
+            DermalabError: a value the model cannot take (said in one line).
+        """
+        mm = self.predictor.metadata_model
+        if mm is None or not given:
+            return None, []
+        row = mm.parse(**given)
+        return row, mm.given(row)
+
+    def assess(self, img: Image.Image, metadata: dict[str, Any] | None = None) -> Assessment:
+        """Predict one decoded photo (with the user's metadata row, when the model weighs
+        one) and apply the detectors."""
         # The model's input: resized, or for a lesion-aware model cropped/masked with the
         # lesion its segmenter finds (the same preprocessing as training).
         mask = self.predictor.segment(img) if self.info.input_mode in NEEDS_MASK else None
         arr = self.predictor.prepare(img, mask)
         logits, feats, fmap = self.predictor.forward_all(arr[None])
-        probs = calibrated_probs(logits, self.info.temperature)[0]
+        probs = self.predictor.calibrated(logits, [metadata] if metadata else None)[0]
         ood_score = float(self.ood.score(feats)[0])
         colour_score = (float(self.ood_colour.score(colour_statistics(arr[None]))[0])
                         if self.ood_colour is not None else None)
@@ -147,6 +162,12 @@ class ServedModel:
         # Fast zlib level: "optimize" cost ~80 ms per request for a few kB.
         Image.fromarray(ov).save(buf, "PNG", compress_level=1)
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    def metadata_inputs(self) -> dict[str, Any] | None:
+        """What the page may ask for this model: fields, sexes and body sites it knows."""
+        mm = self.predictor.metadata_model
+        return ({"fields": list(mm.fields), "sexes": list(mm.sexes), "sites": list(mm.sites)}
+                if mm is not None else None)
 
     def card(self) -> dict[str, Any]:
         """The model card."""

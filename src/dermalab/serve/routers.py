@@ -68,13 +68,23 @@ def create_analysis(request: Request, svc: Service, lang: Language, caller: Call
                     image_type: Annotated[Literal["auto", "dermoscopic", "clinical"], Form(
                         description="How the photo was taken: 'dermoscopic' (through a "
                                     "dermatoscope) or 'clinical' (an ordinary camera or "
-                                    "phone); 'auto' lets the image-type router decide")] = "auto"
+                                    "phone); 'auto' lets the image-type router decide")] = "auto",
+                    age: Annotated[float | None, Form(ge=0, le=120, description=(
+                        "Your age in years (optional); weighed beside the photo by a model "
+                        "trained with it"))] = None,
+                    sex: Annotated[Literal["female", "male"] | None, Form(
+                        description="Your sex (optional), as above")] = None,
+                    site: Annotated[str | None, Form(max_length=40, description=(
+                        "Where on the body the spot is (optional), one of the model's body "
+                        "sites (`/healthz` lists them), as above"))] = None
                     ) -> dict[str, Any]:
     _limit(request, "upload", f"owner:{caller.owner}", f"ip:{_client(request)}")
     limit = svc.settings.max_upload_bytes
     data = file.file.read(limit + 1)  # never read more than the limit into memory
+    given = {k: v for k, v in (("age", age), ("sex", sex), ("site", site))
+             if v not in (None, "")}
     return svc.analyze(data, file.filename or "upload", lang, owner=caller.owner, spot=spot,
-                       image_type=image_type)
+                       image_type=image_type, metadata=given or None)
 
 
 # Another owner's analysis answers 404 exactly like a missing one: never confirm it exists.
@@ -316,6 +326,8 @@ def page_messages(lang: Language) -> dict[str, Any]:
 def healthz(svc: Service) -> dict[str, Any]:
     return {"status": "ok", "backend": svc.backend, "models": list(svc.models),
             "router": svc.router is not None, "ondevice": bool(svc.ondevice),
+            # what the page may ask (optional age, sex, body site), when a model weighs them
+            "metadata": svc.metadata_inputs(),
             "mode": "open" if svc.settings.open else "accounts"}
 
 

@@ -109,6 +109,10 @@ class AnalysisOut(BaseModel):
     model: ModelRef | None = Field(None, description="The model that answered (null for "
                                                      "analyses stored before it was named).")
     routing: Routing | None = Field(None, description="Why that model answered.")
+    metadata_used: list[Literal["age", "sex", "localization"]] = Field(
+        default_factory=list, description="Which of the age, sex and body site you gave the "
+        "model weighed beside the photo (their values are not stored); empty when none was "
+        "given or the model does not use them.")
     lesion: Lesion | None = Field(None, description="The outlined lesion and its "
                                                     "measurements, when the model brings a "
                                                     "segmenter; null otherwise.")

@@ -383,17 +383,29 @@ class AnalysisService:
                        "chosen_by": by,
                        "probabilities": route.probabilities if route is not None else None}
 
+    def metadata_inputs(self) -> dict[str, Any] | None:
+        """What the page may ask (optional age, sex, body site): from the first served model
+        that weighs metadata, else ``None``."""
+        return next((i for m in self.models.values() if (i := m.metadata_inputs())), None)
+
     def analyze(self, data: bytes, filename: str, lang: str = DEFAULT_LANGUAGE,
                 owner: Owner = OPEN, spot: str | None = None,
-                image_type: str | None = None) -> dict[str, Any]:
+                image_type: str | None = None, metadata: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
         """Decode, route, predict, decide, explain and store one upload for ``owner`` (stored in
         English; answered in ``lang``), under ``owner``'s spot named ``spot`` if given;
         ``image_type`` (dermoscopic | clinical) is the user's word on what the photo is. The
         stored photo is the decoded pixels, upright, as a new JPEG: the upload's EXIF/XMP (GPS
-        position, device ids, dates) is not kept."""
+        position, device ids, dates) is not kept. ``metadata`` (``age``, ``sex``, ``site``, each
+        optional) is weighed by a model fitted with it (``eval.metadata``); only which fields
+        were used is stored, not their values."""
         img = decode_upload(data, filename, self.settings)
         model, routing = self.choose(img, image_type)
-        a = model.assess(img)
+        try:
+            row, used = model.metadata_row(metadata)
+        except DermalabError as exc:
+            raise UploadError(422, "upload.bad_metadata", problem=str(exc)) from None
+        a = model.assess(img, row)
         not_skin = is_not_skin(routing["image_type"] == "not_skin" if self.router else None,
                                a.out_of_distribution, self.settings.model_detectors)
         t_unsure = model.uncertain_threshold
@@ -422,7 +434,7 @@ class AnalysisService:
             "ood_colour_threshold": model.ood_colour.threshold if model.ood_colour else None,
             "uncertain_threshold": t_unsure, "heatmap_png": heat, "lesion": lesion,
             "model": {"name": model.name, "image_type": model.image_type},
-            "routing": routing}, DEFAULT_LANGUAGE)
+            "routing": routing, "metadata_used": used}, DEFAULT_LANGUAGE)
         named = self.history.spot_named(spot, owner) if spot and spot.strip() else None
         result["spot"] = {"id": named.id, "name": named.name} if named else None
         photo = clean_photo(img)

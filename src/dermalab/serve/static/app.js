@@ -82,6 +82,7 @@ async function loadMessages() {
     el.alt = msg(el.dataset.i18nAlt); });
   document.querySelectorAll("[data-i18n-placeholder]").forEach((el) => {
     el.placeholder = msg(el.dataset.i18nPlaceholder); });
+  fillAbout();
   const sel = $("lang"); sel.replaceChildren();
   Object.entries(body.languages).forEach(([code, name]) => {
     const o = text("option", name); o.value = code; o.selected = code === lang; sel.append(o);
@@ -133,6 +134,10 @@ function render(r) {
   $("verdict").textContent = r.verdict_text;
   $("routing").hidden = !r.routing;
   if (r.routing) $("routing").textContent = r.routing.text;
+  const used = r.metadata_used || [];
+  $("about-used").hidden = !used.length;
+  $("about-used").textContent = used.length ? msg("page.metadata_used", {
+    fields: used.map((f) => msg("page.field_" + f)).join(", ")}) : "";
   const ref = $("referral");
   ref.className = "referral " + (r.referral || "none");
   ref.textContent = r.referral_text;
@@ -301,6 +306,12 @@ async function analyse() {
   const spot = $("spot").value.trim();
   if (spot) form.append("spot", spot);
   if (!$("type-field").hidden) form.append("image_type", $("image-type").value);
+  if (!$("about-field").hidden) {
+    for (const id of ["age", "sex", "site"]) {
+      const v = $(id).value.trim();
+      if (v) form.append(id, v);
+    }
+  }
   try {
     await ready;
     const res = await fetch("/v1/analyses", {method: "POST", body: form,
@@ -489,7 +500,28 @@ async function loadHistory() {
 // before the device session exists.
 const ready = loadMessages().then(ensureSession);
 ready.then(loadHistory);
+// The optional age / sex / body site, when a served model weighs them: the choices are the
+// ones that model knows, labelled in the page's language.
+let aboutInputs = null;
+function fillAbout() {
+  if (!aboutInputs) return;
+  const fill = (id, values, prefix) => {
+    const sel = $(id); const keep = sel.value; sel.replaceChildren();
+    const none = text("option", msg("page.not_given")); none.value = ""; sel.append(none);
+    values.forEach((v) => {
+      const o = text("option", M[prefix + v] || v); o.value = v; sel.append(o); });
+    sel.value = keep;
+  };
+  fill("sex", aboutInputs.sexes, "page.sex_");
+  fill("site", aboutInputs.sites, "page.site_");
+  const fields = {age: "age", sex: "sex", localization: "site"};
+  Object.entries(fields).forEach(([f, id]) => {
+    $(id).closest("label").hidden = !aboutInputs.fields.includes(f); });
+}
 // With a model for each kind of photo, the person may say how theirs was taken.
 fetch("/healthz").then((r) => r.json()).then((h) => {
   $("type-field").hidden = !(h.models && h.models.length > 1);
+  aboutInputs = h.metadata || null;
+  $("about-field").hidden = !aboutInputs;
+  ready.then(fillAbout);
 }).catch(() => {});
