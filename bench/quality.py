@@ -77,6 +77,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "mixup": ("Mixup (alpha 0.2) or CutMix (alpha 1.0) on half the training batches",
               ["data.augment.mixup=0.2", "data.augment.cutmix=1.0", "data.augment.mix_prob=0.5"]),
     "px160": ("160 px input (from 128; the photos are 200x150)", ["data.image_size=160"]),
+    "freeze3": ("stem + 3 stages kept pretrained (from 2): cheaper steps",
+                ["model.freeze_stages=3"]),
     "dermamnist-c": ("the default on the leak-corrected DermaMNIST-C split (Abhishek et al. "
                      "2025: 8,208 / 575 / 1,232 images, no lesion in two parts)",
                      [f"data.split_file={DERMAMNIST_C}"]),

@@ -286,8 +286,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dermalab.deploy.predictor import Predictor
 
     predictor = Predictor.load(args.model)
+    row, used = None, []
+    given = {k: v for k in ("age", "sex", "site") if (v := getattr(args, k)) is not None}
+    if given:
+        mm = predictor.metadata_model
+        if mm is None:
+            raise DermalabError(f"{args.model}: this model was not fitted with patient metadata "
+                                "(eval.metadata); drop --age/--sex/--site, or run `dermalab "
+                                "report RUN --set eval.metadata=[age,sex,localization]`")
+        row = mm.parse(**given)
+        used = mm.given(row)
     results = predictor.predict_each(args.images, top_k=args.top_k, tta=args.tta,
-                                     masks_dir=args.masks)
+                                     masks_dir=args.masks, metadata=row)
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"error: {r['error']}", file=sys.stderr)
@@ -296,6 +306,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2 if failed else 0
     print(f"model: {predictor.info.backbone} via {predictor.backend}, temperature "
           f"{predictor.info.temperature:.3f} (decision support, not a diagnosis)")
+    if used:
+        print(f"weighing the patient's {', '.join(used)} beside each image")
     for r in results:
         if "error" in r:
             continue
@@ -670,6 +682,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--masks", metavar="DIR", help="lesion masks for a model trained with "
                     "data.input other than raw (<stem>_segmentation.png, <stem>_mask.png or "
                     "<stem>.png); images without one are segmented by the model's segmenter")
+    pr.add_argument("--age", type=float, help="the patient's age in years (for a model "
+                    "fitted with eval.metadata; the same patient for every image)")
+    pr.add_argument("--sex", help="the patient's sex (female, male), as --age")
+    pr.add_argument("--site", help="the body site of the lesion(s) (e.g. back, face), as --age")
     pr.add_argument("--json", action="store_true", help="one JSON list on stdout")
     pr.set_defaults(func=cmd_predict)
 

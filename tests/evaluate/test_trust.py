@@ -110,6 +110,28 @@ def test_onnx_matches_pytorch_on_images(run: Path) -> None:
     assert np.abs(a - b).max() < 1e-4
 
 
+def test_predict_cli_weighs_the_patients_metadata(run: Path, tmp_path: Path) -> None:
+    img = _dataset_images(run)[0]
+
+    def predict(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dermalab", "predict", str(run), img,
+                               "--top-k", "4", *extra], capture_output=True, text=True,
+                              timeout=120)
+
+    res = predict("--json", "--age", "70", "--sex", "male", "--site", "back")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)[0]
+    assert out["metadata_used"] == ["age", "sex", "localization"]
+    p = Predictor.load(run)
+    expected = p.calibrated(p.logits(p.preprocess(img)[None]),
+                            [{"age": 70.0, "sex": "male", "localization": "back"}])[0]
+    assert out["top"][0]["probability"] == pytest.approx(expected.max(), abs=1e-6)
+    assert "weighing the patient's age beside each image" in predict("--age", "70").stdout
+    bad = predict("--site", "elbow")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "body site 'elbow' is not one this model knows: ['back']" in bad.stderr
+
+
 def _dataset_images(run: Path) -> list[str]:
     cfg = load_config(run / "config.yaml")
     assert cfg.data.source

@@ -240,11 +240,14 @@ class Predictor:
         return [self.describe(src, p, top_k) for src, p in zip(sources, probs, strict=True)]
 
     def predict_each(self, sources: list[str], top_k: int = 3, tta: bool = False,
-                     masks_dir: str | None = None) -> list[dict[str, Any]]:
+                     masks_dir: str | None = None, metadata: dict[str, Any] | None = None
+                     ) -> list[dict[str, Any]]:
         """Like :meth:`predict`, but a bad image does not stop the others: its entry is
         ``{"image": path, "error": "what is wrong"}``; the good ones are analysed together.
         ``masks_dir``: lesion masks for a lesion-aware model (``<stem>_segmentation.png``,
-        ``<stem>_mask.png`` or ``<stem>.png``); an image without one is segmented."""
+        ``<stem>_mask.png`` or ``<stem>.png``); an image without one is segmented.
+        ``metadata``: one patient's metadata row, weighed for every image (see
+        :meth:`calibrated`)."""
         out: list[dict[str, Any]] = []
         good: list[tuple[int, np.ndarray]] = []
         lesions: dict[int, dict[str, Any]] = {}
@@ -259,9 +262,13 @@ class Predictor:
             except DermalabError as exc:
                 out.append({"image": src, "error": str(exc)})
         if good:
-            probs = self.probabilities(np.stack([img for _, img in good]), tta)
+            rows = [metadata] * len(good) if metadata else None
+            probs = self.probabilities(np.stack([img for _, img in good]), tta, rows)
+            used = self.metadata_model.given(metadata) if rows and self.metadata_model else []
             for (i, _), p in zip(good, probs, strict=True):
                 out[i] = self.describe(sources[i], p, top_k)
+                if rows:
+                    out[i]["metadata_used"] = used
                 if i in lesions:
                     out[i]["lesion"] = lesions[i]
         return out
