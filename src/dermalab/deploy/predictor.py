@@ -264,7 +264,8 @@ class Predictor:
         if good:
             rows = [metadata] * len(good) if metadata else None
             probs = self.probabilities(np.stack([img for _, img in good]), tta, rows)
-            used = self.metadata_model.given(metadata) if rows and self.metadata_model else []
+            used = (self.metadata_model.given(metadata)
+                    if metadata and self.metadata_model is not None else [])
             for (i, _), p in zip(good, probs, strict=True):
                 out[i] = self.describe(sources[i], p, top_k)
                 if rows:
