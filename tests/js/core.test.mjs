@@ -5,9 +5,9 @@ import {readFileSync} from "node:fs";
 import {test} from "node:test";
 
 import {
-  camFromFeatureMap, chooseType, colourStatistics, decide, fill, localize, mahalanobisScore,
-  normalize, percent, prepareMahalanobis, resizeForModel, routeProbabilities, routerInput,
-  softmax,
+  camFromFeatureMap, chooseType, colourStatistics, decide, fill, fuseMetadata, localize,
+  mahalanobisScore, metadataGiven, normalize, percent, prepareMahalanobis, resizeForModel,
+  routeProbabilities, routerInput, softmax,
 } from "../../src/dermalab/serve/static/ondevice/core.js";
 
 const C = JSON.parse(readFileSync(process.env.DERMALAB_JS_CASES, "utf8"));
@@ -27,6 +27,15 @@ test("resizing matches Pillow's bicubic resize, byte for byte", () => {
     // The block reduction before a large shrink may round one level differently.
     close(got, c.expected, big ? 1 : 0, what);
   }
+});
+
+test("metadata fusion matches MetadataModel.fuse and .given", () => {
+  const m = C.metadata;
+  m.rows.forEach((row, i) => {
+    close(softmax(fuseMetadata(m.logits[i], m.temperature, m.model, row), 1.0),
+          m.expected[i], 1e-9, `fused row ${i}`);
+    assert.deepEqual(metadataGiven(m.model, row), m.given[i], `given row ${i}`);
+  });
 });
 
 test("normalisation matches normalize_batch", () => {

@@ -76,6 +76,12 @@ def test_analyse_on_this_device_and_nothing_is_uploaded(server: str, exported_ru
         assert page.evaluate("crossOriginIsolated")  # COOP + COEP: WebAssembly threads
         page.wait_for_selector("#ondevice-field:not([hidden])")
         page.check("#ondevice")
+        # Age, sex and body site are weighed on the device as on the server.
+        page.wait_for_selector("#about-field:not([hidden])")
+        page.click("#about-field summary")
+        page.fill("#age", "70")
+        page.select_option("#sex", "male")
+        page.select_option("#site", "back")
         page.set_input_files("#file", str(photo))
         requests = _record(page)
         page.click("#analyse")
@@ -105,6 +111,8 @@ def test_analyse_on_this_device_and_nothing_is_uploaded(server: str, exported_ru
         assert abs(local["ood_score"] - server_side["ood_score"]) \
             < 1e-3 * server_side["ood_score"]
         assert abs(local["ood_colour_score"] - server_side["ood_colour_score"]) < 1e-6
+        assert local["metadata_used"] == server_side["metadata_used"] == [
+            "age", "sex", "localization"]
 
         # Deleting it on the device removes it from this browser.
         page.locator("#local-history button", has_text="Delete").first.click()

@@ -35,6 +35,27 @@ def _image(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
+def _metadata_case(rng: np.random.Generator) -> dict:
+    from dermalab.core.metadata import MetadataModel
+
+    mm = MetadataModel(fields=["age", "sex", "localization"], sexes=["female", "male"],
+                       sites=["back", "face", "lower extremity"], coef=[], intercept=[],
+                       log_prior=np.log([0.1, 0.2, 0.3, 0.4]).tolist(), weight=0.6)
+    mm.coef = rng.normal(size=(4, len(mm.feature_names()))).tolist()
+    mm.intercept = rng.normal(size=4).tolist()
+    rows = [{"age": "61", "sex": "male", "localization": "face"},
+            {"age": 30, "localization": "Lower Extremity"},  # 30 opens a band
+            {"age": 29.5, "sex": "unknown"}, {"age": 75}, {"age": 44.9, "sex": "female"},
+            {"localization": "elbow"},  # not a site the model knows: missing
+            {"age": 55, "age_missing": True}, {}]
+    logits = rng.normal(0, 2, (len(rows), 4))
+    fused = calibrated_probs(np.vstack([mm.fuse(logits[i:i + 1] / 1.3, [r])
+                                        for i, r in enumerate(rows)]))
+    return {"model": mm.to_json(), "rows": rows, "logits": logits.tolist(),
+            "temperature": 1.3, "expected": fused.tolist(),
+            "given": [mm.given(r) for r in rows]}
+
+
 def _resize_cases(rng: np.random.Generator) -> list[dict]:
     cases = []
     for w, h, size, mode in [(200, 150, 128, "squash"), (200, 150, 192, "squash"),
@@ -150,6 +171,7 @@ def make_cases() -> dict:
         "softmax": {"logits": logits.tolist(), "temperature": 1.7,
                     "expected": calibrated_probs(logits, 1.7).tolist()},
         "mahalanobis": _mahalanobis_case(rng),
+        "metadata": _metadata_case(rng),
         "colour": [{"input": im.ravel().tolist(),
                     "expected": colour_statistics(im[None])[0].tolist()} for im in colour_imgs],
         "cam": {"fmap": fmap.ravel().tolist(), "c": 6, "h": 4, "w": 5,

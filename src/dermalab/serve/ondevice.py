@@ -181,6 +181,8 @@ def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k
         "models": {kind: f"{kind}.onnx" for kind in files},
         "int8_note": int8_note,
         "texts": texts(conditions, list(info.classes), info.display_names),
+        # the optional age / sex / body site, weighed as on the server (core/metadata.py)
+        "metadata": info.metadata,
     }
     return Bundle(model.name, meta, blob, files)
 

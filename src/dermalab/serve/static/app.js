@@ -299,6 +299,11 @@ async function showSpot(id) {
 
 async function analyse() {
   if (!chosen) return;
+  if (!$("about-field").hidden && !$("age").checkValidity()) {  // the server's 0-120 years
+    $("status").textContent = ""; $("status").append(text("span", msg("page.age_invalid"),
+                                                          "error"));
+    return;
+  }
   if (onDevice && $("ondevice").checked) return analyseOnDevice();
   $("analyse").disabled = true;
   $("status").textContent = msg("page.analysing");
@@ -306,10 +311,10 @@ async function analyse() {
   const spot = $("spot").value.trim();
   if (spot) form.append("spot", spot);
   if (!$("type-field").hidden) form.append("image_type", $("image-type").value);
-  if (!$("about-field").hidden) {
-    for (const id of ["age", "sex", "site"]) {
-      const v = $(id).value.trim();
-      if (v) form.append(id, v);
+  const about = aboutRow();
+  if (about) {
+    for (const [field, id] of [["age", "age"], ["sex", "sex"], ["localization", "site"]]) {
+      if (about[field] !== undefined) form.append(id, about[field]);
     }
   }
   try {
@@ -368,7 +373,7 @@ async function analyseOnDevice() {
     const [info, chosenBy] = localModel(routed && routed.probabilities);
     const model = await device.loadModel(info, onDevice.runtime);
     $("status").textContent = msg("page.analysing");
-    const facts = await device.analyse(img, model, chosenBy, routed);
+    const facts = await device.analyse(img, model, chosenBy, routed, aboutRow());
     const entry = {id: crypto.randomUUID(), created_at: new Date().toISOString(),
                    filename: chosen.name, facts: {...facts, id: undefined},
                    texts: model.bundle.texts, image_type: model.bundle.image_type};
@@ -503,6 +508,16 @@ ready.then(loadHistory);
 // The optional age / sex / body site, when a served model weighs them: the choices are the
 // ones that model knows, labelled in the page's language.
 let aboutInputs = null;
+// What the person gave ({age, sex, localization}, each only when given), or null.
+function aboutRow() {
+  if ($("about-field").hidden) return null;
+  const row = {};
+  const age = $("age").value.trim();
+  if (age) row.age = age;
+  if ($("sex").value) row.sex = $("sex").value;
+  if ($("site").value) row.localization = $("site").value;
+  return Object.keys(row).length ? row : null;
+}
 function fillAbout() {
   if (!aboutInputs) return;
   const fill = (id, values, prefix) => {

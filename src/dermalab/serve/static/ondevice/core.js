@@ -232,6 +232,64 @@ export function softmax(logits, temperature = 1.0) {
   return e.map((v) => v / sum);
 }
 
+// -- patient metadata beside the image (dermalab.core.metadata, MetadataModel) ---------------
+// The same encoding: age centred (a - 50) / 20, its square, a one-hot band and a missing flag;
+// one-hot sex and body site, each with a missing flag (an unseen value counts as missing).
+const AGE_EDGES = [30, 45, 60, 75];
+const MISSING = new Set(["", "unknown", "none", "nan"]);
+
+function category(v) {
+  if (v === null || v === undefined) return null;
+  const s = String(v).trim().toLowerCase();
+  return MISSING.has(s) ? null : s;
+}
+
+function ageOf(row) {
+  if (row.age_missing || row.age === null || row.age === undefined || row.age === "") return null;
+  const a = Number(row.age);
+  return Number.isFinite(a) ? a : null;
+}
+
+export function encodeMetadata(mm, row) {
+  const x = [];
+  if (mm.fields.includes("age")) {
+    const block = new Array(8).fill(0);
+    const a = ageOf(row);
+    if (a === null) block[7] = 1;
+    else {
+      const c = (a - 50) / 20;
+      block[0] = c; block[1] = c * c;
+      block[2 + AGE_EDGES.filter((e) => e <= a).length] = 1;
+    }
+    x.push(...block);
+  }
+  for (const [name, values] of [["sex", mm.sexes], ["localization", mm.sites]]) {
+    if (!mm.fields.includes(name)) continue;
+    const block = new Array(values.length + 1).fill(0);
+    const j = values.indexOf(category(row[name]) ?? "");
+    block[j < 0 ? values.length : j] = 1;
+    x.push(...block);
+  }
+  return x;
+}
+
+// The fields of ``row`` the model weighs that are present (MetadataModel.given).
+export function metadataGiven(mm, row) {
+  const present = {age: ageOf(row) !== null, sex: category(row.sex) !== null,
+                   localization: category(row.localization) !== null};
+  return mm.fields.filter((f) => present[f]);
+}
+
+// Fused logits z / T + w (log p(y | m) - log prior) (MetadataModel.fuse on z / T).
+export function fuseMetadata(logits, temperature, mm, row) {
+  const x = encodeMetadata(mm, row);
+  const z = mm.coef.map((w, k) => w.reduce((acc, v, j) => acc + v * x[j], mm.intercept[k]));
+  const top = Math.max(...z);
+  const lse = top + Math.log(z.reduce((acc, v) => acc + Math.exp(v - top), 0));
+  return Array.from(logits, (v, k) => v / temperature
+                    + mm.weight * (z[k] - lse - mm.log_prior[k]));
+}
+
 // -- "not skin": Mahalanobis distance to the closest class mean (Lee et al., NeurIPS 2018) ----
 // ``(f - m)^T P (f - m) = f^T P f - 2 f^T P m + m^T P m``; ``P m`` and ``m^T P m`` are
 // computed once per model.

@@ -2,8 +2,8 @@
 // on the photo inside the page; the photo is never sent anywhere. Results are kept in this
 // browser only (IndexedDB), until deleted.
 import {
-  camFromFeatureMap, chooseType, colourStatistics, decide, localize, mahalanobisScore, normalize,
-  overlay, pillowResize, prepareMahalanobis, resizeForModel, routeProbabilities, routerInput,
+  camFromFeatureMap, chooseType, colourStatistics, decide, fuseMetadata, localize,
+  mahalanobisScore, metadataGiven, normalize, overlay, pillowResize, prepareMahalanobis, resizeForModel, routeProbabilities, routerInput,
   shrinkLikeServer, smallMahalanobis, softmax,
 } from "./core.js";
 
@@ -153,7 +153,9 @@ async function heatmapPng(img, model, fmap, dims, classIndex) {
 // Analyse a decoded photo with a loaded model: the facts of an analysis (as the server's,
 // worded later by ``localize``), the heat-map and timings. ``routed``: the router's answer
 // ({probabilities, modelDetectors}) when the server has one, else null.
-export async function analyse(img, model, chosenBy, routed = null) {
+// ``metadata``: the person's optional {age, sex, localization}, weighed as the server weighs
+// it when the model was fitted with it.
+export async function analyse(img, model, chosenBy, routed = null, metadata = null) {
   const b = model.bundle;
   const t0 = performance.now();
   const arr = resizeForModel(img.data, img.width, img.height, b.image_size, b.resize_mode);
@@ -161,7 +163,10 @@ export async function analyse(img, model, chosenBy, routed = null) {
   const out = await model.session.run(
     {image: new model.ort.Tensor("float32", x, [1, 3, b.image_size, b.image_size])});
   const t1 = performance.now();
-  const probs = softmax(out.logits.data, b.temperature);
+  const used = b.metadata && metadata ? metadataGiven(b.metadata, metadata) : [];
+  const probs = used.length
+    ? softmax(fuseMetadata(out.logits.data, b.temperature, b.metadata, metadata), 1.0)
+    : softmax(out.logits.data, b.temperature);
   const ood = mahalanobisScore(out.features.data, model.mahalanobis);
   const colour = smallMahalanobis(colourStatistics(arr), b.colour.means, b.colour.precision);
   const en = b.texts.en.conditions;
@@ -177,6 +182,7 @@ export async function analyse(img, model, chosenBy, routed = null) {
                    chosen_by: chosenBy, on_device: true,
                    probabilities: routed ? routed.probabilities : null};
   facts.probabilities = probs;
+  facts.metadata_used = used;
   facts.timing_ms = {model: t1 - t0, total: performance.now() - t0};
   return facts;
 }
