@@ -120,6 +120,8 @@ def row(name: str, seed: int, m: dict[str, Any], tta: dict[str, Any]) -> dict[st
             "metadata_accuracy": mf.get("accuracy"),
             "metadata_logit_adjusted_balanced_accuracy": mf.get("logit_adjusted_balanced_accuracy"),
             "metadata_weight": mf.get("weight"),
+            "metadata_malignant_sensitivity": mf.get("malignant_sensitivity"),
+            "metadata_malignant_specificity": mf.get("malignant_specificity"),
             "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
             "train_minutes": round(m["train_seconds_total"] / 60, 1),
             "lesions_shared": m["split"]["group_overlap"]}
@@ -144,8 +146,9 @@ def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[
     md = ["## The default recipe, lesion-grouped split, per seed", "",
           "| seed | bal. acc | acc | macro-F1 | AUC | ECE (after T) | malignant sens / spec | "
           "flip TTA bal. acc | logit-adjusted bal. acc (tau) | + metadata: bal. acc | "
-          "+ metadata: AUC | + metadata, logit-adjusted bal. acc | epochs (best) | train min |",
-          "|" + " --- |" * 14]
+          "+ metadata: AUC | + metadata, logit-adjusted bal. acc | + metadata: malignant sens "
+          "/ spec | epochs (best) | train min |",
+          "|" + " --- |" * 15]
     for r in by.get("default", []):
         md.append(f"| {r['seed']} | **{fmt(r['balanced_accuracy'])}** | {fmt(r['accuracy'])} | "
                   f"{fmt(r['macro_f1'])} | {fmt(r['roc_auc_macro'])} | {fmt(r['ece_after'])} | "
@@ -155,7 +158,9 @@ def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[
                   f"({fmt(r['logit_adjustment_tau'], 1)}) | "
                   f"**{fmt(r['metadata_balanced_accuracy'])}** | "
                   f"{fmt(r['metadata_roc_auc_macro'])} | "
-                  f"{fmt(r['metadata_logit_adjusted_balanced_accuracy'])} | {r['epochs_run']} "
+                  f"{fmt(r['metadata_logit_adjusted_balanced_accuracy'])} | "
+                  f"{fmt(r['metadata_malignant_sensitivity'], 2)} / "
+                  f"{fmt(r['metadata_malignant_specificity'], 2)} | {r['epochs_run']} "
                   f"({r['best_epoch']}) | {r['train_minutes']} |")
     if len(by.get("default", [])) > 1:
         d = by["default"]
@@ -167,7 +172,7 @@ def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[
                   + " | **" + _pm_known([r["metadata_balanced_accuracy"] for r in d]) + "** | "
                   + _pm_known([r["metadata_roc_auc_macro"] for r in d]) + " | "
                   + _pm_known([r["metadata_logit_adjusted_balanced_accuracy"] for r in d])
-                  + " | | " + pm([r["train_minutes"] for r in d], 1) + " |")
+                  + " | | | " + pm([r["train_minutes"] for r in d], 1) + " |")
     md += ["", "## Recipes and levers", "",
            "Each row is the default recipe with one change, scored on the lesion-grouped "
            "split (the image-level row on its own, leaky split). Differences smaller than the "

@@ -185,7 +185,8 @@ def test_predict_prints_the_malignant_score_beside_its_operating_point(
             self.backend = "fixed"
 
         def predict_each(self, sources: list[str], top_k: int = 3, tta: bool = False,
-                         masks_dir: str | None = None) -> list[dict]:
+                         masks_dir: str | None = None, metadata: dict | None = None
+                         ) -> list[dict]:
             return [self.describe(s, np.array([p, 1 - p]), top_k)
                     for s, p in zip(sources, (0.2, 0.6), strict=True)]
 

@@ -86,7 +86,7 @@ def test_fusion_measures_test_with_and_without() -> None:
         return Predictions([f"i{i}" for i in range(s.start, s.stop)], y[s], logits[s])
 
     out = metadata_fusion(m, 1.0, preds(val), preds(test), rows[val], rows[test],
-                          ["a", "b", "c"])
+                          ["a", "b", "c"], {"classes": ["a"], "threshold": 0.4})
     assert out["weight"] == m.weight > 0.3
     assert out["test_images_with_metadata"] == 200
     assert out["nll"] < out["nll_without"]
@@ -96,6 +96,17 @@ def test_fusion_measures_test_with_and_without() -> None:
 
     assert out["balanced_accuracy_without"] == pytest.approx(
         balanced_accuracy_score(y[test], logits[test].argmax(1)))
+    # The malignant operating point at the image model's threshold, with and without.
+    from sklearn.metrics import recall_score
+
+    from dermalab.core.calibration import calibrated_probs
+
+    flagged = calibrated_probs(logits[test])[:, 0] >= 0.4
+    assert out["malignant_sensitivity_without"] == pytest.approx(
+        recall_score(y[test] == 0, flagged))
+    assert out["malignant_specificity_without"] == pytest.approx(
+        recall_score(y[test] != 0, ~flagged))
+    assert out["malignant_sensitivity"] > out["malignant_sensitivity_without"]
 
 
 def test_no_metadata_at_all_is_a_clear_error() -> None:

@@ -62,6 +62,7 @@ def test_report_has_every_section(run: Path) -> None:
     assert "data:image/png;base64," in html and "not a diagnosis" in html
     assert "src=\"http" not in html  # self-contained
     assert "Patient metadata (age, sex, localization) weighed beside the image" in html
+    assert "malignant sensitivity (same threshold)" in html
 
 
 def test_metadata_model_is_fitted_stored_and_measured(run: Path) -> None:

@@ -71,7 +71,7 @@ def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
                                    len(classes), cfg.eval.metadata)
         val_meta = [dict(by_id[i].meta) if i in by_id else {} for i in val.ids]
         out["metadata_fusion"] = metadata_fusion(model, out["temperature"], val, test,
-                                                 val_meta, meta, classes)
+                                                 val_meta, meta, classes, out.get("malignant"))
         ckpt["metadata_model"] = run.info.metadata = model.to_json()
     save_checkpoint(ckpt, paths.best)
 

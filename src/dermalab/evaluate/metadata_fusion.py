@@ -15,7 +15,12 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 
-from dermalab.core.calibration import calibrated_probs, nll
+from dermalab.core.calibration import (
+    calibrated_probs,
+    malignant_score,
+    nll,
+    sensitivity_specificity,
+)
 from dermalab.core.errors import DataError
 from dermalab.core.metadata import MetadataModel, category
 from dermalab.core.metrics import classification_metrics
@@ -75,11 +80,13 @@ def fit_weight(scaled_logits: np.ndarray, ratio: np.ndarray, targets: np.ndarray
 
 def metadata_fusion(model: MetadataModel, temperature: float, val: Predictions,
                     test: Predictions, val_rows: Sequence[Mapping[str, Any]],
-                    test_rows: Sequence[Mapping[str, Any]], classes: Sequence[str]
-                    ) -> dict[str, Any]:
+                    test_rows: Sequence[Mapping[str, Any]], classes: Sequence[str],
+                    malignant: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Fit ``model.weight`` on validation (in place) and measure test with and without the
-    metadata: accuracy, balanced accuracy, macro AUC, NLL, and balanced accuracy with logit
-    adjustment refitted on the fused validation logits. For ``metrics.json``."""
+    metadata: accuracy, balanced accuracy, macro AUC, NLL, balanced accuracy with logit
+    adjustment refitted on the fused validation logits, and (given the image model's
+    ``malignant`` operating point: ``classes``, ``threshold``) the malignant sensitivity and
+    specificity at that same threshold. For ``metrics.json``."""
     v_scaled, t_scaled = val.logits / temperature, test.logits / temperature
     v_ratio, t_ratio = model.log_ratio(val_rows), model.log_ratio(test_rows)
     model.weight = fit_weight(v_scaled, v_ratio, val.targets)
@@ -106,5 +113,13 @@ def metadata_fusion(model: MetadataModel, temperature: float, val: Predictions,
     }
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro"):
         out[key], out[key + "_without"] = after[key], before[key]
+    if malignant and malignant.get("threshold") is not None:
+        mal = list(malignant["classes"])
+        positive = np.isin(test.targets, [classes.index(c) for c in mal])
+        for suffix, z in (("", t_fused), ("_without", t_scaled)):
+            op = sensitivity_specificity(malignant_score(calibrated_probs(z), classes, mal),
+                                         positive, float(malignant["threshold"]))
+            out["malignant_sensitivity" + suffix] = op["sensitivity"]
+            out["malignant_specificity" + suffix] = op["specificity"]
     return out
 

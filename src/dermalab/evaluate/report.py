@@ -171,7 +171,12 @@ def build_report(run_dir: Path) -> str:
                       ["macro ROC-AUC", mf["roc_auc_macro_without"], mf["roc_auc_macro"]],
                       ["NLL", mf["nll_without"], mf["nll"]],
                       ["validation balanced accuracy", mf["val_balanced_accuracy_without"],
-                       mf["val_balanced_accuracy"]]]))
+                       mf["val_balanced_accuracy"]]]
+                     + ([["malignant sensitivity (same threshold)",
+                          mf["malignant_sensitivity_without"], mf["malignant_sensitivity"]],
+                         ["malignant specificity (same threshold)",
+                          mf["malignant_specificity_without"], mf["malignant_specificity"]]]
+                        if "malignant_sensitivity" in mf else [])))
     t_warn = (f'<p class="warn">{html.escape(m["temperature_warning"])}</p>'
               if m.get("temperature_warning") else "")
     sections.append(("calibration", "Calibration", f"""
