@@ -76,15 +76,12 @@ def test_metadata_model_is_fitted_stored_and_measured(run: Path) -> None:
     assert ckpt["sexes"] == ["female", "male"] and ckpt["sites"] == ["back"]
     assert m["nll"] > 0 and m["nll_without"] > 0 and m["test_images_with_metadata"] > 0
     # Switching it off on report removes it again, from the checkpoint and the metrics.
-    res = subprocess.run([sys.executable, "-m", "dermalab", "report", str(run), "--set",
-                          "eval.metadata=[]"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+    from dermalab.pipeline import finalize_run
+
+    finalize_run(run, serving=False, eval_overrides=["eval.metadata=[]"])
     assert "metadata_fusion" not in json.loads((run / "metrics.json").read_text())
     assert load_checkpoint(run / "checkpoints" / "best.pt")["metadata_model"] is None
-    res = subprocess.run([sys.executable, "-m", "dermalab", "report", str(run), "--set",
-                          "eval.metadata=[age,sex,localization]"], capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+    finalize_run(run, serving=False, eval_overrides=["eval.metadata=[age,sex,localization]"])
     again = json.loads((run / "metrics.json").read_text())["metadata_fusion"]
     assert again["weight"] == pytest.approx(m["weight"], abs=1e-6)
 
@@ -111,26 +108,29 @@ def test_onnx_matches_pytorch_on_images(run: Path) -> None:
     assert np.abs(a - b).max() < 1e-4
 
 
-def test_predict_cli_weighs_the_patients_metadata(run: Path, tmp_path: Path) -> None:
+def test_predict_cli_weighs_the_patients_metadata(run: Path, capsys: pytest.CaptureFixture[str]
+                                                  ) -> None:
+    from dermalab.cli import main
+
     img = _dataset_images(run)[0]
 
-    def predict(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "dermalab", "predict", str(run), img,
-                               "--top-k", "4", *extra], capture_output=True, text=True,
-                              timeout=120)
+    def predict(*extra: str) -> tuple[int, str, str]:
+        code = main(["predict", str(run), img, "--top-k", "4", *extra])
+        out, err = capsys.readouterr()
+        return code, out, err
 
-    res = predict("--json", "--age", "70", "--sex", "male", "--site", "back")
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)[0]
-    assert out["metadata_used"] == ["age", "sex", "localization"]
+    code, out, _ = predict("--json", "--age", "70", "--sex", "male", "--site", "back")
+    assert code == 0
+    res = json.loads(out)[0]
+    assert res["metadata_used"] == ["age", "sex", "localization"]
     p = Predictor.load(run)
     expected = p.calibrated(p.logits(p.preprocess(img)[None]),
                             [{"age": 70.0, "sex": "male", "localization": "back"}])[0]
-    assert out["top"][0]["probability"] == pytest.approx(expected.max(), abs=1e-6)
-    assert "weighing the patient's age beside each image" in predict("--age", "70").stdout
-    bad = predict("--site", "elbow")
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr
-    assert "body site 'elbow' is not one this model knows: ['back']" in bad.stderr
+    assert res["top"][0]["probability"] == pytest.approx(expected.max(), abs=1e-6)
+    assert "weighing the patient's age beside each image" in predict("--age", "70")[1]
+    code, _, err = predict("--site", "elbow")
+    assert code == 2
+    assert err == "error: body site 'elbow' is not one this model knows: ['back']\n"
 
 
 def _dataset_images(run: Path) -> list[str]:
