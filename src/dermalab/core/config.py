@@ -243,8 +243,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "eval.cam_method": ("gradcam", "gradcam++"),
 }
+#: The patient metadata dermalab can weigh (eval.metadata; dermalab.core.metadata encodes them).
+METADATA_FIELDS = ("age", "sex", "localization")
 _LIST_CHOICES: dict[str, tuple[str, ...]] = {
-    "eval.metadata": ("age", "sex", "localization"),
+    "eval.metadata": METADATA_FIELDS,
 }
 
 

@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import log_softmax
 
 from dermalab.core.errors import DermalabError
 
-FIELDS = ("age", "sex", "localization")
 AGE_EDGES = (30.0, 45.0, 60.0, 75.0)  # age bands <30, 30-44, 45-59, 60-74, 75+
 AGE_RANGE = (0.0, 120.0)
 MISSING = ("", "unknown", "none", "nan")
@@ -116,9 +116,7 @@ class MetadataModel:
     def log_ratio(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """``r(m) = log p(y | m) - log pi_y`` per row, ``(N, classes)``."""
         z = self.encode(rows) @ np.asarray(self.coef).T + np.asarray(self.intercept)
-        z -= z.max(axis=1, keepdims=True)
-        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return np.asarray(log_p - np.asarray(self.log_prior)[None, :])
+        return np.asarray(log_softmax(z, axis=1) - np.asarray(self.log_prior)[None, :])
 
     def fuse(self, scaled_logits: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Fused logits ``z / T + w r(m)`` from temperature-scaled logits ``z / T``."""

@@ -53,7 +53,11 @@ def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
     """
     cfg, paths, classes = run.config, run.paths, run.info.classes
     by_id = {s.sample_id: s for s in data.source.samples}
-    meta = [dict(by_id[i].meta) if i in by_id else {} for i in test.ids]
+
+    def meta_of(ids: list[str]) -> list[dict[str, Any]]:
+        return [dict(by_id[i].meta) if i in by_id else {} for i in ids]
+
+    meta = meta_of(test.ids)
     counts = np.bincount(data.targets("train"), minlength=len(classes))
     out = analyze(val, test, classes, cfg.eval, meta, train_counts=counts)
 
@@ -69,9 +73,9 @@ def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
         train = data.samples("train")
         model = fit_metadata_model([s.meta for s in train], np.asarray(data.targets("train")),
                                    len(classes), cfg.eval.metadata)
-        val_meta = [dict(by_id[i].meta) if i in by_id else {} for i in val.ids]
         out["metadata_fusion"] = metadata_fusion(model, out["temperature"], val, test,
-                                                 val_meta, meta, classes, out.get("malignant"))
+                                                 meta_of(val.ids), meta, classes,
+                                                 out.get("malignant"))
         ckpt["metadata_model"] = run.info.metadata = model.to_json()
     save_checkpoint(ckpt, paths.best)
 

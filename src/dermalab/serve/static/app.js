@@ -313,9 +313,7 @@ async function analyse() {
   if (!$("type-field").hidden) form.append("image_type", $("image-type").value);
   const about = aboutRow();
   if (about) {
-    for (const [field, id] of [["age", "age"], ["sex", "sex"], ["localization", "site"]]) {
-      if (about[field] !== undefined) form.append(id, about[field]);
-    }
+    for (const [field, id] of ABOUT) if (about[field] !== undefined) form.append(id, about[field]);
   }
   try {
     await ready;
@@ -508,14 +506,16 @@ ready.then(loadHistory);
 // The optional age / sex / body site, when a served model weighs them: the choices are the
 // ones that model knows, labelled in the page's language.
 let aboutInputs = null;
+// Each metadata field and its input (the API's form field has the input's name).
+const ABOUT = [["age", "age"], ["sex", "sex"], ["localization", "site"]];
 // What the person gave ({age, sex, localization}, each only when given), or null.
 function aboutRow() {
   if ($("about-field").hidden) return null;
   const row = {};
-  const age = $("age").value.trim();
-  if (age) row.age = age;
-  if ($("sex").value) row.sex = $("sex").value;
-  if ($("site").value) row.localization = $("site").value;
+  for (const [field, id] of ABOUT) {
+    const v = $(id).value.trim();
+    if (v) row[field] = v;
+  }
   return Object.keys(row).length ? row : null;
 }
 function fillAbout() {
@@ -529,8 +529,7 @@ function fillAbout() {
   };
   fill("sex", aboutInputs.sexes, "page.sex_");
   fill("site", aboutInputs.sites, "page.site_");
-  const fields = {age: "age", sex: "sex", localization: "site"};
-  Object.entries(fields).forEach(([f, id]) => {
+  ABOUT.forEach(([f, id]) => {
     $(id).closest("label").hidden = !aboutInputs.fields.includes(f); });
 }
 // With a model for each kind of photo, the person may say how theirs was taken.
