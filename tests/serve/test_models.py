@@ -135,6 +135,11 @@ def test_age_sex_and_site_are_weighed_by_the_model_that_knows_them(
     assert plain["conditions"][0]["probability"] != pytest.approx(top["probability"], abs=1e-6)
     stored = client.get(f"/v1/analyses/{given['id']}").json()
     assert stored["metadata_used"] == given["metadata_used"]
+    # A fused answer is judged "not sure" by the line fitted on fused validation answers.
+    lines = json.loads((skin_run / "serving" / "serving.json").read_text())
+    assert 0.4 <= lines["uncertain_threshold_metadata"] <= 1
+    assert plain["uncertain_threshold"] == lines["uncertain_threshold"]
+    assert given["uncertain_threshold"] == lines["uncertain_threshold_metadata"]
     # A site the model does not know: one line naming the ones it does, nothing stored.
     before = client.get("/v1/analyses").json()["total"]
     r = client.post("/v1/analyses", files={"file": (ham.name, ham.read_bytes())},

@@ -113,6 +113,7 @@ def test_analyse_on_this_device_and_nothing_is_uploaded(server: str, exported_ru
         assert abs(local["ood_colour_score"] - server_side["ood_colour_score"]) < 1e-6
         assert local["metadata_used"] == server_side["metadata_used"] == [
             "age", "sex", "localization"]
+        assert local["uncertain_threshold"] == server_side["uncertain_threshold"]
 
         # Deleting it on the device removes it from this browser.
         page.locator("#local-history button", has_text="Delete").first.click()

@@ -105,6 +105,13 @@ class ServedModel:
         """Below this top probability the answer is "not sure"."""
         return float(self.thresholds["uncertain_threshold"])
 
+    def uncertain_threshold_for(self, used: list[str]) -> float:
+        """The "not sure" threshold for an answer that weighed the metadata fields ``used``:
+        the one fitted on fused validation probabilities when any was used and the run has
+        it (runs finalised before it existed fall back to the image's)."""
+        t = self.thresholds.get("uncertain_threshold_metadata")
+        return float(t) if used and t is not None else self.uncertain_threshold
+
     def metadata_row(self, given: dict[str, Any] | None) -> tuple[dict[str, Any] | None,
                                                                    list[str]]:
         """The user's optional age/sex/site as this model's metadata row, and the fields it

@@ -170,6 +170,8 @@ def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k
         "malignant": ({"classes": mal_classes, "threshold": mal.get("threshold")}
                       if mal_classes else None),
         "uncertain_threshold": model.uncertain_threshold,
+        # the line for answers that weighed the person's metadata (None: use the one above)
+        "uncertain_threshold_metadata": model.thresholds.get("uncertain_threshold_metadata"),
         "top_k": top_k,
         "ood": {"threshold": model.ood.threshold, "means": "ood_means",
                 "precision": "ood_precision"},

@@ -408,7 +408,7 @@ class AnalysisService:
         a = model.assess(img, row)
         not_skin = is_not_skin(routing["image_type"] == "not_skin" if self.router else None,
                                a.out_of_distribution, self.settings.model_detectors)
-        t_unsure = model.uncertain_threshold
+        t_unsure = model.uncertain_threshold_for(used)
         classes = list(model.info.classes)
         verdict, referral, order = decide(
             a.probs, not_skin, t_unsure, self.settings.top_k, a.malignant_p, a.malignant_t,

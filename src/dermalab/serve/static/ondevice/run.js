@@ -173,7 +173,10 @@ export async function analyse(img, model, chosenBy, routed = null, metadata = nu
   const routedNotSkin = routed ? chooseType(Object.keys(routed.probabilities),
                                             routed.probabilities, null)[0] === "not_skin"
     : null;
-  const facts = decide(b, probs, ood, colour, (c) => en[c].urgency, routedNotSkin,
+  // An answer that weighed metadata has its own "not sure" line (deploy/serving.py).
+  const line = used.length && b.uncertain_threshold_metadata != null
+    ? {...b, uncertain_threshold: b.uncertain_threshold_metadata} : b;
+  const facts = decide(line, probs, ood, colour, (c) => en[c].urgency, routedNotSkin,
                        routed ? routed.modelDetectors : false);
   facts.heatmap_png = facts.verdict === "not_skin" ? null
     : await heatmapPng(img, model, out.feature_map.data, out.feature_map.dims, facts.top_index);
