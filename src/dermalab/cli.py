@@ -286,16 +286,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dermalab.deploy.predictor import Predictor
 
     predictor = Predictor.load(args.model)
-    row, used = None, []
     given = {k: v for k in ("age", "sex", "site") if (v := getattr(args, k)) is not None}
-    if given:
-        mm = predictor.metadata_model
-        if mm is None:
-            raise DermalabError(f"{args.model}: this model was not fitted with patient metadata "
-                                "(eval.metadata); drop --age/--sex/--site, or run `dermalab "
-                                "report RUN --set eval.metadata=[age,sex,localization]`")
-        row = mm.parse(**given)
-        used = mm.given(row)
+    if given and predictor.metadata_model is None:
+        raise DermalabError(f"{args.model}: this model was not fitted with patient metadata "
+                            "(eval.metadata); drop --age/--sex/--site, or run `dermalab "
+                            "report RUN --set eval.metadata=[age,sex,localization]`")
+    row, used = predictor.metadata_row(given)
     results = predictor.predict_each(args.images, top_k=args.top_k, tta=args.tta,
                                      masks_dir=args.masks, metadata=row)
     failed = [r for r in results if "error" in r]

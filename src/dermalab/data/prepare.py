@@ -6,6 +6,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from dermalab.core.config import DataConfig
 from dermalab.core.errors import DataError
@@ -58,6 +59,11 @@ class PreparedData:
     def samples(self, split: str) -> list[Sample]:
         """Samples of one split, sorted by id."""
         return [self._by_id[i] for i in self.split.ids(split) if i in self._by_id]
+
+    def meta_rows(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Each id's metadata (age, sex, localization ... as the source has them) as a fresh
+        dict; ``{}`` for an id this dataset does not hold."""
+        return [dict(self._by_id[i].meta) if i in self._by_id else {} for i in ids]
 
     def targets(self, split: str) -> list[int]:
         """Class indices of one split, aligned with :meth:`samples`."""

@@ -218,6 +218,21 @@ class Predictor:
         """The run's metadata model (``eval.metadata``), or ``None``."""
         return MetadataModel.from_json(self.info.metadata) if self.info.metadata else None
 
+    def metadata_row(self, given: dict[str, Any] | None) -> tuple[dict[str, Any] | None,
+                                                                   list[str]]:
+        """A person's optional ``age``/``sex``/``site`` as this model's metadata row, and the
+        fields it will weigh; ``(None, [])`` when nothing was given or the model has no
+        metadata model.
+
+        Raises:
+            DermalabError: a value the model cannot take (said in one line).
+        """
+        mm = self.metadata_model
+        if mm is None or not given:
+            return None, []
+        row = mm.parse(**given)
+        return row, mm.given(row)
+
     def calibrated(self, logits: np.ndarray, metadata: list[dict[str, Any]] | None = None
                    ) -> np.ndarray:
         """``softmax(z / T)``, or with ``metadata`` (a row per image, any fields missing) and a

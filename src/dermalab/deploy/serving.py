@@ -78,10 +78,8 @@ def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperatur
                   "uncertain_target_accuracy": cfg.uncertain_target_accuracy,
                   "val_uncertain_rate": float(np.mean(probs.max(1) < t_unsure))}
     if run.info.metadata:
-        by_id = {s.sample_id: s.meta for s in data.source.samples}
-        rows = [dict(by_id.get(i, {})) for i in val.ids]
         fused = calibrated_probs(MetadataModel.from_json(run.info.metadata).fuse(
-            val.logits / temperature, rows))
+            val.logits / temperature, data.meta_rows(val.ids)))
         t_meta = selective_threshold(fused.max(1), fused.argmax(1) == val.targets,
                                      cfg.uncertain_target_accuracy)
         out_unsure["uncertain_threshold_metadata"] = t_meta

@@ -53,11 +53,7 @@ def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
     """
     cfg, paths, classes = run.config, run.paths, run.info.classes
     by_id = {s.sample_id: s for s in data.source.samples}
-
-    def meta_of(ids: list[str]) -> list[dict[str, Any]]:
-        return [dict(by_id[i].meta) if i in by_id else {} for i in ids]
-
-    meta = meta_of(test.ids)
+    meta = data.meta_rows(test.ids)
     counts = np.bincount(data.targets("train"), minlength=len(classes))
     out = analyze(val, test, classes, cfg.eval, meta, train_counts=counts)
 
@@ -74,7 +70,7 @@ def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
         model = fit_metadata_model([s.meta for s in train], np.asarray(data.targets("train")),
                                    len(classes), cfg.eval.metadata)
         out["metadata_fusion"] = metadata_fusion(model, out["temperature"], val, test,
-                                                 meta_of(val.ids), meta, classes,
+                                                 data.meta_rows(val.ids), meta, classes,
                                                  out.get("malignant"))
         ckpt["metadata_model"] = run.info.metadata = model.to_json()
     save_checkpoint(ckpt, paths.best)

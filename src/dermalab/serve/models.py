@@ -112,20 +112,6 @@ class ServedModel:
         t = self.thresholds.get("uncertain_threshold_metadata")
         return float(t) if used and t is not None else self.uncertain_threshold
 
-    def metadata_row(self, given: dict[str, Any] | None) -> tuple[dict[str, Any] | None,
-                                                                   list[str]]:
-        """The user's optional age/sex/site as this model's metadata row, and the fields it
-        will weigh ([] when the model has no metadata model or nothing was given).
-
-        Raises:
-            DermalabError: a value the model cannot take (said in one line).
-        """
-        mm = self.predictor.metadata_model
-        if mm is None or not given:
-            return None, []
-        row = mm.parse(**given)
-        return row, mm.given(row)
-
     def assess(self, img: Image.Image, metadata: dict[str, Any] | None = None) -> Assessment:
         """Predict one decoded photo (with the user's metadata row, when the model weighs
         one) and apply the detectors."""

@@ -402,7 +402,7 @@ class AnalysisService:
         img = decode_upload(data, filename, self.settings)
         model, routing = self.choose(img, image_type)
         try:
-            row, used = model.metadata_row(metadata)
+            row, used = model.predictor.metadata_row(metadata)
         except DermalabError as exc:
             raise UploadError(422, "upload.bad_metadata", problem=str(exc)) from None
         a = model.assess(img, row)
