@@ -158,14 +158,16 @@ def augmentation_costs(store: Any, ids: list[str], size: int, cfg: Any) -> dict[
 
 def train_step(model: torch.nn.Module, size: int, batch: int = 32, *, bf16: bool = False,
                compiled: bool = False, freeze_bn: bool = False,
-               freeze_stages: int = 0) -> Callable[[], None]:
+               freeze_stages: int = 0, fold: bool = False) -> Callable[[], None]:
     """One forward + backward + AdamW step on a fresh channels_last copy of ``model`` and a
     fixed synthetic batch, as in training; optionally under bf16 autocast, through
     ``torch.compile``, with BatchNorm frozen (no statistics, no affine gradients), or with the
-    stem and first stages frozen as ``model.freeze_stages`` does."""
+    stem and first stages frozen as ``model.freeze_stages`` does, and their BatchNorms folded
+    into their convolutions (``model.fold_frozen_bn``)."""
     import copy
 
     from dermalab.core.models import set_body_trainable
+    from dermalab.train.fold import fold_frozen_batchnorms
     from dermalab.train.loop import frozen_bn_eval
 
     m = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
@@ -175,6 +177,8 @@ def train_step(model: torch.nn.Module, size: int, batch: int = 32, *, bf16: bool
         for mod in m.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.eval().requires_grad_(False)
+    if fold and not fold_frozen_batchnorms(m, size):
+        raise RuntimeError("no BatchNorm folded: the fold lever measures nothing")
     adamw = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
     fwd = torch.compile(m) if compiled else m
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -214,9 +218,11 @@ def training_levers(model: torch.nn.Module, size: int, rounds: int = 3,
                      "first_step_s": time.perf_counter() - t0, "rounds": []})
         steps.append(step)
     # Interleaved rounds, so that drift of the machine's speed during the run falls on every
-    # lever alike; the median round counts.
-    for _ in range(rounds):
-        for row, step in zip(rows, steps, strict=True):
+    # lever alike, in alternating order (a lever timed right after another one can run slower
+    # or faster for it); the median round counts.
+    for r in range(rounds):
+        pairs = list(zip(rows, steps, strict=True))
+        for row, step in pairs if r % 2 == 0 else pairs[::-1]:
             row["rounds"].append(row["batch"] / timed(step, 3.0, 4))
     for row in rows:
         row["images_per_s"] = statistics.median(row["rounds"])
@@ -225,7 +231,7 @@ def training_levers(model: torch.nn.Module, size: int, rounds: int = 3,
 
 
 def training_end_to_end(size: int, variants: list[tuple[str, list[str]]], batches: int = 30,
-                        rounds: int = 3) -> list[dict[str, Any]]:
+                        rounds: int = 5) -> list[dict[str, Any]]:
     """Training images/s of real ``dermalab train`` epochs cut to ``batches`` batches: the
     recipe's own data loader (cached uint8 images, augmentation, sampler), model step,
     optimiser and weight-average update, as ``fit`` runs them; per variant of the default recipe
@@ -245,7 +251,8 @@ def training_end_to_end(size: int, variants: list[tuple[str, list[str]]], batche
             runs.append(t)
             rows.append({"variant": name, "sets": sets, "rounds": []})
         for r in range(-1, rounds):  # round -1 warms each variant up (kernels, workers)
-            for row, t in zip(rows, runs, strict=True):
+            pairs = list(zip(rows, runs, strict=True))
+            for row, t in pairs if r % 2 == 0 else pairs[::-1]:  # alternating order
                 stats = train_one_epoch(t.model, t.train_loader, t.loss_fn, t.optimizer,
                                         t.accelerator, channels_last=t.cfg.model.channels_last,
                                         batch_transform=t.batch_augment,
@@ -359,18 +366,30 @@ def main() -> None:
     pipe = input_pipeline(args.size, args.pipeline_images)
     # Training, old against new in this one run: the model step alone and real epochs.
     stages = cfg.model.freeze_stages
-    step_rows = training_levers(model, args.size, levers=[
+    step_rows = training_levers(model, args.size, rounds=8, levers=[
         ("every stage trains (previous default)", {}),
-        (f"stem + {stages} stages frozen (default)", {"freeze_stages": stages})])
+        (f"stem + {stages} stages frozen, BatchNorms not folded", {"freeze_stages": stages}),
+        (f"stem + {stages} stages frozen, their BatchNorms folded (default)",
+         {"freeze_stages": stages, "fold": True})])
     train_ips = step_rows[0]["images_per_s"]
     e2e = training_end_to_end(args.size, [
         ("previous default: every stage trains, augmentation per image in the loader",
          PREVIOUS_DEFAULT),
-        (f"stem + {stages} stages frozen only", ["data.augment.batched=false"]),
+        (f"stem + {stages} stages frozen (BatchNorms folded) only",
+         ["data.augment.batched=false"]),
         ("batch augmentation only", ["model.freeze_stages=0"]),
-        ("default (both)", [])])
+        ("both, BatchNorms not folded (the default before the fold)",
+         ["model.fold_frozen_bn=false"]),
+        ("default (all three)", [])])
     train_rss = train_peak_rss(args.size)
     serve_rss = serve_peak_rss(Path(args.run)) if args.run else None
+    # Without a run to serve, the last measured figure is carried over, with its date.
+    previous = REPO / "bench" / "results" / "speed.json"
+    serve_rss_date = time.strftime("%Y-%m-%d")
+    if serve_rss is None and previous.is_file():
+        old = json.loads(previous.read_text())
+        serve_rss = old.get("serve_peak_rss_mb")
+        serve_rss_date = old.get("serve_peak_rss_date", old.get("date"))
     serve_load = REPO / "bench" / "results" / "serve_load.json"
     report = {
         "date": time.strftime("%Y-%m-%d"), "machine": machine(),
@@ -380,6 +399,7 @@ def main() -> None:
         "inference": infer, "input_pipeline": pipe, "train_images_per_s": train_ips,
         "training_step": step_rows, "training_end_to_end": e2e,
         "train_peak_rss_mb": train_rss, "serve_peak_rss_mb": serve_rss,
+        "serve_peak_rss_date": serve_rss_date,
         "serve_load": json.loads(serve_load.read_text()) if serve_load.is_file() else None,
     }
     floor = report["flop_floor_ms_per_image"]
@@ -410,7 +430,8 @@ def main() -> None:
              + " / ".join(f"{v:.0f}" for v in r["rounds"]) + ") |" for r in e2e),
            f"| peak RSS, `dermalab train` (20 batches + evaluation) | {train_rss:.0f} MB |",
            "| peak RSS, `dermalab serve` after 50 uploads | "
-           + (f"{serve_rss:.0f} MB |" if serve_rss else "not measured (no --run) |")]
+           + (f"{serve_rss:.0f} MB (measured {serve_rss_date}) |" if serve_rss
+              else "not measured (no --run) |")]
     if report["serve_load"]:
         s = report["serve_load"]
         lat = s["latency_ms"]

@@ -254,6 +254,16 @@ def test_freeze_stages_keeps_the_early_stages_pretrained(dataset: Path, tmp_path
         same = torch.equal(trained[name], value)
         assert same == name.startswith(early) or name.endswith("num_batches_tracked"), name
     assert not torch.equal(trained["blocks.2.0.conv_pw.weight"], start["blocks.2.0.conv_pw.weight"])
+    # Their BatchNorms were folded into the convolutions (model.fold_frozen_bn, the default):
+    # the same training as without the fold, up to float rounding.
+    plain = load_config(None, [*TINY, "train.epochs=2", "model.freeze_stages=2",
+                               "model.fold_frozen_bn=false", "eval.gallery=0",
+                               "eval.serving=false", "eval.report=false",
+                               f"data.source={dataset}"])
+    train_run(plain, tmp_path / "plain", progress=False)
+    for ra, rb in zip(_history(tmp_path / "run"), _history(tmp_path / "plain"), strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-3), (key, ra, rb)
 
 
 def test_ema_weights_are_validated_kept_as_best_and_resumed(dataset: Path,
@@ -264,7 +274,8 @@ def test_ema_weights_are_validated_kept_as_best_and_resumed(dataset: Path,
     from dermalab.train.fit import setup_training
 
     cfg = load_config(None, [*TINY, "train.epochs=1", "train.ema_decay=0.99",
-                             "model.freeze_epochs=0", "eval.gallery=0", "eval.serving=false",
+                             "model.freeze_epochs=0", "model.freeze_stages=1",
+                             "eval.gallery=0", "eval.serving=false",
                              "eval.report=false", f"data.source={dataset}"])
     train_run(cfg, tmp_path / "run", progress=False)
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
@@ -279,3 +290,14 @@ def test_ema_weights_are_validated_kept_as_best_and_resumed(dataset: Path,
     t = setup_training(None, RunPaths(tmp_path / "run"), resume=last, progress=False)
     assert t.ema is not None and t.state.steps == last["steps"]
     assert torch.equal(t.ema.module.state_dict()[name], last["ema"][name])
+    # The resumed model's frozen BatchNorms are folded from the checkpoint's weights (the model
+    # is built without pretrained weights on resume): it computes what the checkpoint does.
+    from dermalab.core.models import create_model
+    from dermalab.train.fold import folded_count
+
+    assert folded_count(t.model) > 0
+    ref = create_model(t.cfg.model, 3)[0]
+    ref.load_state_dict(last["model"])
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(t.model.eval()(x), ref.eval()(x), rtol=1e-4, atol=1e-4)

@@ -99,6 +99,9 @@ class ModelConfig:
     # Keep the stem and the first N stages (timm's coarse parameter groups) at their pretrained
     # weights for the whole run: no backward through them, so each step is cheaper.
     freeze_stages: int = 0
+    # Fold those stages' frozen BatchNorms into their convolutions while training (exact:
+    # dermalab.train.fold); false only to measure what the fold saves.
+    fold_frozen_bn: bool = True
     channels_last: bool = True
 
 

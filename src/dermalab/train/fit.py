@@ -49,6 +49,7 @@ from dermalab.data.dataset import ImageDataset, balanced_sampler, class_counts, 
 from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.data.transforms import eval_transform, train_transform
 from dermalab.train.accel import epoch_seed, make_accelerator, seed_everything
+from dermalab.train.fold import fold_frozen_batchnorms, unfold_batchnorms
 from dermalab.train.loop import check_gathered, mean_loss, predict, train_one_epoch
 from dermalab.train.losses import build_loss
 from dermalab.train.mixing import BatchMixer
@@ -201,6 +202,9 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         state = TrainState.from_checkpoint(resume)
+    if cfg.model.fold_frozen_bn:
+        # After the resumed weights are in: the folded weights are computed from them.
+        fold_frozen_batchnorms(model, size)
 
     order = torch.Generator()
     train_ids = [s.sample_id for s in data.samples("train")]
@@ -407,5 +411,6 @@ def fit(
         if st.stopped_early:
             t.log(f"early stopping: no {cfg.train.monitor} improvement for {st.bad_epochs} "
                   f"epoch(s); best epoch {st.best_epoch}")
+    unfold_batchnorms(acc.unwrap_model(t.model))  # evaluation and export see the plain model
     acc.unwrap_model(t.model).load_state_dict(load_checkpoint(t.paths.best)["model"])
     return st
