@@ -135,10 +135,10 @@ def fold_frozen_batchnorms(model: nn.Module, image_size: int, tolerance: float =
 
     Only frozen pairs (``requires_grad`` off on both, as ``model.freeze_stages`` leaves the stem
     and the first stages) are folded: a trained BatchNorm changes every step. The model's
-    eval-mode output on a random batch of ``image_size`` images is compared before and
-    after; if it moved by more than
-    ``tolerance`` (relative to its scale: a pair that is not one after the other in the
-    forward), the fold is undone and 0 returned, so the training is as without it.
+    eval-mode output on a random batch of ``image_size`` images is compared before and after;
+    if it moved by more than ``tolerance`` (relative to its scale: a pair that is not one after
+    the other in the forward), the fold is undone and 0 returned, so the training is as
+    without it.
     """
     pairs = _pairs(model)
     if not pairs:
