@@ -158,17 +158,20 @@ def augmentation_costs(store: Any, ids: list[str], size: int, cfg: Any) -> dict[
 
 def train_step(model: torch.nn.Module, size: int, batch: int = 32, *, bf16: bool = False,
                compiled: bool = False, freeze_bn: bool = False,
-               freeze_stages: int = 0, fold: bool = False) -> Callable[[], None]:
+               freeze_stages: int = 0, fold: bool = False,
+               same_pad: bool = False) -> Callable[[], None]:
     """One forward + backward + AdamW step on a fresh channels_last copy of ``model`` and a
     fixed synthetic batch, as in training; optionally under bf16 autocast, through
     ``torch.compile``, with BatchNorm frozen (no statistics, no affine gradients), or with the
     stem and first stages frozen as ``model.freeze_stages`` does, and their BatchNorms folded
-    into their convolutions (``model.fold_frozen_bn``)."""
+    into their convolutions (``model.fold_frozen_bn``), and TF "same" padding computed inside
+    the convolutions (``model.static_same_pad``)."""
     import copy
 
     from dermalab.core.models import set_body_trainable
     from dermalab.train.fold import fold_frozen_batchnorms
     from dermalab.train.loop import frozen_bn_eval
+    from dermalab.train.same_pad import use_static_same_padding
 
     m = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
     # Before the BatchNorm lever: set_body_trainable switches every other body weight on.
@@ -179,6 +182,8 @@ def train_step(model: torch.nn.Module, size: int, batch: int = 32, *, bf16: bool
                 mod.eval().requires_grad_(False)
     if fold and not fold_frozen_batchnorms(m, size):
         raise RuntimeError("no BatchNorm folded: the fold lever measures nothing")
+    if same_pad and not use_static_same_padding(m):
+        raise RuntimeError("no same-padded layer: the padding lever measures nothing")
     adamw = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
     fwd = torch.compile(m) if compiled else m
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -368,19 +373,23 @@ def main() -> None:
     stages = cfg.model.freeze_stages
     step_rows = training_levers(model, args.size, rounds=8, levers=[
         ("every stage trains (previous default)", {}),
-        (f"stem + {stages} stages frozen, BatchNorms not folded", {"freeze_stages": stages}),
-        (f"stem + {stages} stages frozen, their BatchNorms folded (default)",
-         {"freeze_stages": stages, "fold": True})])
+        (f"stem + {stages} stages frozen", {"freeze_stages": stages}),
+        (f"stem + {stages} stages frozen, same padding inside the convolutions",
+         {"freeze_stages": stages, "same_pad": True}),
+        (f"stem + {stages} stages frozen, same padding inside the convolutions, frozen "
+         "BatchNorms folded (default)", {"freeze_stages": stages, "same_pad": True,
+                                         "fold": True})])
     train_ips = step_rows[0]["images_per_s"]
+    exact_off = ["model.fold_frozen_bn=false", "model.static_same_pad=false"]
     e2e = training_end_to_end(args.size, [
         ("previous default: every stage trains, augmentation per image in the loader",
          PREVIOUS_DEFAULT),
-        (f"stem + {stages} stages frozen (BatchNorms folded) only",
-         ["data.augment.batched=false"]),
-        ("batch augmentation only", ["model.freeze_stages=0"]),
-        ("both, BatchNorms not folded (the default before the fold)",
-         ["model.fold_frozen_bn=false"]),
-        ("default (all three)", [])])
+        (f"stem + {stages} stages frozen only",
+         ["data.augment.batched=false", *exact_off]),
+        ("batch augmentation only", ["model.freeze_stages=0", *exact_off]),
+        ("both (the default of 2026-11-29)", exact_off),
+        ("both + same padding inside the convolutions", ["model.fold_frozen_bn=false"]),
+        ("default (both + same padding inside + frozen BatchNorms folded)", [])])
     train_rss = train_peak_rss(args.size)
     serve_rss = serve_peak_rss(Path(args.run)) if args.run else None
     # Without a run to serve, the last measured figure is carried over, with its date.

@@ -254,10 +254,12 @@ def test_freeze_stages_keeps_the_early_stages_pretrained(dataset: Path, tmp_path
         same = torch.equal(trained[name], value)
         assert same == name.startswith(early) or name.endswith("num_batches_tracked"), name
     assert not torch.equal(trained["blocks.2.0.conv_pw.weight"], start["blocks.2.0.conv_pw.weight"])
-    # Their BatchNorms were folded into the convolutions (model.fold_frozen_bn, the default):
-    # the same training as without the fold, up to float rounding.
+    # Their BatchNorms were folded into the convolutions (model.fold_frozen_bn) and the "same"
+    # padding computed inside them (model.static_same_pad), both defaults: the same training
+    # as without either, up to float rounding.
     plain = load_config(None, [*TINY, "train.epochs=2", "model.freeze_stages=2",
-                               "model.fold_frozen_bn=false", "eval.gallery=0",
+                               "model.fold_frozen_bn=false", "model.static_same_pad=false",
+                               "eval.gallery=0",
                                "eval.serving=false", "eval.report=false",
                                f"data.source={dataset}"])
     train_run(plain, tmp_path / "plain", progress=False)

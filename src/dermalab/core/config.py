@@ -102,6 +102,9 @@ class ModelConfig:
     # Fold those stages' frozen BatchNorms into their convolutions while training (exact:
     # dermalab.train.fold); false only to measure what the fold saves.
     fold_frozen_bn: bool = True
+    # Compute timm's TF-style "same" padding inside the convolution while training, instead of
+    # padding a copy of every input (exact: dermalab.train.same_pad); false only to measure it.
+    static_same_pad: bool = True
     channels_last: bool = True
 
 

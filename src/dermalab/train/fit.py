@@ -54,6 +54,7 @@ from dermalab.train.loop import check_gathered, mean_loss, predict, train_one_ep
 from dermalab.train.losses import build_loss
 from dermalab.train.mixing import BatchMixer
 from dermalab.train.optim import EpochScheduler, build_optimizer
+from dermalab.train.same_pad import restore_same_padding, use_static_same_padding
 
 #: Validation metrics recorded per epoch (``val_<name>`` in the history).
 VAL_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_precision",
@@ -205,6 +206,8 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
     if cfg.model.fold_frozen_bn:
         # After the resumed weights are in: the folded weights are computed from them.
         fold_frozen_batchnorms(model, size)
+    if cfg.model.static_same_pad:
+        use_static_same_padding(model)
 
     order = torch.Generator()
     train_ids = [s.sample_id for s in data.samples("train")]
@@ -411,6 +414,8 @@ def fit(
         if st.stopped_early:
             t.log(f"early stopping: no {cfg.train.monitor} improvement for {st.bad_epochs} "
                   f"epoch(s); best epoch {st.best_epoch}")
-    unfold_batchnorms(acc.unwrap_model(t.model))  # evaluation and export see the plain model
+    # Evaluation, export and quantisation see timm's plain model.
+    unfold_batchnorms(acc.unwrap_model(t.model))
+    restore_same_padding(acc.unwrap_model(t.model))
     acc.unwrap_model(t.model).load_state_dict(load_checkpoint(t.paths.best)["model"])
     return st

@@ -27,8 +27,9 @@ from itertools import pairwise
 
 import torch
 from timm.layers import BatchNormAct2d, Conv2dSame
-from timm.layers.conv2d_same import conv2d_same
 from torch import nn
+
+from dermalab.train.same_pad import conv2d_tf_same
 
 
 class _FoldedConv2d(nn.Conv2d):
@@ -42,15 +43,15 @@ class _FoldedConv2d(nn.Conv2d):
 
 
 class _FoldedConv2dSame(Conv2dSame):
-    """timm's TF-style "same"-padded convolution, with its folded weight and bias."""
+    """timm's TF-style "same"-padded convolution, with its folded weight and bias (and
+    the padding inside the convolution: :mod:`dermalab.train.same_pad`)."""
 
     folded_weight: torch.Tensor
     folded_bias: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv2d_same(x, self.folded_weight, self.folded_bias,
-                           self.stride, self.padding, self.dilation,  # type: ignore[arg-type]
-                           self.groups)
+        return conv2d_tf_same(x, self.folded_weight, self.folded_bias, self.stride,
+                              self.dilation, self.groups)
 
 
 class _FoldedBatchNorm2d(nn.BatchNorm2d):
