@@ -60,6 +60,10 @@ class PreparedData:
         """Samples of one split, sorted by id."""
         return [self._by_id[i] for i in self.split.ids(split) if i in self._by_id]
 
+    def samples_of(self, ids: list[str]) -> list[Sample]:
+        """The samples of ``ids`` that this dataset holds, in the order of ``ids``."""
+        return [self._by_id[i] for i in ids if i in self._by_id]
+
     def meta_rows(self, ids: list[str]) -> list[dict[str, Any]]:
         """Each id's metadata (age, sex, localization ... as the source has them) as a fresh
         dict; ``{}`` for an id this dataset does not hold."""

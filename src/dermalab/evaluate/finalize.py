@@ -52,7 +52,6 @@ def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
     threshold into ``best.pt``, the ROC and reliability plots and the gallery.
     """
     cfg, paths, classes = run.config, run.paths, run.info.classes
-    by_id = {s.sample_id: s for s in data.source.samples}
     meta = data.meta_rows(test.ids)
     counts = np.bincount(data.targets("train"), minlength=len(classes))
     out = analyze(val, test, classes, cfg.eval, meta, train_counts=counts)
@@ -90,8 +89,8 @@ def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
                                          method=cfg.eval.cam_method,
                                          size=max(160, run.info.image_size))
                           if names else [])
-    lesions = lesion_measurements_by_class([by_id[i] for i in test.ids if i in by_id],
-                                           data.source, cfg.data, classes)
+    lesions = lesion_measurements_by_class(data.samples_of(test.ids), data.source, cfg.data,
+                                           classes)
     if lesions is not None:
         out["lesion_measurements"] = lesions
     return out
