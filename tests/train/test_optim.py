@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from dermalab.core.config import SchedConfig
-from dermalab.train.optim import EpochScheduler, lr_factor
+from dermalab.core.config import OptimConfig, SchedConfig
+from dermalab.train.optim import EpochScheduler, build_optimizer, lr_factor
 
 
 def test_step_decays_at_half_and_three_quarters() -> None:
@@ -84,3 +84,39 @@ def test_plateau_in_min_mode_reacts_to_a_rising_loss() -> None:
     sched.end_epoch(2.0)  # worse loss: cut at once (patience 0)
     sched.start_epoch(2)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+
+class _Net(nn.Sequential):
+    """A frozen layer, a trainable body and a head, as build_optimizer expects of a model."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        super().__init__(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+        self[0].requires_grad_(False)  # no gradient: skipped by both kernels
+
+    def get_classifier(self) -> nn.Module:
+        return self[2]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_fused_optimisers_make_the_unfused_update(name: str) -> None:
+    def run(fused: bool) -> tuple[torch.optim.Optimizer, nn.Module]:
+        net = _Net()
+        opt = build_optimizer(OptimConfig(name=name, lr=0.05, weight_decay=0.01,
+                                          backbone_lr_mult=0.5, fused=fused), net)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            loss = net(torch.randn(16, 6, generator=gen)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return opt, net
+
+    (fused_opt, fused), (plain_opt, plain) = run(True), run(False)
+    assert fused_opt.defaults["fused"] is True and not plain_opt.defaults["fused"]
+    for (k, a), b in zip(fused.state_dict().items(), plain.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+    start = _Net()
+    assert torch.equal(fused[0].weight, start[0].weight)  # frozen: untouched
+    assert not torch.equal(fused[2].weight, start[2].weight)

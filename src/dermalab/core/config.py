@@ -105,6 +105,9 @@ class ModelConfig:
     # Compute timm's TF-style "same" padding inside the convolution while training, instead of
     # padding a copy of every input (exact: dermalab.train.same_pad); false only to measure it.
     static_same_pad: bool = True
+    # Run those frozen stages under torch.no_grad while training (exact: nothing there needs a
+    # gradient; dermalab.train.frozen_prefix); false only to measure what it saves.
+    frozen_no_grad: bool = True
     channels_last: bool = True
 
 
@@ -128,6 +131,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     backbone_lr_mult: float = 1.0  # body LR = lr * mult (discriminative fine-tuning)
+    # PyTorch's fused kernels for sgd/adam/adamw (the same update up to float rounding);
+    # false only to measure what they save.
+    fused: bool = True
 
 
 @dataclass(frozen=True)
