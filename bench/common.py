@@ -23,8 +23,7 @@ WORK = REPO / "bench" / "work"  # run directories (git-ignored); reruns reuse fi
 #: Overrides of configs/ham10000_default.yaml that give back its recipe before 2026-11-29.
 PREVIOUS_DEFAULT = ["model.freeze_stages=0", "data.augment.batched=false", "train.ema_decay=0",
                     "train.epochs=12", "train.patience=4", "model.fold_frozen_bn=false",
-                    "model.static_same_pad=false", "optim.fused=false",
-                    "model.frozen_no_grad=false"]
+                    "model.static_same_pad=false", "optim.fused=false"]
 
 
 def machine() -> dict[str, Any]:

@@ -79,6 +79,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "px160": ("160 px input (from 128; the photos are 200x150)", ["data.image_size=160"]),
     "freeze3": ("stem + 3 stages kept pretrained (from 2): cheaper steps",
                 ["model.freeze_stages=3"]),
+    "cb-ce-ls": ("class-balanced softmax cross-entropy with label smoothing 0.1 instead of the "
+                 "class-balanced focal loss (the loss of the issue's 0.709 quick fine-tune)",
+                 ["loss.cb_type=softmax", "loss.label_smoothing=0.1"]),
     "wd05": ("AdamW weight decay 0.05 (from 1e-4; training loss falls to ~0.05 while "
              "validation loss rises from epoch 4)", ["optim.weight_decay=0.05"]),
     "dermamnist-c": ("the default on the leak-corrected DermaMNIST-C split (Abhishek et al. "
@@ -133,6 +136,16 @@ def finished_rows(work: Path) -> list[dict[str, Any]]:
     """A row for every finished run under ``work/<recipe>/s<seed>``."""
     return [row(recipe, int(run.name[1:]), json.loads((run / "metrics.json").read_text()),
                 tta_test(run)) for recipe, run in finished_runs(work, RECIPES)]
+
+
+def carried_rows(saved: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the previous results file whose run is not under ``work`` (measured in an
+    earlier session or on another machine: run directories are not committed), for recipes
+    still known; a run measured again here replaces its old row."""
+    here = {(r["recipe"], r["seed"]) for r in rows}
+    return [{**r, "carried_from": r.get("carried_from") or saved.get("date")}
+            for r in saved.get("rows", [])
+            if r["recipe"] in RECIPES and (r["recipe"], r["seed"]) not in here]
 
 
 def _pm_known(values: list[Any]) -> str:
@@ -235,9 +248,12 @@ def main() -> None:
     rows = finished_rows(work)
     old = RESULTS / "quality.json"
     previous = None
+    carried: list[dict[str, Any]] = []
     if old.is_file():
         saved = json.loads(old.read_text())
         previous = saved.get("previous") or (saved if "recipes" not in saved else None)
+        carried = carried_rows(saved, rows) if "recipes" in saved else []
+    rows = sorted(rows + carried, key=lambda r: (r["recipe"], r["seed"]))
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "config": repo_relative(args.config), "target": TARGET,
               "recipes": {k: {"what": w, "overrides": s} for k, (w, s) in RECIPES.items()},
@@ -253,6 +269,11 @@ def main() -> None:
           "of 3 seeds, each run <= 60 min on 2 CPUs. Test n = "
           + ", ".join(sorted({str(r["n_test"]) for r in rows})) + ".", "",
           *tables(rows, previous)]
+    if carried:
+        md += ["", "Carried over from earlier results (their run directories are not on this "
+               "machine): " + "; ".join(
+                   f"{r['recipe']} seed {r['seed']} ({r['carried_from']})" for r in carried)
+               + "."]
     if leaky:
         g, i = leaky[0]
         report["leak_inflation"] = {k: i[k] - g[k] for k in

@@ -159,19 +159,18 @@ def augmentation_costs(store: Any, ids: list[str], size: int, cfg: Any) -> dict[
 def train_step(model: torch.nn.Module, size: int, batch: int = 32, *, bf16: bool = False,
                compiled: bool = False, freeze_bn: bool = False,
                freeze_stages: int = 0, fold: bool = False, same_pad: bool = False,
-               fused: bool = False, no_grad: bool = False) -> Callable[[], None]:
+               fused: bool = False) -> Callable[[], None]:
     """One forward + backward + AdamW step on a fresh channels_last copy of ``model`` and a
     fixed synthetic batch, as in training; optionally under bf16 autocast, through
     ``torch.compile``, with BatchNorm frozen (no statistics, no affine gradients), or with the
     stem and first stages frozen as ``model.freeze_stages`` does, and their BatchNorms folded
     into their convolutions (``model.fold_frozen_bn``), TF "same" padding computed inside
-    the convolutions (``model.static_same_pad``), AdamW's fused kernel (``optim.fused``) and
-    the frozen stages run without autograd (``model.frozen_no_grad``)."""
+    the convolutions (``model.static_same_pad``), and AdamW's fused kernel
+    (``optim.fused``)."""
     import copy
 
     from dermalab.core.models import set_body_trainable
     from dermalab.train.fold import fold_frozen_batchnorms
-    from dermalab.train.frozen_prefix import skip_autograd_in_frozen
     from dermalab.train.loop import frozen_bn_eval
     from dermalab.train.same_pad import use_static_same_padding
 
@@ -186,8 +185,6 @@ def train_step(model: torch.nn.Module, size: int, batch: int = 32, *, bf16: bool
         raise RuntimeError("no BatchNorm folded: the fold lever measures nothing")
     if same_pad and not use_static_same_padding(m):
         raise RuntimeError("no same-padded layer: the padding lever measures nothing")
-    if no_grad and not skip_autograd_in_frozen(m):
-        raise RuntimeError("no frozen module: the no-grad lever measures nothing")
     adamw = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4,
                               fused=fused)
     fwd = torch.compile(m) if compiled else m
@@ -385,10 +382,9 @@ def main() -> None:
         (f"stem + {stages} stages frozen", frozen),
         ("+ same padding inside the convolutions", pad),
         ("+ frozen BatchNorms folded (the default of 2026-11-30)", fold),
-        ("+ fused AdamW", fused),
-        ("+ frozen stages without autograd (default)", {**fused, "no_grad": True})])
+        ("+ fused AdamW (default)", fused)])
     train_ips = step_rows[0]["images_per_s"]
-    new_off = ["optim.fused=false", "model.frozen_no_grad=false"]
+    new_off = ["optim.fused=false"]
     exact_off = ["model.fold_frozen_bn=false", "model.static_same_pad=false", *new_off]
     e2e = training_end_to_end(args.size, [
         ("previous default: every stage trains, augmentation per image in the loader",
@@ -396,8 +392,7 @@ def main() -> None:
         ("stages frozen + batch augmentation (the default of 2026-11-29)", exact_off),
         ("+ same padding inside the convolutions", ["model.fold_frozen_bn=false", *new_off]),
         ("+ frozen BatchNorms folded (the default of 2026-11-30)", new_off),
-        ("+ fused AdamW", ["model.frozen_no_grad=false"]),
-        ("+ frozen stages without autograd (default)", [])])
+        ("+ fused AdamW (default)", [])])
     train_rss = train_peak_rss(args.size)
     serve_rss = serve_peak_rss(Path(args.run)) if args.run else None
     # Without a run to serve, the last measured figure is carried over, with its date.

@@ -255,12 +255,11 @@ def test_freeze_stages_keeps_the_early_stages_pretrained(dataset: Path, tmp_path
         assert same == name.startswith(early) or name.endswith("num_batches_tracked"), name
     assert not torch.equal(trained["blocks.2.0.conv_pw.weight"], start["blocks.2.0.conv_pw.weight"])
     # Their BatchNorms were folded into the convolutions (model.fold_frozen_bn), the "same"
-    # padding computed inside them (model.static_same_pad), they ran without autograd
-    # (model.frozen_no_grad) and AdamW ran fused (optim.fused), all defaults: the same training
-    # as without any, up to float rounding.
+    # padding computed inside them (model.static_same_pad) and AdamW ran fused (optim.fused),
+    # all defaults: the same training as without any, up to float rounding.
     plain = load_config(None, [*TINY, "train.epochs=2", "model.freeze_stages=2",
                                "model.fold_frozen_bn=false", "model.static_same_pad=false",
-                               "model.frozen_no_grad=false", "optim.fused=false",
+                               "optim.fused=false",
                                "eval.gallery=0",
                                "eval.serving=false", "eval.report=false",
                                f"data.source={dataset}"])
@@ -307,10 +306,8 @@ def test_ema_weights_are_validated_kept_as_best_and_resumed(dataset: Path,
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(t.model.eval()(x), ref.eval()(x), rtol=1e-4, atol=1e-4)
-    # The frozen stem and stage run without autograd while training; the end of training (no
-    # epochs are left here) hands back timm's plain model: nothing folded, no hooks.
+    # The end of training (no epochs are left here) hands back timm's plain model.
     from dermalab.train.fit import fit
 
-    assert t.model.blocks[0]._forward_pre_hooks
     fit(t, progress=False)
-    assert folded_count(t.model) == 0 and not t.model.blocks[0]._forward_pre_hooks
+    assert folded_count(t.model) == 0

@@ -105,9 +105,6 @@ class ModelConfig:
     # Compute timm's TF-style "same" padding inside the convolution while training, instead of
     # padding a copy of every input (exact: dermalab.train.same_pad); false only to measure it.
     static_same_pad: bool = True
-    # Run those frozen stages under torch.no_grad while training (exact: nothing there needs a
-    # gradient; dermalab.train.frozen_prefix); false only to measure what it saves.
-    frozen_no_grad: bool = True
     channels_last: bool = True
 
 

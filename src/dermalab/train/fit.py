@@ -50,7 +50,6 @@ from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.data.transforms import eval_transform, train_transform
 from dermalab.train.accel import epoch_seed, make_accelerator, seed_everything
 from dermalab.train.fold import fold_frozen_batchnorms, unfold_batchnorms
-from dermalab.train.frozen_prefix import restore_autograd, skip_autograd_in_frozen
 from dermalab.train.loop import check_gathered, mean_loss, predict, train_one_epoch
 from dermalab.train.losses import build_loss
 from dermalab.train.mixing import BatchMixer
@@ -209,8 +208,6 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
         fold_frozen_batchnorms(model, size)
     if cfg.model.static_same_pad:
         use_static_same_padding(model)
-    if cfg.model.frozen_no_grad:
-        skip_autograd_in_frozen(model)
 
     order = torch.Generator()
     train_ids = [s.sample_id for s in data.samples("train")]
@@ -420,6 +417,5 @@ def fit(
     # Evaluation, export and quantisation see timm's plain model.
     unfold_batchnorms(acc.unwrap_model(t.model))
     restore_same_padding(acc.unwrap_model(t.model))
-    restore_autograd(acc.unwrap_model(t.model))
     acc.unwrap_model(t.model).load_state_dict(load_checkpoint(t.paths.best)["model"])
     return st
