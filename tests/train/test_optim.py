@@ -1,4 +1,5 @@
-"""Learning-rate schedules, branch by branch, against their formulas."""
+"""Learning-rate schedules, branch by branch, against their formulas; the fused optimisers
+against the unfused ones."""
 
 from __future__ import annotations
 
@@ -84,7 +85,6 @@ def test_plateau_in_min_mode_reacts_to_a_rising_loss() -> None:
     sched.end_epoch(2.0)  # worse loss: cut at once (patience 0)
     sched.start_epoch(2)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
-
 
 
 class _Net(nn.Sequential):
