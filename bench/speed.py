@@ -209,6 +209,12 @@ LEVERS: list[tuple[str, dict[str, Any]]] = [
     *((f"stem + {k} stage{'s' * (k > 1)} frozen", {"freeze_stages": k}) for k in (1, 2, 3))]
 
 
+def alternating(items: list[Any], r: int) -> list[Any]:
+    """``items`` in round ``r``'s timing order: as given in even rounds, reversed in odd ones
+    (a lever timed right after another one can run slower or faster for it)."""
+    return items if r % 2 == 0 else items[::-1]
+
+
 def training_levers(model: torch.nn.Module, size: int, rounds: int = 3,
                     levers: list[tuple[str, dict[str, Any]]] = LEVERS) -> list[dict[str, Any]]:
     """Training images/s (:func:`train_step`) of levers on the model step itself, as ratios
@@ -225,11 +231,9 @@ def training_levers(model: torch.nn.Module, size: int, rounds: int = 3,
                      "first_step_s": time.perf_counter() - t0, "rounds": []})
         steps.append(step)
     # Interleaved rounds, so that drift of the machine's speed during the run falls on every
-    # lever alike, in alternating order (a lever timed right after another one can run slower
-    # or faster for it); the median round counts.
+    # lever alike, in alternating order; the median round counts.
     for r in range(rounds):
-        pairs = list(zip(rows, steps, strict=True))
-        for row, step in pairs if r % 2 == 0 else pairs[::-1]:
+        for row, step in alternating(list(zip(rows, steps, strict=True)), r):
             row["rounds"].append(row["batch"] / timed(step, 3.0, 4))
     for row in rows:
         row["images_per_s"] = statistics.median(row["rounds"])
@@ -258,8 +262,7 @@ def training_end_to_end(size: int, variants: list[tuple[str, list[str]]], batche
             runs.append(t)
             rows.append({"variant": name, "sets": sets, "rounds": []})
         for r in range(-1, rounds):  # round -1 warms each variant up (kernels, workers)
-            pairs = list(zip(rows, runs, strict=True))
-            for row, t in pairs if r % 2 == 0 else pairs[::-1]:  # alternating order
+            for row, t in alternating(list(zip(rows, runs, strict=True)), r):
                 stats = train_one_epoch(t.model, t.train_loader, t.loss_fn, t.optimizer,
                                         t.accelerator, channels_last=t.cfg.model.channels_last,
                                         batch_transform=t.batch_augment,

@@ -307,7 +307,11 @@ def test_ema_weights_are_validated_kept_as_best_and_resumed(dataset: Path,
     with torch.no_grad():
         torch.testing.assert_close(t.model.eval()(x), ref.eval()(x), rtol=1e-4, atol=1e-4)
     # The end of training (no epochs are left here) hands back timm's plain model.
+    from timm.layers import Conv2dSame
+
     from dermalab.train.fit import fit
 
     fit(t, progress=False)
     assert folded_count(t.model) == 0
+    same = [m for m in t.model.modules() if isinstance(m, Conv2dSame)]
+    assert same and all(type(m) is Conv2dSame for m in same)  # the padding rewrite undone
