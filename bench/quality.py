@@ -92,8 +92,6 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "lite2": ("EfficientNet-Lite2 (ImageNet top-1 77.5, weights offline): more capacity at the "
               "same 128 px, 0.65x Lite0's training images/s",
               ["model.backbone=tf_efficientnet_lite2"]),
-    "epochs8": ("8 epochs (from 16): the cosine schedule anneals by the epochs the default's "
-                "runs choose, in half the time", ["train.epochs=8"]),
     "dermamnist-c": ("the default on the leak-corrected DermaMNIST-C split (Abhishek et al. "
                      "2025: 8,208 / 575 / 1,232 images, no lesion in two parts)",
                      [f"data.split_file={DERMAMNIST_C}"]),

@@ -387,8 +387,13 @@ def main() -> None:
     pad = {**frozen, "same_pad": True}
     fold = {**pad, "fold": True}
     fused = {**fold, "fused": True}
-    # MobileNetV2 pads symmetrically: there is no TF "same" padding to rewrite.
-    default = {"model": model, "freeze_stages": stages, "fold": True, "fused": True}
+    # The default's own levers, as its config sets them; the padding rewrite only where the
+    # backbone has TF "same" padding (MobileNetV2 pads symmetrically: nothing to rewrite).
+    from timm.layers import Conv2dSame
+
+    has_same = any(type(m) is Conv2dSame for m in model.modules())
+    default = {"model": model, "freeze_stages": stages, "fold": cfg.model.fold_frozen_bn,
+               "fused": cfg.optim.fused, "same_pad": cfg.model.static_same_pad and has_same}
     step_rows = training_levers(model, args.size, rounds=8, levers=[
         ("Lite0, every stage trains (previous default)", {"model": lite0}),
         (f"Lite0, stem + {stages} stages frozen", frozen),
