@@ -218,13 +218,15 @@ def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[
            "the lite0-default row. Differences smaller than the seed-to-seed spread are "
            "noise.", "",
            "| recipe | what changes | seeds | bal. acc | AUC | flip TTA bal. acc | "
-           "logit-adjusted bal. acc | + metadata: bal. acc / AUC | train min |",
-           "|" + " --- |" * 9]
+           "logit-adjusted bal. acc | + metadata: bal. acc / AUC | + metadata, "
+           "logit-adjusted bal. acc | epochs (best) | train min |",
+           "|" + " --- |" * 11]
     for name, (what, sets) in RECIPES.items():
         rs = by.get(name)
         if not rs or name in SEPARATE:
             continue
         change = what + (f" (`{' '.join(sets)}`)" if sets else "")
+        epochs = ", ".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in rs)
         la = [r["logit_adjusted_balanced_accuracy"] for r in rs
               if r["logit_adjusted_balanced_accuracy"] is not None]
         md.append(f"| {name} | {change} | {', '.join(str(r['seed']) for r in rs)} | "
@@ -234,6 +236,8 @@ def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[
                   f"{pm(la) if la else '–'} | "
                   f"{_pm_known([r['metadata_balanced_accuracy'] for r in rs])} / "
                   f"{_pm_known([r['metadata_roc_auc_macro'] for r in rs])} | "
+                  f"{_pm_known([r['metadata_logit_adjusted_balanced_accuracy'] for r in rs])}"
+                  f" | {epochs} | "
                   f"{pm([r['train_minutes'] for r in rs], 1)} |")
     published = [r for name in ("dermamnist-c", "dermamnist-c-lite0") for r in by.get(name, [])]
     if published:
