@@ -120,7 +120,7 @@ def main() -> None:
     info = json.loads((run / "export" / "model.json").read_text()) if (
         run / "export" / "model.json").is_file() else {}
     model = {"backbone": info.get("backbone") or metrics.get("backbone"),
-             "image_size": info.get("image_size"),
+             "image_size": info.get("image_size") or metrics.get("image_size"),
              "test_balanced_accuracy": (round(float(metrics["balanced_accuracy"]), 3)
                                         if metrics.get("balanced_accuracy") is not None
                                         else None),
