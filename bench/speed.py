@@ -389,11 +389,11 @@ def main() -> None:
     fused = {**fold, "fused": True}
     # The default's own levers, as its config sets them; the padding rewrite only where the
     # backbone has TF "same" padding (MobileNetV2 pads symmetrically: nothing to rewrite).
-    from timm.layers import Conv2dSame
+    from dermalab.train.same_pad import same_padding_layers
 
-    has_same = any(type(m) is Conv2dSame for m in model.modules())
     default = {"model": model, "freeze_stages": stages, "fold": cfg.model.fold_frozen_bn,
-               "fused": cfg.optim.fused, "same_pad": cfg.model.static_same_pad and has_same}
+               "fused": cfg.optim.fused,
+               "same_pad": cfg.model.static_same_pad and bool(same_padding_layers(model))}
     step_rows = training_levers(model, args.size, rounds=8, levers=[
         ("Lite0, every stage trains (previous default)", {"model": lite0}),
         (f"Lite0, stem + {stages} stages frozen", frozen),

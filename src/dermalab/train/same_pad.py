@@ -65,15 +65,19 @@ class _StaticSameConv2d(Conv2dSame):
                               self.groups)
 
 
+def same_padding_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers of ``model`` that pad at run time (timm's ``Conv2dSame``, exactly: the
+    rewritten ones no longer count); empty for backbones that pad symmetrically."""
+    return [m for m in model.modules() if type(m) is Conv2dSame]
+
+
 def use_static_same_padding(model: nn.Module) -> int:
     """Compute every ``Conv2dSame`` of ``model`` by :func:`conv2d_tf_same`, in place; the
     number of layers changed."""
-    n = 0
-    for m in model.modules():
-        if type(m) is Conv2dSame:
-            m.__class__ = _StaticSameConv2d  # keeps the parameters and state_dict keys
-            n += 1
-    return n
+    layers = same_padding_layers(model)
+    for m in layers:
+        m.__class__ = _StaticSameConv2d  # keeps the parameters and state_dict keys
+    return len(layers)
 
 
 def restore_same_padding(model: nn.Module) -> None:
