@@ -11,6 +11,12 @@ test: weights, temperatures and thresholds are fitted on validation, test is onl
 - **The "not sure" line with metadata**: test coverage and accuracy of the accepted answers
   for the image alone, for fused answers judged by the image's threshold, and for fused
   answers judged by the threshold fitted on fused validation answers (what the service uses).
+- **How the logit adjustment's tau is fitted** (``argmax z - tau log pi``, Menon et al. 2021):
+  the shipped grid search for the best validation balanced accuracy, against the tau that
+  minimises the validation *balanced* NLL (each class's mean NLL, averaged over classes: the
+  smooth objective the adjustment's balanced error is the 0-1 form of). Judged first on
+  validation alone, by repeated lesion-grouped halving of it (fit on one half, score the
+  other), then measured on test; on every MobileNetV2 run of ``bench/quality.py`` here.
 
 Writes ``bench/results/posthoc.{json,md}``. Usage: ``python bench/posthoc.py``
 """
@@ -28,6 +34,8 @@ from typing import Any
 
 import numpy as np
 from common import HAM, WORK, fmt, machine, mean_sd, pm, write_results
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
@@ -35,12 +43,19 @@ from sklearn.preprocessing import PolynomialFeatures
 
 from dermalab.core.calibration import calibrated_probs, fit_temperature, nll
 from dermalab.core.metadata import MetadataModel
+from dermalab.core.runs import Predictions
 from dermalab.deploy.ood import selective_threshold
+from dermalab.evaluate.analysis import TAUS, adjusted_argmax, logit_adjustment
 from dermalab.evaluate.metadata_fusion import _hidden, fit_metadata_model, fit_weight
 
 FIELDS = ["age", "sex", "localization"]
 SEEDS = (1, 42, 7)
 TARGET_ACCURACY = 0.85  # eval.uncertain_target_accuracy of the default
+#: The MobileNetV2 recipes of bench/quality.py whose runs the tau study reads (where present).
+TAU_RECIPES = ("default", "px160-mobilenetv2", "px160-auc", "ep28", "freeze0",
+               "oversample")
+#: Random lesion-grouped halvings of validation for the validation-only comparison.
+HALVINGS = 100
 
 
 def load_seed(run: Path) -> dict[str, Any]:
@@ -128,6 +143,67 @@ def not_sure(ty: np.ndarray, vy: np.ndarray, vz: np.ndarray, tz: np.ndarray, vf:
     return out
 
 
+def balanced_nll(logits: np.ndarray, targets: np.ndarray) -> float:
+    """``-(1/K) sum_k mean_{i: y_i = k} log softmax(z_i)_k`` over the classes present: the
+    log loss with every class weighted equally (the proper-scoring counterpart of balanced
+    accuracy)."""
+    lp = log_softmax(logits, axis=1)[np.arange(len(targets)), targets]
+    return float(-np.mean([lp[targets == k].mean() for k in np.unique(targets)]))
+
+
+def tau_by_grid(logits: np.ndarray, targets: np.ndarray, prior: np.ndarray) -> float:
+    """The shipped rule (``evaluate.analysis.logit_adjustment``)."""
+    p = Predictions(np.arange(len(targets)), targets, logits)
+    return float(logit_adjustment(p, p, prior)["tau"])
+
+
+def tau_by_balanced_nll(logits: np.ndarray, targets: np.ndarray, prior: np.ndarray) -> float:
+    """The tau in the grid's range minimising the balanced NLL of ``z - tau log pi``."""
+    lo, hi = float(TAUS[0]), float(TAUS[-1])
+    return float(minimize_scalar(lambda t: balanced_nll(logits - t * np.log(prior), targets),
+                                 bounds=(lo, hi), method="bounded").x)
+
+
+TAU_RULES = {"grid on balanced accuracy (shipped)": tau_by_grid,
+             "balanced NLL": tau_by_balanced_nll}
+
+
+def tau_study(run: dict[str, Any], meta: dict[str, dict[str, Any]], lesions: dict[str, str],
+              seed: int) -> list[dict[str, Any]]:
+    """For one run, image alone and with metadata: each tau rule's validation balanced
+    accuracy on held-out halves (mean over :data:`HALVINGS` lesion-grouped halvings) and its
+    test balanced accuracy when fitted on all of validation."""
+    classes = run["classes"]
+    ytr = np.array([classes.index(label) for _, label in run["train"]])
+    prior = np.bincount(ytr, minlength=len(classes)) / len(ytr)
+    base = fit_metadata_model([meta[i] for i, _ in run["train"]], ytr, len(classes), FIELDS)
+    val_ids, test_ids = run["val"]["ids"], run["test"]["ids"]
+    vy, ty = run["val"]["targets"], run["test"]["targets"]
+    vz, tz = run["val"]["logits"] / run["T"], run["test"]["logits"] / run["T"]
+    vf, tf, _ = fused(vz, tz, base.log_ratio([meta[i] for i in val_ids]),
+                      base.log_ratio([meta[i] for i in test_ids]), vy)
+    groups = np.array([lesions[i] for i in val_ids])
+    unique = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    halves = [np.isin(groups, rng.choice(unique, len(unique) // 2, replace=False))
+              for _ in range(HALVINGS)]
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a class can be missing from a half
+        for inputs, v, t in (("image", vz, tz), ("image + metadata", vf, tf)):
+            row: dict[str, Any] = {"inputs": inputs,
+                                   "test_plain": float(balanced_accuracy_score(ty, t.argmax(1)))}
+            for rule, fit in TAU_RULES.items():
+                held = [balanced_accuracy_score(vy[~a], adjusted_argmax(
+                    v[~a], prior, fit(v[a], vy[a], prior))) for a in halves]
+                tau = fit(v, vy, prior)
+                row[rule] = {"tau": tau, "val_halves": float(np.mean(held)),
+                             "test": float(balanced_accuracy_score(
+                                 ty, adjusted_argmax(t, prior, tau)))}
+            out.append(row)
+    return out
+
+
 def main() -> None:
     started = time.time()
     meta = {r["image_id"]: {k: r[k] for k in FIELDS}
@@ -157,10 +233,18 @@ def main() -> None:
         vf, tf, _ = fused(vz, tz, vr, tr, vy)
         lines += [{"seed": s, **row} for row in not_sure(ty, vy, vz, tz, vf, tf)]
     ens = ensembles(runs, vr, tr)
+    lesions = {r["image_id"]: r["lesion_id"]
+               for r in csv.DictReader((HAM / "HAM10000_metadata.csv").open())}
+    finished = sorted(((recipe, int(d.name[1:]), d) for recipe in TAU_RECIPES
+                       for d in (WORK / "quality" / recipe).glob("s*")
+                       if d.name[1:].isdigit() and (d / "predictions_test.npz").is_file()),
+                      key=lambda x: (TAU_RECIPES.index(x[0]), x[1]))
+    taus = [{"recipe": recipe, "seed": seed, **row} for recipe, seed, d in finished
+            for row in tau_study(load_seed(d), meta, lesions, seed)]
 
     report = {"benchmark": "posthoc", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "seeds": list(SEEDS), "test_images": len(ty), "ensembles": ens,
-              "metadata_variants": per_seed, "not_sure": lines,
+              "metadata_variants": per_seed, "not_sure": lines, "tau_rules": taus,
               "minutes": (time.time() - started) / 60}
 
     md = [f"# After training: ensembles, metadata models, the \"not sure\" line "
@@ -196,6 +280,31 @@ def main() -> None:
         md.append(f"| {rule} | {pm([x['threshold'] for x in rows])} | "
                   f"{pm([x['coverage'] for x in rows])} | "
                   f"{pm([x['accepted_accuracy'] for x in rows])} |")
+    md += ["", "## How the logit adjustment's tau is fitted", "",
+           f"Per run: balanced accuracy of each rule on held-out halves of validation (mean over "
+           f"{HALVINGS} lesion-grouped halvings, the rule fitted on the other half), then on "
+           "test with tau fitted on all of validation. Without adjustment: plain argmax.", "",
+           "| run | inputs | plain: test | " + " | ".join(
+               f"{rule}: tau / val halves / test" for rule in TAU_RULES) + " |",
+           "| --- | --- | --- | " + " | ".join("---" for _ in TAU_RULES) + " |"]
+    for x in taus:
+        md.append(f"| {x['recipe']} s{x['seed']} | {x['inputs']} | {fmt(x['test_plain'])} | "
+                  + " | ".join(f"{x[r]['tau']:.2f} / {fmt(x[r]['val_halves'])} / "
+                               f"{fmt(x[r]['test'])}" for r in TAU_RULES) + " |")
+    for inputs in ("image", "image + metadata"):
+        rows = [x for x in taus if x["inputs"] == inputs]
+        md.append(f"| **mean ± sd ({len(rows)} runs)** | {inputs} | "
+                  f"{pm([x['test_plain'] for x in rows])} | "
+                  + " | ".join(f"{pm([x[r]['tau'] for x in rows], 2)} / "
+                               f"{pm([x[r]['val_halves'] for x in rows])} / "
+                               f"{pm([x[r]['test'] for x in rows])}" for r in TAU_RULES) + " |")
+    shipped, smooth = TAU_RULES
+    for inputs in ("image", "image + metadata"):
+        rows = [x for x in taus if x["inputs"] == inputs]
+        gain = {k: pm([x[smooth][k] - x[shipped][k] for x in rows]) for k in
+                ("val_halves", "test")}
+        md += ["", f"{inputs}: the balanced-NLL rule minus the shipped one (mean ± sd over "
+               f"runs): {gain['val_halves']} on validation halves, {gain['test']} on test."]
     mean, _ = mean_sd([e["metadata_balanced_accuracy"] for e in ens if e["members"] == 2])
     md += ["", f"A pair of seeds with metadata: mean balanced accuracy {mean:.3f}. "
            f"Runtime {report['minutes']:.1f} min."]
