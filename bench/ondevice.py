@@ -286,11 +286,13 @@ def main() -> None:
         md.append(f"| {kind.upper()} | {q[kind]['bytes'] / 1e6:.1f} | "
                   f"{fmt(q[kind]['balanced_accuracy'])} | {fmt(q[kind]['roc_auc_macro'])} |")
     md += ["", f"INT8 is {q['size_ratio']:.1f}x smaller and loses "
-           f"{q['balanced_accuracy_loss']:+.3f} balanced accuracy (FP32 minus INT8); its top "
+           f"{round(q['balanced_accuracy_loss'], 3) + 0.0:+.3f} balanced accuracy (FP32 minus "
+           "INT8); its top "
            f"class agrees with FP32's on {q['top1_agreement_all_test']:.1%} of all "
            f"{q['n']} test images (ONNX Runtime in Python). Quantisation: int8 weights, "
            f"{int8.get('sixteen_bit_layers', 0)} most sensitive layers int16, "
-           f"{int8.get('activation_bits', 8)}-bit activations; on validation "
+           f"{int8.get('activation_bits', 8)}-bit activations "
+           f"({int8.get('activation_ranges', 'percentile')} ranges); on validation "
            f"{int8.get('top1_agreement', float('nan')):.1%} agreement.", "",
            f"Network: first visit with on-device analysis on {net['first_visit_bytes'] / 1e6:.1f}"
            f" MB; second visit {net['cached_visit_bytes'] / 1e6:.2f} MB (the rest from the "
