@@ -152,7 +152,9 @@ def balanced_nll(logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 def tau_by_grid(logits: np.ndarray, targets: np.ndarray, prior: np.ndarray) -> float:
-    """The shipped rule (``evaluate.analysis.logit_adjustment``)."""
+    """The shipped rule (``evaluate.analysis.logit_adjustment``), here on temperature-scaled
+    logits as the metadata fusion applies it (the image-alone report uses the raw logits: the
+    same rule on a grid of tau scaled by T)."""
     p = Predictions(np.arange(len(targets)), targets, logits)
     return float(logit_adjustment(p, p, prior)["tau"])
 

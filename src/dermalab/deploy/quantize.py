@@ -26,8 +26,7 @@ unless said):
   activations the same layers gave 96.75% on the HAM10000 model: both halves are needed. The
   price is speed: ONNX Runtime has integer kernels for 8-bit QDQ only, so a 16-bit model
   computes in float (as fast as FP32, not faster); on phones the point is the 3.4x smaller
-  download, and ``--activation-bits 8`` keeps the integer kernels where speed matters more.
-
+  download, and ``--activation-bits 8`` keeps the integer kernels where speed matters more;
 - activation ranges by width (2026-11-30): the percentile clipping above is for 8-bit
   activations, whose 256 levels outliers would stretch; with 16 bits min-max keeps every
   value in range and still resolves the bulk finely (an outlier 100x the 99.99th percentile
