@@ -272,7 +272,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         q = quantize_int8(args.run_dir, args.out, activation_bits=args.activation_bits)
         print(f"wrote {out / q['file']}: {q['int8_bytes'] / 1e6:.1f} MB, {q['size_ratio']:.1f}x "
               f"smaller (int8 weights, {q['sixteen_bit_layers']} most sensitive layers int16, "
-              f"{q['activation_bits']}-bit activations); on {q['check_images']} validation "
+              f"{q['activation_bits']}-bit activations, {q['activation_ranges']} ranges); "
+              f"on {q['check_images']} validation "
               f"images top-1 agreement with FP32 "
               f"{q['top1_agreement']:.1%}, max |dp| {q['max_abs_prob_diff']:.3f}, balanced "
               f"accuracy {q['balanced_accuracy_int8']:.3f} (FP32 "
