@@ -170,15 +170,13 @@ TAU_RULES = {"grid on balanced accuracy (shipped)": tau_by_grid,
              "balanced NLL": tau_by_balanced_nll}
 
 
-def tau_study(run: dict[str, Any], meta: dict[str, dict[str, Any]], lesions: dict[str, str],
-              seed: int) -> list[dict[str, Any]]:
-    """For one run, image alone and with metadata: each tau rule's validation balanced
-    accuracy on held-out halves (mean over :data:`HALVINGS` lesion-grouped halvings) and its
-    test balanced accuracy when fitted on all of validation."""
-    classes = run["classes"]
-    ytr = np.array([classes.index(label) for _, label in run["train"]])
-    prior = np.bincount(ytr, minlength=len(classes)) / len(ytr)
-    base = fit_metadata_model([meta[i] for i, _ in run["train"]], ytr, len(classes), FIELDS)
+def tau_study(run: dict[str, Any], base: MetadataModel, meta: dict[str, dict[str, Any]],
+              lesions: dict[str, str], seed: int) -> list[dict[str, Any]]:
+    """For one run, image alone and with metadata (``base``, fitted on the run's training
+    split): each tau rule's validation balanced accuracy on held-out halves (mean over
+    :data:`HALVINGS` lesion-grouped halvings) and its test balanced accuracy when fitted on all
+    of validation."""
+    prior = np.exp(np.asarray(base.log_prior))
     val_ids, test_ids = run["val"]["ids"], run["test"]["ids"]
     vy, ty = run["val"]["targets"], run["test"]["targets"]
     vz, tz = run["val"]["logits"] / run["T"], run["test"]["logits"] / run["T"]
@@ -208,8 +206,8 @@ def tau_study(run: dict[str, Any], meta: dict[str, dict[str, Any]], lesions: dic
 
 def main() -> None:
     started = time.time()
-    meta = {r["image_id"]: {k: r[k] for k in FIELDS}
-            for r in csv.DictReader((HAM / "HAM10000_metadata.csv").open())}
+    ham = list(csv.DictReader((HAM / "HAM10000_metadata.csv").open()))
+    meta = {r["image_id"]: {k: r[k] for k in FIELDS} for r in ham}
     runs = {s: load_seed(WORK / "quality" / "default" / f"s{s}") for s in SEEDS}
     first = runs[SEEDS[0]]
     classes = first["classes"]
@@ -235,14 +233,19 @@ def main() -> None:
         vf, tf, _ = fused(vz, tz, vr, tr, vy)
         lines += [{"seed": s, **row} for row in not_sure(ty, vy, vz, tz, vf, tf)]
     ens = ensembles(runs, vr, tr)
-    lesions = {r["image_id"]: r["lesion_id"]
-               for r in csv.DictReader((HAM / "HAM10000_metadata.csv").open())}
+    lesions = {r["image_id"]: r["lesion_id"] for r in ham}
     finished = sorted(((recipe, int(d.name[1:]), d) for recipe in TAU_RECIPES
                        for d in (WORK / "quality" / recipe).glob("s*")
                        if d.name[1:].isdigit() and (d / "predictions_test.npz").is_file()),
                       key=lambda x: (TAU_RECIPES.index(x[0]), x[1]))
-    taus = [{"recipe": recipe, "seed": seed, **row} for recipe, seed, d in finished
-            for row in tau_study(load_seed(d), meta, lesions, seed)]
+    taus = []
+    for recipe, seed, d in finished:
+        run = load_seed(d)
+        # one split for every recipe (data.split_seed), so the metadata model fitted above
+        # on its training rows serves them all
+        assert run["train"] == first["train"] and run["classes"] == classes, d
+        taus += [{"recipe": recipe, "seed": seed, **row}
+                 for row in tau_study(run, base, meta, lesions, seed)]
 
     report = {"benchmark": "posthoc", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "seeds": list(SEEDS), "test_images": len(ty), "ensembles": ens,
