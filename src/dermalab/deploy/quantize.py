@@ -318,8 +318,11 @@ def _sixteen_bit_overrides(model: Any, names: Sequence[str]) -> dict[str, list[d
 
 
 def _quantize(model: Path, target: Path, calibration: Sequence[np.ndarray], *,
-              percentile: bool = True, activation_bits: int = 8,
-              sixteen_bit: Sequence[str] = ()) -> None:
+              percentile: bool | None = None, activation_bits: int = 8,
+              sixteen_bit: Sequence[str] = ()) -> str:
+    """Quantise ``model`` into ``target``; the activation ranges are :data:`PERCENTILE` ones
+    for 8-bit activations and min-max for 16-bit (module docstring) unless ``percentile``
+    says. Returns which ranges were used."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -345,6 +348,8 @@ def _quantize(model: Path, target: Path, calibration: Sequence[np.ndarray], *,
             x = next(self.batches, None)
             return None if x is None else {"image": x}
 
+    if percentile is None:
+        percentile = activation_bits == 8
     graph = onnx.load(str(model))
     extra: dict[str, Any] = {"CalibStridedMinMax": calibration_stride(len(calibration))}
     if percentile:
@@ -361,6 +366,7 @@ def _quantize(model: Path, target: Path, calibration: Sequence[np.ndarray], *,
                         calibrate_method=(CalibrationMethod.Percentile if percentile
                                           else CalibrationMethod.MinMax),
                         extra_options=extra, nodes_to_exclude=shape_nodes(graph.graph))
+    return f"{PERCENTILE} percentile" if percentile else "min-max"
 
 
 def quantize_onnx(fp32: Path, int8: Path, calibration: Sequence[np.ndarray], *,
@@ -402,12 +408,10 @@ def quantize_onnx(fp32: Path, int8: Path, calibration: Sequence[np.ndarray], *,
             corrected = Path(tmp) / "corrected.onnx"
             correct_biases(pre, corrected, calibration, rounded=rounded, keep=keep)
             pre = corrected
-        clip = activation_bits == 8
-        _quantize(pre, target, calibration, percentile=clip, activation_bits=activation_bits,
-                  sixteen_bit=keep)
+        ranges = _quantize(pre, target, calibration, activation_bits=activation_bits,
+                           sixteen_bit=keep)
     total = sum(sizes.values())
-    return {"activation_bits": activation_bits,
-            "activation_ranges": f"{PERCENTILE} percentile" if clip else "min-max",
+    return {"activation_bits": activation_bits, "activation_ranges": ranges,
             "sixteen_bit_layers": len(keep),
             "sixteen_bit_share": sum(sizes[k] for k in keep) / total if total else 0.0}
 
