@@ -112,6 +112,12 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
                    "equally often) instead of sqrt-balanced: the validation-fitted logit "
                    "adjustment's tau is above 0 in most runs, so the model leans to the large "
                    "classes", ["data.sampler=oversample"]),
+    "la": ("the MobileNetV2 default with the logit-adjusted loss (Menon et al. 2021; tau 1, "
+           "offsets from the sqrt sampler's class shares) instead of the class-balanced focal "
+           "loss: class weights stop moving the boundary once the network fits its training "
+           "set, margins do not; best.pt carries the posterior offset, so the plain argmax "
+           "leans to the common classes again and the logit-adjusted column is the balanced "
+           "rule", ["loss.name=la", "loss.tau=1.0"]),
     "lite2": ("EfficientNet-Lite2 (ImageNet top-1 77.5, weights offline): more capacity at the "
               "same 128 px, 0.65x Lite0's training images/s",
               ["model.backbone=tf_efficientnet_lite2"]),

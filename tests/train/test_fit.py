@@ -315,3 +315,31 @@ def test_ema_weights_are_validated_kept_as_best_and_resumed(dataset: Path,
     assert folded_count(t.model) == 0
     same = [m for m in t.model.modules() if isinstance(m, Conv2dSame)]
     assert same and all(type(m) is Conv2dSame for m in same)  # the padding rewrite undone
+
+
+def test_logit_adjusted_loss_offset_is_in_best_pt_only(tmp_path: Path) -> None:
+    """loss.name=la: training and validation use the plain weights (last.pt's average), and
+    best.pt's head bias carries tau log(n_c / N) on top, so everything after training sees
+    posterior logits; the final predictions come from best.pt."""
+    ds = write_photo_dataset(tmp_path / "photos", per_class=20)
+    first = sorted(p for p in ds.iterdir() if p.is_dir())[0]
+    for p in sorted(first.glob("*.jpg"))[:12]:  # an imbalanced set: 8 / 20 / 20 images
+        p.unlink()
+    cfg = load_config(None, [*TINY, "train.epochs=1", "train.ema_decay=0.99", "loss.name=la",
+                             "loss.tau=0.5", "data.sampler=sqrt", "model.freeze_epochs=0",
+                             "eval.gallery=0", "eval.report=false", f"data.source={ds}"])
+    train_run(cfg, tmp_path / "run", progress=False)
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    with open(tmp_path / "run" / "splits.csv") as f:
+        labels = [r["label"] for r in csv.DictReader(f) if r["split"] == "train"]
+    counts = np.array([labels.count(c) for c in best["classes"]], dtype=float)
+    assert len(set(counts)) > 1, counts
+    key = "classifier.bias"
+    torch.testing.assert_close(best["model"][key] - last["ema"][key],
+                               torch.as_tensor(0.5 * np.log(counts / counts.sum()),
+                                               dtype=torch.float32))
+    assert all(torch.equal(v, last["ema"][k]) for k, v in best["model"].items() if k != key)
+    m = evaluate_run(tmp_path / "run", split="test")
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["balanced_accuracy"] == pytest.approx(saved["balanced_accuracy"])

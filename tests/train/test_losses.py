@@ -8,12 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from dermalab.core.config import LossConfig
+from dermalab.data.dataset import sampled_class_prior
 from dermalab.train.losses import (
     ClassBalancedLoss,
     FocalLoss,
+    LogitAdjustedLoss,
     build_loss,
     effective_number_weights,
     inverse_frequency_weights,
+    posterior_offset,
 )
 
 torch.manual_seed(0)
@@ -104,3 +107,68 @@ def test_focal_gradients_stay_finite_for_small_gamma_on_saturated_logits(make) -
         loss = make(gamma)(logits, torch.tensor([0, 1]))
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(logits.grad).all(), gamma
+
+
+def test_logit_adjusted_tau_zero_and_uniform_prior_are_cross_entropy() -> None:
+    prior = np.asarray(COUNTS) / sum(COUNTS)
+    ce = F.cross_entropy(LOGITS, TARGET)
+    assert torch.allclose(LogitAdjustedLoss(prior, tau=0.0)(LOGITS, TARGET), ce, atol=1e-6)
+    # A constant offset cancels in the softmax.
+    assert torch.allclose(LogitAdjustedLoss(np.full(5, 0.2), tau=2.0)(LOGITS, TARGET), ce,
+                          atol=1e-6)
+
+
+def test_logit_adjusted_is_cross_entropy_of_offset_logits() -> None:
+    prior = np.asarray(COUNTS) / sum(COUNTS)
+    shifted = LOGITS + 0.7 * torch.log(torch.as_tensor(prior, dtype=torch.float32))
+    got = LogitAdjustedLoss(prior, tau=0.7, label_smoothing=0.1)(LOGITS, TARGET)
+    assert torch.allclose(got, F.cross_entropy(shifted, TARGET, label_smoothing=0.1), atol=1e-6)
+    with pytest.raises(ValueError, match="tau"):
+        LogitAdjustedLoss(prior, tau=-1.0)
+
+
+def test_sampled_class_prior_follows_the_sampler() -> None:
+    n = np.asarray(COUNTS, dtype=float)
+    np.testing.assert_allclose(sampled_class_prior(COUNTS, "none"), n / n.sum())
+    np.testing.assert_allclose(sampled_class_prior(COUNTS, "sqrt"), np.sqrt(n) / np.sqrt(n).sum())
+    np.testing.assert_allclose(sampled_class_prior(COUNTS, "oversample"), np.full(5, 0.2))
+    np.testing.assert_allclose(sampled_class_prior([4, 0, 4], "oversample"), [0.5, 0, 0.5])
+
+
+def test_build_loss_la_offsets_follow_the_sampler() -> None:
+    for sampler in ("none", "sqrt", "oversample"):
+        loss = build_loss(LossConfig(name="la", tau=1.0), COUNTS, sampler=sampler)
+        expected = np.log(sampled_class_prior(COUNTS, sampler))
+        np.testing.assert_allclose(loss.offset.numpy(), expected, rtol=1e-6)  # type: ignore[operator]
+    # With oversampling every batch is already balanced: the offsets are equal, so plain CE.
+    over = build_loss(LossConfig(name="la"), COUNTS, sampler="oversample")
+    assert torch.allclose(over(LOGITS, TARGET), F.cross_entropy(LOGITS, TARGET), atol=1e-6)
+
+
+def test_logit_adjusted_optimum_is_balanced_and_the_offset_restores_the_prior() -> None:
+    """The limiting case of Menon et al.: with no information in x (a bias-only model), the
+    plain-CE optimum is log pi (argmax: the largest class), the logit-adjusted optimum is
+    flat (tau = 1: every class equally likely, the balanced rule), and adding
+    :func:`posterior_offset` gives back log pi."""
+    counts = np.array([600, 250, 100, 40, 10])
+    target = torch.as_tensor(np.repeat(np.arange(5), counts))
+    loss = build_loss(LossConfig(name="la", tau=1.0), counts, sampler="none")
+    bias = torch.zeros(5, requires_grad=True)
+    opt = torch.optim.LBFGS([bias], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = loss(bias.expand(len(target), 5), target)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    b = bias.detach().numpy()
+    np.testing.assert_allclose(b - b.mean(), 0.0, atol=1e-4)
+    offset = posterior_offset(LossConfig(name="la", tau=1.0), counts)
+    assert offset is not None
+    post = torch.log_softmax(torch.as_tensor(b + offset), 0).numpy()
+    np.testing.assert_allclose(post, np.log(counts / counts.sum()), atol=1e-4)
+    assert posterior_offset(LossConfig(name="cb"), counts) is None
+    np.testing.assert_allclose(posterior_offset(LossConfig(name="la", tau=0.5), counts),
+                               0.5 * np.log(counts / counts.sum()))

@@ -112,11 +112,12 @@ class ModelConfig:
 class LossConfig:
     """Loss and class-imbalance weighting (see :mod:`dermalab.train.losses`)."""
 
-    name: str = "ce"  # ce | weighted_ce | focal | cb
+    name: str = "ce"  # ce | weighted_ce | focal | cb | la (logit-adjusted)
     label_smoothing: float = 0.0
     gamma: float = 2.0  # focal loss focusing parameter
     beta: float = 0.999  # class-balanced effective-number parameter
     cb_type: str = "focal"  # class-balanced variant: softmax | sigmoid | focal
+    tau: float = 1.0  # logit-adjusted loss: the scale of its log-prior offsets
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.split_by": ("group", "image"),
     "data.conflicts": ("drop", "keep", "error"),
     "data.sampler": ("none", "oversample", "sqrt"),
-    "loss.name": ("ce", "weighted_ce", "focal", "cb"),
+    "loss.name": ("ce", "weighted_ce", "focal", "cb", "la"),
     "loss.cb_type": ("softmax", "sigmoid", "focal"),
     "optim.name": ("sgd", "adam", "adamw", "rmsprop"),
     "sched.name": ("none", "step", "cosine", "plateau"),

@@ -274,6 +274,23 @@ def build_for_inference(backbone: str, num_classes: int, dropout: float = 0.0,
     return expand_stem(model, in_chans) if in_chans != 3 else model
 
 
+def head_bias_key(model: nn.Module) -> str:
+    """The ``state_dict`` key of the classifier head's bias (``classifier.bias`` for a
+    MobileNet/EfficientNet, ``fc.bias`` for a ResNet).
+
+    Raises:
+        ConfigError: the head is not a linear layer with a bias.
+    """
+    head = model.get_classifier()  # type: ignore[operator]
+    if isinstance(head, nn.Linear) and head.bias is not None:
+        for name, module in model.named_modules():
+            if module is head:
+                return f"{name}.bias"
+    raise ConfigError(f"the classifier head of this backbone is a {type(head).__name__}, not a "
+                      "linear layer with a bias: loss.name=la needs one to carry its offsets "
+                      "(choose another loss or backbone)")
+
+
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters of the classifier head (trained during the warm-up)."""
     head = model.get_classifier()  # type: ignore[operator]

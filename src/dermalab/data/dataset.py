@@ -56,6 +56,22 @@ def class_counts(targets: Sequence[int] | np.ndarray, num_classes: int) -> np.nd
     return np.bincount(np.asarray(targets, dtype=np.int64), minlength=num_classes)
 
 
+#: ``data.sampler`` -> the power ``p`` of each image's draw weight ``1 / n_c ** p``.
+SAMPLER_POWER: dict[str, float] = {"none": 0.0, "sqrt": 0.5, "oversample": 1.0}
+
+
+def sampled_class_prior(counts: Sequence[int] | np.ndarray, sampler: str) -> np.ndarray:
+    """The expected class shares of the training batches under ``data.sampler``.
+
+    Each of the ``n_c`` images of class ``c`` is drawn with weight ``n_c^(-p)``, so the class
+    is drawn in proportion to ``n_c^(1 - p)``: the counts themselves without a sampler,
+    ``sqrt(n_c)`` for ``sqrt``, equal shares for ``oversample`` (empty classes stay at 0).
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    share = np.where(n > 0, np.maximum(n, 1.0) ** (1.0 - SAMPLER_POWER[sampler]), 0.0)
+    return share / share.sum()
+
+
 def balanced_sampler(
     targets: Sequence[int] | np.ndarray, num_classes: int, power: float,
     generator: torch.Generator | None = None,

@@ -42,16 +42,28 @@ from dermalab.core.calibration import calibrated_probs
 from dermalab.core.config import ExperimentConfig, from_dict, save_config, to_dict
 from dermalab.core.errors import ConfigError, TrainingDivergedError
 from dermalab.core.metrics import classification_metrics
-from dermalab.core.models import count_parameters, create_model, get_spec, set_body_trainable
+from dermalab.core.models import (
+    count_parameters,
+    create_model,
+    get_spec,
+    head_bias_key,
+    set_body_trainable,
+)
 from dermalab.core.runs import ModelInfo, RunPaths, load_checkpoint, save_checkpoint, write_history
 from dermalab.data.batch_augment import BatchAugment
-from dermalab.data.dataset import ImageDataset, balanced_sampler, class_counts, make_loader
+from dermalab.data.dataset import (
+    SAMPLER_POWER,
+    ImageDataset,
+    balanced_sampler,
+    class_counts,
+    make_loader,
+)
 from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.data.transforms import eval_transform, train_transform
 from dermalab.train.accel import epoch_seed, make_accelerator, seed_everything
 from dermalab.train.fold import fold_frozen_batchnorms, unfold_batchnorms
 from dermalab.train.loop import check_gathered, mean_loss, predict, train_one_epoch
-from dermalab.train.losses import build_loss
+from dermalab.train.losses import build_loss, posterior_offset
 from dermalab.train.mixing import BatchMixer
 from dermalab.train.optim import EpochScheduler, build_optimizer
 from dermalab.train.same_pad import restore_same_padding, use_static_same_padding
@@ -112,6 +124,8 @@ class Training:
     batch_augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # data.augment.batched
     ema: ModelEmaV3 | None = None  # train.ema_decay > 0
     mixer: BatchMixer | None = None  # data.augment.mixup / cutmix
+    # loss.name=la: (the head bias's state_dict key, the offset best.pt's weights carry)
+    head_offset: tuple[str, torch.Tensor] | None = None
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -224,8 +238,8 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
         train_targets = train_targets + train_targets
     sampler = None
     if cfg.data.sampler != "none":
-        power = 1.0 if cfg.data.sampler == "oversample" else 0.5
-        sampler = balanced_sampler(train_targets, len(data.classes), power, generator=order)
+        sampler = balanced_sampler(train_targets, len(data.classes),
+                                   SAMPLER_POWER[cfg.data.sampler], generator=order)
     train_loader = make_loader(train_ds, cfg.train.batch_size, shuffle=True, sampler=sampler,
                                num_workers=cfg.data.num_workers,
                                drop_last=len(train_targets) > cfg.train.batch_size,
@@ -246,12 +260,17 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
                          use_warmup=True, warmup_power=0.75)
         if resume is not None and "ema" in resume:
             ema.module.load_state_dict(resume["ema"])
+    offset = posterior_offset(cfg.loss, counts)
+    head_offset = None if offset is None else (
+        head_bias_key(accelerator.unwrap_model(model)), torch.as_tensor(offset,
+                                                                        dtype=torch.float32))
     return Training(cfg=cfg, paths=paths, accelerator=accelerator, data=data, info=info,
                     weights_origin=origin, model=model, optimizer=optimizer,
-                    scheduler=scheduler, loss_fn=build_loss(cfg.loss, counts),
+                    scheduler=scheduler,
+                    loss_fn=build_loss(cfg.loss, counts, sampler=cfg.data.sampler),
                     train_loader=train_loader, val_loader=val_loader, order=order,
                     counts=counts, state=state, batch_augment=batch_augment, ema=ema,
-                    mixer=mixer if mixer.enabled else None)
+                    mixer=mixer if mixer.enabled else None, head_offset=head_offset)
 
 
 def copy_segmenter(segmenter: str | None, paths: RunPaths) -> None:
@@ -302,10 +321,17 @@ def announce(t: Training) -> None:
 
 def _checkpoint(t: Training, best: bool = False) -> dict[str, Any]:
     """``last.pt`` (``best=False``): the live weights, plus the EMA's to resume it; ``best.pt``:
-    the weights that were validated, the EMA's when there is one."""
+    the weights that were validated, the EMA's when there is one, with the logit-adjusted
+    loss's posterior offset added to the head bias (:func:`~dermalab.train.losses.
+    posterior_offset`; training and validation use the weights without it, so resuming from
+    ``last.pt`` does too)."""
     live = t.accelerator.unwrap_model(t.model).state_dict()
     ema = t.ema.module.state_dict() if t.ema is not None else None
-    return {"model": ema if best and ema is not None else live,
+    model = ema if best and ema is not None else live
+    if best and t.head_offset is not None:
+        key, offset = t.head_offset
+        model = {**model, key: model[key] + offset.to(model[key].device, model[key].dtype)}
+    return {"model": model,
             **({"ema": ema} if ema is not None and not best else {}),
             "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
             **t.state.to_checkpoint(), "config": to_dict(t.cfg), **t.info.to_checkpoint(),
@@ -345,7 +371,8 @@ def fit(
         progress: progress bars.
     """
     cfg, st, acc = t.cfg, t.state, t.accelerator
-    loss_dev = build_loss(cfg.loss, t.counts).to(acc.device)  # t.loss_fn stays on the CPU
+    # t.loss_fn stays on the CPU (losses of gathered logits); this one follows the model.
+    loss_dev = build_loss(cfg.loss, t.counts, sampler=cfg.data.sampler).to(acc.device)
     val_targets = t.data.targets("val")
     for epoch in range(st.epoch, cfg.train.epochs):
         if st.stopped_early:

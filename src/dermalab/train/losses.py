@@ -2,7 +2,7 @@
 
 All take ``logits`` of shape ``(N, K)`` and integer ``target`` of shape ``(N,)`` and return the
 mean loss. Each reduces to plain cross-entropy in its limit (tested): focal with ``gamma=0``,
-class-balanced with ``beta=0``.
+class-balanced with ``beta=0``, logit-adjusted with ``tau=0``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dermalab.core.config import LossConfig
+from dermalab.data.dataset import sampled_class_prior
 
 
 def effective_number_weights(counts: Sequence[int] | np.ndarray, beta: float) -> np.ndarray:
@@ -138,11 +139,66 @@ class ClassBalancedLoss(nn.Module):
         return (w * per).mean()
 
 
-def build_loss(cfg: LossConfig, train_counts: Sequence[int] | np.ndarray) -> nn.Module:
+class LogitAdjustedLoss(nn.Module):
+    """Logit-adjusted softmax cross-entropy (Menon et al., "Long-tail learning via logit
+    adjustment", ICLR 2021, eq. 11, https://arxiv.org/abs/2007.07314; with ``tau = 1`` the
+    Balanced Softmax of Ren et al., NeurIPS 2020).
+
+    ``LA(z, y) = -log softmax(z + tau log pi)_y``, ``pi`` the class shares of the training
+    batches. The offset asks a rare class for a larger margin than a common one, and a
+    reweighted loss cannot do that: once the network fits its training set, class weights stop
+    moving the boundary (Byrd & Lipton, ICML 2019). The model's own logits ``z`` then estimate
+    ``log p(x | y)`` up to a constant (for ``tau = 1``): their argmax is the balanced-error
+    rule. :func:`posterior_offset` turns them back into posterior logits.
+
+    Args:
+        prior: ``(K,)`` class shares of the training batches (:func:`sampled_class_prior`).
+        tau: offset scale, >= 0; 0 is plain cross-entropy.
+        label_smoothing: as in ``F.cross_entropy``.
+    """
+
+    def __init__(self, prior: np.ndarray, tau: float = 1.0, label_smoothing: float = 0.0
+                 ) -> None:
+        super().__init__()
+        if tau < 0:
+            raise ValueError(f"tau must be >= 0, got {tau}")
+        self.label_smoothing = label_smoothing
+        self.offset: torch.Tensor
+        # An empty class gets a large negative offset, not -inf (no NaN in the softmax).
+        log_prior = np.log(np.maximum(np.asarray(prior, dtype=np.float64), 1e-12))
+        self.register_buffer("offset", torch.as_tensor(tau * log_prior, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float() + self.offset, target,
+                               label_smoothing=self.label_smoothing)
+
+
+def posterior_offset(cfg: LossConfig, train_counts: Sequence[int] | np.ndarray
+                     ) -> np.ndarray | None:
+    """What to add to the logits of a model trained with ``cfg`` so that they estimate the
+    posterior under the training labels' class frequencies; ``None``: nothing (every loss but
+    ``la``).
+
+    For ``la`` it is ``tau log(n_c / N)``: by Bayes, ``log P(y | x) = log p(x | y) + log pi_y
+    + const``, and the logit-adjusted model's logits estimate ``log p(x | y)``. The trained
+    model carries it in its classifier bias (``best.pt``), so the temperature, the metadata
+    fusion, the served probabilities and the post-hoc logit adjustment (whose tau is fitted
+    on validation) all see posterior logits, as they do for every other loss.
+    """
+    if cfg.name != "la":
+        return None
+    n = np.asarray(train_counts, dtype=np.float64)
+    return cfg.tau * np.log(np.maximum(n, 1e-12) / n.sum())
+
+
+def build_loss(cfg: LossConfig, train_counts: Sequence[int] | np.ndarray,
+               sampler: str = "none") -> nn.Module:
     """The configured loss; class weights always come from the ORIGINAL training counts.
 
     Oversampling changes what the model sees, not the true class frequencies; the loss weights
-    are computed from the un-resampled counts so the two tools stay complementary.
+    are computed from the un-resampled counts so the two tools stay complementary. The
+    logit-adjusted loss's offsets are the opposite case: they must match the class shares the
+    batches really have, so they follow ``sampler`` (``data.sampler``).
     """
     counts = np.asarray(train_counts)
     if cfg.name == "ce":
@@ -154,4 +210,7 @@ def build_loss(cfg: LossConfig, train_counts: Sequence[int] | np.ndarray) -> nn.
         return FocalLoss(cfg.gamma, label_smoothing=cfg.label_smoothing)
     if cfg.name == "cb":
         return ClassBalancedLoss(counts, cfg.beta, cfg.cb_type, cfg.gamma, cfg.label_smoothing)
+    if cfg.name == "la":
+        return LogitAdjustedLoss(sampled_class_prior(counts, sampler), cfg.tau,
+                                 cfg.label_smoothing)
     raise ValueError(f"unknown loss {cfg.name!r}")
