@@ -20,9 +20,13 @@ SHARED = Path(os.environ.get("DERMALAB_SHARED_DATA", REPO.parent / "shared" / "d
 HAM = SHARED / "ham10000_200x150"
 RESULTS = REPO / "bench" / "results"
 WORK = REPO / "bench" / "work"  # run directories (git-ignored); reruns reuse finished runs
+#: Overrides of configs/ham10000_default.yaml that give back its loss until 2026-11-30: the
+#: class-balanced focal loss (its beta, gamma and variant are LossConfig's defaults) in place of
+#: the logit-adjusted loss. Every recipe measured before the change pins it.
+CB_FOCAL = ["loss.name=cb"]
 #: Overrides of configs/ham10000_default.yaml that give back the EfficientNet-Lite0 default of
 #: 2026-11-30, before the backbone became MobileNetV2.
-LITE0 = ["model.backbone=tf_efficientnet_lite0"]
+LITE0 = [*CB_FOCAL, "model.backbone=tf_efficientnet_lite0"]
 #: Overrides of configs/ham10000_default.yaml that give back its recipe before 2026-11-29.
 PREVIOUS_DEFAULT = [*LITE0, "model.freeze_stages=0", "data.augment.batched=false",
                     "train.ema_decay=0", "train.epochs=12", "train.patience=4",

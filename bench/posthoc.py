@@ -17,6 +17,11 @@ test: weights, temperatures and thresholds are fitted on validation, test is onl
   smooth objective the adjustment's balanced error is the 0-1 form of). Judged first on
   validation alone, by repeated lesion-grouped halving of it (fit on one half, score the
   other), then measured on test; on every MobileNetV2 run of ``bench/quality.py`` here.
+- **Flip TTA under the shipped decision rule**: the same per-run study with the logits
+  averaged over the four flip views (``dermalab evaluate --tta``; the temperature refitted on
+  validation), image alone and with metadata, against the plain logits: does averaging the
+  views add to the metadata and the logit adjustment? The views' logits are computed once per
+  run and kept in its directory (``tta_logits.npz``).
 
 Writes ``bench/results/posthoc.{json,md}``. Usage: ``python bench/posthoc.py``
 """
@@ -43,17 +48,20 @@ from sklearn.preprocessing import PolynomialFeatures
 
 from dermalab.core.calibration import calibrated_probs, fit_temperature, nll
 from dermalab.core.metadata import MetadataModel
-from dermalab.core.runs import Predictions
+from dermalab.core.runs import Predictions, load_run
+from dermalab.data.prepare import prepare_data
 from dermalab.deploy.ood import selective_threshold
 from dermalab.evaluate.analysis import TAUS, adjusted_argmax, logit_adjustment
 from dermalab.evaluate.metadata_fusion import _hidden, fit_metadata_model, fit_weight
+from dermalab.train.accel import make_accelerator
+from dermalab.train.loop import predict_split
 
 FIELDS = ["age", "sex", "localization"]
 SEEDS = (1, 42, 7)
 TARGET_ACCURACY = 0.85  # eval.uncertain_target_accuracy of the default
 #: The MobileNetV2 recipes of bench/quality.py whose runs the tau study reads (where present).
 TAU_RECIPES = ("default", "px160-mobilenetv2", "px160-auc", "ep28", "freeze0",
-               "oversample")
+               "oversample", "cb-focal")
 #: Random lesion-grouped halvings of validation for the validation-only comparison.
 HALVINGS = 100
 
@@ -166,8 +174,8 @@ def tau_by_balanced_nll(logits: np.ndarray, targets: np.ndarray, prior: np.ndarr
                                  bounds=(lo, hi), method="bounded").x)
 
 
-TAU_RULES = {"grid on balanced accuracy (shipped)": tau_by_grid,
-             "balanced NLL": tau_by_balanced_nll}
+SHIPPED = "grid on balanced accuracy (shipped)"
+TAU_RULES = {SHIPPED: tau_by_grid, "balanced NLL": tau_by_balanced_nll}
 
 
 def tau_study(run: dict[str, Any], base: MetadataModel, meta: dict[str, dict[str, Any]],
@@ -204,6 +212,34 @@ def tau_study(run: dict[str, Any], base: MetadataModel, meta: dict[str, dict[str
     return out
 
 
+def with_tta(d: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """``run`` with its validation and test logits replaced by the mean over the flip views
+    of its best weights, the temperature refitted on them (computed once, then read from
+    ``d / "tta_logits.npz"``)."""
+    cache = d / "tta_logits.npz"
+    if not cache.is_file():
+        loaded = load_run(d, command="evaluate")
+        cfg = loaded.config
+        data = prepare_data(cfg.data, loaded.info.image_size, split_path=loaded.paths.splits,
+                            progress=False)
+        acc = make_accelerator(cfg.train)
+        model = acc.prepare(loaded.model)
+        views = {}
+        for sp in ("val", "test"):
+            p = predict_split(model, data, sp, loaded.info.classes, loaded.info.mean,
+                              loaded.info.std, acc, batch_size=cfg.train.eval_batch_size,
+                              tta=True)
+            assert (p.ids == run[sp]["ids"]).all() and p.tta_logits is not None, (d, sp)
+            # The plain pass must reproduce the saved predictions: same weights, same images.
+            np.testing.assert_allclose(p.logits, run[sp]["logits"], rtol=1e-3, atol=1e-3)
+            views[sp] = p.tta_logits
+        np.savez(cache, **views)
+    z = np.load(cache)
+    out = {sp: {"ids": run[sp]["ids"], "targets": run[sp]["targets"], "logits": z[sp]}
+           for sp in ("val", "test")}
+    return {**run, **out, "T": fit_temperature(z["val"], run["val"]["targets"])}
+
+
 def main() -> None:
     started = time.time()
     ham = list(csv.DictReader((HAM / "HAM10000_metadata.csv").open()))
@@ -238,18 +274,26 @@ def main() -> None:
                        for d in (WORK / "quality" / recipe).glob("s*")
                        if d.name[1:].isdigit() and (d / "predictions_test.npz").is_file()),
                       key=lambda x: (TAU_RECIPES.index(x[0]), x[1]))
-    taus = []
+    taus, ttas = [], []
     for recipe, seed, d in finished:
         run = load_seed(d)
         # one split for every recipe (data.split_seed), so the metadata model fitted above
         # on its training rows serves them all
         assert run["train"] == first["train"] and run["classes"] == classes, d
-        taus += [{"recipe": recipe, "seed": seed, **row}
+        plain = [{"recipe": recipe, "seed": seed, **row}
                  for row in tau_study(run, base, meta, lesions, seed)]
+        taus += plain
+        # The same halvings (same seed), so each TTA row pairs with its plain row.
+        for p, row in zip(plain, tau_study(with_tta(d, run), base, meta, lesions, seed),
+                          strict=True):
+            ttas.append({"recipe": recipe, "seed": seed, "inputs": row["inputs"],
+                         "plain": {"test_argmax": p["test_plain"], **p[SHIPPED]},
+                         "tta": {"test_argmax": row["test_plain"], **row[SHIPPED]}})
 
     report = {"benchmark": "posthoc", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "seeds": list(SEEDS), "test_images": len(ty), "ensembles": ens,
               "metadata_variants": per_seed, "not_sure": lines, "tau_rules": taus,
+              "tta": ttas,
               "minutes": (time.time() - started) / 60}
 
     md = [f"# After training: ensembles, metadata models, the \"not sure\" line "
@@ -303,13 +347,28 @@ def main() -> None:
                   + " | ".join(f"{pm([x[r]['tau'] for x in rows], 2)} / "
                                f"{pm([x[r]['val_halves'] for x in rows])} / "
                                f"{pm([x[r]['test'] for x in rows])}" for r in TAU_RULES) + " |")
-    shipped, smooth = TAU_RULES
+    shipped, smooth = SHIPPED, next(r for r in TAU_RULES if r != SHIPPED)
     for inputs in ("image", "image + metadata"):
         rows = [x for x in taus if x["inputs"] == inputs]
         gain = {k: pm([x[smooth][k] - x[shipped][k] for x in rows]) for k in
                 ("val_halves", "test")}
         md += ["", f"{inputs}: the balanced-NLL rule minus the shipped one (mean ± sd over "
                f"runs): {gain['val_halves']} on validation halves, {gain['test']} on test."]
+    md += ["", "## Flip TTA under the shipped decision rule", "",
+           "Per run: the logits of the four flip views averaged (temperature refitted on "
+           "validation) against the plain logits; the logit adjustment's tau fitted by the "
+           "shipped grid. Val halves: as above, the same halvings for both.", "",
+           "| run | inputs | plain: argmax test / val halves / test | "
+           "TTA: argmax test / val halves / test |", "| --- | --- | --- | --- |"]
+    for x in ttas:
+        md.append(f"| {x['recipe']} s{x['seed']} | {x['inputs']} | " + " | ".join(
+            f"{fmt(x[k]['test_argmax'])} / {fmt(x[k]['val_halves'])} / {fmt(x[k]['test'])}"
+            for k in ("plain", "tta")) + " |")
+    for inputs in ("image", "image + metadata"):
+        rows = [x for x in ttas if x["inputs"] == inputs]
+        md.append(f"| **TTA minus plain ({len(rows)} runs)** | {inputs} | | " + " / ".join(
+            pm([x["tta"][k] - x["plain"][k] for x in rows])
+            for k in ("test_argmax", "val_halves", "test")) + " |")
     mean, _ = mean_sd([e["metadata_balanced_accuracy"] for e in ens if e["members"] == 2])
     md += ["", f"A pair of seeds with metadata: mean balanced accuracy {mean:.3f}. "
            f"Runtime {report['minutes']:.1f} min."]
