@@ -33,6 +33,8 @@ def test_documented_override_keys_exist() -> None:
     ("train.epoch=3", "unknown config key"),
     ("train.epochs=three", "must be an integer"),
     ("loss.name=hinge", "must be one of"),
+    ("loss.tau=-0.5", r"'loss.tau' must be >= 0, got -0.5"),
+    ("loss.gamma=-1", r"'loss.gamma' must be >= 0"),
     ("model.pretrained=maybe", "must be true or false"),
     ("epochs", "not of the form key=value"),
 ])

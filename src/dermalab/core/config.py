@@ -253,6 +253,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "eval.cam_method": ("gradcam", "gradcam++"),
 }
+#: Lower bounds of numeric keys whose meaning ends there (checked when the config is read, so a
+#: bad value is one clear line before any data is touched).
+_MINIMA: dict[str, float] = {"loss.tau": 0.0, "loss.gamma": 0.0, "loss.label_smoothing": 0.0}
 #: The patient metadata dermalab can weigh (eval.metadata; dermalab.core.metadata encodes them).
 METADATA_FIELDS = ("age", "sex", "localization")
 _LIST_CHOICES: dict[str, tuple[str, ...]] = {
@@ -357,6 +360,8 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
                                   f"{_LIST_CHOICES[key]}, got {value!r}")
         if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
             raise ConfigError(f"config key '{key}' must be one of {_CHOICES[key]}, got {value!r}")
+        if key in _MINIMA and kwargs[name] < _MINIMA[key]:
+            raise ConfigError(f"config key '{key}' must be >= {_MINIMA[key]:g}, got {value!r}")
     return cls(**kwargs)
 
 
