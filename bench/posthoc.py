@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import HAM, WORK, fmt, machine, mean_sd, pm, write_results
+from common import HAM, WORK, finished_runs, fmt, machine, mean_sd, pm, write_results
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -191,9 +191,11 @@ TAU_RULES = {SHIPPED: tau_by_grid, "balanced NLL": tau_by_balanced_nll}
 
 
 def tau_study(run: dict[str, Any], base: MetadataModel, meta: dict[str, dict[str, Any]],
-              lesions: dict[str, str], seed: int) -> list[dict[str, Any]]:
+              lesions: dict[str, str], seed: int,
+              rules: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]]
+              ) -> list[dict[str, Any]]:
     """For one run, image alone and with metadata (``base``, fitted on the run's training
-    split): each tau rule's validation balanced accuracy on held-out halves (mean over
+    split): each of ``rules``' validation balanced accuracy on held-out halves (mean over
     :data:`HALVINGS` lesion-grouped halvings) and its test balanced accuracy when fitted on all
     of validation."""
     prior = np.exp(np.asarray(base.log_prior))
@@ -213,7 +215,7 @@ def tau_study(run: dict[str, Any], base: MetadataModel, meta: dict[str, dict[str
         for inputs, v, t in (("image", vz, tz), ("image + metadata", vf, tf)):
             row: dict[str, Any] = {"inputs": inputs,
                                    "test_plain": float(balanced_accuracy_score(ty, t.argmax(1)))}
-            for rule, fit in TAU_RULES.items():
+            for rule, fit in rules.items():
                 held = [balanced_accuracy_score(vy[~a], adjusted_argmax(
                     v[~a], prior, fit(v[a], vy[a], prior))) for a in halves]
                 tau = fit(v, vy, prior)
@@ -284,9 +286,8 @@ def main() -> None:
         lines += [{"seed": s, **row} for row in not_sure(ty, vy, vz, tz, vf, tf)]
     ens = ensembles(runs, vr, tr, prior)
     lesions = {r["image_id"]: r["lesion_id"] for r in ham}
-    finished = sorted(((recipe, int(d.name[1:]), d) for recipe in TAU_RECIPES
-                       for d in (WORK / "quality" / recipe).glob("s*")
-                       if d.name[1:].isdigit() and (d / "predictions_test.npz").is_file()),
+    finished = sorted(((recipe, int(d.name[1:]), d) for recipe, d in
+                       finished_runs(WORK / "quality", dict.fromkeys(TAU_RECIPES))),
                       key=lambda x: (TAU_RECIPES.index(x[0]), x[1]))
     taus, ttas = [], []
     for recipe, seed, d in finished:
@@ -295,11 +296,12 @@ def main() -> None:
         # on its training rows serves them all
         assert run["train"] == first["train"] and run["classes"] == classes, d
         plain = [{"recipe": recipe, "seed": seed, **row}
-                 for row in tau_study(run, base, meta, lesions, seed)]
+                 for row in tau_study(run, base, meta, lesions, seed, TAU_RULES)]
         taus += plain
-        # The same halvings (same seed), so each TTA row pairs with its plain row.
-        for p, row in zip(plain, tau_study(with_tta(d, run), base, meta, lesions, seed),
-                          strict=True):
+        # The same halvings (same seed), so each TTA row pairs with its plain row; only the
+        # shipped rule is compared.
+        for p, row in zip(plain, tau_study(with_tta(d, run), base, meta, lesions, seed,
+                                           {SHIPPED: TAU_RULES[SHIPPED]}), strict=True):
             ttas.append({"recipe": recipe, "seed": seed, "inputs": row["inputs"],
                          "plain": {"test_argmax": p["test_plain"], **p[SHIPPED]},
                          "tta": {"test_argmax": row["test_plain"], **row[SHIPPED]}})

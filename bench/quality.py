@@ -129,9 +129,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
         "often) instead of sqrt-balanced: the validation-fitted logit adjustment's tau is "
         "above 0 in most runs, so the model leans to the large classes",
         ["data.sampler=oversample"]),
-    "lite2": ("CB focal, EfficientNet-Lite2 (ImageNet top-1 77.5, weights offline): more "
-              "capacity at the same 128 px, 0.65x Lite0's training images/s",
-              [*CB_FOCAL, "model.backbone=tf_efficientnet_lite2"]),
+    "lite2": on_cb_focal("EfficientNet-Lite2 (ImageNet top-1 77.5, weights offline): more "
+                         "capacity at the same 128 px, 0.65x Lite0's training images/s",
+                         ["model.backbone=tf_efficientnet_lite2"]),
     "dermamnist-c": ("the default on the leak-corrected DermaMNIST-C split (Abhishek et al. "
                      "2025: 8,208 / 575 / 1,232 images, no lesion in two parts)",
                      [f"data.split_file={DERMAMNIST_C}"]),

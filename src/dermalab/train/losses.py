@@ -139,6 +139,12 @@ class ClassBalancedLoss(nn.Module):
         return (w * per).mean()
 
 
+def _log_shares(shares: np.ndarray) -> np.ndarray:
+    """``log`` of class shares, an empty class at ``log 1e-12`` rather than ``-inf`` (a large
+    negative offset, no NaN in a softmax)."""
+    return np.log(np.maximum(np.asarray(shares, dtype=np.float64), 1e-12))
+
+
 class LogitAdjustedLoss(nn.Module):
     """Logit-adjusted softmax cross-entropy (Menon et al., "Long-tail learning via logit
     adjustment", ICLR 2021, eq. 11, https://arxiv.org/abs/2007.07314; with ``tau = 1`` the
@@ -164,9 +170,8 @@ class LogitAdjustedLoss(nn.Module):
             raise ValueError(f"tau must be >= 0, got {tau}")
         self.label_smoothing = label_smoothing
         self.offset: torch.Tensor
-        # An empty class gets a large negative offset, not -inf (no NaN in the softmax).
-        log_prior = np.log(np.maximum(np.asarray(prior, dtype=np.float64), 1e-12))
-        self.register_buffer("offset", torch.as_tensor(tau * log_prior, dtype=torch.float32))
+        self.register_buffer("offset", torch.as_tensor(tau * _log_shares(prior),
+                                                       dtype=torch.float32))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float() + self.offset, target,
@@ -187,8 +192,7 @@ def posterior_offset(cfg: LossConfig, train_counts: Sequence[int] | np.ndarray
     """
     if cfg.name != "la":
         return None
-    n = np.asarray(train_counts, dtype=np.float64)
-    return cfg.tau * np.log(np.maximum(n, 1e-12) / n.sum())
+    return cfg.tau * _log_shares(sampled_class_prior(train_counts, "none"))
 
 
 def build_loss(cfg: LossConfig, train_counts: Sequence[int] | np.ndarray,
