@@ -184,7 +184,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     cfg = _load_cfg(args)
     out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if RunPaths(Path(out)).last.exists():
+    paths = RunPaths(Path(out))
+    # An unfinished ensemble folder is fine: members of the same config are reused (checked).
+    if paths.last.exists() or paths.is_finished or (paths.members.is_dir()
+                                                    and cfg.model.members == 1):
         raise DermalabError(f"{out} already holds a run; use --resume {out} or another --out")
     train_run(cfg, out, progress=not args.no_progress)
     print(next_steps(RunPaths(Path(out))))

@@ -3,6 +3,11 @@
     fit (train) -> evaluate the best checkpoint (evaluate) -> calibrate, analyse, explain
     (evaluate) -> serving detectors (deploy) -> report -> tracking -> upload
 
+An ensemble (``model.members`` = K > 1) is K such runs in ``RUN_DIR/members/m<i>`` (seeds
+``train.seed + i``), then their combination (``evaluate.ensemble``) through the same stages
+from "calibrate" on. Members already finished are reused and a cut-off one is resumed, so
+``--resume`` continues an ensemble where it stopped.
+
 ``dermalab train``, ``--resume``, ``dermalab report``, the tuner and ``compare`` all come here,
 so each runs exactly the same stages.
 """
@@ -14,7 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dermalab.core.config import ExperimentConfig, flatten, replace, save_config, to_dict
+from dermalab.core.config import (
+    ExperimentConfig,
+    flatten,
+    load_config,
+    replace,
+    save_config,
+    to_dict,
+)
 from dermalab.core.errors import ConfigError, RunNotFoundError, StopTraining
 from dermalab.core.models import count_parameters
 from dermalab.core.runs import (
@@ -29,9 +41,11 @@ from dermalab.core.runs import (
 from dermalab.core.tracking import Tracker
 from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.deploy.serving import fit_serving
+from dermalab.evaluate.ensemble import assemble_ensemble
 from dermalab.evaluate.evaluate import evaluate_training
 from dermalab.evaluate.finalize import calibrate_and_analyse, saved_predictions, write_run_plots
 from dermalab.evaluate.report import write_report
+from dermalab.train.accel import make_accelerator
 from dermalab.train.fit import Training, announce, fit, setup_training
 
 TEST_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "weighted_precision",
@@ -42,6 +56,8 @@ TEST_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "weig
 def train_run(cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool = True,
               trial_callback: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train a new run of ``cfg`` in ``run_dir`` and finish it; returns ``metrics.json``."""
+    if cfg.model.members > 1:
+        return _ensemble(cfg, RunPaths(Path(run_dir)), progress)
     return _run(cfg, RunPaths(Path(run_dir)), None, progress, trial_callback)
 
 
@@ -56,6 +72,11 @@ def resume_run(run_dir: str | Path, *, progress: bool = True, redo_final: bool =
         RunNotFoundError: nothing to resume in ``run_dir`` (the message says what to run).
     """
     paths = RunPaths(Path(run_dir))
+    saved = load_config(paths.config) if paths.config.is_file() else None
+    if saved is not None and saved.model.members > 1:
+        if paths.is_finished and not redo_final:
+            return _finished(paths)
+        return _ensemble(saved, paths, progress, redo_final=redo_final)
     if not paths.last.is_file():
         if paths.config.is_file():
             raise RunNotFoundError(
@@ -64,12 +85,16 @@ def resume_run(run_dir: str | Path, *, progress: bool = True, redo_final: bool =
                 f"{paths.root}`")
         paths.require_model("--resume")  # says whether the folder exists and what to run
     if paths.is_finished and not redo_final:
-        metrics = read_metrics(paths)
-        print(f"{paths.root} is finished (test balanced accuracy "
-              f"{metrics.get('balanced_accuracy', float('nan')):.4f}); nothing to resume. "
-              "--redo-final re-runs its final evaluation and report.", flush=True)
-        return metrics
+        return _finished(paths)
     return _run(None, paths, load_checkpoint(paths.last), progress, trial_callback)
+
+
+def _finished(paths: RunPaths) -> dict[str, Any]:
+    metrics = read_metrics(paths)
+    print(f"{paths.root} is finished (test balanced accuracy "
+          f"{metrics.get('balanced_accuracy', float('nan')):.4f}); nothing to resume. "
+          "--redo-final re-runs its final evaluation and report.", flush=True)
+    return metrics
 
 
 def run_or_reuse(cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool = True
@@ -79,9 +104,82 @@ def run_or_reuse(cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool =
     paths = RunPaths(Path(run_dir))
     if paths.is_finished:
         return read_metrics(paths)
-    if paths.last.is_file():
+    if paths.last.is_file() or paths.members.is_dir():
         return resume_run(paths.root, progress=progress)
     return train_run(cfg, paths.root, progress=progress)
+
+
+def member_config(cfg: ExperimentConfig, index: int) -> ExperimentConfig:
+    """Member ``index`` of an ensemble: the recipe as one model, seed ``train.seed + index``
+    (exactly what ``dermalab train --set train.seed=...`` with that seed trains)."""
+    return replace(cfg, ["model.members=1", f"train.seed={cfg.train.seed + index}"])
+
+
+def _trained_part(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config without ``tracking`` (where results are logged, not what is trained)."""
+    out = to_dict(cfg)
+    out.pop("tracking", None)
+    return out
+
+
+def _check_member(cfg: ExperimentConfig, paths: RunPaths) -> None:
+    """A member folder that holds a run must hold a run of the member's own config."""
+    if not paths.config.is_file():
+        return
+    saved, want = _trained_part(load_config(paths.config)), _trained_part(cfg)
+    if saved != want:
+        diff = sorted(k for k, v in flatten(want).items() if flatten(saved).get(k) != v)
+        raise ConfigError(f"{paths.root} holds a run of another config ({', '.join(diff[:5])} "
+                          "differ); move it away or train the ensemble into another --out")
+
+
+def _combine(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[Path], progress: bool,
+             started: float) -> None:
+    tracker = Tracker(cfg.tracking, paths.root)
+    tracker.start(f"{cfg.name} ({paths.root.resolve().name})")
+    status = "FAILED"
+    try:
+        print(f"combining the {len(member_dirs)} members into {paths.root}", flush=True)
+        size = load_run(member_dirs[0]).info.image_size
+        data = prepare_data(cfg.data, size, split_path=RunPaths(member_dirs[0]).splits,
+                            progress=progress)
+        results = assemble_ensemble(cfg, paths, member_dirs, data)
+        results["wall_seconds_this_session"] = round(time.perf_counter() - started, 1)
+        tracker.log_params({**flatten(to_dict(cfg)), "n_classes": len(results["classes"])})
+        write_metrics(paths, results)
+        write_run_plots([], results, results["classes"], paths)
+        results = finalize_run(paths.root, data=data)
+        _track_results(tracker, results, paths)
+        print(summary(results, results["classes"]), flush=True)
+        if cfg.tracking.upload_to:
+            upload(paths, cfg.tracking.upload_to, progress)
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
+
+
+def _ensemble(cfg: ExperimentConfig, paths: RunPaths, progress: bool,
+              redo_final: bool = False) -> dict[str, Any]:
+    """Train (or reuse, or resume) the members, combine them, and finish the combination as
+    any run is finished."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, paths.config)
+    k = cfg.model.members
+    started = time.perf_counter()
+    member_dirs = []
+    for i in range(k):
+        mcfg, mpaths = member_config(cfg, i), RunPaths(paths.member(i))
+        _check_member(mcfg, mpaths)
+        print(f"ensemble member {i + 1} of {k} (train.seed={mcfg.train.seed}): {mpaths.root}",
+              flush=True)
+        run_or_reuse(mcfg, mpaths.root, progress=progress)
+        member_dirs.append(mpaths.root)
+    # Under DDP every process trained the members; one combines them.
+    accelerator = make_accelerator(cfg.train)
+    if accelerator.is_main_process and (redo_final or not paths.is_finished):
+        _combine(cfg, paths, member_dirs, progress, started)
+    accelerator.wait_for_everyone()
+    return read_metrics(paths)
 
 
 def set_eval(run: LoadedRun, overrides: list[str]) -> None:
@@ -227,10 +325,13 @@ def next_steps(paths: RunPaths) -> str:
 def summary(results: dict[str, Any], classes: list[str]) -> str:
     """One screen: headline test metrics and the per-class table."""
     auc = results.get("roc_auc_macro")
+    members = results.get("members")
+    chosen = (f"an ensemble of {len(members)} runs, best epochs "
+              + ", ".join(f"{m['best_epoch']} of {m['epochs_run']}" for m in members)
+              if members else f"best epoch {results['best_epoch']} of {results['epochs_run']}")
     lines = [
         "",
-        f"test ({results['n']} images, best epoch {results['best_epoch']} of "
-        f"{results['epochs_run']}):",
+        f"test ({results['n']} images, {chosen}):",
         f"  balanced accuracy {results['balanced_accuracy']:.4f}   accuracy "
         f"{results['accuracy']:.4f}   macro-F1 {results['macro_f1']:.4f}   ROC-AUC (macro OvR) "
         + (f"{auc:.4f}" if auc is not None else "undefined (a class is missing from test)"),

@@ -78,9 +78,11 @@ enqueue:
     out = tmp_path / "study"
     code = main(["tune", "--data", str(photos), "--search", str(space), "--trials", "3",
                  "--out", str(out), "--seed", "0", "--no-progress", "--set", *TRIAL,
-                 "train.epochs=3"])
+                 "train.epochs=3", "model.members=2"])
     assert code == 0
     printed = capsys.readouterr().out
+    # Trials are single models; the recipe's ensemble size is kept for the final training.
+    assert "each trial trains one model (model.members=2 is kept" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert f"ready to train: dermalab train -c {out / 'best_config.yaml'}" in printed
     # One line per trial as it finishes, with its parameters and result.
@@ -101,6 +103,7 @@ enqueue:
     assert summary["best_trial"] in (0, 1)
     assert best.optim.lr == pytest.approx(summary["best_params"]["optim.lr"])
     assert best.eval.report  # the tuner's per-trial shortcuts stay out of the recipe
+    assert best.model.members == 2
     assert best.data.split_file is None and best.data.source == str(photos)
     best_metrics = json.loads((out / "trials" / f"trial_{summary['best_trial']:04d}" /
                                "metrics.json").read_text())
@@ -111,6 +114,7 @@ enqueue:
     for n in range(3):
         cfg = load_config(out / "trials" / f"trial_{n:04d}" / "config.yaml")
         assert cfg.data.split_file == str((out / "splits.csv").resolve())
+        assert cfg.model.members == 1
 
     import mlflow
 

@@ -106,6 +106,9 @@ class ModelConfig:
     # padding a copy of every input (exact: dermalab.train.same_pad); false only to measure it.
     static_same_pad: bool = True
     channels_last: bool = True
+    # An ensemble of this many runs of the recipe, seeds train.seed, train.seed + 1, ...: each
+    # a complete run in RUN_DIR/members/, combined into one model (dermalab.core.models.Ensemble).
+    members: int = 1
 
 
 @dataclass(frozen=True)
@@ -255,7 +258,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 #: Lower bounds of numeric keys whose meaning ends there (checked when the config is read, so a
 #: bad value is one clear line before any data is touched).
-_MINIMA: dict[str, float] = {"loss.tau": 0.0, "loss.gamma": 0.0, "loss.label_smoothing": 0.0}
+_MINIMA: dict[str, float] = {"model.members": 1, "loss.tau": 0.0, "loss.gamma": 0.0,
+                             "loss.label_smoothing": 0.0}
 #: The patient metadata dermalab can weigh (eval.metadata; dermalab.core.metadata encodes them).
 METADATA_FIELDS = ("age", "sex", "localization")
 _LIST_CHOICES: dict[str, tuple[str, ...]] = {

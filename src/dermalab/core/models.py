@@ -102,7 +102,10 @@ def resolve_attr(module: nn.Module, dotted: str) -> nn.Module:
 
 
 def cam_target_layer(model: nn.Module, backbone: str) -> nn.Module:
-    """The Grad-CAM target layer of a backbone (the last conv-like module if unregistered)."""
+    """The Grad-CAM target layer of a backbone (the last conv-like module if unregistered); of
+    an :class:`Ensemble`, its members' stacked final feature maps."""
+    if isinstance(model, Ensemble):
+        return model.feature_map
     spec = get_spec(backbone)
     if spec.cam_layer:
         return resolve_attr(model, spec.cam_layer)
@@ -265,13 +268,98 @@ def create_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3
 
 
 def build_for_inference(backbone: str, num_classes: int, dropout: float = 0.0,
-                        in_chans: int = 3) -> nn.Module:
+                        in_chans: int = 3, members: int = 1) -> nn.Module:
     """The architecture of a trained run, without any pretrained download (weights come from
-    the checkpoint)."""
+    the checkpoint); with ``members`` > 1, an :class:`Ensemble` of that many."""
+    if members > 1:
+        return Ensemble([build_for_inference(backbone, num_classes, dropout, in_chans)
+                         for _ in range(members)])
     spec = get_spec(backbone)
     model = timm.create_model(spec.timm_name, pretrained=False, drop_rate=dropout,
                               num_classes=num_classes)
     return expand_stem(model, in_chans) if in_chans != 3 else model
+
+
+def _linear_head(model: nn.Module) -> nn.Linear:
+    head = model.get_classifier()  # type: ignore[operator]
+    if not isinstance(head, nn.Linear):
+        raise ConfigError(f"the classifier head of this backbone is a {type(head).__name__}, "
+                          "not a linear layer: model.members > 1 needs one to combine the "
+                          "members (choose another backbone or model.members=1)")
+    return head
+
+
+class Ensemble(nn.Module):
+    """K trained classifiers of one architecture as one model: the mean of their
+    temperature-scaled logits,
+
+        z(x) = (1/K) sum_k z_k(x) / T_k,
+
+    each member calibrated on validation first (``T_k``) so that no member dominates the mean
+    by being over-confident; the ensemble's own temperature is fitted afterwards like any
+    model's. Deep ensembles: Lakshminarayanan et al., "Simple and Scalable Predictive
+    Uncertainty Estimation using Deep Ensembles", NeurIPS 2017 (they average probabilities;
+    averaging logits is the geometric mean of the members' distributions, which keeps the
+    result a softmax of one logit vector, so temperature scaling, logit adjustment and the
+    metadata fusion apply unchanged).
+
+    Each member's head is linear on its pooled features, ``z_k = W_k f_k + b_k``, so the mean
+    is one linear layer on the members' concatenated features:
+
+        z = [W_1 / (K T_1), ..., W_K / (K T_K)] [f_1; ...; f_K] + sum_k b_k / (K T_k).
+
+    The ensemble therefore looks like one timm classifier to everything after training:
+    ``forward_features`` gives the members' final feature maps stacked along the channels
+    (through :attr:`feature_map`, Grad-CAM's target layer), ``forward_head(pre_logits=True)``
+    their concatenated pooled features (the "not skin" detector's features), and
+    ``get_classifier()`` the combined head: the ONNX export, closed-form Grad-CAM (a sum of
+    the members' class maps, each weighted by its share of the logit) and INT8 quantisation
+    need nothing ensemble-specific.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least 2 members")
+        heads = [_linear_head(m) for m in members]
+        self.members = nn.ModuleList(members)
+        self.feature_map = nn.Identity()
+        self.head = nn.Linear(sum(h.in_features for h in heads), heads[0].out_features)
+
+    @classmethod
+    def combine(cls, members: list[nn.Module], temperatures: list[float]) -> Ensemble:
+        """The ensemble of trained ``members`` with their validation temperatures."""
+        if len(temperatures) != len(members):
+            raise ValueError("one temperature per member")
+        ens = cls(members)
+        k = len(members)
+        with torch.no_grad():
+            ens.head.weight.copy_(torch.cat([_linear_head(m).weight / (k * t)
+                                             for m, t in zip(members, temperatures,
+                                                             strict=True)], dim=1))
+            ens.head.bias.copy_(sum(_linear_head(m).bias / (k * t)  # type: ignore[arg-type]
+                                    for m, t in zip(members, temperatures, strict=True)))
+        return ens.eval()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' final feature maps, stacked along the channels."""
+        out: torch.Tensor = self.feature_map(torch.cat(
+            [m.forward_features(x) for m in self.members], dim=1))  # type: ignore[operator]
+        return out
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The members' pooled features, concatenated (``pre_logits``), or the logits."""
+        parts = x.chunk(len(self.members), dim=1)
+        feats = torch.cat([m.forward_head(p, pre_logits=True)  # type: ignore[operator]
+                           for m, p in zip(self.members, parts, strict=True)], dim=1)
+        return feats if pre_logits else self.head(feats)
+
+    def get_classifier(self) -> nn.Linear:
+        """The combined head."""
+        return self.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 def head_bias_key(model: nn.Module) -> str:

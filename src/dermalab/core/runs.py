@@ -13,6 +13,7 @@ A run directory, as ``dermalab train`` writes it::
     RUN_DIR/serving/             the web service's thresholds, detectors and history
     RUN_DIR/export/              ONNX model + model.json
     RUN_DIR/explain/             Grad-CAM overlays of ``dermalab explain``
+    RUN_DIR/members/m<i>/        an ensemble's member runs (``model.members`` > 1)
 
 Nothing else in dermalab builds one of these paths from a string: it asks :class:`RunPaths`.
 
@@ -117,6 +118,15 @@ class RunPaths:
         segmentation run's ``checkpoints/best.pt``), written at training time."""
         return self.root / SEGMENTER_DIR
 
+    @property
+    def members(self) -> Path:
+        """An ensemble's member runs (``model.members`` > 1)."""
+        return self.root / "members"
+
+    def member(self, index: int) -> Path:
+        """The run directory of an ensemble's member ``index`` (0-based)."""
+        return self.members / f"m{index}"
+
     def predictions(self, split: str, suffix: str = "npz") -> Path:
         """``predictions_{split}.npz`` (arrays) or ``.csv`` (readable)."""
         return self.root / f"predictions_{split}.{suffix}"
@@ -192,6 +202,7 @@ class ModelInfo:
     crop_margin: float = 0.1  # data.crop_margin (input_mode crop)
     image_type: str = "dermoscopic"  # data.image_type: dermoscopic | clinical
     metadata: dict[str, Any] | None = None  # a fitted MetadataModel (eval.metadata), as JSON
+    members: int = 1  # > 1: an ensemble of that many (dermalab.core.models.Ensemble)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -218,7 +229,7 @@ class ModelInfo:
                 "backbone": self.backbone, "temperature": self.temperature,
                 "malignant": self.malignant, "input_mode": self.input_mode,
                 "crop_margin": self.crop_margin, "image_type": self.image_type,
-                "metadata_model": self.metadata}
+                "metadata_model": self.metadata, "members": self.members}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> ModelInfo:
@@ -237,6 +248,7 @@ class ModelInfo:
             crop_margin=float(ckpt.get("crop_margin", 0.1)),
             image_type=str(ckpt.get("image_type", "dermoscopic")),  # runs from before it
             metadata=ckpt.get("metadata_model"),
+            members=int(ckpt.get("members", 1)),  # runs from before ensembles
         )
 
 
@@ -267,7 +279,8 @@ def load_run(run_dir: str | Path, which: str = "best", command: str = "this comm
     path = paths.require_model(command) if which == "best" else paths.checkpoints / f"{which}.pt"
     ckpt = load_checkpoint(path)
     info = ModelInfo.from_checkpoint(ckpt)
-    model = build_for_inference(ckpt["backbone"], len(ckpt["classes"]), in_chans=info.in_chans)
+    model = build_for_inference(ckpt["backbone"], len(ckpt["classes"]), in_chans=info.in_chans,
+                                members=info.members)
     model.load_state_dict(ckpt["model"])
     model.eval()
     return LoadedRun(paths=paths, model=model, info=info,

@@ -111,7 +111,7 @@ def write_run_plots(history: list[dict[str, Any]], results: dict[str, Any], clas
         ("lr", ["lr"], "learning rate"),
     ]
     paths.plots.mkdir(exist_ok=True)
-    for name, keys, label in specs:
+    for name, keys, label in specs if history else ():  # an ensemble has no epochs of its own
         plots.save(plots.curves(h, keys, label + " per epoch", label),
                    str(paths.plots / f"{name}.png"))
     cm = np.asarray(results["confusion_matrix"])

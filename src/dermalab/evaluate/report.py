@@ -57,6 +57,22 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _chosen(m: dict[str, Any]) -> str:
+    """Which weights the test figures are of: the best epoch, or an ensemble's members'."""
+    monitor = html.escape(str(m.get("monitor")))
+    members = m.get("members")
+    if not members:
+        return (f"the best checkpoint (epoch {m.get('best_epoch')} of {m.get('epochs_run')}, "
+                f"selected on validation {monitor})")
+    each = "; ".join(
+        f"{html.escape(str(r.get('run')))}: seed {r.get('seed')}, epoch {r.get('best_epoch')} "
+        f"of {r.get('epochs_run')}, test balanced accuracy {_fmt(r.get('balanced_accuracy'), 3)}"
+        for r in members)
+    return (f"an ensemble of {len(members)} runs of the recipe (the mean of their "
+            f"temperature-scaled logits; each run's best checkpoint selected on validation "
+            f"{monitor}): {each}")
+
+
 def _history(paths: RunPaths) -> list[dict[str, str]]:
     p = paths.history
     if not p.is_file():
@@ -81,9 +97,8 @@ def build_report(run_dir: Path) -> str:
     kpi_html = "".join(f"<div>{html.escape(k)}<b>{_fmt(v, 3)}</b></div>" for k, v in kpis)
     sections.append(("summary", "Summary", f"""
 <div class="kpi">{kpi_html}</div>
-<p class="note">Test split ({m.get('n')} images) evaluated with the best checkpoint (epoch
-{m.get('best_epoch')} of {m.get('epochs_run')}, selected on validation
-{html.escape(str(m.get('monitor')))}). Backbone {html.escape(str(m.get('backbone')))}
+<p class="note">Test split ({m.get('n')} images) evaluated with {_chosen(m)}.
+Backbone {html.escape(str(m.get('backbone')))}
 ({html.escape(str(m.get('weights_origin')))} weights), {m.get('image_size')} px.</p>"""))
 
     split = m.get("split", {})

@@ -46,6 +46,9 @@ from dermalab.core.tracking import child_tracking, elect_parent_run, store_uri
 KINDS = ("loguniform", "uniform", "int", "categorical")
 # Per-trial outputs nobody looks at during a search; `--set` may turn them back on.
 TRIAL_DEFAULTS = ["eval.report=false", "eval.serving=false", "eval.gallery=0"]
+# A trial is one model: an ensemble's members are runs of one recipe, so the search finds the
+# recipe and best_config.yaml keeps the base config's model.members for the final training.
+TRIAL_MEMBERS = "model.members=1"
 LIVE_STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
 
 
@@ -301,7 +304,11 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     user = load_config(opts.config, opts.sets)
     space = load_space(opts.search, user)
-    base = shared_split(load_config(opts.config, [*TRIAL_DEFAULTS, *opts.sets]), out)
+    base = shared_split(load_config(opts.config, [*TRIAL_DEFAULTS, *opts.sets,
+                                                  TRIAL_MEMBERS]), out)
+    if user.model.members > 1:
+        print(f"tune: each trial trains one model (model.members={user.model.members} is "
+              "kept in best_config.yaml for the final training)", flush=True)
     study = open_study(opts, base)
     if space.enqueue and not study.user_attrs.get("enqueued"):
         study.set_user_attr("enqueued", True)

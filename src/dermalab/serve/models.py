@@ -176,6 +176,7 @@ class ServedModel:
             "name": self.name,
             "image_type": self.image_type,
             "backbone": self.info.backbone,
+            "members": self.info.members,  # > 1: an ensemble of that many trained networks
             "classes": {c: self.info.display_names.get(c, c) for c in self.info.classes},
             "image_size": self.info.image_size,
             "training_data": str(m.get("split", {}).get("origin", "")) + " — "
