@@ -43,7 +43,18 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import REPO, SHARED, WORK, fmt, machine, mean_sd, pm, train_run, write_results
+from bench.common import (
+    ONE_MODEL,
+    REPO,
+    SHARED,
+    WORK,
+    fmt,
+    machine,
+    mean_sd,
+    pm,
+    train_run,
+    write_results,
+)
 from bench.serve_load import post, sign_up
 from tests.webserver import spawn_server, stop, wait_healthy
 
@@ -69,7 +80,8 @@ def ensure_runs(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     train_run(clinical, str(REPO / "configs" / "dermnet_clinical.yaml"), [])
     derm = Path(args.dermoscopy)
     train_run(derm, str(REPO / "configs" / "ham10000_default.yaml"),
-              [f"train.epochs={args.derm_epochs}", "train.max_batches=60", "eval.report=false"])
+              [*ONE_MODEL, f"train.epochs={args.derm_epochs}", "train.max_batches=60",
+               "eval.report=false"])
     for run in (clinical, derm):  # the service runs ONNX Runtime when an export exists
         if not (run / "export" / "model.onnx").is_file():
             from dermalab.deploy.export import export_onnx

@@ -20,10 +20,14 @@ SHARED = Path(os.environ.get("DERMALAB_SHARED_DATA", REPO.parent / "shared" / "d
 HAM = SHARED / "ham10000_200x150"
 RESULTS = REPO / "bench" / "results"
 WORK = REPO / "bench" / "work"  # run directories (git-ignored); reruns reuse finished runs
+#: Overrides of configs/ham10000_default.yaml that give back one model: the default trains an
+#: ensemble of 2 runs since 2026-12-01 (model.members). Every recipe measured before, and every
+#: benchmark that times or inspects one training run, pins it.
+ONE_MODEL = ["model.members=1"]
 #: Overrides of configs/ham10000_default.yaml that give back its loss until 2026-11-30: the
 #: class-balanced focal loss (its beta, gamma and variant are LossConfig's defaults) in place of
-#: the logit-adjusted loss. Every recipe measured before the change pins it.
-CB_FOCAL = ["loss.name=cb"]
+#: the logit-adjusted loss, as one model. Every recipe measured before the change pins it.
+CB_FOCAL = [*ONE_MODEL, "loss.name=cb"]
 #: Overrides of configs/ham10000_default.yaml that give back the EfficientNet-Lite0 default of
 #: 2026-11-30, before the backbone became MobileNetV2.
 LITE0 = [*CB_FOCAL, "model.backbone=tf_efficientnet_lite0"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HAM, REPO, WORK, machine, write_results
+from common import HAM, ONE_MODEL, REPO, WORK, machine, write_results
 
 
 def run(nproc: int, global_batch: int, batches: int, size: int, out: Path) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def run(nproc: int, global_batch: int, batches: int, size: int, out: Path) -> di
     sets = [f"data.image_size={size}", "train.epochs=2", "model.freeze_epochs=0",
             f"train.batch_size={global_batch // nproc}", f"train.max_batches={batches}",
             "train.patience=0", "tracking.enabled=false", "eval.report=false",
-            "eval.serving=false", "eval.gallery=0"]
+            "eval.serving=false", "eval.gallery=0", *ONE_MODEL]
     t0 = time.perf_counter()
     subprocess.run([*launcher, "train", "-c", str(REPO / "configs" / "ham10000_default.yaml"),
                     "--data", str(HAM), "--out", str(out), "--no-progress", "--set", *sets],

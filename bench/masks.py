@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import HAM, REPO, WORK, dermalab_cmd, fmt, machine, train_run, write_results
+from common import HAM, ONE_MODEL, REPO, WORK, dermalab_cmd, fmt, machine, train_run, write_results
 
 ISIC2018_WINNER_THRESHOLDED_JACCARD = 0.802
 RESULT = Path(__file__).parent / "results" / "masks.json"
@@ -110,7 +110,8 @@ def classification_rows(seg_run: Path, predicted: Path, sizes: list[int], epochs
         slug = {"–": "nomask", "ground truth": "gt", "predicted": "pred"}[masks]
         name = f"cls_{size}px_{mode.replace('+', '_')}_{slug}_s{seed}"
         name += f"_e{n_epochs}" if n_epochs != epochs else ""
-        sets = [f"data.image_size={size}", f"train.epochs={n_epochs}", f"train.seed={seed}",
+        sets = [*ONE_MODEL, f"data.image_size={size}", f"train.epochs={n_epochs}",
+                f"train.seed={seed}",
                 f"data.split_file={seg_run / 'splits.csv'}", f"data.input={mode}",
                 "eval.serving=false", "tracking.enabled=false"]
         if mode != "raw":

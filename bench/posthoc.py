@@ -1,6 +1,8 @@
-"""Benchmark: what can be gained after training, on the default recipe's finished seeds
-(``bench/quality.py --recipe default``), without training anything. Nothing here is chosen on
-test: weights, temperatures and thresholds are fitted on validation, test is only measured.
+"""Benchmark: what can be gained after training, on the one-model default recipe's finished
+seeds (``bench/quality.py --recipe one-model``; the default was one model until 2026-12-01,
+and trains such pairs of seeds as ``model.members: 2`` since), without training anything.
+Nothing here is chosen on test: weights, temperatures and thresholds are fitted on validation,
+test is only measured.
 
 - **Ensembles of seeds**: the mean of the members' temperature-scaled logits, the temperature
   refitted on validation, with and without the patient metadata (the fusion weight refitted on
@@ -62,7 +64,7 @@ FIELDS = ["age", "sex", "localization"]
 SEEDS = (1, 42, 7)
 TARGET_ACCURACY = 0.85  # eval.uncertain_target_accuracy of the default
 #: The MobileNetV2 recipes of bench/quality.py whose runs the tau study reads (where present).
-TAU_RECIPES = ("default", "px160-mobilenetv2", "px160-auc", "ep28", "freeze0",
+TAU_RECIPES = ("one-model", "px160-mobilenetv2", "px160-auc", "ep28", "freeze0",
                "oversample", "cb-focal")
 #: Random lesion-grouped halvings of validation for the validation-only comparison.
 HALVINGS = 100
@@ -258,7 +260,7 @@ def main() -> None:
     started = time.time()
     ham = list(csv.DictReader((HAM / "HAM10000_metadata.csv").open()))
     meta = {r["image_id"]: {k: r[k] for k in FIELDS} for r in ham}
-    runs = {s: load_seed(WORK / "quality" / "default" / f"s{s}") for s in SEEDS}
+    runs = {s: load_seed(WORK / "quality" / "one-model" / f"s{s}") for s in SEEDS}
     first = runs[SEEDS[0]]
     classes = first["classes"]
     for r in runs.values():  # one split for all seeds (data.split_seed), so members align
@@ -314,9 +316,10 @@ def main() -> None:
 
     md = [f"# After training: ensembles, metadata models, the \"not sure\" line "
           f"({report['date']})", "",
-          "On the default recipe's seeds " + ", ".join(map(str, SEEDS)) + " (`bench/work/quality/"
-          f"default`), lesion-grouped HAM10000 split, test n = {len(ty)}. Everything is fitted "
-          "on validation; test is only measured. `python bench/posthoc.py`.", "",
+          "On the one-model default recipe's seeds " + ", ".join(map(str, SEEDS))
+          + f" (`bench/work/quality/one-model`), lesion-grouped HAM10000 split, test n = "
+          f"{len(ty)}. Everything is fitted on validation; test is only measured. "
+          "`python bench/posthoc.py`.", "",
           "## Ensembles of seeds (mean of temperature-scaled logits)", "",
           "| members | combinations | bal. acc | logit-adjusted bal. acc | AUC | + metadata: "
           "bal. acc | + metadata: logit-adjusted bal. acc | + metadata: AUC |",

@@ -13,7 +13,10 @@ no choice ever sees (the epoch and the temperature come from validation):
   balanced accuracy, AUC, and with logit adjustment on top;
 - beside them, never used to pick anything: flip TTA (``dermalab evaluate RUN --tta``) and
   post-hoc logit adjustment (tau chosen on validation, ``metrics.json``);
-- per recipe, mean +- sd over its seeds, and the minutes of each run.
+- per recipe, mean +- sd over its seeds, and the minutes of each run;
+- the default is an ensemble of 2 runs (``model.members``) since 2026-12-01: its seed-s run
+  has the one-model runs at seeds s and s + 1 as members (copied in when finished, else
+  trained by ``dermalab train`` itself), and is set beside them.
 
     .venv/bin/python bench/quality.py [--recipe NAME ...] [--seeds 42 7 1] [--table-only]
 
@@ -25,6 +28,7 @@ later sessions join them. Results: ``bench/results/quality.{json,md}``.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +40,7 @@ from common import (
     CB_FOCAL,
     HAM,
     LITE0,
+    ONE_MODEL,
     PREVIOUS_DEFAULT,
     REPO,
     RESULTS,
@@ -51,6 +56,8 @@ from common import (
     train_recipes,
     write_results,
 )
+
+from dermalab.core.config import load_config
 
 ANCHORS = [
     ("seeds' best HAM10000 figure: EfficientNet-B0, random image-level split (leaks lesions)",
@@ -81,8 +88,12 @@ def on_lite0(what: str, sets: list[str]) -> tuple[str, list[str]]:
 
 #: name -> (what changes, overrides of configs/ham10000_default.yaml)
 RECIPES: dict[str, tuple[str, list[str]]] = {
-    "default": ("the default recipe as configured (MobileNetV2 since 2026-11-30, the "
-                "logit-adjusted loss since 2026-11-30 evening)", []),
+    "default": ("the default recipe as configured: since 2026-12-01 an ensemble of 2 runs "
+                "(`model.members: 2`, seeds s and s + 1, the mean of their temperature-scaled "
+                "logits as one model; its members are the one-model runs at those seeds)", []),
+    "one-model": ("the default as one model (`model.members=1`; the default until "
+                  "2026-12-01: MobileNetV2 since 2026-11-30, the logit-adjusted loss since "
+                  "2026-11-30 evening)", ONE_MODEL),
     "cb-focal": ("the MobileNetV2 default with the class-balanced focal loss (Cui et al. 2019, "
                  "beta 0.999, gamma 2; the default until 2026-11-30 evening) instead of the "
                  "logit-adjusted loss, where the MobileNetV2 levers below were measured",
@@ -92,8 +103,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "previous-default": ("the default before 2026-11-29: Lite0, every stage trains, per-image "
                          "augmentation in the loader, no weight average, 12 epochs, "
                          "patience 4", PREVIOUS_DEFAULT),
-    "image-split": ("the default on a random image-level split (leaky)",
-                    ["data.split_by=image", "data.allow_leaks=true"]),
+    "image-split": ("the one-model default on a random image-level split (leaky)",
+                    [*ONE_MODEL, "data.split_by=image", "data.allow_leaks=true"]),
     "no-ema": on_lite0("no weight average (validation and the final model use the live "
                        "weights)", ["train.ema_decay=0"]),
     "mixup": on_lite0("Mixup (alpha 0.2) or CutMix (alpha 1.0) on half the training batches",
@@ -132,9 +143,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "lite2": on_cb_focal("EfficientNet-Lite2 (ImageNet top-1 77.5, weights offline): more "
                          "capacity at the same 128 px, 0.65x Lite0's training images/s",
                          ["model.backbone=tf_efficientnet_lite2"]),
-    "dermamnist-c": ("the default on the leak-corrected DermaMNIST-C split (Abhishek et al. "
-                     "2025: 8,208 / 575 / 1,232 images, no lesion in two parts)",
-                     [f"data.split_file={DERMAMNIST_C}"]),
+    "dermamnist-c": ("the one-model default on the leak-corrected DermaMNIST-C split (Abhishek "
+                     "et al. 2025: 8,208 / 575 / 1,232 images, no lesion in two parts)",
+                     [*ONE_MODEL, f"data.split_file={DERMAMNIST_C}"]),
     "dermamnist-c-cb-focal": ("the MobileNetV2 CB-focal default on the DermaMNIST-C split",
                               [*CB_FOCAL, f"data.split_file={DERMAMNIST_C}"]),
     "dermamnist-c-lite0": ("the Lite0 default on the DermaMNIST-C split",
@@ -142,7 +153,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
 }
 #: Recipes scored on a published split, with their label there: kept out of the lever table,
 #: shown beside the paper.
-SEPARATE = {"dermamnist-c": "**dermalab default** (MobileNetV2, logit-adjusted loss)",
+SEPARATE = {"dermamnist-c": "**dermalab default as one model** (MobileNetV2, logit-adjusted "
+                            "loss)",
             "dermamnist-c-cb-focal": "dermalab, MobileNetV2 CB-focal default (until 2026-11-30)",
             "dermamnist-c-lite0": "dermalab, Lite0 default"}
 
@@ -161,7 +173,46 @@ def tta_test(run_dir: Path) -> dict[str, Any]:
     return res
 
 
-def row(name: str, seed: int, m: dict[str, Any], tta: dict[str, Any]) -> dict[str, Any]:
+#: Ensemble recipes and the one-model recipe whose runs are their members.
+MEMBERS_FROM = {"default": "one-model"}
+
+
+def seed_members(work: Path, config: str, recipe: str, seed: int) -> None:
+    """An ensemble recipe's members are runs of its one-model recipe (:data:`MEMBERS_FROM`)
+    at seeds ``seed``, ``seed + 1``...: finished ones are copied into the ensemble's
+    ``members/m<i>`` instead of being trained again (``dermalab train`` reuses a member folder
+    only when its config is exactly the member's, and says so otherwise). Their wall time is
+    counted in the ensemble's minutes (:func:`wall_minutes`)."""
+    source = MEMBERS_FROM.get(recipe)
+    k = load_config(config, RECIPES[recipe][1]).model.members
+    if source is None or k < 2:
+        return
+    for i in range(k):
+        run, dest = work / source / f"s{seed + i}", work / recipe / f"s{seed}" / "members" / f"m{i}"
+        if (run / "metrics.json").is_file() and not dest.exists():
+            shutil.copytree(run, dest, ignore=shutil.ignore_patterns("tta_*"))
+            print(f"member {i} of {recipe} s{seed}: copied from {run}", flush=True)
+
+
+def wall_minutes(run: Path, m: dict[str, Any]) -> float | None:
+    """The run's wall time in its benchmark process, plus (an ensemble) its members' own
+    processes where they ran apart from it; ``None`` for runs recorded before it was kept."""
+    if "bench_wall_seconds" not in m:
+        return None
+    total = float(m["bench_wall_seconds"])
+    for member in m.get("members") or []:
+        mm = json.loads((run / member["run"] / "metrics.json").read_text())
+        total += float(mm.get("bench_wall_seconds", 0.0))
+    return round(total / 60, 1)
+
+
+def _epochs(value: Any) -> str:
+    """An epoch count; an ensemble's, per member."""
+    return "+".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def row(name: str, seed: int, m: dict[str, Any], tta: dict[str, Any],
+        wall: float | None = None) -> dict[str, Any]:
     mal = m.get("malignant") or {}
     la = m.get("logit_adjustment") or {}
     mf = m.get("metadata_fusion") or {}
@@ -182,15 +233,18 @@ def row(name: str, seed: int, m: dict[str, Any], tta: dict[str, Any]) -> dict[st
             "metadata_weight": mf.get("weight"),
             "metadata_malignant_sensitivity": mf.get("malignant_sensitivity"),
             "metadata_malignant_specificity": mf.get("malignant_specificity"),
-            "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
-            "train_minutes": round(m["train_seconds_total"] / 60, 1),
+            "best_epoch": _epochs(m["best_epoch"]), "epochs_run": _epochs(m["epochs_run"]),
+            "train_minutes": round(m["train_seconds_total"] / 60, 1), "wall_minutes": wall,
             "lesions_shared": m["split"]["group_overlap"]}
 
 
 def finished_rows(work: Path) -> list[dict[str, Any]]:
     """A row for every finished run under ``work/<recipe>/s<seed>``."""
-    return [row(recipe, int(run.name[1:]), json.loads((run / "metrics.json").read_text()),
-                tta_test(run)) for recipe, run in finished_runs(work, RECIPES)]
+    out = []
+    for recipe, run in finished_runs(work, RECIPES):
+        m = json.loads((run / "metrics.json").read_text())
+        out.append(row(recipe, int(run.name[1:]), m, tta_test(run), wall_minutes(run, m)))
+    return out
 
 
 def carried_rows(saved: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -203,10 +257,40 @@ def carried_rows(saved: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict
             if r["recipe"] in RECIPES and (r["recipe"], r["seed"]) not in here]
 
 
-def _pm_known(values: list[Any]) -> str:
+def _pm_known(values: list[Any], nd: int = 3) -> str:
     """mean ± sd of the values present (runs analysed before a column existed lack it)."""
     known = [v for v in values if v is not None]
-    return pm(known) if known else "–"
+    return pm(known, nd) if known else "–"
+
+
+def members_table(by: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Each ensemble beside its own members (the one-model runs at seeds s and s + 1):
+    the paired difference is what ensembling adds, free of which seeds were drawn."""
+    single = {r["seed"]: r for r in by.get("one-model", [])}
+    keys = [("logit-adjusted bal. acc", "logit_adjusted_balanced_accuracy"),
+            ("+ metadata, logit-adjusted bal. acc", "metadata_logit_adjusted_balanced_accuracy"),
+            ("AUC", "roc_auc_macro"), ("ECE (after T)", "ece_after")]
+    pairs = [(r, [single[r["seed"]], single[r["seed"] + 1]]) for r in by.get("default", [])
+             if r["seed"] in single and r["seed"] + 1 in single]
+    if not pairs:
+        return []
+    md = ["", "### The ensembles beside their members", "",
+          "Each default run is the ensemble of the one-model runs at seeds s and s + 1 "
+          "(disjoint pairs); each cell: ensemble (the members' mean; the difference).", "",
+          "| seed | members | " + " | ".join(k for k, _ in keys) + " |",
+          "|" + " --- |" * (2 + len(keys))]
+    gains: dict[str, list[float]] = {k: [] for _, k in keys}
+    for ens, members in pairs:
+        cells = []
+        for _, k in keys:
+            mean = sum(m[k] for m in members) / len(members)
+            gains[k].append(ens[k] - mean)
+            cells.append(f"{fmt(ens[k])} ({fmt(mean)}; {ens[k] - mean:+.3f})")
+        md.append(f"| {ens['seed']} | {', '.join(str(m['seed']) for m in members)} | "
+                  + " | ".join(cells) + " |")
+    md.append("| **mean difference** | | " + " | ".join(f"{pm(gains[k])}" for _, k in keys)
+              + " |")
+    return md
 
 
 def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[str]:
@@ -221,8 +305,8 @@ def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[
           "| seed | bal. acc | acc | macro-F1 | AUC | ECE (after T) | malignant sens / spec | "
           "flip TTA bal. acc | logit-adjusted bal. acc (tau) | + metadata: bal. acc | "
           "+ metadata: AUC | + metadata, logit-adjusted bal. acc | + metadata: malignant sens "
-          "/ spec | epochs (best) | train min |",
-          "|" + " --- |" * 15]
+          "/ spec | epochs (best) | train min | wall min |",
+          "|" + " --- |" * 16]
     for r in by.get("default", []):
         md.append(f"| {r['seed']} | {fmt(r['balanced_accuracy'])} | {fmt(r['accuracy'])} | "
                   f"{fmt(r['macro_f1'])} | {fmt(r['roc_auc_macro'])} | {fmt(r['ece_after'])} | "
@@ -235,7 +319,8 @@ def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[
                   f"**{fmt(r['metadata_logit_adjusted_balanced_accuracy'])}** | "
                   f"{fmt(r['metadata_malignant_sensitivity'], 2)} / "
                   f"{fmt(r['metadata_malignant_specificity'], 2)} | {r['epochs_run']} "
-                  f"({r['best_epoch']}) | {r['train_minutes']} |")
+                  f"({r['best_epoch']}) | {r['train_minutes']} | "
+                  f"{fmt(r.get('wall_minutes'), 1)} |")
     if len(by.get("default", [])) > 1:
         d = by["default"]
         md.append("| **mean ± sd** | " + pm([r["balanced_accuracy"] for r in d]) + " | "
@@ -246,7 +331,9 @@ def tables(rows: list[dict[str, Any]], previous: dict[str, Any] | None) -> list[
                   + "** | " + _pm_known([r["metadata_balanced_accuracy"] for r in d]) + " | "
                   + _pm_known([r["metadata_roc_auc_macro"] for r in d]) + " | **"
                   + _pm_known([r["metadata_logit_adjusted_balanced_accuracy"] for r in d])
-                  + "** | | | " + pm([r["train_minutes"] for r in d], 1) + " |")
+                  + "** | | | " + pm([r["train_minutes"] for r in d], 1) + " | "
+                  + _pm_known([r.get("wall_minutes") for r in d], 1) + " |")
+    md += members_table(by)
     md += ["", "## Recipes and levers", "",
            "Each row is the default recipe with the overrides given, scored on the "
            "lesion-grouped split (the image-level row on its own, leaky split). The levers "
@@ -318,6 +405,9 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     if not args.table_only:
+        for name in args.recipe:
+            for seed in args.seeds:
+                seed_members(work, args.config, name, seed)
         train_recipes(work, args.config, RECIPES, args.recipe, args.seeds, str(HAM))
     rows = finished_rows(work)
     old = RESULTS / "quality.json"
@@ -333,7 +423,7 @@ def main() -> None:
               "recipes": {k: {"what": w, "overrides": s} for k, (w, s) in RECIPES.items()},
               "rows": rows, "anchors": [{"what": w, **v} for w, v in ANCHORS],
               "previous": previous}
-    grouped = {r["seed"]: r for r in rows if r["recipe"] == "default"}
+    grouped = {r["seed"]: r for r in rows if r["recipe"] == "one-model"}
     leaky = [(grouped[r["seed"]], r) for r in rows
              if r["recipe"] == "image-split" and r["seed"] in grouped]
     md = [f"# Quality on HAM10000 ({report['date']}, {report['machine']['cpus']} CPUs"

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HAM, LITE0, PREVIOUS_DEFAULT, REPO, machine, write_results
+from common import HAM, LITE0, ONE_MODEL, PREVIOUS_DEFAULT, REPO, machine, write_results
 
 from dermalab.core.config import load_config
 
@@ -287,7 +287,7 @@ def train_peak_rss(size: int) -> float:
         proc = subprocess.Popen([sys.executable, "-m", "dermalab", "train", "-c",
                                  str(REPO / "configs" / "ham10000_default.yaml"), "--data",
                                  str(HAM), "--out", f"{tmp}/run", "--no-progress", "--set",
-                                 f"data.image_size={size}", "train.epochs=1",
+                                 *ONE_MODEL, f"data.image_size={size}", "train.epochs=1",
                                  "train.max_batches=20", "tracking.enabled=false",
                                  "eval.report=false", "eval.gallery=0"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
