@@ -27,7 +27,7 @@ from dermalab.pipeline import member_config, resume_run, train_run
 from tests.conftest import write_ham_dataset
 
 SETS = ["data.image_size=64", "train.epochs=2", "train.batch_size=8", "train.patience=0",
-        "tracking.enabled=false", "model.freeze_epochs=1", "optim.lr=0.003",
+        "model.freeze_epochs=1", "optim.lr=0.003",
         "data.split_ratios=[0.5,0.25,0.25]", "eval.gallery=2", "train.seed=5",
         "eval.malignant_classes=[akiec,bcc]", "eval.metadata=[age,sex,localization]",
         "model.members=2"]
@@ -63,6 +63,17 @@ def test_members_are_runs_of_the_recipe_with_consecutive_seeds(ens: Path) -> Non
     assert load_config(ens / "config.yaml").model.members == 2
     run = load_run(ens)
     assert isinstance(run.model, Ensemble) and run.info.members == 2
+
+
+def test_members_and_ensemble_share_one_mlflow_store(ens: Path) -> None:
+    import mlflow
+
+    assert not (ens / "members" / "mlflow.db").exists()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ens.parent / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("dermalab").experiment_id])
+    names = sorted(r.info.run_name for r in runs)
+    assert len(names) == 3 and sum("(ens)" in n for n in names) == 1, names
+    assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 @pytest.mark.parametrize("split", ["val", "test"])

@@ -26,6 +26,7 @@ from dermalab.core.config import (
     replace,
     save_config,
     to_dict,
+    with_values,
 )
 from dermalab.core.errors import ConfigError, RunNotFoundError, StopTraining
 from dermalab.core.models import count_parameters
@@ -38,7 +39,7 @@ from dermalab.core.runs import (
     save_checkpoint,
     write_metrics,
 )
-from dermalab.core.tracking import Tracker
+from dermalab.core.tracking import Tracker, store_uri
 from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.deploy.serving import fit_serving
 from dermalab.evaluate.ensemble import assemble_ensemble
@@ -169,6 +170,10 @@ def _ensemble(cfg: ExperimentConfig, paths: RunPaths, progress: bool,
     member_dirs = []
     for i in range(k):
         mcfg, mpaths = member_config(cfg, i), RunPaths(paths.member(i))
+        if cfg.tracking.enabled and not cfg.tracking.uri:
+            # The members log beside the ensemble, in its store, not in one of their own.
+            mcfg = with_values(mcfg, {"tracking.uri": store_uri(cfg.tracking,
+                                                                paths.root.resolve().parent)})
         _check_member(mcfg, mpaths)
         print(f"ensemble member {i + 1} of {k} (train.seed={mcfg.train.seed}): {mpaths.root}",
               flush=True)

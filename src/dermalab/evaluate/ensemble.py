@@ -90,6 +90,8 @@ def assemble_ensemble(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[
                                members=len(runs), extra={})
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(runs[0].paths.splits, paths.splits)
+    if runs[0].paths.segmenter.is_dir():  # a lesion-aware recipe: its segmenter, one for all
+        shutil.copytree(runs[0].paths.segmenter, paths.segmenter, dirs_exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg), **info.to_checkpoint(),
                      "weights_origin": runs[0].checkpoint.get("weights_origin")}, paths.best)
 
