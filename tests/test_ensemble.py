@@ -178,6 +178,11 @@ def test_members_on_different_splits_are_refused(ens: Path, tmp_path: Path) -> N
     data = prepare_data(cfg.data, 64, split_path=m0 / "splits.csv", progress=False)
     with pytest.raises(DermalabError, match=r"splits\.csv differs"):
         assemble_ensemble(cfg, RunPaths(tmp_path / "e"), [m0, m1], data)
+    # Without a validation split there is nothing to calibrate the members on: said, not a
+    # traceback from a missing file.
+    data.split.assignment.update({k: "train" for k in data.split.ids("val")})
+    with pytest.raises(DermalabError, match="no val images; an ensemble needs validation"):
+        assemble_ensemble(cfg, RunPaths(tmp_path / "e"), [m0, m0], data)
 
 
 def test_cli_refuses_to_train_over_a_finished_ensemble(

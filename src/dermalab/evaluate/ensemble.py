@@ -81,6 +81,10 @@ def assemble_ensemble(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[
             model does not reproduce their predictions.
     """
     started = time.perf_counter()
+    empty = [sp for sp in ("val", "test") if not data.split.ids(sp)]
+    if empty:
+        raise DermalabError(f"{paths.root}: the split has no {' or '.join(empty)} images; an "
+                            "ensemble needs validation (each member's temperature) and test")
     runs = [load_run(d, command="ensemble") for d in member_dirs]
     _check_members(runs)
     member_metrics = [read_metrics(r.paths) for r in runs]
@@ -97,6 +101,7 @@ def assemble_ensemble(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[
 
     accelerator = make_accelerator(cfg.train)
     out: dict[str, Any] = {}
+    val: dict[str, Any] = {}
     for split in ("val", "test"):
         preds = predict_split(model, data, split, info.classes, info.mean, info.std,
                               accelerator, batch_size=cfg.train.eval_batch_size,
