@@ -127,9 +127,9 @@ def _check_member(cfg: ExperimentConfig, paths: RunPaths) -> None:
     """A member folder that holds a run must hold a run of the member's own config."""
     if not paths.config.is_file():
         return
-    saved, want = _trained_part(load_config(paths.config)), _trained_part(cfg)
+    saved, want = flatten(_trained_part(load_config(paths.config))), flatten(_trained_part(cfg))
     if saved != want:
-        diff = sorted(k for k, v in flatten(want).items() if flatten(saved).get(k) != v)
+        diff = sorted(k for k, v in want.items() if saved.get(k) != v)
         raise ConfigError(f"{paths.root} holds a run of another config ({', '.join(diff[:5])} "
                           "differ); move it away or train the ensemble into another --out")
 
@@ -141,9 +141,9 @@ def _combine(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[Path], pr
     status = "FAILED"
     try:
         print(f"combining the {len(member_dirs)} members into {paths.root}", flush=True)
-        size = load_run(member_dirs[0]).info.image_size
-        data = prepare_data(cfg.data, size, split_path=RunPaths(member_dirs[0]).splits,
-                            progress=progress)
+        first = RunPaths(member_dirs[0])
+        data = prepare_data(cfg.data, int(read_metrics(first)["image_size"]),
+                            split_path=first.splits, progress=progress)
         results = assemble_ensemble(cfg, paths, member_dirs, data)
         results["wall_seconds_this_session"] = round(time.perf_counter() - started, 1)
         tracker.log_params({**flatten(to_dict(cfg)), "n_classes": len(results["classes"])})

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import numpy as np
 from dermalab.core.calibration import calibrated_probs, nll
 from dermalab.core.config import ExperimentConfig, to_dict
 from dermalab.core.errors import DermalabError
-from dermalab.core.metrics import classification_metrics
 from dermalab.core.models import Ensemble, count_parameters
 from dermalab.core.runs import (
     LoadedRun,
@@ -33,7 +31,7 @@ from dermalab.core.runs import (
     save_predictions,
 )
 from dermalab.data.prepare import PreparedData
-from dermalab.evaluate.evaluate import HEADLINE
+from dermalab.evaluate.evaluate import split_metrics
 from dermalab.train.accel import make_accelerator
 from dermalab.train.loop import predict_split
 
@@ -74,13 +72,13 @@ def hand_combined(runs: list[LoadedRun], split: str) -> Predictions:
 def assemble_ensemble(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[Path],
                       data: PreparedData) -> dict[str, Any]:
     """Write the ensemble of the finished runs ``member_dirs`` into ``paths`` (see the module
-    docstring) and return its ``metrics.json`` content before calibration and analysis.
+    docstring) and return its ``metrics.json`` content before calibration and analysis (the
+    caller adds the wall time, which includes training the members).
 
     Raises:
         DermalabError: the members are not runs of one recipe on one split, or the combined
             model does not reproduce their predictions.
     """
-    started = time.perf_counter()
     empty = [sp for sp in ("val", "test") if not data.split.ids(sp)]
     if empty:
         raise DermalabError(f"{paths.root}: the split has no {' or '.join(empty)} images; an "
@@ -114,12 +112,11 @@ def assemble_ensemble(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[
         probs = calibrated_probs(preds.logits)
         save_predictions(paths, split, preds, probs, info.classes)
         if split == "test":
-            out = classification_metrics(preds.targets, probs, info.classes)
+            out = split_metrics(split, preds.targets, probs, info.classes)
             out["loss"] = nll(preds.logits, preds.targets)
             out["member_parity_max_abs_diff"] = gap
         else:
-            vm = classification_metrics(preds.targets, probs, info.classes, detailed=False)
-            val = {k: vm[k] for k in HEADLINE}
+            val = split_metrics(split, preds.targets, probs, info.classes)
     out["val"] = val
     out["split"] = member_metrics[0]["split"]
     out["members"] = [
@@ -137,7 +134,6 @@ def assemble_ensemble(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[
         "image_size": info.image_size, "backbone": info.backbone,
         "weights_origin": runs[0].checkpoint.get("weights_origin"),
         "parameters": count_parameters(model),
-        "wall_seconds_this_session": round(time.perf_counter() - started, 1),
         "train_seconds_total": round(sum(float(m.get("train_seconds_total") or 0.0)
                                          for m in member_metrics), 1),
         "processes": 1,

@@ -23,6 +23,16 @@ from dermalab.train.loop import mean_loss, predict_split
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro")
 
 
+def split_metrics(split: str, targets: np.ndarray, probs: np.ndarray, classes: list[str]
+                  ) -> dict[str, Any]:
+    """What ``metrics.json`` keeps of a split: detailed metrics of test, the headline of the
+    others (validation)."""
+    if split == "test":
+        return classification_metrics(targets, probs, classes)
+    vm = classification_metrics(targets, probs, classes, detailed=False)
+    return {k: vm[k] for k in HEADLINE}
+
+
 def evaluate_training(t: Training) -> dict[str, Any]:
     """Val and test predictions of the trained (best) model, saved in the run; detailed test
     metrics and the split's description. Runs on every process (predictions are gathered)."""
@@ -40,11 +50,10 @@ def evaluate_training(t: Training) -> dict[str, Any]:
         if t.is_main:
             save_predictions(t.paths, sp, preds, probs, classes)
         if sp == "test":
-            out = classification_metrics(preds.targets, probs, classes)
+            out = split_metrics(sp, preds.targets, probs, classes)
             out["loss"] = mean_loss(t.loss_fn, preds.logits, preds.targets)
         else:
-            vm = classification_metrics(preds.targets, probs, classes, detailed=False)
-            out_val = {k: vm[k] for k in HEADLINE}
+            out_val = split_metrics(sp, preds.targets, probs, classes)
     out["val"] = out_val
     out["split"] = {"origin": data.split.origin, "counts": data.counts(),
                     "group_overlap": data.leaks.group_overlap,
