@@ -13,11 +13,10 @@ import pytest
 from sklearn import metrics as skm
 
 from dermalab import cli
-from dermalab.core.calibration import calibrated_probs
 from dermalab.core.config import load_config
 from dermalab.core.errors import ConfigError, DermalabError
 from dermalab.core.models import Ensemble, build_for_inference
-from dermalab.core.runs import Predictions, RunPaths, load_checkpoint, load_run
+from dermalab.core.runs import Predictions, RunPaths, load_run
 from dermalab.data.prepare import prepare_data
 from dermalab.deploy.export import export_onnx
 from dermalab.deploy.predictor import Predictor
@@ -48,7 +47,7 @@ def ens(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _member_preds(ens: Path, split: str) -> tuple[list[Predictions], list[float]]:
     members = [ens / "members" / f"m{i}" for i in range(2)]
-    temps = [float(load_checkpoint(m / "checkpoints" / "best.pt")["temperature"])
+    temps = [float(json.loads((m / "decision.json").read_text())["decision"]["temperature"])
              for m in members]
     return [Predictions.load(m / f"predictions_{split}.npz") for m in members], temps
 
@@ -90,18 +89,25 @@ def test_ensemble_logits_are_the_mean_of_temperature_scaled_member_logits(
 def test_ensemble_metrics_match_sklearn_and_its_own_calibration(ens: Path) -> None:
     m = json.loads((ens / "metrics.json").read_text())
     test = Predictions.load(ens / "predictions_test.npz")
-    pred = test.logits.argmax(1)
+    decision = load_run(ens).info.decision  # the ensemble's own, fitted on validation
+    pred = decision.predict(test.logits)
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(test.targets,
                                                                                pred))
     assert m["roc_auc_macro"] == pytest.approx(skm.roc_auc_score(
-        test.targets, calibrated_probs(test.logits), multi_class="ovr", average="macro"))
+        test.targets, decision.probabilities(test.logits), multi_class="ovr",
+        average="macro"))
     assert [r["seed"] for r in m["members"]] == [5, 6]
     assert m["train_seconds_total"] == pytest.approx(
         sum(r["train_seconds_total"] for r in m["members"]), abs=0.2)
     # The ensemble is calibrated, thresholded and given a metadata model of its own.
-    ckpt = load_checkpoint(ens / "checkpoints" / "best.pt")
-    assert ckpt["temperature"] == pytest.approx(m["temperature"])
-    assert ckpt["metadata_model"] is not None and ckpt["malignant"] is not None
+    stored = json.loads((ens / "decision.json").read_text())
+    assert stored["decision"]["temperature"] == pytest.approx(m["temperature"])
+    assert stored["metadata_model"] is not None
+    assert stored["decision"]["malignant_threshold"] == pytest.approx(
+        m["malignant"]["threshold"])
+    # Its report shows each member's training curves (it has none of its own).
+    report = (ens / "report.html").read_text()
+    assert "member members/m0 (seed 5" in report and "member members/m1 (seed 6" in report
     for name in ("report.html", "serving/serving.json", "serving/ood.npz",
                  "plots/confusion_matrix.png", "plots/reliability.png"):
         assert (ens / name).is_file(), name

@@ -25,7 +25,7 @@ from dermalab.data.prepare import prepare_data
 from dermalab.data.sources import load_source
 from dermalab.data.splits import small_class_warnings
 from dermalab.data.storage import local_path
-from dermalab.evaluate.analysis import analyze
+from dermalab.evaluate.decision import fit_decision
 from tests.conftest import HAM_DIR, REPO, photo_image
 
 # Class names as users' folders have them: brackets, commas, quotes, ampersands, accents.
@@ -178,10 +178,12 @@ def test_predict_prints_the_malignant_score_beside_its_operating_point(
 
     class Fixed(Predictor):
         def __init__(self) -> None:  # no model: only the printing is under test
+            from dermalab.core.decision import Decision
             from dermalab.core.runs import ModelInfo
 
             self.info = ModelInfo(["bcc", "nv"], {}, [0.5] * 3, [0.5] * 3, 32, "squash", "x",
-                                  malignant={"classes": ["bcc"], "threshold": 0.3})
+                                  decision=Decision(malignant_classes=["bcc"],
+                                                    malignant_threshold=0.3))
             self.backend = "fixed"
 
         def predict_each(self, sources: list[str], top_k: int = 3, tta: bool = False,
@@ -271,7 +273,8 @@ def test_temperature_on_its_bound_is_said() -> None:
     targets = rng.integers(0, 3, 200)  # unrelated to the logits: no better than chance
     assert fit_temperature(logits, targets) == pytest.approx(20.0, rel=1e-3)
     preds = Predictions([str(i) for i in range(200)], targets, logits)
-    out = analyze(preds, preds, ["a", "b", "c"], load_config(None, []).eval, [{}] * 200)
+    _, out = fit_decision(preds, ["a", "b", "c"], np.array([70, 70, 60]),
+                          load_config(None, []).eval)
     assert "upper bound" in out["temperature_warning"]
     assert temperature_warning(1.3) is None
 
@@ -368,7 +371,7 @@ def test_report_reanalyses_with_other_eval_settings_and_keeps_them(
     assert metrics["malignant"]["classes"] == [target]
     loaded = load_run(run)
     assert loaded.config.eval.malignant_classes == [target]
-    assert loaded.info.malignant is not None and loaded.info.malignant["classes"] == [target]
+    assert loaded.info.decision.malignant_classes == [target]
     assert target in (run / "config.yaml").read_text()
     before = (run / "checkpoints" / "best.pt").read_bytes()
     assert main(["report", str(run), "--set", "train.epochs=9"]) == 2

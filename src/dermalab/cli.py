@@ -232,18 +232,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res))
         return 0
-    auc = res["roc_auc_macro"]
-    print(f"{res['split']} ({res['n']} images from {res['data']}): balanced accuracy "
-          f"{res['balanced_accuracy']:.4f}, accuracy {res['accuracy']:.4f}, macro-F1 "
-          f"{res['macro_f1']:.4f}, ROC-AUC "
-          + (f"{auc:.4f}" if auc is not None else "undefined (a class is missing here)"))
-    print(f"calibration (T = {res['temperature']:.3f}{', with TTA' if res['tta'] else ''}): "
-          f"ECE {res['ece_raw']:.4f} -> {res['ece']:.4f}, NLL {res['nll_raw']:.4f} -> "
-          f"{res['nll']:.4f}")
-    for c, r in res["per_class"].items():
-        print(f"  {c:<10} precision {r['precision']:.3f} recall {r['recall']:.3f} "
-              f"f1 {r['f1']:.3f} support {r['support']}")
+    print(evaluation_text(res))
     return 0
+
+
+def evaluation_text(res: dict[str, Any]) -> str:
+    """``dermalab evaluate``'s screen: the served answers' metrics with their intervals."""
+    ci = res.get("intervals") or {}
+
+    def v(key: str) -> str:
+        x, iv = res.get(key), ci.get(key)
+        if x is None:
+            return "undefined"
+        return f"{x:.4f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
+
+    lines = [f"{res['split']} ({res['n']} images from {res['data']}), the served answer for "
+             f"each photo alone (tau {res['tau']:.2f}{', with TTA' if res['tta'] else ''}; "
+             "95% lesion-grouped intervals):",
+             f"  balanced accuracy {v('balanced_accuracy')}, accuracy {v('accuracy')}",
+             f"  macro-F1 {v('macro_f1')}, ROC-AUC {v('roc_auc_macro')}",
+             f"  calibration: ECE {res['ece_raw']:.4f} (softmax) -> {v('ece')} (served, "
+             f"T = {res['temperature']:.3f}), NLL {res['nll_raw']:.4f} -> {res['nll']:.4f}"]
+    mal = res.get("malignant")
+    if mal and mal.get("sensitivity") is not None:
+        lines.append(f"  possibly malignant at {mal['threshold']:.3f}: sensitivity "
+                     f"{v('malignant_sensitivity')}, specificity {v('malignant_specificity')}")
+    if res.get("with_metadata"):
+        w = res["with_metadata"]
+        lines.append(f"  with each image's own metadata (not the headline): balanced accuracy "
+                     f"{w['balanced_accuracy']:.4f}, accuracy {w['accuracy']:.4f}")
+    for c, r in res["per_class"].items():
+        lines.append(f"  {c:<10} precision {r['precision']:.3f} recall {r['recall']:.3f} "
+                     f"f1 {r['f1']:.3f} support {r['support']}")
+    return "\n".join(lines)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -304,14 +325,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results))
         return 2 if failed else 0
+    d = predictor.info.decision
     print(f"model: {predictor.info.backbone} via {predictor.backend}, temperature "
-          f"{predictor.info.temperature:.3f} (decision support, not a diagnosis)")
+          f"{d.temperature:.3f}, prior shift tau {d.tau:.2f} (decision support, not a "
+          "diagnosis)")
     if used:
         print(f"weighing the patient's {', '.join(used)} beside each image")
     for r in results:
         if "error" in r:
             continue
-        print(r["image"])
+        print(r["image"] + ("   (not sure: the top probability is below "
+                            f"{r['uncertain_threshold']:.0%})" if r["uncertain"] else ""))
         for t in r["top"]:
             print(f"  {t['probability']:6.1%}  {t['class']:<8} {t['name']}")
         if "malignant_score" in r:

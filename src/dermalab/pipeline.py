@@ -44,7 +44,12 @@ from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.deploy.serving import fit_serving
 from dermalab.evaluate.ensemble import assemble_ensemble
 from dermalab.evaluate.evaluate import evaluate_training
-from dermalab.evaluate.finalize import calibrate_and_analyse, saved_predictions, write_run_plots
+from dermalab.evaluate.finalize import (
+    calibrate_and_analyse,
+    measure_without_validation,
+    saved_predictions,
+    write_run_plots,
+)
 from dermalab.evaluate.report import write_report
 from dermalab.train.accel import make_accelerator
 from dermalab.train.fit import Training, announce, fit, setup_training
@@ -52,6 +57,10 @@ from dermalab.train.fit import Training, announce, fit, setup_training
 TEST_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "weighted_precision",
              "weighted_recall", "ece_before", "ece_after", "nll_before", "nll_after",
              "temperature")
+#: The keys of ``metrics.json`` the final stage (re)computes; dropped before it runs again.
+FINAL_KEYS = ("metadata_fusion", "rules", "subgroups", "malignant", "serving", "gallery",
+              "lesion_measurements", "decision", "served", "intervals", "val", "tta",
+              "logit_adjustment")
 
 
 def train_run(cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool = True,
@@ -146,10 +155,8 @@ def _combine(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[Path], pr
                             split_path=first.splits, progress=progress)
         results = assemble_ensemble(cfg, paths, member_dirs, data)
         results["wall_seconds_this_session"] = round(time.perf_counter() - started, 1)
-        tracker.log_params({**flatten(to_dict(cfg)), "n_classes": len(results["classes"])})
-        write_metrics(paths, results)
-        write_run_plots([], results, results["classes"], paths)
-        results = finalize_run(paths.root, data=data)
+        tracker.log_params({**flatten(to_dict(cfg)), "n_classes": len(data.classes)})
+        results = finalize_run(paths.root, data=data, results=results)
         _track_results(tracker, results, paths)
         print(summary(results, results["classes"]), flush=True)
         if cfg.tracking.upload_to:
@@ -205,34 +212,56 @@ def set_eval(run: LoadedRun, overrides: list[str]) -> None:
 
 def finalize_run(run_dir: str | Path, *, data: PreparedData | None = None,
                  progress: bool = False, serving: bool | None = None,
-                 eval_overrides: list[str] | None = None) -> dict[str, Any]:
-    """Calibration, operating point, subgroups, plots, gallery, serving detectors and report
-    for a run whose best checkpoint has been evaluated (idempotent: ``dermalab report``).
-    ``serving`` overrides the run's ``eval.serving`` (fit the web service's detectors or not);
-    ``eval_overrides`` (``eval.key=value``) change its evaluation settings first (:func:`set_eval`).
+                 eval_overrides: list[str] | None = None,
+                 results: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The served decision, its measurement with intervals, subgroups, plots, gallery, serving
+    detectors and report for a run whose best checkpoint has been evaluated, and then, last,
+    ``metrics.json`` (so "finished" means finished). Idempotent: ``dermalab report``.
 
-    Returns the updated ``metrics.json`` content.
+    ``results`` is what training and evaluation recorded (default: the run's
+    ``metrics.json``, for a finished run); ``serving`` overrides the run's ``eval.serving``
+    (fit the web service's detectors or not); ``eval_overrides`` (``eval.key=value``) change
+    its evaluation settings first (:func:`set_eval`).
+
+    Returns the ``metrics.json`` content.
     """
     run = load_run(run_dir, command="report")
     if eval_overrides:
         set_eval(run, eval_overrides)
     paths, cfg = run.paths, run.config
-    metrics = read_metrics(paths)
+    metrics = dict(results) if results is not None else read_metrics(paths)
     if data is None:
         data = prepare_data(cfg.data, run.info.image_size, split_path=paths.splits,
                             progress=progress)
-    val = saved_predictions(run, data, "val")
-    test = saved_predictions(run, data, "test")
-    metrics.pop("metadata_fusion", None)  # eval.metadata may have been switched off
-    metrics.update(calibrate_and_analyse(run, data, val, test))
-    if cfg.eval.serving if serving is None else serving:
-        metrics["serving"] = fit_serving(run, data, val, metrics["temperature"])
+    for stale in FINAL_KEYS:  # what this stage owns, e.g. eval.metadata may be off now
+        metrics.pop(stale, None)
+    if data.split.ids("val") and data.split.ids("test"):
+        val = saved_predictions(run, data, "val")
+        test = saved_predictions(run, data, "test")
+        metrics.update(calibrate_and_analyse(run, data, val, test))
+        if cfg.eval.serving if serving is None else serving:
+            metrics["serving"] = fit_serving(run, data, val)
+    elif data.split.ids("test"):
+        metrics.update(measure_without_validation(run, data, saved_predictions(run, data,
+                                                                               "test")))
+    write_run_plots(_history_rows(paths), metrics, run.info.classes, paths)
     write_metrics(paths, metrics)
     if cfg.eval.report:
         write_report(paths.root)
     if metrics.get("temperature_warning"):
         print(f"warning: {metrics['temperature_warning']}", flush=True)
     return metrics
+
+
+def _history_rows(paths: RunPaths) -> list[dict[str, Any]]:
+    """The run's ``history.csv`` rows (none for an ensemble, whose members have them)."""
+    import csv
+
+    if not paths.history.is_file():
+        return []
+    with open(paths.history, newline="", encoding="utf-8") as f:
+        return [{k: (v if v != "" else None) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def _log_setup(tracker: Tracker, t: Training) -> None:
@@ -277,10 +306,7 @@ def _run(cfg: ExperimentConfig | None, paths: RunPaths, resume: dict[str, Any] |
             "mlflow_run_id": state.mlflow_run_id, "processes": t.accelerator.num_processes,
         })
         if t.is_main:
-            write_metrics(paths, results)
-            write_run_plots(state.history, results, t.info.classes, paths)
-            if t.data.split.ids("val") and t.data.split.ids("test"):
-                results = finalize_run(paths.root, data=t.data)
+            results = finalize_run(paths.root, data=t.data, results=results)
             _track_results(tracker, results, paths)
             print(summary(results, t.info.classes), flush=True)
             if t.cfg.tracking.upload_to:
@@ -327,19 +353,48 @@ def next_steps(paths: RunPaths) -> str:
     return "\n".join(lines)
 
 
+def _malignant_line(results: dict[str, Any]) -> list[str]:
+    mal = results.get("malignant")
+    if not mal or mal.get("sensitivity") is None:
+        return []
+    iv = mal.get("intervals") or {}
+
+    def part(key: str) -> str:
+        v, i = mal.get(key), iv.get(key)
+        return ("-" if v is None else f"{v:.3f}") + (f" [{i[0]:.3f}, {i[1]:.3f}]" if i else "")
+
+    return [f"  possibly malignant ({'+'.join(mal['classes'])} >= {mal['threshold']:.3f}): "
+            f"sensitivity {part('sensitivity')}   specificity {part('specificity')}"]
+
+
 def summary(results: dict[str, Any], classes: list[str]) -> str:
-    """One screen: headline test metrics and the per-class table."""
+    """One screen: the served answer's test metrics with their intervals, and the per-class
+    table."""
+    if "balanced_accuracy" not in results:
+        return "\nno test split: nothing was measured (set data.split_ratios with a test part)"
     auc = results.get("roc_auc_macro")
+    ci = results.get("intervals") or {}
+
+    def with_ci(key: str) -> str:
+        v, iv = results.get(key), ci.get(key)
+        if v is None:
+            return "undefined"
+        return f"{v:.4f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
+
     members = results.get("members")
     chosen = (f"an ensemble of {len(members)} runs, best epochs "
               + ", ".join(f"{m['best_epoch']} of {m['epochs_run']}" for m in members)
               if members else f"best epoch {results['best_epoch']} of {results['epochs_run']}")
     lines = [
         "",
-        f"test ({results['n']} images, {chosen}):",
-        f"  balanced accuracy {results['balanced_accuracy']:.4f}   accuracy "
-        f"{results['accuracy']:.4f}   macro-F1 {results['macro_f1']:.4f}   ROC-AUC (macro OvR) "
-        + (f"{auc:.4f}" if auc is not None else "undefined (a class is missing from test)"),
+        f"test ({results['n']} images, {chosen}); the served answer for a photo alone"
+        + (f", 95% intervals over {results['served']['bootstrap']} lesion-grouped resamples"
+           if ci and results.get("served") else "") + ":",
+        f"  balanced accuracy {with_ci('balanced_accuracy')}   accuracy {with_ci('accuracy')}",
+        f"  macro-F1 {with_ci('macro_f1')}   ROC-AUC (macro OvR) "
+        + (with_ci("roc_auc_macro") if auc is not None
+           else "undefined (a class is missing from test)"),
+        *_malignant_line(results),
         "",
         f"  {'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'auc':>10}{'support':>10}",
     ]

@@ -11,12 +11,12 @@ from dermalab.core.calibration import (
     expected_calibration_error,
     fit_temperature,
     nll,
+    prior_weights,
     reliability,
     sensitivity_specificity,
 )
-from dermalab.core.config import EvalConfig
-from dermalab.core.runs import Predictions
-from dermalab.evaluate.analysis import analyze, subgroup_metrics
+from dermalab.core.decision import Decision
+from dermalab.evaluate.analysis import subgroup_metrics
 
 
 def test_ece_hand_example() -> None:
@@ -64,29 +64,63 @@ def test_threshold_reaches_target_sensitivity() -> None:
     assert choose_threshold(scores, pos, 0.5) == pytest.approx(0.7)  # top 3 positives
 
 
-def test_analyze_uses_validation_only_and_reports_subgroups() -> None:
-    rng = np.random.default_rng(2)
-    classes = ["bkl", "mel", "nv"]
+def test_weighted_ece_counts_each_image_its_weight() -> None:
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(3), 300)
+    y = rng.integers(0, 3, 300)
+    assert expected_calibration_error(probs, y, 10, np.ones(300)) == pytest.approx(
+        expected_calibration_error(probs, y, 10))
+    w = rng.integers(1, 4, 300)
+    repeated = np.repeat(np.arange(300), w)
+    assert expected_calibration_error(probs, y, 10, w.astype(float)) == pytest.approx(
+        expected_calibration_error(probs[repeated], y[repeated], 10))
 
-    def preds(n: int, seed: int) -> Predictions:
-        r = np.random.default_rng(seed)
-        y = r.choice(3, n, p=[0.2, 0.2, 0.6])
-        logits = 4.0 * (np.eye(3)[y] + r.normal(0, 0.8, (n, 3)))
-        return Predictions([f"s{i}" for i in range(n)], y, logits)
 
-    val, test = preds(600, 3), preds(800, 4)
-    meta = [{"sex": ["male", "female"][i % 2], "age": float(20 + i % 60), "age_missing": False,
-             "localization": "back"} for i in range(800)]
-    out = analyze(val, test, classes, EvalConfig(malignant_classes=["mel", "bcc"]), meta)
-    assert out["temperature"] == pytest.approx(fit_temperature(val.logits, val.targets))
-    assert out["nll_after"] <= out["nll_before"] + 1e-9
-    assert out["malignant"]["classes"] == ["mel"]
-    assert out["malignant"]["val_sensitivity"] >= 0.9
-    assert set(out["subgroups"]) == {"sex", "age_band", "localization"}
-    assert sum(g["support"] for g in out["subgroups"]["sex"].values()) == 800
-    del rng
+def test_prior_weights_give_the_declared_class_shares() -> None:
+    y = np.array([0] * 70 + [1] * 20 + [2] * 10)
+    q = np.array([0.2, 0.3, 0.5])
+    w = prior_weights(y, q)
+    shares = np.bincount(y, weights=w) / w.sum()
+    assert shares == pytest.approx(q)
+    assert prior_weights(y, np.bincount(y) / len(y)) == pytest.approx(np.ones(100))
+
+
+def test_subgroup_metrics_equal_a_hand_computation() -> None:
+    """Per group: balanced accuracy by scikit-learn on the group's images, malignant
+    sensitivity/specificity at the served threshold, the gap between the extreme groups."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(4)
+    classes = ["mel", "nv", "bkl"]
+    n = 240
+    y = rng.integers(0, 3, n)
+    probs = rng.dirichlet(np.ones(3), n)
+    probs[np.arange(n), y] += rng.random(n) * (np.arange(n) % 3)  # groups differ in skill
+    probs /= probs.sum(1, keepdims=True)
+    meta = [{"sex": ["female", "male"][i % 2], "fitzpatrick": [1, 3, 6][i % 3]}
+            for i in range(n)]
+    d = Decision(malignant_classes=["mel"], malignant_threshold=0.4)
+    out = subgroup_metrics(y, probs, meta, classes, d, [f"u{i}" for i in range(n)], reps=50)
+    assert set(out) == {"sex", "skin_type"}
+    for name, code in (("I-II", 0), ("III-IV", 1), ("V-VI", 2)):
+        sel = np.arange(n) % 3 == code
+        g = out["skin_type"]["groups"][name]
+        assert g["support"] == sel.sum()
+        assert g["balanced_accuracy"] == pytest.approx(
+            balanced_accuracy_score(y[sel], probs[sel].argmax(1)))
+        pos = sel & (y == 0)
+        assert g["malignant_sensitivity"] == pytest.approx(np.mean(probs[pos, 0] >= 0.4))
+        neg = sel & (y != 0)
+        assert g["malignant_specificity"] == pytest.approx(np.mean(probs[neg, 0] < 0.4))
+        lo, hi = g["intervals"]["balanced_accuracy"]
+        assert lo <= g["balanced_accuracy"] <= hi
+    gap = out["skin_type"]["gap"]
+    bal = {k: v["balanced_accuracy"] for k, v in out["skin_type"]["groups"].items()}
+    assert gap["difference"] == pytest.approx(max(bal.values()) - min(bal.values()))
+    assert gap["worst"] == min(bal, key=bal.__getitem__) == "I-II"
 
 
 def test_subgroups_absent_without_metadata() -> None:
     probs = np.full((4, 2), 0.5)
-    assert subgroup_metrics(np.array([0, 1, 0, 1]), probs, [{}] * 4, ["a", "b"], [], None) == {}
+    assert subgroup_metrics(np.array([0, 1, 0, 1]), probs, [{}] * 4, ["a", "b"],
+                            Decision()) == {}

@@ -65,3 +65,25 @@ def test_macro_f1_counts_a_class_predicted_but_absent_from_the_truth() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="probs must be"):
         classification_metrics([0, 1], np.ones((2, 3)) / 3, CLASSES)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_forms_equal_scikit_learn(seed: int) -> None:
+    """The resampling forms (core.metrics) against scikit-learn, with a class missing from
+    the truth, a class never predicted, and tied scores."""
+    from dermalab.core.metrics import balanced_accuracy, binary_auc, macro_auc, macro_f1
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, 80)  # class 3 never true
+    p = rng.dirichlet(np.ones(4), 80)
+    p[:10] = 0.25  # ties
+    pred = p.argmax(1)
+    assert balanced_accuracy(y, pred, 4) == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert macro_f1(y, pred, 4) == pytest.approx(
+        skm.f1_score(y, pred, labels=np.union1d(y, pred), average="macro", zero_division=0))
+    for k in range(3):
+        assert binary_auc(y == k, p[:, k]) == pytest.approx(
+            skm.roc_auc_score((y == k).astype(int), p[:, k]))
+    assert binary_auc(y == 3, p[:, 3]) is None
+    assert macro_auc(y, p) == pytest.approx(classification_metrics(y, p, CLASSES)
+                                            ["roc_auc_macro"])

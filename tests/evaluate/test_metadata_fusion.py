@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from dermalab.core.config import load_config
 from dermalab.core.errors import ConfigError, DataError
 from dermalab.core.runs import Predictions
-from dermalab.evaluate.metadata_fusion import fit_metadata_model, fit_weight, metadata_fusion
+from dermalab.evaluate.metadata_fusion import fit_metadata_model, fit_weight
 
 FIELDS = ["age", "sex", "localization"]
 
@@ -74,7 +74,13 @@ def test_fusion_weight_limiting_cases() -> None:
     assert fit_weight(evidence, noise, y) < 0.1
 
 
-def test_fusion_measures_test_with_and_without() -> None:
+def test_fusion_is_fitted_on_validation_and_measured_beside_the_photo_alone() -> None:
+    from sklearn.metrics import balanced_accuracy_score
+
+    from dermalab.core.config import EvalConfig
+    from dermalab.evaluate.decision import fit_decision
+    from dermalab.evaluate.served import rules_beside, served_metrics
+
     rows, y = synthetic(900, 3)
     train, val, test = slice(0, 500), slice(500, 700), slice(700, 900)
     m = fit_metadata_model(rows[train], y[train], 3, FIELDS)
@@ -85,28 +91,26 @@ def test_fusion_measures_test_with_and_without() -> None:
     def preds(s: slice) -> Predictions:
         return Predictions([f"i{i}" for i in range(s.start, s.stop)], y[s], logits[s])
 
-    out = metadata_fusion(m, 1.0, preds(val), preds(test), rows[val], rows[test],
-                          ["a", "b", "c"], {"classes": ["a"], "threshold": 0.4})
-    assert out["weight"] == m.weight > 0.3
-    assert out["test_images_with_metadata"] == 200
-    assert out["nll"] < out["nll_without"]
-    assert out["balanced_accuracy"] > out["balanced_accuracy_without"] + 0.1
-    assert out["roc_auc_macro"] > out["roc_auc_macro_without"]
-    from sklearn.metrics import balanced_accuracy_score
-
-    assert out["balanced_accuracy_without"] == pytest.approx(
-        balanced_accuracy_score(y[test], logits[test].argmax(1)))
-    # The malignant operating point at the image model's threshold, with and without.
-    from sklearn.metrics import recall_score
-
-    from dermalab.core.calibration import calibrated_probs
-
-    flagged = calibrated_probs(logits[test])[:, 0] >= 0.4
-    assert out["malignant_sensitivity_without"] == pytest.approx(
-        recall_score(y[test] == 0, flagged))
-    assert out["malignant_specificity_without"] == pytest.approx(
-        recall_score(y[test] != 0, ~flagged))
-    assert out["malignant_sensitivity"] > out["malignant_sensitivity_without"]
+    classes = ["a", "b", "c"]
+    d, info = fit_decision(preds(val), classes, np.bincount(y[train]),
+                           EvalConfig(malignant_classes=["a"], prior="training"), m,
+                           rows[val])
+    assert m.weight > 0.3  # fitted on validation
+    assert "val_uncertain_rate_metadata" in info and d.uncertain_threshold_metadata is not None
+    units = [f"u{i}" for i in range(200)]
+    alone = served_metrics(preds(test), d, classes, units, reps=0)
+    beside = rules_beside(preds(test), d, classes, units, ece_bins=15, reps=0, metadata=m,
+                          rows=rows[test])["metadata"]
+    assert beside["nll"] < alone["nll"]
+    assert beside["balanced_accuracy"] > alone["balanced_accuracy"] + 0.1
+    assert beside["roc_auc_macro"] > alone["roc_auc_macro"]
+    assert alone["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(y[test], d.predict(logits[test])))
+    assert beside["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(y[test], d.predict(logits[test], m, rows[test])))
+    # the malignant operating point is the same threshold, with and without metadata
+    assert beside["malignant"]["threshold"] == alone["malignant"]["threshold"]
+    assert beside["malignant"]["sensitivity"] >= alone["malignant"]["sensitivity"]
 
 
 def test_no_metadata_at_all_is_a_clear_error() -> None:

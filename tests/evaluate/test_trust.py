@@ -31,57 +31,110 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_metrics_gain_calibration_and_operating_point(run: Path) -> None:
+def test_metrics_are_the_served_answer_with_intervals(run: Path) -> None:
+    from sklearn.metrics import balanced_accuracy_score
+
+    from dermalab.core.calibration import fit_temperature
+    from dermalab.core.runs import Predictions, load_run
+
     m = json.loads((run / "metrics.json").read_text())
     for key in ("ece_before", "ece_after", "nll_before", "nll_after", "temperature",
-                "malignant", "subgroups", "tta"):
+                "malignant", "subgroups", "rules", "decision", "served", "intervals", "val"):
         assert key in m, key
-    assert set(m["malignant"]) >= {"threshold", "sensitivity", "specificity"}
-    # The temperature is the one that minimises NLL on the validation predictions (not test).
-    from dermalab.core.calibration import fit_temperature
-    from dermalab.core.runs import Predictions
-
     val = Predictions.load(run / "predictions_val.npz")
+    test = Predictions.load(run / "predictions_test.npz")
+    # The temperature is the one that minimises NLL on the validation predictions (not test).
     assert m["temperature"] == pytest.approx(fit_temperature(val.logits, val.targets))
     assert val.tta_logits is not None and val.tta_logits.shape == val.logits.shape
-    assert "sex" in m["subgroups"]
+    # The headline is the stored decision applied to the saved test logits, by scikit-learn.
+    loaded = load_run(run)
+    pred = loaded.info.decision.predict(test.logits)
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(test.targets, pred))
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro"):
+        lo, hi = m["intervals"][key]
+        assert lo <= m[key] <= hi, key
+    assert set(m["rules"]) >= {"posterior", "uniform", "metadata", "tta"}
+    assert m["rules"]["posterior"]["tau"] == 0.0 and m["rules"]["uniform"]["tau"] == 1.0
+    # The decision lives in decision.json; training's best.pt is never rewritten.
     from dermalab.core.runs import load_checkpoint
 
-    best = load_checkpoint(run / "checkpoints" / "best.pt")
-    assert best["temperature"] == pytest.approx(m["temperature"])
-    assert best["malignant"]["threshold"] == pytest.approx(m["malignant"]["threshold"])
+    stored = json.loads((run / "decision.json").read_text())["decision"]
+    assert stored["temperature"] == pytest.approx(m["temperature"])
+    assert stored["malignant_threshold"] == pytest.approx(m["malignant"]["threshold"])
+    assert "temperature" not in load_checkpoint(run / "checkpoints" / "best.pt")
+    assert "sex" in m["subgroups"]
+
+
+def test_nothing_fitted_depends_on_test_labels(run: Path, tmp_path: Path) -> None:
+    """Temperature, prior shift, thresholds and the metadata weight come from validation:
+    a copy of the run with its test labels shuffled gets a byte-identical decision.json."""
+    import shutil
+
+    from dermalab.core.runs import Predictions
+    from dermalab.pipeline import finalize_run
+
+    copy = tmp_path / "shuffled"
+    shutil.copytree(run, copy)
+    test = Predictions.load(copy / "predictions_test.npz")
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation(test.targets)
+    assert (shuffled != test.targets).any()
+    Predictions(test.ids, shuffled, test.logits, test.tta_logits).save(
+        copy / "predictions_test.npz")
+    finalize_run(copy, serving=False)
+    assert (copy / "decision.json").read_bytes() == (run / "decision.json").read_bytes()
+    a = json.loads((copy / "metrics.json").read_text())
+    b = json.loads((run / "metrics.json").read_text())
+    assert a["val"] == b["val"] and a["decision"] == b["decision"]
+    assert a["metadata_fusion"]["weight"] == b["metadata_fusion"]["weight"]
 
 
 def test_report_has_every_section(run: Path) -> None:
     html = (run / "report.html").read_text()
     for sid in ("summary", "data", "curves", "metrics", "per-class", "confusion", "roc",
-                "calibration", "malignant", "subgroups", "gallery", "config"):
+                "decision", "calibration", "malignant", "subgroups", "gallery", "config"):
         assert f'id="{sid}"' in html, sid
     assert "data:image/png;base64," in html and "not a diagnosis" in html
     assert "src=\"http" not in html  # self-contained
-    assert "Patient metadata (age, sex, localization) weighed beside the image" in html
-    assert "malignant sensitivity (same threshold)" in html
+    m = json.loads((run / "metrics.json").read_text())
+    lo, hi = m["intervals"]["balanced_accuracy"]
+    assert f"{m['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" in html
+    assert "the served rule with each image&#x27;s own age, sex, localization" in html or \
+        "the served rule with each image's own age, sex, localization" in html
 
 
 def test_metadata_model_is_fitted_stored_and_measured(run: Path) -> None:
-    from dermalab.core.runs import load_checkpoint
-
-    m = json.loads((run / "metrics.json").read_text())["metadata_fusion"]
-    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")["metadata_model"]
-    assert ckpt["fields"] == ["age", "sex", "localization"]
-    assert ckpt["weight"] == pytest.approx(m["weight"]) and 0 <= m["weight"] <= 3
+    m = json.loads((run / "metrics.json").read_text())
+    stored = json.loads((run / "decision.json").read_text())["metadata_model"]
+    assert stored["fields"] == ["age", "sex", "localization"]
+    assert stored["weight"] == pytest.approx(m["metadata_fusion"]["weight"])
     # The synthetic data: sex alternates, every site is "back" (one category), ages vary.
-    assert ckpt["sexes"] == ["female", "male"] and ckpt["sites"] == ["back"]
-    assert m["nll"] > 0 and m["nll_without"] > 0 and m["test_images_with_metadata"] > 0
-    # Switching it off on report removes it again, from the checkpoint and the metrics.
+    assert stored["sexes"] == ["female", "male"] and stored["sites"] == ["back"]
+    # The weight is the one that minimises validation NLL of the fused logits.
+    from dermalab.core.metadata import MetadataModel
+    from dermalab.core.runs import Predictions, load_run
+    from dermalab.data.prepare import prepare_data
+    from dermalab.evaluate.metadata_fusion import fit_weight
+
+    loaded = load_run(run)
+    data = prepare_data(loaded.config.data, 64, split_path=run / "splits.csv", progress=False)
+    val = Predictions.load(run / "predictions_val.npz")
+    mm = MetadataModel.from_json(stored)
+    scaled = val.logits / m["temperature"]
+    assert stored["weight"] == pytest.approx(
+        fit_weight(scaled, mm.log_ratio(data.meta_rows(val.ids)), val.targets))
+    assert m["metadata_fusion"]["val_nll"] <= m["metadata_fusion"]["val_nll_without"] + 1e-9
+    # The rule with metadata is measured on test beside the served one.
+    assert m["rules"]["metadata"]["balanced_accuracy"] is not None
+    # Switching it off on report removes it again, from the decision and the metrics.
     from dermalab.pipeline import finalize_run
 
     finalize_run(run, serving=False, eval_overrides=["eval.metadata=[]"])
     assert "metadata_fusion" not in json.loads((run / "metrics.json").read_text())
-    assert load_checkpoint(run / "checkpoints" / "best.pt")["metadata_model"] is None
+    assert json.loads((run / "decision.json").read_text())["metadata_model"] is None
     finalize_run(run, serving=False, eval_overrides=["eval.metadata=[age,sex,localization]"])
     again = json.loads((run / "metrics.json").read_text())["metadata_fusion"]
-    assert again["weight"] == pytest.approx(m["weight"], abs=1e-6)
+    assert again["weight"] == pytest.approx(m["metadata_fusion"]["weight"], abs=1e-6)
 
 
 def test_onnx_matches_pytorch_on_images(run: Path) -> None:
@@ -98,7 +151,7 @@ def test_onnx_matches_pytorch_on_images(run: Path) -> None:
     assert onnx_p.backend == "onnxruntime" and torch_p.backend == "torch"
     a, b = onnx_p.probabilities(arr), torch_p.probabilities(arr)
     assert np.abs(a - b).max() < 1e-4 and (a.argmax(1) == b.argmax(1)).all()
-    assert onnx_p.info.temperature == pytest.approx(torch_p.info.temperature)
+    assert onnx_p.info.decision == torch_p.info.decision  # model.json carries the decision
     # The metadata model travels in model.json and fuses the same way on both backends.
     assert onnx_p.info.metadata == torch_p.info.metadata and onnx_p.metadata_model is not None
     rows = [{"age": 70.0, "sex": "male", "localization": "back"}] * len(arr)
@@ -212,7 +265,8 @@ def test_report_renders_in_a_real_browser(run: Path) -> None:
         page.goto((run / "report.html").resolve().as_uri())
         titles = page.locator("section h2").all_inner_texts()
         for want in ("Summary", "Data", "Training curves", "Test metrics", "Per-class report",
-                     "Confusion matrix", "ROC curves", "Calibration",
+                     "Confusion matrix", "ROC curves", "The served decision and other rules",
+                     "Calibration",
                      "Malignant operating point", "Subgroups",
                      "Misclassified test images (Grad-CAM)", "Configuration"):
             assert want in titles

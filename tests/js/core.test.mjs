@@ -7,7 +7,7 @@ import {test} from "node:test";
 import {
   camFromFeatureMap, chooseType, colourStatistics, decide, fill, fuseMetadata, localize,
   mahalanobisScore, metadataGiven, normalize, percent, prepareMahalanobis, resizeForModel,
-  routeProbabilities, routerInput, softmax,
+  routeProbabilities, routerInput, servedProbabilities, softmax,
 } from "../../src/dermalab/serve/static/ondevice/core.js";
 
 const C = JSON.parse(readFileSync(process.env.DERMALAB_JS_CASES, "utf8"));
@@ -36,6 +36,17 @@ test("metadata fusion matches MetadataModel.fuse and .given", () => {
           m.expected[i], 1e-9, `fused row ${i}`);
     assert.deepEqual(metadataGiven(m.model, row), m.given[i], `given row ${i}`);
   });
+});
+
+test("served probabilities match Decision.probabilities (prior shift, metadata)", () => {
+  const c = C.served;
+  c.rows.forEach((row, i) => close(servedProbabilities(c.bundle, c.logits[i], row).probs,
+                                   c.expected[i], 1e-9, `served row ${i}`));
+  c.logits.forEach((z, i) => close(servedProbabilities(c.bundle, z).probs, c.plain[i], 1e-9,
+                                   `served photo alone ${i}`));
+  // a bundle from before the prior shift (no "shift") serves softmax(z / T)
+  close(servedProbabilities({temperature: 1.3}, c.logits[0]).probs,
+        softmax(c.logits[0], 1.3), 1e-12, "no shift");
 });
 
 test("normalisation matches normalize_batch", () => {

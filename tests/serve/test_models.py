@@ -136,7 +136,7 @@ def test_age_sex_and_site_are_weighed_by_the_model_that_knows_them(
     stored = client.get(f"/v1/analyses/{given['id']}").json()
     assert stored["metadata_used"] == given["metadata_used"]
     # A fused answer is judged "not sure" by the line fitted on fused validation answers.
-    lines = json.loads((skin_run / "serving" / "serving.json").read_text())
+    lines = json.loads((skin_run / "decision.json").read_text())["decision"]
     assert 0.4 <= lines["uncertain_threshold_metadata"] <= 1
     assert plain["uncertain_threshold"] == lines["uncertain_threshold"]
     assert given["uncertain_threshold"] == lines["uncertain_threshold_metadata"]

@@ -17,6 +17,7 @@ from PIL import Image
 
 from dermalab.core.calibration import calibrated_probs
 from dermalab.core.i18n import LANGUAGES, t
+from dermalab.core.metadata import MetadataModel
 from dermalab.data.images import normalize_batch, resize_rgb
 from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
 from dermalab.deploy.router import predict_proba, router_input
@@ -54,6 +55,25 @@ def _metadata_case(rng: np.random.Generator) -> dict:
     return {"model": mm.to_json(), "rows": rows, "logits": logits.tolist(),
             "temperature": 1.3, "expected": fused.tolist(),
             "given": [mm.given(r) for r in rows]}
+
+
+def _served_case(rng: np.random.Generator) -> dict:
+    """The served decision (core.decision) with a prior shift and a metadata model: the page's
+    ``servedProbabilities`` against :meth:`Decision.probabilities`."""
+    from dermalab.core.decision import Decision
+
+    case = _metadata_case(rng)
+    mm = MetadataModel.from_json(case["model"])
+    decision = Decision(temperature=1.3, tau=0.7, log_prior=mm.log_prior)
+    logits = np.asarray(case["logits"])
+    expected = []
+    for i, row in enumerate(case["rows"]):
+        used = bool(mm.given(row))  # the page weighs a row only when it gives a field
+        expected.append(decision.probabilities(logits[i:i + 1], mm if used else None,
+                                               [row] if used else None)[0].tolist())
+    bundle = {"temperature": 1.3, "shift": decision.shift(4).tolist(), "metadata": case["model"]}
+    return {"bundle": bundle, "rows": case["rows"], "logits": case["logits"],
+            "expected": expected, "plain": decision.probabilities(logits).tolist()}
 
 
 def _resize_cases(rng: np.random.Generator) -> list[dict]:
@@ -172,6 +192,7 @@ def make_cases() -> dict:
                     "expected": calibrated_probs(logits, 1.7).tolist()},
         "mahalanobis": _mahalanobis_case(rng),
         "metadata": _metadata_case(rng),
+        "served": _served_case(rng),
         "colour": [{"input": im.ravel().tolist(),
                     "expected": colour_statistics(im[None])[0].tolist()} for im in colour_imgs],
         "cam": {"fmap": fmap.ravel().tolist(), "c": 6, "h": 4, "w": 5,

@@ -71,29 +71,49 @@ class Reliability:
     count: np.ndarray
 
 
-def reliability(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15) -> Reliability:
-    """Bin samples by top-label confidence; bins are ``(lo, hi]`` (the first includes 0)."""
+def reliability(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15,
+                weights: np.ndarray | None = None) -> Reliability:
+    """Bin samples by top-label confidence; bins are ``(lo, hi]`` (the first includes 0).
+    ``weights`` (one per sample; default 1) make ``count`` a weighted count and the means
+    weighted means."""
     p = np.asarray(probs, np.float64)
     conf = p.max(axis=1)
     correct = (p.argmax(axis=1) == np.asarray(targets)).astype(np.float64)
+    w = np.ones(len(conf)) if weights is None else np.asarray(weights, np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins).astype(np.int64)
+    count = np.bincount(idx, weights=w, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
-        mean_acc = np.bincount(idx, weights=correct, minlength=n_bins) / count
+        mean_conf = np.bincount(idx, weights=w * conf, minlength=n_bins) / count
+        mean_acc = np.bincount(idx, weights=w * correct, minlength=n_bins) / count
     return Reliability(edges, mean_conf, mean_acc, count)
 
 
-def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15) -> float:
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15,
+                               weights: np.ndarray | None = None) -> float:
     """Top-label ECE (Naeini et al. 2015; Guo et al. 2017):
-    ``sum_b |B_b|/N * |acc(B_b) - conf(B_b)|`` over ``n_bins`` equal-width confidence bins."""
+    ``sum_b |B_b|/N * |acc(B_b) - conf(B_b)|`` over ``n_bins`` equal-width confidence bins.
+
+    ``weights`` count each sample that many times: importance weights ``q_y / p_y`` measure
+    calibration under another class prior ``q`` than the sample's own ``p`` (label shift;
+    see :func:`prior_weights`)."""
     n = len(targets)
     if n == 0:
         return float("nan")
-    r = reliability(probs, targets, n_bins)
+    r = reliability(probs, targets, n_bins, weights)
     used = r.count > 0
-    return float(np.sum(r.count[used] / n * np.abs(r.accuracy[used] - r.confidence[used])))
+    total = float(r.count.sum())
+    return float(np.sum(r.count[used] / total * np.abs(r.accuracy[used] - r.confidence[used])))
+
+
+def prior_weights(targets: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Per-sample weights ``q_y / p_y`` that give these samples the class shares ``q``
+    (``prior``) instead of their own ``p``: metrics under a declared deployment prior."""
+    y = np.asarray(targets, np.int64)
+    own = np.bincount(y, minlength=len(prior)) / max(len(y), 1)
+    ratio = np.divide(np.asarray(prior, np.float64), own, out=np.zeros(len(prior)),
+                      where=own > 0)
+    return np.asarray(ratio[y])
 
 
 def malignant_score(probs: np.ndarray, classes: Sequence[str],
@@ -130,3 +150,19 @@ def sensitivity_specificity(scores: np.ndarray, is_positive: np.ndarray,
         "specificity": tn / (tn + fp) if tn + fp else None,
         "tp": tp, "fn": fn, "tn": tn, "fp": fp,
     }
+
+
+def selective_threshold(top_probs: np.ndarray, correct: np.ndarray,
+                        target_accuracy: float = 0.85, floor: float = 0.4) -> float:
+    """Smallest confidence ``t >= floor`` such that validation predictions with top probability
+    ``>= t`` are at least ``target_accuracy`` accurate (1.0 if none reach it)."""
+    p = np.asarray(top_probs, np.float64)
+    c = np.asarray(correct, bool)
+    order = np.argsort(-p)
+    cum_acc = np.cumsum(c[order]) / np.arange(1, len(p) + 1)
+    ok = np.flatnonzero(cum_acc >= target_accuracy)
+    if len(ok) == 0:
+        return 1.0
+    # The largest accepted set meeting the target: accept everything down to that confidence.
+    t = float(p[order][ok[-1]])
+    return max(t, floor)

@@ -69,6 +69,11 @@ class DataConfig:
     # byte-identical images under different labels: drop (warn, leave them out) | keep (warn)
     # | error (stop)
     conflicts: str = "drop"
+    # near-duplicates (re-encoded, resized, lightly cropped copies: dermalab.data.near_duplicates)
+    # are grouped like identical files when both perceptual hashes are within this many bits of
+    # 64; -1 turns the check off; null (auto): 8 for folders of images (no group ids), off for
+    # sources whose lesion/patient ids group them already (see bench/results/near_duplicates.md)
+    near_duplicates: int | None = None
     # lesion masks: a folder of <id>_segmentation.png / <id>.png / <stem>_mask.png, or
     # "labelme" (JSON beside each image); mask_labels: the Labelme labels that are lesion
     masks: str | None = None
@@ -188,6 +193,14 @@ class EvalConfig:
     # Patient metadata weighed beside the image (late fusion, dermalab.core.metadata): any of
     # age, sex, localization. Fitted on the training split, weighted on validation; [] = off.
     metadata: list[str] = field(default_factory=list)
+    # The served decision (dermalab.core.decision): the class prior the shown probabilities
+    # and the top class assume. fit: tau in [0, 1] on validation (the highest balanced
+    # accuracy among the tau whose validation accuracy reaches min_accuracy); training: the
+    # training shares (tau 0); uniform: every class equally likely (tau 1).
+    prior: str = "fit"
+    min_accuracy: float = 0.0
+    # 95% intervals: lesion-grouped bootstrap resamples of the evaluated split (0: none)
+    bootstrap: int = 1000
 
 
 @dataclass(frozen=True)
@@ -255,11 +268,13 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.monitor": ("balanced_accuracy", "macro_f1", "accuracy", "roc_auc_macro", "loss"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "eval.cam_method": ("gradcam", "gradcam++"),
+    "eval.prior": ("fit", "training", "uniform"),
 }
 #: Lower bounds of numeric keys whose meaning ends there (checked when the config is read, so a
 #: bad value is one clear line before any data is touched).
-_MINIMA: dict[str, float] = {"model.members": 1, "loss.tau": 0.0, "loss.gamma": 0.0,
-                             "loss.label_smoothing": 0.0}
+_MINIMA: dict[str, float] = {"data.near_duplicates": -1, "model.members": 1, "loss.tau": 0.0,
+                             "loss.gamma": 0.0, "loss.label_smoothing": 0.0,
+                             "eval.min_accuracy": 0.0, "eval.bootstrap": 0}
 #: The patient metadata dermalab can weigh (eval.metadata; dermalab.core.metadata encodes them).
 METADATA_FIELDS = ("age", "sex", "localization")
 _LIST_CHOICES: dict[str, tuple[str, ...]] = {
@@ -364,7 +379,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
                                   f"{_LIST_CHOICES[key]}, got {value!r}")
         if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
             raise ConfigError(f"config key '{key}' must be one of {_CHOICES[key]}, got {value!r}")
-        if key in _MINIMA and kwargs[name] < _MINIMA[key]:
+        if key in _MINIMA and kwargs[name] is not None and kwargs[name] < _MINIMA[key]:
             raise ConfigError(f"config key '{key}' must be >= {_MINIMA[key]:g}, got {value!r}")
     return cls(**kwargs)
 

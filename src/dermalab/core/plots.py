@@ -132,9 +132,11 @@ def roc_curves(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -
     return fig
 
 
-def reliability_diagram(panels: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
-                        n_bins: int = 15) -> Figure:
-    """Side-by-side reliability diagrams: ``(title, probs, targets, ece)`` per panel.
+def reliability_diagram(
+        panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, float]],
+        n_bins: int = 15) -> Figure:
+    """Side-by-side reliability diagrams: ``(title, probs, targets, weights, ece)`` per panel
+    (``weights``: per-image importance weights for a declared class prior, or None).
 
     Bars show accuracy per confidence bin; the diagonal is perfect calibration; the gap to it
     is what ECE averages (weighted by the bin counts, shown as a histogram below).
@@ -143,8 +145,8 @@ def reliability_diagram(panels: Sequence[tuple[str, np.ndarray, np.ndarray, floa
 
     fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 5.6),
                              gridspec_kw={"height_ratios": [3, 1]}, squeeze=False)
-    for j, (title, probs, targets, ece) in enumerate(panels):
-        r = reliability(probs, targets, n_bins)
+    for j, (title, probs, targets, weights, ece) in enumerate(panels):
+        r = reliability(probs, targets, n_bins, weights)
         centers = (r.edges[:-1] + r.edges[1:]) / 2
         width = 1.0 / n_bins
         acc = np.nan_to_num(r.accuracy)

@@ -6,7 +6,9 @@ A run directory, as ``dermalab train`` writes it::
     RUN_DIR/config.yaml          the resolved experiment config
     RUN_DIR/splits.csv           the split, reused by reruns and resumes
     RUN_DIR/history.csv          one row per epoch
-    RUN_DIR/metrics.json         test metrics; its presence marks a finished run
+    RUN_DIR/metrics.json         test metrics; written last, its presence marks a finished run
+    RUN_DIR/decision.json        the served decision (core.decision) and metadata model, fitted
+                                 on validation after training (best.pt is never rewritten)
     RUN_DIR/checkpoints/{best,last}.pt
     RUN_DIR/predictions_{val,test}.{npz,csv}
     RUN_DIR/plots/*.png, RUN_DIR/report.html
@@ -37,6 +39,7 @@ from torch import nn
 
 from dermalab.core.atomic import atomic_path, atomic_write_text
 from dermalab.core.config import ExperimentConfig, from_dict
+from dermalab.core.decision import Decision
 from dermalab.core.errors import RunNotFoundError
 from dermalab.core.models import build_for_inference
 
@@ -75,6 +78,11 @@ class RunPaths:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
+
+    @property
+    def decision(self) -> Path:
+        """The served decision and metadata model (``evaluate.finalize`` writes it)."""
+        return self.root / "decision.json"
 
     @property
     def checkpoints(self) -> Path:
@@ -182,11 +190,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 @dataclass
 class ModelInfo:
     """What feeding and reading a trained model takes besides its weights: classes,
-    normalisation, input size, temperature, malignant operating point.
+    normalisation, input size, and the served decision (temperature, prior shift, "not sure"
+    and malignant thresholds: :class:`~dermalab.core.decision.Decision`).
 
     One schema for the training checkpoint (:meth:`to_checkpoint`/:meth:`from_checkpoint`) and
     the exported ``model.json`` (:meth:`to_json`/:meth:`from_json`), so the PyTorch and ONNX
-    paths cannot disagree on it.
+    paths cannot disagree on it. The decision and metadata model of a run live in its
+    ``decision.json`` (:func:`load_run` adds them), not in the checkpoint training wrote.
     """
 
     classes: list[str]
@@ -196,8 +206,7 @@ class ModelInfo:
     image_size: int
     resize_mode: str
     backbone: str
-    temperature: float = 1.0
-    malignant: dict[str, Any] | None = None  # {"classes": [...], "threshold": t}
+    decision: Decision = field(default_factory=Decision)
     input_mode: str = "raw"  # data.input: raw | masked | crop | raw+masked | mask_channel
     crop_margin: float = 0.1  # data.crop_margin (input_mode crop)
     image_type: str = "dermoscopic"  # data.image_type: dermoscopic | clinical
@@ -210,30 +219,40 @@ class ModelInfo:
         """Input channels: 4 with a lesion-mask channel, else 3."""
         return 4 if self.input_mode == "mask_channel" else 3
 
+    @property
+    def temperature(self) -> float:
+        """The decision's temperature ``T``."""
+        return self.decision.temperature
+
     def to_json(self) -> dict[str, Any]:
         """Plain dict for ``model.json``."""
-        return {"format": 1, **asdict(self)}
+        return {"format": 2, **asdict(self)}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ModelInfo:
-        """Read ``model.json``."""
-        keys = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in obj.items() if k in keys})
+        """Read ``model.json`` (format 1, before stored decisions: temperature and malignant
+        threshold at the top level, the plain posterior)."""
+        keys = set(cls.__dataclass_fields__) - {"decision"}
+        info = cls(**{k: v for k, v in obj.items() if k in keys})
+        info.decision = (Decision.from_json(obj["decision"]) if obj.get("decision") else
+                         Decision.legacy(float(obj.get("temperature", 1.0)),
+                                         obj.get("malignant")))
+        return info
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The checkpoint keys that describe the model (the inverse of
-        :meth:`from_checkpoint`)."""
+        :meth:`from_checkpoint`); the decision is not among them (``decision.json``)."""
         return {"classes": list(self.classes), "display_names": dict(self.display_names),
                 "normalization": {"mean": list(self.mean), "std": list(self.std)},
                 "image_size": self.image_size, "resize_mode": self.resize_mode,
-                "backbone": self.backbone, "temperature": self.temperature,
-                "malignant": self.malignant, "input_mode": self.input_mode,
+                "backbone": self.backbone, "input_mode": self.input_mode,
                 "crop_margin": self.crop_margin, "image_type": self.image_type,
-                "metadata_model": self.metadata, "members": self.members}
+                "members": self.members}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> ModelInfo:
-        """From a training checkpoint (temperature/threshold present once analysed)."""
+        """From a training checkpoint (checkpoints of runs finalised before decision.json
+        carry their temperature, malignant threshold and metadata model themselves)."""
         return cls(
             classes=list(ckpt["classes"]),
             display_names=dict(ckpt["display_names"]),
@@ -242,8 +261,7 @@ class ModelInfo:
             image_size=int(ckpt["image_size"]),
             resize_mode=str(ckpt["resize_mode"]),
             backbone=str(ckpt["backbone"]),
-            temperature=float(ckpt.get("temperature", 1.0)),
-            malignant=ckpt.get("malignant"),
+            decision=Decision.legacy(float(ckpt.get("temperature", 1.0)), ckpt.get("malignant")),
             input_mode=str(ckpt.get("input_mode", "raw")),  # runs from before data.input
             crop_margin=float(ckpt.get("crop_margin", 0.1)),
             image_type=str(ckpt.get("image_type", "dermoscopic")),  # runs from before it
@@ -252,12 +270,36 @@ class ModelInfo:
         )
 
 
+def write_decision(paths: RunPaths, decision: Decision, metadata: dict[str, Any] | None
+                   ) -> None:
+    """``decision.json``: the served decision and the metadata model, fitted on validation."""
+    atomic_write_text(paths.decision, json.dumps(
+        {"format": 1, "decision": decision.to_json(), "metadata_model": metadata}, indent=2))
+
+
+def read_decision(paths: RunPaths, info: ModelInfo) -> None:
+    """Put a run's stored decision and metadata model into ``info`` (in place). A run
+    finalised before ``decision.json`` keeps what its checkpoint held, with the "not sure"
+    thresholds of its ``serving/serving.json``."""
+    if paths.decision.is_file():
+        obj = json.loads(paths.decision.read_text())
+        info.decision = Decision.from_json(obj["decision"])
+        info.metadata = obj.get("metadata_model")
+        return
+    legacy = paths.serving / "serving.json"
+    if legacy.is_file():
+        d = info.decision
+        info.decision = Decision.legacy(
+            d.temperature, {"classes": d.malignant_classes, "threshold": d.malignant_threshold},
+            json.loads(legacy.read_text()))
+
+
 @dataclass
 class LoadedRun:
-    """A trained model and everything needed to feed it (from the checkpoint alone).
+    """A trained model and everything needed to feed it (the checkpoint and ``decision.json``).
 
-    ``info`` is read when the run is loaded: its temperature and malignant threshold are those
-    the checkpoint held then (``finalize`` fits new ones into ``checkpoint``).
+    ``info`` is read when the run is loaded: its decision is the one stored then (``finalize``
+    fits a new one into ``decision.json``).
     """
 
     paths: RunPaths
@@ -279,6 +321,7 @@ def load_run(run_dir: str | Path, which: str = "best", command: str = "this comm
     path = paths.require_model(command) if which == "best" else paths.checkpoints / f"{which}.pt"
     ckpt = load_checkpoint(path)
     info = ModelInfo.from_checkpoint(ckpt)
+    read_decision(paths, info)
     model = build_for_inference(ckpt["backbone"], len(ckpt["classes"]), in_chans=info.in_chans,
                                 members=info.members)
     model.load_state_dict(ckpt["model"])

@@ -1,8 +1,9 @@
 """``dermalab data inspect``: what is in a dataset, and whether its split is sound.
 
 Decodes every image (to find unreadable ones; every problem is listed, not only the first),
-collects image sizes, finds byte-identical files, makes or reads the split and checks it for
-group and duplicate leaks.
+collects image sizes, finds byte-identical files and near-duplicates (re-encoded, resized or
+lightly cropped copies: :mod:`dermalab.data.near_duplicates`), makes or reads the split and
+checks it for group and duplicate leaks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from dermalab.core.config import DataConfig, ExperimentConfig, with_values
 from dermalab.core.errors import ImageError
 from dermalab.data.images import open_rgb
 from dermalab.data.masks import mask_coverage
+from dermalab.data.near_duplicates import (
+    NearDuplicates,
+    find_near_duplicates,
+    max_distance_for,
+)
 from dermalab.data.prepare import label_conflicts
 from dermalab.data.samples import Sample, SourceData
 from dermalab.data.sources import load_source
@@ -57,6 +63,32 @@ def _probe(data: SourceData, s: Sample) -> tuple[str, tuple[int, int] | None, st
         return digest, None, exc.reason
 
 
+def _pixels(data: SourceData, s: Sample, size: int = 128) -> np.ndarray:
+    """A sample's pixels as the pipeline caches them (squashed to ``size``), for hashing."""
+    from dermalab.data.images import load_resized, resize_rgb
+
+    if s.path is None:
+        assert data.arrays is not None and s.index is not None
+        img = Image.fromarray(np.ascontiguousarray(data.arrays[s.index])).convert("RGB")
+        return np.asarray(resize_rgb(img, size, "squash"), np.uint8)
+    return load_resized(s.path, size, "squash")
+
+
+def _near_report(near: NearDuplicates, by_id: dict[str, Sample], max_distance: int,
+                 crossing: int) -> dict[str, Any]:
+    """Near-duplicate groups, their pairs, the pairs under two labels, and how many groups
+    cross the split."""
+    cross = [(a, b, dp, dd) for a, b, dp, dd in near.pairs if by_id[a].label != by_id[b].label]
+    groups = list(near.groups.values())
+    return {"max_distance": max_distance, "groups": len(groups),
+            "files": sum(len(g) for g in groups), "pairs": len(near.pairs),
+            "cross_class_pairs": len(cross), "crossing_splits": crossing,
+            "examples": groups[:5],
+            "cross_class": [{"a": a, "label_a": by_id[a].label, "b": b,
+                             "label_b": by_id[b].label, "phash": dp, "dhash": dd}
+                            for a, b, dp, dd in cross[:50]]}
+
+
 def inspect_dataset(
     cfg: DataConfig,
     source: str | None = None,
@@ -83,7 +115,13 @@ def inspect_dataset(
     for s in good:
         dup_groups[hashes[s.sample_id]].append(s)
     dups = [g for g in dup_groups.values() if len(g) > 1]
-    conflicting = label_conflicts(good, hashes)
+    by_id = {smp.sample_id: smp for smp in good}
+    near_at = max_distance_for(cfg.near_duplicates, data.kind)
+    near = (find_near_duplicates(list(by_id), lambda sid: _pixels(data, by_id[sid]),
+                                 near_at)
+            if near_at >= 0 and cfg.split_by != "image" else NearDuplicates())
+    copies = {**hashes, **near.group_of}  # identical and near-identical files: one unit
+    conflicting = label_conflicts(good, copies)
     split = resolve_split(
         good,
         ratios=cfg.split_ratios,
@@ -92,10 +130,10 @@ def inspect_dataset(
         external=cfg.split_file,
         given=({k: v for k, v in data.given_split.items() if k in hashes}
                if data.given_split else None),
-        hashes=lambda: hashes,
+        hashes=lambda: copies,
         by_image=cfg.split_by == "image",
     )
-    leaks = check_leaks(good, split, hashes)
+    leaks = check_leaks(good, split, hashes, near.group_of)
     split_file = None
     if split_out is not None:
         split_out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +172,8 @@ def inspect_dataset(
                        "examples": [[s.sample_id for s in g] for g in dups[:5]],
                        "conflicts": [[{"sample_id": s.sample_id, "label": s.label} for s in g]
                                      for g in conflicting]},
+        "near_duplicates": _near_report(near, by_id, near_at, leaks.near_duplicate_overlap)
+        if near_at >= 0 else None,
         "conflicts_policy": cfg.conflicts,
         "masks": mask_coverage(good, sizes, cfg) if cfg.masks else None,
         "image_sizes": size_stats,
@@ -174,6 +214,16 @@ def format_report(report: dict[str, Any]) -> str:
                     + ("leaves them out" if report["conflicts_policy"] == "drop" else
                        "keeps them" if report["conflicts_policy"] == "keep" else "refuses them")
                     if d["conflicting_labels"] else ""))
+    n = report.get("near_duplicates") or {}
+    if n:
+        lines.append(f"near     {n['groups']} group(s) of near-duplicate photos ({n['files']} "
+                     f"files, {n['pairs']} pairs, {n['cross_class_pairs']} under two labels; "
+                     f"both hashes within {n['max_distance']} bits), kept in one split"
+                     + (f"; {n['crossing_splits']} cross this split" if n["crossing_splits"]
+                        else ""))
+        for c in n["cross_class"][:10]:
+            lines.append(f"  near-duplicates under two labels: {c['a']} ({c['label_a']}) ~ "
+                         f"{c['b']} ({c['label_b']})")
     for group in d.get("conflicts", [])[:20]:
         lines.append("  same picture, different labels: " + ", ".join(
             f"{m['sample_id']} ({m['label']})" for m in group))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from dermalab.data.cache import (
     sample_hashes,
 )
 from dermalab.data.lesion import LesionImages, LesionMasks, read_masks
+from dermalab.data.near_duplicates import (
+    NearDuplicates,
+    find_near_duplicates,
+    max_distance_for,
+)
 from dermalab.data.samples import Sample, SourceData
 from dermalab.data.sources import load_source
 from dermalab.data.splits import (
@@ -29,6 +35,7 @@ from dermalab.data.splits import (
     check_leaks,
     resolve_split,
     small_class_warnings,
+    split_units,
     write_split,
 )
 
@@ -46,6 +53,7 @@ class PreparedData:
     input_mode: str = "raw"  # data.input (dermalab.data.lesion)
     lesion: LesionMasks | None = None  # the masks behind a lesion-aware input
     train_extra: ImageStore | None = None  # raw+masked: the masked copy of every train image
+    near: NearDuplicates = field(default_factory=NearDuplicates)  # data.near_duplicates
 
     @property
     def classes(self) -> list[str]:
@@ -68,6 +76,16 @@ class PreparedData:
         """Each id's metadata (age, sex, localization ... as the source has them) as a fresh
         dict; ``{}`` for an id this dataset does not hold."""
         return [dict(self._by_id[i].meta) if i in self._by_id else {} for i in ids]
+
+    @cached_property
+    def _units(self) -> dict[str, str]:
+        return split_units(self.source.samples, {**self.hashes, **self.near.group_of})
+
+    def units(self, ids: list[str]) -> list[str]:
+        """Each id's resampling unit: its group merged with every group holding an identical
+        file or a near-duplicate (what the split keeps together; the bootstrap resamples
+        these)."""
+        return [self._units.get(i, "i:" + i) for i in ids]
 
     def targets(self, split: str) -> list[int]:
         """Class indices of one split, aligned with :meth:`samples`."""
@@ -136,7 +154,14 @@ def prepare_data(
     else:
         store = DecodingImages(data, image_size, cfg.resize_mode, boxes=boxes)
         hashes = sample_hashes(data, data.samples)
-    apply_conflict_policy(data, hashes, cfg.conflicts)
+    near_at = max_distance_for(cfg.near_duplicates, data.kind)
+    near = (find_near_duplicates([smp.sample_id for smp in data.samples], store.get,
+                                 near_at)
+             if near_at >= 0 and cfg.split_by != "image" else NearDuplicates())
+    # Identical files and near-duplicates are one unit: same split, and one picture under two
+    # labels is a conflict either way.
+    copies = {**hashes, **near.group_of}
+    apply_conflict_policy(data, copies, cfg.conflicts)
     split = resolve_split(
         data.samples,
         ratios=cfg.split_ratios,
@@ -144,20 +169,43 @@ def prepare_data(
         saved=split_path,
         external=cfg.split_file,
         given=data.given_split,
-        hashes=lambda: hashes,
+        hashes=lambda: copies,
         by_image=cfg.split_by == "image",
     )
-    leaks = check_leaks(data.samples, split, hashes)
+    leaks = check_leaks(data.samples, split, hashes, near.group_of)
+    if leaks.near_duplicate_overlap:
+        split.warnings.append(
+            f"{leaks.near_duplicate_overlap} group(s) of near-duplicate photos cross splits "
+            f"(e.g. {leaks.near_examples[0]}): this split was made before they were grouped "
+            "or given from a file; a new split keeps them together")
     if not cfg.allow_leaks:
         assert_no_leaks(leaks, f"split ({split.origin})")
     if write and split_path is not None and not split_path.is_file():
         write_split(split_path, data.samples, split)
+    if cfg.age_impute == "median":
+        impute_ages(data.samples, split)
     extra = None
     if lesion is not None and cfg.input in ("masked", "mask_channel"):
         store = LesionImages(store, lesion, cfg.input)
     elif lesion is not None and cfg.input == "raw+masked":
         extra = LesionImages(store, lesion, "masked")
-    return PreparedData(data, split, store, hashes, leaks, image_size, cfg.input, lesion, extra)
+    return PreparedData(data, split, store, hashes, leaks, image_size, cfg.input, lesion, extra,
+                        near)
+
+
+def impute_ages(samples: list[Sample], split: Split) -> None:
+    """Fill the missing ages (``age_missing``) with the median age of the training split, so
+    no statistic of validation or test images reaches the model (the flag stays set, and the
+    metadata model and subgroups treat the age as missing)."""
+    train = set(split.ids("train"))
+    ages = [float(s.meta["age"]) for s in samples if s.sample_id in train
+            and not s.meta.get("age_missing") and s.meta.get("age") is not None]
+    if not ages:
+        return
+    median = float(statistics.median(ages))
+    for s in samples:
+        if s.meta.get("age_missing"):
+            s.meta["age"] = median
 
 
 def label_conflicts(samples: list[Sample], hashes: dict[str, str]) -> list[list[Sample]]:

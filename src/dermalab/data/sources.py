@@ -344,8 +344,8 @@ def read_ham10000(path: Path, cfg: DataConfig) -> SourceData:
     ``path`` is the CSV or a folder holding ``HAM10000_metadata.csv``. Images are looked up
     as ``<image_id>.<ext>`` in ``data.image_dirs`` (default: ``images/``, the two
     ``HAM10000_images_part_*`` folders, or the CSV's folder). ``lesion_id`` is the group.
-    Missing ages are imputed with the median (``age_missing`` flag set) unless
-    ``data.age_impute=none``.
+    Missing ages are flagged (``age_missing``); :func:`dermalab.data.prepare.prepare_data`
+    fills them with the training split's median unless ``data.age_impute=none``.
     """
     csv_path = path
     if path.is_dir():
@@ -361,8 +361,6 @@ def read_ham10000(path: Path, cfg: DataConfig) -> SourceData:
         raise DataError(f"{csv_path}: no rows")
     dirs = _ham_image_dirs(csv_path, cfg)
     index = _image_index(dirs)
-    ages = [float(r["age"]) for r in rows if r.get("age") not in (None, "", "nan", "NaN")]
-    median_age = float(np.median(ages)) if ages else None
     samples: list[Sample] = []
     bad: list[dict[str, str]] = []
     seen: set[str] = set()
@@ -385,7 +383,7 @@ def read_ham10000(path: Path, cfg: DataConfig) -> SourceData:
         raw_age = row.get("age", "")
         if raw_age in ("", "nan", "NaN"):
             meta["age_missing"] = True
-            meta["age"] = median_age if cfg.age_impute == "median" else None
+            meta["age"] = None  # imputed from the training split only (data.prepare)
         else:
             try:
                 meta["age"] = float(raw_age)

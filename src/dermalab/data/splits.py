@@ -236,12 +236,16 @@ def read_split_file(path: str | Path, samples: Sequence[Sample]) -> Split:
 
 @dataclass
 class LeakReport:
-    """Groups and byte-identical files found in more than one split."""
+    """Groups and byte-identical files found in more than one split; near-duplicate groups
+    across splits are counted too (``near_duplicate_overlap``), warned about rather than
+    refused: a split made before near-duplicates were grouped stays usable."""
 
     group_overlap: int
     duplicate_overlap: int
     pairs: dict[str, int]  # "train-test" -> shared groups
     examples: list[str]
+    near_duplicate_overlap: int = 0
+    near_examples: list[str] = field(default_factory=list)
 
     @property
     def leaky(self) -> bool:
@@ -250,9 +254,11 @@ class LeakReport:
 
 
 def check_leaks(
-    samples: Sequence[Sample], split: Split, hashes: dict[str, str] | None = None
+    samples: Sequence[Sample], split: Split, hashes: dict[str, str] | None = None,
+    near: Mapping[str, str] | None = None,
 ) -> LeakReport:
-    """Count groups and identical-content files that appear in more than one split."""
+    """Count groups and identical-content files that appear in more than one split, and
+    near-duplicate groups (``near``: sample id -> group) that do."""
     group_splits: dict[str, set[str]] = defaultdict(set)
     hash_splits: dict[str, set[str]] = defaultdict(set)
     for s in samples:
@@ -269,7 +275,15 @@ def check_leaks(
             pairs[f"{a}-{b}"] = sum(1 for sps in crossing.values() if {a, b} <= sps)
     dup_cross = [h for h, sps in hash_splits.items() if len(sps) > 1]
     examples = [f"group {g} in {sorted(sps)}" for g, sps in sorted(crossing.items())[:5]]
-    return LeakReport(len(crossing), len(dup_cross), pairs, examples)
+    near_splits: dict[str, dict[str, str]] = defaultdict(dict)
+    for sid, g in (near or {}).items():
+        if sid in split.assignment:
+            near_splits[g][sid] = split.assignment[sid]
+    near_cross = {g: m for g, m in sorted(near_splits.items()) if len(set(m.values())) > 1}
+    near_examples = [" ~ ".join(f"{sid} ({sp})" for sid, sp in sorted(m.items())[:3])
+                     for m in list(near_cross.values())[:5]]
+    return LeakReport(len(crossing), len(dup_cross), pairs, examples, len(near_cross),
+                      near_examples)
 
 
 def assert_no_leaks(report: LeakReport, what: str = "split") -> None:

@@ -112,17 +112,3 @@ def colour_statistics(images: np.ndarray, chunk: int = 128) -> np.ndarray:
     return np.concatenate(stats, axis=1)
 
 
-def selective_threshold(top_probs: np.ndarray, correct: np.ndarray,
-                        target_accuracy: float = 0.85, floor: float = 0.4) -> float:
-    """Smallest confidence ``t >= floor`` such that validation predictions with top probability
-    ``>= t`` are at least ``target_accuracy`` accurate (1.0 if none reach it)."""
-    p = np.asarray(top_probs, np.float64)
-    c = np.asarray(correct, bool)
-    order = np.argsort(-p)
-    cum_acc = np.cumsum(c[order]) / np.arange(1, len(p) + 1)
-    ok = np.flatnonzero(cum_acc >= target_accuracy)
-    if len(ok) == 0:
-        return 1.0
-    # The largest accepted set meeting the target: accept everything down to that confidence.
-    t = float(p[order][ok[-1]])
-    return max(t, floor)

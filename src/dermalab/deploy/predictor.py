@@ -1,4 +1,5 @@
-"""One predictor for the CLI and the web service: image in, calibrated class probabilities out.
+"""One predictor for the CLI and the web service: image in, the served answer out (the run's
+:class:`~dermalab.core.decision.Decision`: the same rule the evaluation measures).
 
 It loads either a run directory (PyTorch, from ``checkpoints/best.pt``; ONNX Runtime when the
 run has ``export/model.onnx``) or an exported model (``model.onnx`` + ``model.json``). Images go
@@ -17,7 +18,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dermalab.core.calibration import calibrated_probs, malignant_score
 from dermalab.core.errors import DermalabError
 from dermalab.core.metadata import MetadataModel
 from dermalab.core.runs import SEGMENTER_DIR, ModelInfo, RunPaths, load_run
@@ -235,16 +235,15 @@ class Predictor:
 
     def calibrated(self, logits: np.ndarray, metadata: list[dict[str, Any]] | None = None
                    ) -> np.ndarray:
-        """``softmax(z / T)``, or with ``metadata`` (a row per image, any fields missing) and a
-        metadata model, ``softmax(z / T + w r(m))`` (:mod:`dermalab.core.metadata`)."""
-        t = self.info.temperature
-        if metadata is None or self.metadata_model is None:
-            return calibrated_probs(logits, t)
-        return calibrated_probs(self.metadata_model.fuse(logits / t, metadata))
+        """The served probabilities (:meth:`dermalab.core.decision.Decision.probabilities`):
+        ``softmax(z / T - tau log pi)``, with ``metadata`` (a row per image, any fields
+        missing) and a metadata model ``softmax(z / T + w r(m) - tau log pi)``."""
+        mm = self.metadata_model if metadata is not None else None
+        return self.info.decision.probabilities(logits, mm, metadata if mm else None)
 
     def probabilities(self, images: np.ndarray, tta: bool = False,
                       metadata: list[dict[str, Any]] | None = None) -> np.ndarray:
-        """Calibrated class probabilities (see :meth:`calibrated`)."""
+        """Served class probabilities (see :meth:`calibrated`)."""
         return self.calibrated(self.logits(images, tta), metadata)
 
     def predict(self, sources: list[str], top_k: int = 3, tta: bool = False
@@ -282,28 +281,30 @@ class Predictor:
             used = (self.metadata_model.given(metadata)
                     if metadata and self.metadata_model is not None else [])
             for (i, _), p in zip(good, probs, strict=True):
-                out[i] = self.describe(sources[i], p, top_k)
+                out[i] = self.describe(sources[i], p, top_k, used_metadata=bool(used))
                 if rows:
                     out[i]["metadata_used"] = used
                 if i in lesions:
                     out[i]["lesion"] = lesions[i]
         return out
 
-    def describe(self, image: str, probs: np.ndarray, top_k: int = 3) -> dict[str, Any]:
-        """``{"image", "top": [{"class", "name", "probability"}], "malignant_score"}``."""
-        order = np.argsort(-probs)[: max(1, min(top_k, len(probs)))]
+    def describe(self, image: str, probs: np.ndarray, top_k: int = 3,
+                 used_metadata: bool = False) -> dict[str, Any]:
+        """The served answer: ``{"image", "top": [{"class", "name", "probability"}],
+        "uncertain", "uncertain_threshold"}`` and, for a model with malignant classes,
+        ``malignant_score``, ``malignant_threshold``, ``malignant_flag``."""
+        d = self.info.decision
+        ans = d.answer(probs, self.info.classes, max(1, min(top_k, len(probs))), used_metadata)
         top = [{"class": self.info.classes[i],
                 "name": self.info.display_names.get(self.info.classes[i],
                                                     self.info.classes[i]),
-                "probability": float(probs[i])} for i in order]
-        out: dict[str, Any] = {"image": image, "top": top}
-        mal = self.info.malignant
-        if mal and mal.get("classes"):
-            score = float(malignant_score(probs[None], self.info.classes, mal["classes"])[0])
-            out["malignant_score"] = score
-            threshold = mal.get("threshold")
-            out["malignant_threshold"] = float(threshold) if threshold is not None else None
-            out["malignant_flag"] = bool(threshold is not None and score >= float(threshold))
+                "probability": float(probs[i])} for i in ans.order]
+        out: dict[str, Any] = {"image": image, "top": top, "uncertain": ans.uncertain,
+                               "uncertain_threshold": d.uncertain_line(used_metadata)}
+        if ans.malignant_probability is not None:
+            out["malignant_score"] = ans.malignant_probability
+            out["malignant_threshold"] = d.malignant_threshold
+            out["malignant_flag"] = ans.malignant_flag
         return out
 
 

@@ -70,7 +70,6 @@ from typing import Any
 import numpy as np
 
 from dermalab.core.atomic import atomic_path, atomic_write_text
-from dermalab.core.calibration import calibrated_probs
 from dermalab.core.errors import DermalabError
 from dermalab.core.runs import load_run
 from dermalab.data.images import normalize_batch
@@ -479,8 +478,8 @@ def quantize_int8(run_dir: str | Path, out_dir: str | Path | None = None, *,
     for images in cached_batches(data, check, batch=16):
         x = normalize_batch(images, info.mean, info.std)
         for k, sess in enumerate(sessions):
-            probs[k].append(calibrated_probs(sess.run(["logits"], {"image": x})[0],
-                                             info.temperature))
+            # the served probabilities: INT8 must agree with FP32 on the served answer
+            probs[k].append(info.decision.probabilities(sess.run(["logits"], {"image": x})[0]))
     p32, p8 = np.concatenate(probs[0]), np.concatenate(probs[1])
     y = np.array([labels[s] for s in check])
     result = {

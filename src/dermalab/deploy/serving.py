@@ -1,6 +1,6 @@
-"""Fit what the web service decides with besides the model: the "not skin" detectors and the
-"not sure" thresholds, on this run's own data (train features for the detectors, validation
-for the thresholds). Written to ``RUN_DIR/serving/``."""
+"""Fit what the web service decides with besides the model and its decision: the "not skin"
+detectors, on this run's own data (train features, validation for the false-alarm rate).
+Written to ``RUN_DIR/serving/``."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ import numpy as np
 import torch
 
 from dermalab.core.atomic import atomic_write_text
-from dermalab.core.calibration import calibrated_probs
-from dermalab.core.metadata import MetadataModel
 from dermalab.core.models import FeaturesAndLogits
 from dermalab.core.runs import LoadedRun, Predictions
 from dermalab.data.prepare import PreparedData
-from dermalab.deploy.ood import colour_statistics, fit_mahalanobis, selective_threshold
+from dermalab.deploy.ood import colour_statistics, fit_mahalanobis
 from dermalab.evaluate.explain import to_input
 
 
@@ -44,17 +42,11 @@ def colour_of(data: PreparedData, ids: list[str], batch: int = 256) -> np.ndarra
                            for images in cached_batches(data, ids, batch)])
 
 
-def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperature: float,
+def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions,
                 max_train: int = 3000) -> dict[str, Any]:
-    """Fit the web service's "not skin" detectors and "not sure" threshold; writes
-    ``RUN_DIR/serving/ood.npz``, ``ood_colour.npz`` and ``serving.json``.
-
-    A run that weighs patient metadata (``eval.metadata``) gets a second "not sure" threshold,
-    ``uncertain_threshold_metadata``, fitted on the validation probabilities fused with the
-    validation images' own metadata. The fused answers are confident more often than the
-    image's alone, so the image's threshold, fitted for the image's confidences, no longer
-    meets ``eval.uncertain_target_accuracy`` by construction when applied to them.
-    """
+    """Fit the web service's "not skin" detectors; writes ``RUN_DIR/serving/ood.npz``,
+    ``ood_colour.npz`` and ``serving.json``. (The "not sure" lines belong to the served
+    decision: ``evaluate.decision``.)"""
     cfg = run.config.eval
     train = data.samples("train")
     rng = np.random.default_rng(0)
@@ -71,25 +63,11 @@ def fit_serving(run: LoadedRun, data: PreparedData, val: Predictions, temperatur
     c_val = colour_of(data, val.ids)
     colour = fit_mahalanobis(c_train, np.zeros(len(c_train), dtype=int), c_val,
                              cfg.ood_target_fpr / 2, standardize=True)
-    probs = calibrated_probs(val.logits, temperature)
-    t_unsure = selective_threshold(probs.max(1), probs.argmax(1) == val.targets,
-                                   cfg.uncertain_target_accuracy)
-    out_unsure = {"uncertain_threshold": t_unsure,
-                  "uncertain_target_accuracy": cfg.uncertain_target_accuracy,
-                  "val_uncertain_rate": float(np.mean(probs.max(1) < t_unsure))}
-    if run.info.metadata:
-        fused = calibrated_probs(MetadataModel.from_json(run.info.metadata).fuse(
-            val.logits / temperature, data.meta_rows(val.ids)))
-        t_meta = selective_threshold(fused.max(1), fused.argmax(1) == val.targets,
-                                     cfg.uncertain_target_accuracy)
-        out_unsure["uncertain_threshold_metadata"] = t_meta
-        out_unsure["val_uncertain_rate_metadata"] = float(np.mean(fused.max(1) < t_meta))
     folder = run.paths.serving
     folder.mkdir(exist_ok=True)
     ood.save(folder / "ood.npz")
     colour.save(folder / "ood_colour.npz")
-    out = {**out_unsure,
-           "ood_threshold": ood.threshold, "ood_target_fpr": cfg.ood_target_fpr,
+    out = {"ood_threshold": ood.threshold, "ood_target_fpr": cfg.ood_target_fpr,
            "ood_colour_threshold": colour.threshold,
            "val_ood_rate": float(np.mean(ood.is_ood(f_val) | colour.is_ood(c_val))),
            "ood_fit_images": len(train)}

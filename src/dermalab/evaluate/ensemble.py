@@ -19,6 +19,7 @@ import numpy as np
 
 from dermalab.core.calibration import calibrated_probs, nll
 from dermalab.core.config import ExperimentConfig, to_dict
+from dermalab.core.decision import Decision
 from dermalab.core.errors import DermalabError
 from dermalab.core.models import Ensemble, count_parameters
 from dermalab.core.runs import (
@@ -31,7 +32,6 @@ from dermalab.core.runs import (
     save_predictions,
 )
 from dermalab.data.prepare import PreparedData
-from dermalab.evaluate.evaluate import split_metrics
 from dermalab.train.accel import make_accelerator
 from dermalab.train.loop import predict_split
 
@@ -88,7 +88,7 @@ def assemble_ensemble(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[
     member_metrics = [read_metrics(r.paths) for r in runs]
     model = Ensemble.combine([r.model for r in runs], [r.info.temperature for r in runs])
     # The ensemble's own temperature, threshold and metadata model are fitted afterwards.
-    info = dataclasses.replace(runs[0].info, temperature=1.0, malignant=None, metadata=None,
+    info = dataclasses.replace(runs[0].info, decision=Decision(), metadata=None,
                                members=len(runs), extra={})
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(runs[0].paths.splits, paths.splits)
@@ -99,7 +99,6 @@ def assemble_ensemble(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[
 
     accelerator = make_accelerator(cfg.train)
     out: dict[str, Any] = {}
-    val: dict[str, Any] = {}
     for split in ("val", "test"):
         preds = predict_split(model, data, split, info.classes, info.mean, info.std,
                               accelerator, batch_size=cfg.train.eval_batch_size,
@@ -109,22 +108,17 @@ def assemble_ensemble(cfg: ExperimentConfig, paths: RunPaths, member_dirs: list[
         if preds.ids != by_hand.ids or gap > PARITY_TOLERANCE:
             raise DermalabError(f"{paths.root}: the combined model's {split} logits differ "
                                 f"from the members' by {gap:.2g}; please report this")
-        probs = calibrated_probs(preds.logits)
-        save_predictions(paths, split, preds, probs, info.classes)
+        save_predictions(paths, split, preds, calibrated_probs(preds.logits), info.classes)
         if split == "test":
-            out = split_metrics(split, preds.targets, probs, info.classes)
             out["loss"] = nll(preds.logits, preds.targets)
             out["member_parity_max_abs_diff"] = gap
-        else:
-            val = split_metrics(split, preds.targets, probs, info.classes)
-    out["val"] = val
     out["split"] = member_metrics[0]["split"]
     out["members"] = [
         {"run": str(r.paths.root.relative_to(paths.root)) if r.paths.root.is_relative_to(
             paths.root) else str(r.paths.root), "seed": r.config.train.seed,
          "temperature": r.info.temperature,
-         **{k: m.get(k) for k in ("balanced_accuracy", "roc_auc_macro", "best_epoch",
-                                  "epochs_run", "train_seconds_total")}}
+         **{k: m.get(k) for k in ("balanced_accuracy", "accuracy", "roc_auc_macro",
+                                  "best_epoch", "epochs_run", "train_seconds_total")}}
         for r, m in zip(runs, member_metrics, strict=True)]
     out.update({
         "best_epoch": [m.get("best_epoch") for m in member_metrics],

@@ -7,15 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from dermalab.core.calibration import calibrated_probs, expected_calibration_error, nll
 from dermalab.core.config import replace
 from dermalab.core.errors import DataError
-from dermalab.core.metrics import classification_metrics
+from dermalab.core.metadata import MetadataModel
 from dermalab.core.runs import load_run, save_predictions
-from dermalab.data.prepare import prepare_data
+from dermalab.data.prepare import PreparedData, prepare_data
+from dermalab.evaluate.served import served_metrics
 from dermalab.train.accel import make_accelerator
 from dermalab.train.fit import Training
 from dermalab.train.loop import mean_loss, predict_split
@@ -23,22 +22,22 @@ from dermalab.train.loop import mean_loss, predict_split
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro")
 
 
-def split_metrics(split: str, targets: np.ndarray, probs: np.ndarray, classes: list[str]
-                  ) -> dict[str, Any]:
-    """What ``metrics.json`` keeps of a split: detailed metrics of test, the headline of the
-    others (validation)."""
-    if split == "test":
-        return classification_metrics(targets, probs, classes)
-    vm = classification_metrics(targets, probs, classes, detailed=False)
-    return {k: vm[k] for k in HEADLINE}
+def split_description(data: PreparedData, conflicts: str) -> dict[str, Any]:
+    """The split as ``metrics.json`` records it: origin, counts, leak check, label conflicts."""
+    return {"origin": data.split.origin, "counts": data.counts(),
+            "group_overlap": data.leaks.group_overlap,
+            "duplicate_overlap": data.leaks.duplicate_overlap,
+            "label_conflicts": {"policy": conflicts, "groups": len(data.source.conflicts),
+                                "files": sum(map(len, data.source.conflicts))}}
 
 
 def evaluate_training(t: Training) -> dict[str, Any]:
-    """Val and test predictions of the trained (best) model, saved in the run; detailed test
-    metrics and the split's description. Runs on every process (predictions are gathered)."""
+    """Val and test predictions of the trained (best) model, saved in the run (the served
+    metrics follow in ``evaluate.finalize``, once the decision is fitted on validation); the
+    test loss and the split's description. Runs on every process (predictions are
+    gathered)."""
     cfg, data, classes = t.cfg, t.data, t.info.classes
     out: dict[str, Any] = {}
-    out_val: dict[str, Any] = {}
     for sp in ("val", "test"):
         if not data.split.ids(sp):
             continue
@@ -46,21 +45,11 @@ def evaluate_training(t: Training) -> dict[str, Any]:
                               t.accelerator, batch_size=cfg.train.eval_batch_size,
                               num_workers=cfg.data.num_workers,
                               channels_last=cfg.model.channels_last, tta=cfg.eval.tta)
-        probs = calibrated_probs(preds.logits)
         if t.is_main:
-            save_predictions(t.paths, sp, preds, probs, classes)
+            save_predictions(t.paths, sp, preds, calibrated_probs(preds.logits), classes)
         if sp == "test":
-            out = split_metrics(sp, preds.targets, probs, classes)
             out["loss"] = mean_loss(t.loss_fn, preds.logits, preds.targets)
-        else:
-            out_val = split_metrics(sp, preds.targets, probs, classes)
-    out["val"] = out_val
-    out["split"] = {"origin": data.split.origin, "counts": data.counts(),
-                    "group_overlap": data.leaks.group_overlap,
-                    "duplicate_overlap": data.leaks.duplicate_overlap,
-                    "label_conflicts": {"policy": cfg.data.conflicts,
-                                        "groups": len(data.source.conflicts),
-                                        "files": sum(map(len, data.source.conflicts))}}
+    out["split"] = split_description(data, cfg.data.conflicts)
     return out
 
 
@@ -71,8 +60,9 @@ def evaluate_run(
     split: str = "test",
     progress: bool = False,
     tta: bool = False,
+    bootstrap: int | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a run's best checkpoint.
+    """Metrics of the answers a run serves (its best checkpoint and stored decision).
 
     Args:
         run_dir: a directory written by ``dermalab train``.
@@ -80,9 +70,13 @@ def evaluate_run(
         split: ``train`` | ``val`` | ``test`` | ``all``. With another dataset, its own split is
             made with the run's split settings (or use ``all``).
         tta: average the logits over flip views (test-time augmentation).
+        bootstrap: resamples for the 95% intervals (default: the run's ``eval.bootstrap``).
 
-    Besides the classification metrics, reports ECE and NLL with and without the run's
-    temperature (``ece_raw``/``ece``, ``nll_raw``/``nll``).
+    The classification metrics of the served answers for the photos alone (what ``dermalab
+    predict`` returns for them), with 95% lesion-grouped intervals; ECE of the served
+    probabilities under the declared prior (``ece``) and of the network's plain softmax
+    (``ece_raw``), NLL likewise; with a metadata model, the served answers with each image's
+    own metadata (``with_metadata``).
     """
     run = load_run(run_dir, command="evaluate")
     cfg = run.config
@@ -106,23 +100,26 @@ def evaluate_run(
     preds = predict_split(model, prepared, split, run.info.classes, run.info.mean, run.info.std,
                           accelerator, batch_size=cfg.train.eval_batch_size, tta=tta,
                           progress=progress)
+    decision = run.info.decision
+    metadata = MetadataModel.from_json(run.info.metadata) if run.info.metadata else None
+    units = prepared.units(preds.ids)
+    out = served_metrics(preds, decision, run.info.classes, units, ece_bins=cfg.eval.ece_bins,
+                         reps=cfg.eval.bootstrap if bootstrap is None else bootstrap, tta=tta)
+    logits = preds.tta_logits if tta and preds.tta_logits is not None else preds.logits
     y = preds.targets
-    logits = preds.tta_logits if preds.tta_logits is not None else preds.logits
-    probs = calibrated_probs(logits)
-    out = classification_metrics(y, probs, run.info.classes)
-    t = run.info.temperature
     bins = cfg.eval.ece_bins
     out.update({
-        "tta": tta, "temperature": t,
-        "ece_raw": expected_calibration_error(probs, y, bins),
-        "ece": expected_calibration_error(calibrated_probs(logits, t), y, bins),
-        "nll_raw": nll(logits, y), "nll": nll(logits, y, t),
+        "tta": tta, "temperature": decision.temperature, "tau": decision.tau,
+        "ece_raw": expected_calibration_error(calibrated_probs(logits), y, bins),
+        "nll_raw": nll(logits, y),
     })
+    if metadata is not None:
+        m = served_metrics(preds, decision, run.info.classes, units, ece_bins=bins, reps=0,
+                           metadata=metadata, rows=prepared.meta_rows(preds.ids),
+                           detailed=False, tta=tta)
+        out["with_metadata"] = {k: m[k] for k in HEADLINE}
     out["split"] = split
     out["data"] = prepared.source.location
-    with torch.no_grad():
-        out["loss_ce"] = float(nn.functional.cross_entropy(torch.from_numpy(logits),
-                                                           torch.from_numpy(y)))
     out["n_by_class"] = {c: int(n) for c, n in
                          zip(run.info.classes, np.bincount(y, minlength=len(run.info.classes)),
                              strict=True)}

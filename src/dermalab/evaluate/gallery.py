@@ -10,7 +10,6 @@ import numpy as np
 from PIL import Image
 
 from dermalab.core import plots
-from dermalab.core.calibration import calibrated_probs
 from dermalab.core.runs import LoadedRun, Predictions
 from dermalab.data.prepare import PreparedData
 from dermalab.evaluate.explain import cam_maps, overlay
@@ -28,7 +27,7 @@ def mistakes(run: LoadedRun, data: PreparedData, test: Predictions, n: int
              ) -> tuple[np.ndarray, list[str], list[str | None]]:
     """The ``n`` most confident test mistakes as gallery input: cached images, names (sample
     ids) and true classes."""
-    probs = calibrated_probs(test.logits, run.info.temperature)
+    probs = run.info.decision.probabilities(test.logits)
     idx = worst_mistakes(test, probs, n)
     if not idx:
         return np.zeros((0, 0, 0, 3), np.uint8), [], []
@@ -52,7 +51,7 @@ def render_gallery(
     """Grad-CAM overlays of ``images`` (model-input uint8) as one grid PNG.
 
     Each map explains ``target_class`` or else the predicted class; each title names the
-    image, its true class where known, the prediction and its calibrated probability. With
+    image, its true class where known, the served prediction and its probability. With
     ``per_image_dir``, every image is also written there as ``<name>_<method>.png`` (photo |
     overlay). Returns one entry per image.
     """
@@ -60,7 +59,7 @@ def render_gallery(
     chosen = [info.classes.index(target_class)] * len(images) if target_class else None
     maps, logits = cam_maps(run.model, info.backbone, images, info.mean, info.std, chosen, method)
     assert logits is not None
-    probs = calibrated_probs(logits, info.temperature)
+    probs = info.decision.probabilities(logits)
     shown, titles, entries = [], [], []
     for j, name in enumerate(names):
         k = chosen[j] if chosen else int(probs[j].argmax())

@@ -1,8 +1,6 @@
-"""Fit the metadata model of :mod:`dermalab.core.metadata` and measure what it adds.
-
-The regression sees the training split only; the fusion weight is fitted on validation; test
-is only measured (with and without the metadata, so the report shows the difference).
-"""
+"""Fit the metadata model of :mod:`dermalab.core.metadata`: the regression on the training
+split only, the fusion weight on validation (``evaluate.decision``). What it adds on test is
+measured as one of the decision rules beside the served one (``evaluate.served``)."""
 
 from __future__ import annotations
 
@@ -15,17 +13,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 
-from dermalab.core.calibration import (
-    calibrated_probs,
-    malignant_score,
-    nll,
-    sensitivity_specificity,
-)
+from dermalab.core.calibration import nll
 from dermalab.core.errors import DataError
 from dermalab.core.metadata import MetadataModel, category
-from dermalab.core.metrics import classification_metrics
-from dermalab.core.runs import Predictions
-from dermalab.evaluate.analysis import logit_adjustment
 
 WEIGHT_BOUNDS = (0.0, 3.0)
 
@@ -76,50 +66,3 @@ def fit_weight(scaled_logits: np.ndarray, ratio: np.ndarray, targets: np.ndarray
     res = minimize_scalar(lambda w: nll(scaled_logits + w * ratio, targets),
                           bounds=WEIGHT_BOUNDS, method="bounded", options={"xatol": 1e-4})
     return float(res.x)
-
-
-def metadata_fusion(model: MetadataModel, temperature: float, val: Predictions,
-                    test: Predictions, val_rows: Sequence[Mapping[str, Any]],
-                    test_rows: Sequence[Mapping[str, Any]], classes: Sequence[str],
-                    malignant: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Fit ``model.weight`` on validation (in place) and measure test with and without the
-    metadata: accuracy, balanced accuracy, macro AUC, NLL, balanced accuracy with logit
-    adjustment refitted on the fused validation logits, and (given the image model's
-    ``malignant`` operating point: ``classes``, ``threshold``) the malignant sensitivity and
-    specificity at that same threshold. For ``metrics.json``."""
-    v_scaled, t_scaled = val.logits / temperature, test.logits / temperature
-    v_ratio, t_ratio = model.log_ratio(val_rows), model.log_ratio(test_rows)
-    model.weight = fit_weight(v_scaled, v_ratio, val.targets)
-    v_fused = v_scaled + model.weight * v_ratio
-    t_fused = t_scaled + model.weight * t_ratio
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # classes missing from a small validation split
-        after, before, val_after, val_before = (
-            classification_metrics(t, calibrated_probs(z), classes, detailed=False)
-            for t, z in ((test.targets, t_fused), (test.targets, t_scaled),
-                         (val.targets, v_fused), (val.targets, v_scaled)))
-    prior = np.exp(np.asarray(model.log_prior))
-    adjusted = logit_adjustment(Predictions(val.ids, val.targets, v_fused),
-                                Predictions(test.ids, test.targets, t_fused), prior)
-    out: dict[str, Any] = {
-        "fields": list(model.fields), "weight": model.weight,
-        "test_images_with_metadata": int(sum(bool(model.given(r)) for r in test_rows)),
-        "val_nll": nll(v_fused, val.targets), "val_nll_without": nll(v_scaled, val.targets),
-        "nll": nll(t_fused, test.targets), "nll_without": nll(t_scaled, test.targets),
-        "val_balanced_accuracy": val_after["balanced_accuracy"],
-        "val_balanced_accuracy_without": val_before["balanced_accuracy"],
-        "logit_adjusted_balanced_accuracy": adjusted["balanced_accuracy"],
-        "logit_adjustment_tau": adjusted["tau"],
-    }
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro"):
-        out[key], out[key + "_without"] = after[key], before[key]
-    if malignant and malignant.get("threshold") is not None:
-        mal = list(malignant["classes"])
-        positive = np.isin(test.targets, [classes.index(c) for c in mal])
-        for suffix, z in (("", t_fused), ("_without", t_scaled)):
-            op = sensitivity_specificity(malignant_score(calibrated_probs(z), classes, mal),
-                                         positive, float(malignant["threshold"]))
-            out["malignant_sensitivity" + suffix] = op["sensitivity"]
-            out["malignant_specificity" + suffix] = op["specificity"]
-    return out
-

@@ -28,7 +28,7 @@ table{border-collapse:collapse;font-size:.9rem;margin:8px 0} th,td{padding:4px 1
 border-bottom:1px solid #e4e7ec;text-align:right} th:first-child,td:first-child{text-align:left}
 th{background:#f2f4f7} .kpi{display:flex;flex-wrap:wrap;gap:12px}
 .kpi div{background:#eef4ff;border-radius:8px;padding:10px 14px;min-width:140px}
-.kpi b{display:block;font-size:1.4rem} img{max-width:100%;height:auto}
+.kpi b{display:block;font-size:1.4rem} .kpi small{color:#475467} img{max-width:100%;height:auto}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:10px}
 .warn{background:#fff4e5;border-left:4px solid #f79009;padding:8px 12px}
 .note{color:#475467;font-size:.9rem} pre{background:#f2f4f7;padding:10px;overflow:auto;
@@ -49,6 +49,14 @@ def _fmt(v: Any, digits: int = 4) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return html.escape(str(v))
+
+
+def _ci(m: dict[str, Any], key: str, digits: int = 3) -> str:
+    """``0.712 [0.680, 0.741]``: a value with its 95% interval from ``m["intervals"]``."""
+    v, iv = m.get(key), (m.get("intervals") or {}).get(key)
+    if v is None:
+        return "–"
+    return f"{v:.{digits}f}" + (f" [{iv[0]:.{digits}f}, {iv[1]:.{digits}f}]" if iv else "")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -81,6 +89,90 @@ def _history(paths: RunPaths) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _curves(paths: RunPaths, m: dict[str, Any], hist: list[dict[str, str]]) -> str:
+    """The run's curves and epoch table; for an ensemble, each member's (it has none of its
+    own: its members trained)."""
+    names = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "precision", "recall", "lr")
+    if not m.get("members"):
+        imgs = "".join(_img(paths.plots / f"{n}.png", n) for n in names)
+        rows = [[r["epoch"], float(r["lr"]), float(r["train_loss"]), float(r["val_loss"]),
+                 float(r["val_balanced_accuracy"]), float(r["val_macro_f1"])] for r in hist]
+        return (f'<div class="grid">{imgs}</div>'
+                + _table(["epoch", "lr", "train loss", "val loss", "val bal-acc",
+                          "val macro-F1"], rows))
+    out = ""
+    for member in m["members"]:
+        mpaths = RunPaths(paths.root / str(member.get("run")))
+        mh = _history(mpaths)
+        imgs = "".join(_img(mpaths.plots / f"{n}.png", f"{member.get('run')}: {n}")
+                       for n in ("loss", "balanced_accuracy"))
+        rows = [[r["epoch"], float(r["train_loss"]), float(r["val_loss"]),
+                 float(r["val_balanced_accuracy"])] for r in mh]
+        out += (f"<h3>member {html.escape(str(member.get('run')))} (seed "
+                f"{member.get('seed')}, best epoch {member.get('best_epoch')})</h3>"
+                f'<div class="grid">{imgs}</div>'
+                + _table(["epoch", "train loss", "val loss", "val bal-acc"], rows))
+    return out or '<p class="note">No training history.</p>'
+
+
+def _decision(m: dict[str, Any]) -> str:
+    """What the model serves, how it was chosen on validation, and the rules beside it."""
+    d = m.get("decision") or {}
+    served = m.get("served") or {}
+    prior = served.get("deployment_prior") or {}
+    train = served.get("training_prior") or {}
+    prior_rows = [[c, train.get(c), q] for c, q in prior.items()]
+    head = (f'<p class="note">Served: the top class of softmax(z / T &minus; &tau; log &pi;) with '
+            f"T = {_fmt(d.get('temperature'), 3)} and &tau; = {_fmt(d.get('tau'), 2)} "
+            f"(eval.prior = {html.escape(str(d.get('prior_rule')))}), chosen on validation. "
+            "&tau; = 0 keeps the training class shares &pi;, &tau; = 1 makes every class "
+            "equally likely; the shares the served probabilities assume are declared below "
+            f"(&prop; &pi;<sup>1&minus;&tau;</sup>). \"Not sure\" below a top probability of "
+            f"{_fmt(d.get('uncertain_threshold'), 3)}.</p>")
+    table = (_table(["class", "training share", "declared share"], prior_rows)
+             if prior_rows else "")
+    rule_rows = []
+    for name, r in (m.get("rules") or {}).items():
+        rule_rows.append([f"{name}: {r.get('rule')}", _ci(r, "balanced_accuracy"),
+                          _ci(r, "accuracy"), _ci(r, "roc_auc_macro"),
+                          ((r.get("malignant") or {}).get("sensitivity"))])
+    rules = ('<p class="note">Other decision rules on the same test photos, measured by the '
+             "same code; reported only, never served by default.</p>"
+             + _table(["rule", "balanced accuracy", "accuracy", "ROC-AUC",
+                       "malignant sensitivity"],
+                      [["served (photo alone)", _ci(m, "balanced_accuracy"),
+                        _ci(m, "accuracy"), _ci(m, "roc_auc_macro"),
+                        (m.get("malignant") or {}).get("sensitivity")], *rule_rows])
+             if rule_rows else "")
+    tau_rows = [[r["tau"], r["accuracy"], r["balanced_accuracy"]]
+                for r in d.get("tau_table") or []]
+    taus = ("<h3>Validation, by prior shift</h3>"
+            + _table(["tau", "val accuracy", "val balanced accuracy"], tau_rows)
+            if tau_rows else "")
+    return head + table + rules + taus
+
+
+def _subgroups(m: dict[str, Any]) -> str:
+    """Per attribute, each group's served metrics with intervals, and the gap."""
+    out = ""
+    for key, block in (m.get("subgroups") or {}).items():
+        groups = block.get("groups", {})
+        rows = [[v, g["support"], g["accuracy"], _ci(g, "balanced_accuracy"),
+                 g["malignant_support"], _ci(g, "malignant_sensitivity"),
+                 _ci(g, "malignant_specificity")] for v, g in groups.items()]
+        gap = block.get("gap")
+        gap_html = (f'<p class="note">Gap: {html.escape(str(gap["worst"]))} '
+                    f"{_fmt(groups[gap['worst']]['balanced_accuracy'], 3)} vs "
+                    f"{html.escape(str(gap['best']))} "
+                    f"{_fmt(groups[gap['best']]['balanced_accuracy'], 3)}: "
+                    f"<b>{_fmt(gap['difference'], 3)}</b> balanced accuracy (groups of at "
+                    "least 10 images).</p>" if gap else "")
+        out += f"<h3>{html.escape(key)}</h3>" + _table(
+            [key, "support", "accuracy", "balanced acc. [95%]", "malignant",
+             "malignant sens. [95%]", "malignant spec. [95%]"], rows) + gap_html
+    return out or '<p class="note">No subgroup metadata in this dataset.</p>'
+
+
 def build_report(run_dir: Path) -> str:
     """The report's HTML text."""
     paths = RunPaths(run_dir)
@@ -91,15 +183,20 @@ def build_report(run_dir: Path) -> str:
     hist = _history(paths)
     sections = []
 
-    kpis = [("balanced accuracy", m.get("balanced_accuracy")), ("accuracy", m.get("accuracy")),
-            ("macro-F1", m.get("macro_f1")), ("ROC-AUC (macro)", m.get("roc_auc_macro")),
-            ("ECE after T", m.get("ece_after"))]
-    kpi_html = "".join(f"<div>{html.escape(k)}<b>{_fmt(v, 3)}</b></div>" for k, v in kpis)
+    kpis = [("balanced accuracy", "balanced_accuracy"), ("accuracy", "accuracy"),
+            ("macro-F1", "macro_f1"), ("ROC-AUC (macro)", "roc_auc_macro"),
+            ("ECE (served)", "ece")]
+    kpi_html = "".join(f"<div>{html.escape(k)}<b>{_fmt(m.get(key), 3)}</b>"
+                       f"<small>{html.escape(_ci(m, key))}</small></div>" for k, key in kpis)
+    served = m.get("served") or {}
     sections.append(("summary", "Summary", f"""
 <div class="kpi">{kpi_html}</div>
-<p class="note">Test split ({m.get('n')} images) evaluated with {_chosen(m)}.
-Backbone {html.escape(str(m.get('backbone')))}
-({html.escape(str(m.get('weights_origin')))} weights), {m.get('image_size')} px.</p>"""))
+<p class="note">The answer the model serves (<code>dermalab predict</code>, the web page) for
+each test photo alone: {html.escape(str(served.get('answer', 'softmax(z / T)')))}, on the
+test split ({m.get('n')} images) with {_chosen(m)}. Brackets: 95% intervals over
+{served.get('bootstrap', 0)} bootstrap resamples of the test lesions. Backbone
+{html.escape(str(m.get('backbone')))} ({html.escape(str(m.get('weights_origin')))} weights),
+{m.get('image_size')} px.</p>"""))
 
     split = m.get("split", {})
     counts = split.get("counts", {})
@@ -124,17 +221,12 @@ Backbone {html.escape(str(m.get('backbone')))}
 <p class="note">Split: {html.escape(str(split.get('origin', '')))}</p>
 {_table(['class', 'train', 'val', 'test'], rows)}{leak_html}{conflict_html}"""))
 
-    curve_imgs = "".join(_img(plots / f"{n}.png", n) for n in
-                         ("loss", "accuracy", "balanced_accuracy", "macro_f1", "precision",
-                          "recall", "lr"))
-    hist_rows = [[r["epoch"], float(r["lr"]), float(r["train_loss"]), float(r["val_loss"]),
-                  float(r["val_balanced_accuracy"]), float(r["val_macro_f1"])] for r in hist]
-    sections.append(("curves", "Training curves", f"""<div class="grid">{curve_imgs}</div>
-{_table(['epoch', 'lr', 'train loss', 'val loss', 'val bal-acc', 'val macro-F1'], hist_rows)}"""))
+    sections.append(("curves", "Training curves", _curves(paths, m, hist)))
 
-    metric_rows = [[k, m.get(k)] for k in ("accuracy", "balanced_accuracy", "macro_f1",
-                                           "weighted_precision", "weighted_recall",
-                                           "weighted_f1", "roc_auc_macro", "loss")]
+    metric_rows = [[k, _ci(m, k, 4) if k in (m.get("intervals") or {}) else m.get(k)]
+                   for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_precision",
+                             "weighted_recall", "weighted_f1", "roc_auc_macro", "ece",
+                             "ece_split_prior", "uncertain_rate", "answered_accuracy", "loss")]
     pc = m.get("per_class", {})
     pc_rows = [[c, pc[c]["precision"], pc[c]["recall"], pc[c]["f1"], pc[c].get("roc_auc"),
                 pc[c]["support"]] for c in classes if c in pc]
@@ -148,61 +240,26 @@ Backbone {html.escape(str(m.get('backbone')))}
                             "row-normalised confusion matrix") + "</div>"))
     sections.append(("roc", "ROC curves", _img(plots / "roc.png", "ROC curves")))
 
+    sections.append(("decision", "The served decision and other rules", _decision(m)))
     cal_rows = [["ECE (15 bins, top label)", m.get("ece_before"), m.get("ece_after")],
                 ["NLL", m.get("nll_before"), m.get("nll_after")]]
-    tta = m.get("tta")
-    tta_html = ""
-    if tta:
-        tta_html = _table(["test-time augmentation", "without", f"with ({tta['views']} flips)"],
-                          [["accuracy", tta["accuracy_without"], tta["accuracy"]],
-                           ["balanced accuracy", tta["balanced_accuracy_without"],
-                            tta["balanced_accuracy"]],
-                           ["ECE after T", tta["ece_after_without"], tta["ece_after"]]])
-    la = m.get("logit_adjustment")
-    if la:
-        tta_html += (
-            f'<p class="note">Logit adjustment (Menon et al. 2021), a decision rule for '
-            f"balanced accuracy: predict argmax(logit &minus; &tau; log prior), &tau; = "
-            f"{_fmt(la['tau'], 1)} chosen on validation. Reported only: the model's answers "
-            f"and probabilities stay the plain ones.</p>"
-            + _table(["logit adjustment", "plain argmax", f"\u03c4 = {_fmt(la['tau'], 1)}"],
-                     [["validation balanced accuracy", la["val_balanced_accuracy_without"],
-                       la["val_balanced_accuracy"]],
-                      ["test balanced accuracy", la["balanced_accuracy_without"],
-                       la["balanced_accuracy"]],
-                      ["test accuracy", la["accuracy_without"], la["accuracy"]]]))
-    mf = m.get("metadata_fusion")
-    if mf:
-        tta_html += (
-            f'<p class="note">Patient metadata ({html.escape(", ".join(mf["fields"]))}) weighed '
-            f"beside the image: logits / T + w &middot; (log p(class | metadata) &minus; log "
-            f"prior), the metadata model fitted on the training split, w = "
-            f"{_fmt(mf['weight'], 2)} on validation NLL. The served model uses it when a user "
-            f"gives any of them; {mf['test_images_with_metadata']} test images had some.</p>"
-            + _table(["on test", "image only", "image + metadata"],
-                     [["balanced accuracy", mf["balanced_accuracy_without"],
-                       mf["balanced_accuracy"]],
-                      ["accuracy", mf["accuracy_without"], mf["accuracy"]],
-                      ["macro ROC-AUC", mf["roc_auc_macro_without"], mf["roc_auc_macro"]],
-                      ["NLL", mf["nll_without"], mf["nll"]],
-                      ["validation balanced accuracy", mf["val_balanced_accuracy_without"],
-                       mf["val_balanced_accuracy"]]]
-                     + ([["malignant sensitivity (same threshold)",
-                          mf["malignant_sensitivity_without"], mf["malignant_sensitivity"]],
-                         ["malignant specificity (same threshold)",
-                          mf["malignant_specificity_without"], mf["malignant_specificity"]]]
-                        if "malignant_sensitivity" in mf else [])))
     t_warn = (f'<p class="warn">{html.escape(m["temperature_warning"])}</p>'
               if m.get("temperature_warning") else "")
     sections.append(("calibration", "Calibration", f"""
 <p class="note">Temperature T = {_fmt(m.get('temperature'), 3)} fitted on validation (never on
-test); probabilities shown anywhere the model is used are softmax(logits / T).</p>
-{t_warn}{_table(['on test', 'before', 'after'], cal_rows)}
-{_img(plots / 'reliability.png', 'reliability diagram')}{tta_html}"""))
+test). "Served" is softmax(z / T &minus; &tau; log &pi;), calibrated for the declared class
+prior (its ECE weighs each test image by declared share / test share of its class); the
+first column is the network's plain softmax(z) on the test split's own class shares.</p>
+{t_warn}{_table(['on test', "network's softmax", 'served'], cal_rows)}
+{_img(plots / 'reliability.png', 'reliability diagram')}"""))
 
     mal = m.get("malignant")
     if mal:
-        op_rows = [["sensitivity", mal["sensitivity"]], ["specificity", mal["specificity"]],
+        mi = mal.get("intervals") or {}
+        op_rows = [["sensitivity", _ci({"v": mal["sensitivity"],
+                                        "intervals": {"v": mi.get("sensitivity")}}, "v")],
+                   ["specificity", _ci({"v": mal["specificity"],
+                                        "intervals": {"v": mi.get("specificity")}}, "v")],
                    ["AUC of the malignant score", mal.get("auc")],
                    ["true positives / false negatives", f"{mal['tp']} / {mal['fn']}"],
                    ["true negatives / false positives", f"{mal['tn']} / {mal['fp']}"]]
@@ -215,14 +272,7 @@ test); probabilities shown anywhere the model is used are softmax(logits / T).</
         mal_html = '<p class="note">No malignant-suspect classes in this dataset.</p>'
     sections.append(("malignant", "Malignant operating point", mal_html))
 
-    sub_html = ""
-    for key, groups in (m.get("subgroups") or {}).items():
-        rows = [[v, g["support"], g["accuracy"], g["balanced_accuracy"],
-                 g["malignant_support"], g["malignant_sensitivity"]] for v, g in groups.items()]
-        sub_html += f"<h3>{html.escape(key)}</h3>" + _table(
-            [key, "support", "accuracy", "balanced acc.", "malignant", "malignant sens."], rows)
-    sections.append(("subgroups", "Subgroups",
-                     sub_html or '<p class="note">No subgroup metadata in this dataset.</p>'))
+    sections.append(("subgroups", "Subgroups", _subgroups(m)))
 
     lesions = m.get("lesion_measurements")
     if lesions:

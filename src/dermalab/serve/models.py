@@ -21,7 +21,6 @@ from typing import Any, get_args
 import numpy as np
 from PIL import Image
 
-from dermalab.core.calibration import malignant_score
 from dermalab.core.errors import DermalabError
 from dermalab.core.runs import RunPaths, read_metrics
 from dermalab.data.lesion import NEEDS_MASK
@@ -102,15 +101,13 @@ class ServedModel:
 
     @property
     def uncertain_threshold(self) -> float:
-        """Below this top probability the answer is "not sure"."""
-        return float(self.thresholds["uncertain_threshold"])
+        """Below this top probability the answer is "not sure" (the run's decision)."""
+        return self.info.decision.uncertain_line(False)
 
     def uncertain_threshold_for(self, used: list[str]) -> float:
-        """The "not sure" threshold for an answer that weighed the metadata fields ``used``:
-        the one fitted on fused validation probabilities when any was used and the run has
-        it (runs finalised before it existed fall back to the image's)."""
-        t = self.thresholds.get("uncertain_threshold_metadata")
-        return float(t) if used and t is not None else self.uncertain_threshold
+        """The "not sure" threshold for an answer that weighed the metadata fields ``used``
+        (:meth:`dermalab.core.decision.Decision.uncertain_line`)."""
+        return self.info.decision.uncertain_line(bool(used))
 
     def assess(self, img: Image.Image, metadata: dict[str, Any] | None = None) -> Assessment:
         """Predict one decoded photo (with the user's metadata row, when the model weighs
@@ -126,11 +123,10 @@ class ServedModel:
                         if self.ood_colour is not None else None)
         colour_ood = colour_score is not None and self.ood_colour is not None and \
             colour_score > self.ood_colour.threshold
-        mal = self.info.malignant or {}
-        mal_classes = [c for c in mal.get("classes", []) if c in self.info.classes]
-        mal_p = (float(malignant_score(probs[None], self.info.classes, mal_classes)[0])
-                 if mal_classes else None)
-        mal_t = float(mal["threshold"]) if mal.get("threshold") is not None else None
+        decision = self.info.decision
+        score = decision.malignant_score(probs[None], self.info.classes)
+        mal_p = float(score[0]) if score is not None else None
+        mal_t = decision.malignant_threshold if mal_p is not None else None
         return Assessment(arr, mask, probs, fmap, ood_score, colour_score,
                           ood_score > self.ood.threshold or colour_ood, mal_p, mal_t)
 
@@ -162,6 +158,20 @@ class ServedModel:
         return ({"fields": list(mm.fields), "sexes": list(mm.sexes), "sites": list(mm.sites)}
                 if mm is not None else None)
 
+    def decision_card(self) -> dict[str, Any]:
+        """The served rule in plain terms: the class shares its probabilities assume."""
+        d = self.info.decision
+        q = d.deployment_prior()
+        return {"tau": d.tau, "prior_rule": d.prior_rule,
+                "declared_prior": ({c: round(float(v), 4) for c, v in
+                                    zip(self.info.classes, q, strict=True)}
+                                   if q is not None else None),
+                "explanation": "Probabilities assume each condition is as common as the "
+                               "declared shares say (tau 0: as in the training data; 1: all "
+                               "equally common); the top condition is the most probable "
+                               "under them, and 'not sure' is said below a top probability "
+                               f"of {d.uncertain_threshold:.0%}."}
+
     def card(self) -> dict[str, Any]:
         """The model card."""
         m = self.metrics
@@ -182,11 +192,17 @@ class ServedModel:
             "training_data": str(m.get("split", {}).get("origin", "")) + " — "
                              + ", ".join(f"{k}: {sum(v.values())}" for k, v in
                                          m.get("split", {}).get("counts", {}).items()),
+            # the answers this service gives for a test photo alone, with 95% intervals
             "test_metrics": {k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1",
                                                     "roc_auc_macro")},
+            "test_intervals": {k: (m.get("intervals") or {}).get(k)
+                               for k in ("accuracy", "balanced_accuracy", "macro_f1",
+                                         "roc_auc_macro")},
             "calibration": {k: m.get(k) for k in ("temperature", "ece_before", "ece_after")},
+            "decision": self.decision_card(),
             "malignant_operating_point": ({k: mal.get(k) for k in
-                                           ("threshold", "sensitivity", "specificity")}
+                                           ("threshold", "sensitivity", "specificity",
+                                            "intervals")}
                                           if mal else None),
             "inference_backend": self.backend,
             "intended_use": "Education and decision support for people with a skin concern and "
@@ -198,8 +214,9 @@ class ServedModel:
                 "closest known class or as uncertain.",
                 "Skin tones, body sites and ages that are rare in the training data may have "
                 "lower accuracy (see the subgroup table in the run's report).",
-                "Probabilities are calibrated on the validation split of the training data, "
-                "not on the population that uses this page.",
+                "Probabilities are calibrated on the validation split of the training data for "
+                "the class shares declared under 'decision'; the people who use this page may "
+                "differ from both.",
             ],
             "disclaimer": DISCLAIMER,
         }

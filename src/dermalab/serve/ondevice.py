@@ -1,6 +1,7 @@
 """What the page needs to analyse a photo in the browser, so the photo never leaves the device:
 per served model, the exported ONNX file(s) and a *bundle* — the model's preprocessing, its
-temperature, the malignant operating point, the "not sure" threshold, both "not skin"
+served decision (temperature, prior shift, the malignant operating point, the "not sure"
+thresholds: :mod:`dermalab.core.decision`), both "not skin"
 detectors and the closed-form Grad-CAM weights, plus every text the answer is worded with, in
 every language. The browser (``static/ondevice/``) applies exactly the decision rules of
 :meth:`dermalab.serve.service.AnalysisService.analyze` with them.
@@ -155,8 +156,8 @@ def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k
         files.pop("int8", None)
     index, blob = _pack({"ood_means": model.ood.means, "ood_precision": model.ood.precision,
                          "cam_weight": model.cam_weight})
-    mal = info.malignant or {}
-    mal_classes = [c for c in mal.get("classes", []) if c in info.classes]
+    decision = info.decision
+    mal_classes = [info.classes[i] for i in decision.malignant_indices(info.classes)]
     meta = {
         "format": 1,
         "name": model.name,
@@ -166,12 +167,14 @@ def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k
         "resize_mode": info.resize_mode,
         "mean": list(info.mean),
         "std": list(info.std),
-        "temperature": info.temperature,
-        "malignant": ({"classes": mal_classes, "threshold": mal.get("threshold")}
+        "temperature": decision.temperature,
+        # the served prior shift -tau log pi, added to z / T (core.decision: servedLogits)
+        "shift": decision.shift(len(info.classes)).tolist(),
+        "malignant": ({"classes": mal_classes, "threshold": decision.malignant_threshold}
                       if mal_classes else None),
         "uncertain_threshold": model.uncertain_threshold,
         # the line for answers that weighed the person's metadata (None: use the one above)
-        "uncertain_threshold_metadata": model.thresholds.get("uncertain_threshold_metadata"),
+        "uncertain_threshold_metadata": decision.uncertain_threshold_metadata,
         "top_k": top_k,
         "ood": {"threshold": model.ood.threshold, "means": "ood_means",
                 "precision": "ood_precision"},

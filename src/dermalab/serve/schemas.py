@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -164,11 +164,15 @@ class ModelCard(ModelRef):
     classes: dict[str, str] = Field(description="Class label -> readable name.")
     image_size: int = Field(description="Input side in pixels.")
     training_data: str = Field(description="Dataset the model was trained on.")
-    test_metrics: dict[str, float | None] = Field(description="Held-out test results "
-                                                              "(lesion-grouped split).")
+    test_metrics: dict[str, float | None] = Field(
+        description="The served answers for held-out test photos alone (lesion-grouped split).")
+    test_intervals: dict[str, list[float] | None] = Field(
+        default_factory=dict, description="95% intervals of test_metrics (lesion bootstrap).")
     calibration: dict[str, float | None] = Field(description="Temperature and ECE before/after.")
-    malignant_operating_point: dict[str, float | None] | None = Field(
-        description="Threshold, sensitivity and specificity on test.")
+    decision: dict[str, Any] | None = Field(
+        default=None, description="The served rule: the class shares its probabilities assume.")
+    malignant_operating_point: dict[str, Any] | None = Field(
+        description="Threshold, sensitivity and specificity on test, with 95% intervals.")
     inference_backend: str = Field(description="onnxruntime or torch.")
     intended_use: str = Field(description="What the model is for.")
     limitations: list[str] = Field(description="Known limits.")

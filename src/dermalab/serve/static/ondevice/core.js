@@ -290,6 +290,18 @@ export function fuseMetadata(logits, temperature, mm, row) {
                     + mm.weight * (z[k] - lse - mm.log_prior[k]));
 }
 
+// -- the served probabilities: dermalab.core.decision.Decision.probabilities ----------------
+// softmax(z / T (+ w r(m)) - tau log pi): ``bundle.shift`` is -tau log pi (the declared prior);
+// ``row`` (the person's metadata) is weighed only when the model has a metadata model and the
+// row gives any of its fields.
+export function servedProbabilities(bundle, logits, row = null) {
+  const used = bundle.metadata && row ? metadataGiven(bundle.metadata, row) : [];
+  const scaled = used.length ? fuseMetadata(logits, bundle.temperature, bundle.metadata, row)
+    : Array.from(logits, (v) => v / bundle.temperature);
+  const shift = bundle.shift || [];
+  return {probs: softmax(scaled.map((v, k) => v + (shift[k] || 0)), 1.0), used};
+}
+
 // -- "not skin": Mahalanobis distance to the closest class mean (Lee et al., NeurIPS 2018) ----
 // ``(f - m)^T P (f - m) = f^T P f - 2 f^T P m + m^T P m``; ``P m`` and ``m^T P m`` are
 // computed once per model.

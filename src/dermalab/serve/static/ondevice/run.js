@@ -2,9 +2,9 @@
 // on the photo inside the page; the photo is never sent anywhere. Results are kept in this
 // browser only (IndexedDB), until deleted.
 import {
-  camFromFeatureMap, chooseType, colourStatistics, decide, fuseMetadata, localize,
-  mahalanobisScore, metadataGiven, normalize, overlay, pillowResize, prepareMahalanobis, resizeForModel, routeProbabilities, routerInput,
-  shrinkLikeServer, smallMahalanobis, softmax,
+  camFromFeatureMap, chooseType, colourStatistics, decide, localize, mahalanobisScore,
+  normalize, overlay, pillowResize, prepareMahalanobis, resizeForModel, routeProbabilities,
+  routerInput, servedProbabilities, shrinkLikeServer, smallMahalanobis,
 } from "./core.js";
 
 const MAX_PIXELS = 40_000_000;  // as the server (ServeSettings.max_pixels)
@@ -163,17 +163,14 @@ export async function analyse(img, model, chosenBy, routed = null, metadata = nu
   const out = await model.session.run(
     {image: new model.ort.Tensor("float32", x, [1, 3, b.image_size, b.image_size])});
   const t1 = performance.now();
-  const used = b.metadata && metadata ? metadataGiven(b.metadata, metadata) : [];
-  const probs = used.length
-    ? softmax(fuseMetadata(out.logits.data, b.temperature, b.metadata, metadata), 1.0)
-    : softmax(out.logits.data, b.temperature);
+  const {probs, used} = servedProbabilities(b, out.logits.data, metadata);
   const ood = mahalanobisScore(out.features.data, model.mahalanobis);
   const colour = smallMahalanobis(colourStatistics(arr), b.colour.means, b.colour.precision);
   const en = b.texts.en.conditions;
   const routedNotSkin = routed ? chooseType(Object.keys(routed.probabilities),
                                             routed.probabilities, null)[0] === "not_skin"
     : null;
-  // An answer that weighed metadata has its own "not sure" line (deploy/serving.py).
+  // An answer that weighed metadata has its own "not sure" line (core/decision.py).
   const line = used.length && b.uncertain_threshold_metadata != null
     ? {...b, uncertain_threshold: b.uncertain_threshold_metadata} : b;
   const facts = decide(line, probs, ood, colour, (c) => en[c].urgency, routedNotSkin,
