@@ -50,11 +50,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.preprocessing import PolynomialFeatures
 
-from dermalab.core.calibration import calibrated_probs, fit_temperature, nll
+from dermalab.core.calibration import calibrated_probs, fit_temperature, nll, selective_threshold
 from dermalab.core.metadata import MetadataModel
 from dermalab.core.runs import Predictions, load_run
 from dermalab.data.prepare import prepare_data
-from dermalab.deploy.ood import selective_threshold
 from dermalab.evaluate.analysis import TAUS, adjusted_argmax, logit_adjustment
 from dermalab.evaluate.metadata_fusion import _hidden, fit_metadata_model, fit_weight
 from dermalab.train.accel import make_accelerator
