@@ -93,7 +93,6 @@ def quality(run: Path) -> dict[str, Any]:
     import onnxruntime as ort
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    from dermalab.core.calibration import calibrated_probs
     from dermalab.core.runs import load_run
     from dermalab.data.images import normalize_batch
     from dermalab.data.prepare import prepare_data
@@ -114,8 +113,8 @@ def quality(run: Path) -> dict[str, Any]:
         for i in range(0, len(test), 32):
             x = normalize_batch(np.stack([data.store.get(s.sample_id) for s in test[i:i + 32]]),
                                 info.mean, info.std)
-            probs.append(calibrated_probs(sess.run(["logits"], {"image": x})[0],
-                                          info.temperature))
+            # the served probabilities (core.decision), as the page shows them
+            probs.append(info.decision.probabilities(sess.run(["logits"], {"image": x})[0]))
         p = np.concatenate(probs)
         top[kind] = p.argmax(1)
         out[kind] = {"bytes": path.stat().st_size,
@@ -236,9 +235,6 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=100)
     args = ap.parse_args()
     os.environ.setdefault("PW_EXPERIMENTAL_SERVICE_WORKER_NETWORK_EVENTS", "1")
-    # The server offers INT8 to the page only above 98% validation agreement with FP32; here
-    # it is offered whatever its agreement, to be measured.
-    os.environ["DERMALAB_INT8_MIN_AGREEMENT"] = "0"
     from bench.app_models import split_ids
     from playwright.sync_api import sync_playwright
 
@@ -253,7 +249,11 @@ def main() -> None:
     q = quality(run)
     py = python_speed(run, paths)
     results: dict[str, Any] = {}
-    with dermalab_server(run, WORK / "ondevice" / "state") as url, sync_playwright() as p:
+    # The server offers INT8 to the page only above 98% validation agreement with FP32; here
+    # it is offered whatever its agreement, to be measured.
+    with dermalab_server(run, WORK / "ondevice" / "state",
+                         extra_args=("--int8-min-agreement", "0")) as url, \
+            sync_playwright() as p:
         for kind in ("fp32", "int8"):
             for threads in (1, 4):
                 results[f"{kind}_{threads}"] = compare(

@@ -54,10 +54,47 @@ from dermalab.core.calibration import calibrated_probs, fit_temperature, nll, se
 from dermalab.core.metadata import MetadataModel
 from dermalab.core.runs import Predictions, load_run
 from dermalab.data.prepare import prepare_data
-from dermalab.evaluate.analysis import TAUS, adjusted_argmax, logit_adjustment
 from dermalab.evaluate.metadata_fusion import _hidden, fit_metadata_model, fit_weight
 from dermalab.train.accel import make_accelerator
 from dermalab.train.loop import predict_split
+
+# The post-hoc logit adjustment this study compared (evaluate/analysis.py until 2026-12-07;
+# the served decision, core.decision, has since replaced it).
+TAUS = np.round(np.arange(-1.0, 3.0001, 0.1), 2) + 0.0  # + 0.0: no "-0.0" in reports
+
+
+def adjusted_argmax(logits: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
+    """Post-hoc logit adjustment (Menon et al., "Long-tail learning via logit adjustment",
+    ICLR 2021): ``argmax_y f_y(x) - tau log pi_y`` with ``pi`` the training class prior.
+
+    With ``f`` the log-posterior under the training prior, ``tau = 1`` is the Bayes decision
+    for balanced error (each class weighted equally); a model trained with a re-balancing
+    loss or sampler has already moved part of the way, so ``tau`` is fitted on validation.
+    A decision rule only: probabilities are unchanged.
+    """
+    return np.asarray((logits - tau * np.log(prior)[None, :]).argmax(axis=1))
+
+
+def logit_adjustment(val: Predictions, test: Predictions, prior: np.ndarray) -> dict[str, Any]:
+    """``tau`` in [-1, 3] (steps of 0.1) that maximises validation balanced accuracy (ties:
+    the smallest ``|tau|``), and test accuracy / balanced accuracy with and without it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes missing from a small validation split
+        scores = [balanced_accuracy_score(val.targets, adjusted_argmax(val.logits, prior, t))
+                  for t in TAUS]
+        best = max(range(len(TAUS)), key=lambda i: (round(scores[i], 12), -abs(TAUS[i])))
+        tau = float(TAUS[best])
+        plain, adjusted = test.logits.argmax(1), adjusted_argmax(test.logits, prior, tau)
+        return {
+            "tau": tau,
+            "val_balanced_accuracy": float(scores[best]),
+            "val_balanced_accuracy_without": float(scores[int(np.flatnonzero(TAUS == 0)[0])]),
+            "balanced_accuracy": float(balanced_accuracy_score(test.targets, adjusted)),
+            "balanced_accuracy_without": float(balanced_accuracy_score(test.targets, plain)),
+            "accuracy": float(np.mean(adjusted == test.targets)),
+            "accuracy_without": float(np.mean(plain == test.targets)),
+        }
+
 
 FIELDS = ["age", "sex", "localization"]
 SEEDS = (1, 42, 7)

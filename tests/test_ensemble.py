@@ -139,8 +139,17 @@ def test_the_web_service_serves_the_ensemble(ens: Path) -> None:
 
     served = ServedModel(ens)
     img = Image.fromarray(np.random.default_rng(3).integers(0, 256, (80, 90, 3), np.uint8))
-    a = served.assess(img, {"age": 50, "sex": "male", "localization": "back"})
-    assert a.probs.shape == (len(served.info.classes),) and abs(a.probs.sum() - 1) < 1e-6
+    row = {"age": 50, "sex": "male", "localization": "back"}
+    a = served.assess(img, row)
+    # The service's answer is the ensemble's stored decision applied to its own logits with
+    # the person's metadata: the members' mean of scaled logits, fused, prior-shifted.
+    from dermalab.core.metadata import MetadataModel
+
+    logits = served.predictor.logits(a.arr[None])
+    mm = MetadataModel.from_json(served.info.metadata or {})
+    expected = served.info.decision.probabilities(logits, mm, [row])[0]
+    np.testing.assert_allclose(a.probs, expected, atol=1e-6)
+    assert not np.allclose(a.probs, served.info.decision.probabilities(logits)[0], atol=1e-4)
     assert a.fmap is not None and served.cam_weight is not None
     assert served.heatmap(a.arr, int(a.probs.argmax()), a.fmap).startswith("data:image/png")
     assert served.card()["members"] == 2

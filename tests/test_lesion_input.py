@@ -100,7 +100,16 @@ def test_crop_through_the_cli_the_export_and_the_web_service(
     assert [len(r["top"]) for r in out] == [3, 3, 3]
     lesion = out[0]["lesion"]
     assert lesion["mask"] == "segmenter" and "not a diagnosis" in lesion["note"]
-    assert 0 <= lesion["measurements"]["area_share"] <= 1
+    # the measurements are those of the segmenter's outline of this photo
+    from dermalab.data.images import open_rgb
+    from dermalab.segment.measure import measure_photo
+
+    seg = Predictor.load(crop_run, prefer_onnx=False)
+    photo = open_rgb(photos[0])
+    outline = seg.segment(photo)
+    assert lesion["measurements"] == json.loads(json.dumps(measure_photo(photo,
+                                                                          outline).to_json()))
+    assert outline.any() and lesion["measurements"]["area_share"] > 0
     assert main(["predict", str(crop_run), photos[0], "--json", "--masks",
                  str(HAM_DIR / "masks")]) == 0
     given = json.loads(capsys.readouterr().out)[0]["lesion"]

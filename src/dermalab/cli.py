@@ -523,7 +523,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              cookie_secure=args.secure_cookies, rate_signin=args.rate_signin,
                              rate_upload=args.rate_upload, rate_storage=args.rate_storage,
                              clinics=args.clinics, orphan_grace_s=args.orphan_grace,
-                             ondevice=args.ondevice)
+                             ondevice=args.ondevice,
+                             int8_min_agreement=args.int8_min_agreement)
     check_models(settings)  # before announcing anything
     mode = ("OPEN mode: no accounts, every analysis visible to whoever uses it (single-user "
             "local install)" if args.open else "accounts: each person sees only their own "
@@ -532,7 +533,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"dermalab: serving {', '.join(runs)}{' routed by ' + router if router else ''} on "
           f"http://{args.host}:{args.port} (decision support, not a diagnosis); {mode}",
           flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
+    # The client address the rate limits key on: the TCP peer, unless a reverse proxy at one
+    # of --forwarded-allow-ips passes it on (X-Forwarded-For from anyone else is ignored, or a
+    # client could rotate it to escape every per-address limit).
+    proxied = bool(args.forwarded_allow_ips)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1,
+                proxy_headers=proxied,
+                forwarded_allow_ips=args.forwarded_allow_ips if proxied else None)
     return 0
 
 
@@ -774,8 +781,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "answer (repeat; default 127.0.0.1, localhost and --host)")
     sv.add_argument("--retention-days", type=int, metavar="N", help="delete analyses older "
                     "than N days with their photos (checked hourly)")
-    sv.add_argument("--secure-cookies", action="store_true", help="mark the session cookie "
-                    "Secure (when served over HTTPS, e.g. behind a proxy)")
+    sv.add_argument("--secure-cookies", action="store_true", help="served over HTTPS (e.g. "
+                    "behind a proxy): a Secure __Host- session cookie and HSTS")
+    sv.add_argument("--forwarded-allow-ips", metavar="IPS", help="the reverse proxy's "
+                    "address(es), comma-separated: only they may say who the client is "
+                    "(X-Forwarded-For); default: nobody, the TCP peer is the client")
     sv.add_argument("--rate-signin", default="10/minute", help="sign-in and sign-up attempts "
                     "allowed per account and per client address")
     sv.add_argument("--rate-upload", default="30/minute", help="uploads allowed per person "
@@ -792,6 +802,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--no-ondevice", dest="ondevice", action="store_false", help="do not "
                     "offer analysis in the browser (on by default for models with an ONNX "
                     "export, when scripts/setup.sh has installed onnxruntime-web)")
+    sv.add_argument("--int8-min-agreement", type=float, default=0.98, metavar="SHARE",
+                    help="offer the page the INT8 model only when its top class agrees with "
+                    "FP32's on this share of validation images (default 0.98)")
     sv.add_argument("--docs", action="store_true", help="serve /docs and /redoc (they load "
                     "Swagger UI from a CDN; development only)")
     sv.set_defaults(func=cmd_serve)

@@ -59,7 +59,7 @@ def test_copies_are_found_and_distinct_photos_are_not() -> None:
     images = {f"o{i}": _cached(im) for i, im in enumerate(originals)}
     for i in range(0, 30, 3):
         # re-encoded and resized: every such copy is found at the default distance (a crop of
-        # a few percent is found about 60% of the time: bench/results/near_duplicates.md)
+        # a few percent is found half to two thirds of the time: bench/results/near_duplicates.md)
         q, scale = int(rng.integers(55, 90)), float(rng.uniform(0.45, 0.9))
         images[f"c{i}"] = _cached(_resaved(originals[i], q, scale, 0))
     near = find_near_duplicates(sorted(images), images.__getitem__)

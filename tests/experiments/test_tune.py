@@ -213,6 +213,8 @@ def test_compare_trains_each_backbone_on_one_split(photos: Path, tmp_path: Path)
     for r in rows:
         m = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
         assert float(r["balanced_accuracy"]) == pytest.approx(m["balanced_accuracy"])
+        # the columns to choose on are validation's
+        assert float(r["val_balanced_accuracy"]) == pytest.approx(m["val"]["balanced_accuracy"])
         assert float(r["ms_per_image_b1"]) > 0 and float(r["parameters_m"]) == pytest.approx(
             m["parameters"] / 1e6, abs=0.01)
     splits = {(out / r["run_dir"].split("/")[-1] / "splits.csv").read_text() for r in rows}

@@ -163,7 +163,8 @@ def _router_cases(rng: np.random.Generator) -> dict:
 
 
 def _messages() -> dict:
-    keys = ["verdict.ok", "verdict.uncertain", "verdict.not_skin", "referral.not_skin",
+    keys = ["verdict.ok", "verdict.uncertain", "verdict.ok_malignant",
+            "verdict.uncertain_malignant", "verdict.not_skin", "referral.not_skin",
             "referral.malignant", "referral.uncertain", "referral.urgent", "referral.routine",
             "referral.self-care", "disclaimer", "condition.no_description",
             "condition.no_care", "condition.no_see_doctor", "routing.ondevice",

@@ -149,8 +149,23 @@ def test_export_quantize_cli(skin_run: Path, tmp_path: Path) -> None:
     q = json.loads((run / "export" / "model.json").read_text())["extra"]["int8"]
     assert (run / "export" / "model.int8.onnx").stat().st_size == q["int8_bytes"]
     assert q["size_ratio"] > 3 and q["check_split"] == "val" and q["check_images"] > 0
-    assert 0.0 <= q["max_abs_prob_diff"] <= 1.0
-    assert 0.5 <= q["top1_agreement"] <= 1.0
+    # Measured again here, independently, on every validation photo: the INT8 model gives the
+    # FP32 model's served answer (the page's 98% bar), and the recorded check says the same.
+    import csv
+
+    from dermalab.deploy.predictor import Predictor
+    from tests.conftest import HAM_DIR
+
+    with open(run / "splits.csv") as f:
+        val = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "val"]
+    fp32 = Predictor.load(run / "export")
+    int8 = Predictor(fp32.info, onnx_path=run / "export" / "model.int8.onnx")
+    images = np.stack([fp32.preprocess(str(HAM_DIR / "images" / f"{i}.jpg")) for i in val])
+    p32, p8 = fp32.probabilities(images), int8.probabilities(images)
+    agreement = float(np.mean(p32.argmax(1) == p8.argmax(1)))
+    assert agreement >= 0.98, agreement
+    assert abs(q["top1_agreement"] - agreement) <= 0.05
+    assert np.abs(p32 - p8).max() <= max(0.05, 2 * q["max_abs_prob_diff"])
 
 
 def test_quantize_without_an_export_says_what_to_run(skin_run: Path, tmp_path: Path) -> None:
@@ -179,6 +194,10 @@ def test_int8_is_offered_to_the_page_only_when_it_agrees_with_fp32(tmp_path: Pat
         assert (note is None) == offered, note
         if not offered:
             assert "89.0%" in note and "FP32" in note
+    # a lower bar (bench/ondevice.py measures INT8 in the browser whatever its agreement)
+    (tmp_path / "model.json").write_text(json.dumps(
+        {"extra": {"int8": {"top1_agreement": 0.89}}}))
+    assert int8_gate(tmp_path, need=0.0) is None
     (tmp_path / "model.json").write_text(json.dumps({"extra": {}}))
     assert "--quantize int8" in (int8_gate(tmp_path) or "")
 

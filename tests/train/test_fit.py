@@ -197,10 +197,25 @@ def test_kill_minus_9_then_resume_matches_uninterrupted(reference_run: Path, dat
 
 def test_evaluate_on_another_dataset_with_tta(reference_run: Path, tmp_path: Path) -> None:
     other = write_photo_dataset(tmp_path / "other", per_class=4)
-    res = evaluate_run(reference_run, data=str(other), split="all", tta=True)
+    res = evaluate_run(reference_run, data=str(other), split="all", tta=True, bootstrap=20)
     assert res["n"] == 12 and res["tta"] is True
     assert res["n_by_class"] == {"akiec": 4, "bcc": 4, "nv": 4}
-    assert 0 <= res["ece"] <= 1 and res["nll"] >= 0 and np.isfinite(res["nll_raw"])
+    # The numbers are those of the answers `dermalab predict --tta` gives for these photos.
+    from sklearn.metrics import accuracy_score, log_loss
+
+    from dermalab.core.calibration import expected_calibration_error, prior_weights
+    from dermalab.deploy.predictor import Predictor
+
+    pred = Predictor.load(reference_run, prefer_onnx=False)
+    files = sorted(other.glob("*/*.jpg"))
+    y = np.array([pred.info.classes.index(f.parent.name) for f in files])
+    probs = pred.probabilities(np.stack([pred.preprocess(str(f)) for f in files]), tta=True)
+    assert res["accuracy"] == pytest.approx(accuracy_score(y, probs.argmax(1)))
+    assert res["nll"] == pytest.approx(log_loss(y, probs, labels=[0, 1, 2]), rel=1e-4)
+    prior = pred.info.decision.deployment_prior()
+    weights = prior_weights(y, prior) if prior is not None else None
+    assert res["ece"] == pytest.approx(expected_calibration_error(probs, y, 15, weights),
+                                       abs=1e-6)
 
 
 def test_skipped_inputs_are_listed_in_the_run(dataset: Path, tmp_path: Path) -> None:

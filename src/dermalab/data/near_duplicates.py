@@ -16,10 +16,10 @@ identical files are (:func:`dermalab.data.splits.split_units`).
 ``bench/near_duplicates.py`` chose the default distance by measurement: re-encoded, resized
 and lightly cropped copies against distinct photos of the shared HAM10000, DermNet NZ and
 Fitzpatrick17k sets, and the groups it forms on each whole set
-(``bench/results/near_duplicates.md``). At 8 bits every re-encoded or resized copy is found
-and about 60% of those cropped by up to 6% a side; on the clinical sets the groups stay small
-(at most 5 photos), while on HAM10000 distinct lesions link into large groups, so sources
-with their own lesion ids do not look for near-duplicates unless asked.
+(``bench/results/near_duplicates.md``). At 8 bits every re-encoded or resized copy is
+found and half to two thirds of those cropped by up to 6% a side; on the clinical sets the
+groups stay small (at most 5 photos), while on HAM10000 distinct lesions link into large
+groups, so sources with their own lesion ids do not look for near-duplicates unless asked.
 """
 
 from __future__ import annotations

@@ -47,8 +47,7 @@ class Predictor:
             opts = ort.SessionOptions()
             # 0: every core for one inference (the CLI); a server answering several requests
             # at once passes 1, so requests run side by side instead of fighting for cores.
-            env = os.environ.get("DERMALAB_ORT_THREADS")
-            opts.intra_op_num_threads = int(env) if env else (threads or 0)
+            opts.intra_op_num_threads = threads or 0
             self._session = ort.InferenceSession(str(onnx_path), opts,
                                                  providers=["CPUExecutionProvider"])
             self._input = self._session.get_inputs()[0].name

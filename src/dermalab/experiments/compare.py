@@ -26,8 +26,9 @@ from dermalab.core.errors import ConfigError
 from dermalab.core.runs import load_run
 from dermalab.core.tracking import child_tracking, start_parent_run, store_uri
 
-COLUMNS = ["backbone", "pretrained", "accuracy", "balanced_accuracy", "macro_f1",
-           "roc_auc_macro", "ece_after", "parameters_m", "train_minutes", "epochs_run",
+COLUMNS = ["backbone", "pretrained", "val_balanced_accuracy", "val_roc_auc_macro", "accuracy",
+           "balanced_accuracy", "balanced_accuracy_ci", "macro_f1", "roc_auc_macro",
+           "ece_after", "parameters_m", "train_minutes", "epochs_run",
            "best_epoch", "ms_per_image_b1", "ms_per_image_b32", "run_dir"]
 
 
@@ -92,8 +93,12 @@ def compare(config: str | None, backbones: list[tuple[str, bool]], out: str | Pa
         cfg = with_values(base, {"model.backbone": name, "model.pretrained": pretrained,
                                  "name": f"{base.name}-{run_dir.name}"})
         res = run_or_reuse(cfg, run_dir, progress=progress)
+        val = res.get("val") or {}
         rows.append({
             "backbone": name, "pretrained": pretrained,
+            "val_balanced_accuracy": val.get("balanced_accuracy"),
+            "val_roc_auc_macro": val.get("roc_auc_macro"),
+            "balanced_accuracy_ci": (res.get("intervals") or {}).get("balanced_accuracy"),
             **{k: res.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1",
                                        "roc_auc_macro", "ece_after", "epochs_run",
                                        "best_epoch")},
@@ -117,14 +122,21 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, base: ExperimentConf
     md = [f"# Backbone comparison: `{base.name}`", "",
           f"Same recipe, split (`{base.data.split_file}`) and seed ({base.train.seed}) for every "
           f"backbone; {size} px; up to {base.train.epochs} epochs, early stopping on validation "
-          f"`{base.train.monitor}`; test metrics of the best validation checkpoint. "
-          "ECE after temperature scaling; inference is PyTorch eager on this machine's CPU.", "",
-          "| backbone | weights | test acc | bal. acc | macro-F1 | AUC | ECE | params (M) | "
-          "train min | epochs (best) | ms/img b1 | ms/img b32 |",
-          "|" + " --- |" * 12]
+          f"`{base.train.monitor}`. Every number is the served answer (the run's decision, "
+          "fitted on validation). Choose on the validation columns; the test columns (95% "
+          "interval of balanced accuracy over the test lesions) are for the backbone you "
+          "choose, not for choosing. ECE of the served probabilities; inference is PyTorch "
+          "eager on this machine's CPU.", "",
+          "| backbone | weights | val bal. acc | val AUC | test acc | test bal. acc [95%] | "
+          "macro-F1 | AUC | ECE | params (M) | train min | epochs (best) | ms/img b1 | "
+          "ms/img b32 |",
+          "|" + " --- |" * 14]
     for r in rows:
+        ci = r.get("balanced_accuracy_ci")
+        bal = _f(r["balanced_accuracy"]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
         md.append(f"| {r['backbone']} | {'ImageNet' if r['pretrained'] else 'random init'} | "
-                  f"{_f(r['accuracy'])} | {_f(r['balanced_accuracy'])} | {_f(r['macro_f1'])} | "
+                  f"{_f(r.get('val_balanced_accuracy'))} | {_f(r.get('val_roc_auc_macro'))} | "
+                  f"{_f(r['accuracy'])} | {bal} | {_f(r['macro_f1'])} | "
                   f"{_f(r['roc_auc_macro'])} | {_f(r['ece_after'])} | {r['parameters_m']} | "
                   f"{r['train_minutes']} | {r['epochs_run']} ({r['best_epoch']}) | "
                   f"{r['ms_per_image_b1']} | {r['ms_per_image_b32']} |")
@@ -140,8 +152,7 @@ def _chart(rows: list[dict[str, Any]], path: Path) -> None:
     from dermalab.core import plots
 
     labels = [r["backbone"] + ("" if r["pretrained"] else "\n(random init)") for r in rows]
-    metrics = {"balanced accuracy": [r["balanced_accuracy"] for r in rows],
-               "accuracy": [r["accuracy"] for r in rows],
-               "macro AUC": [r["roc_auc_macro"] or 0.0 for r in rows]}
-    plots.save(plots.grouped_bars(labels, metrics, "test metrics by backbone", fmt="%.3f"),
-               str(path))
+    metrics = {"val balanced accuracy": [r.get("val_balanced_accuracy") or 0.0 for r in rows],
+               "val macro AUC": [r.get("val_roc_auc_macro") or 0.0 for r in rows]}
+    plots.save(plots.grouped_bars(labels, metrics, "validation metrics by backbone (choose "
+                                  "on these)", fmt="%.3f"), str(path))

@@ -14,6 +14,7 @@ import hashlib
 import re
 import secrets
 import threading
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -63,8 +64,29 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+#: Characters that render as nothing: an address holding one would be a look-alike account.
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+
+
 def normalise_email(email: str) -> str:
-    return email.strip().lower()
+    """One spelling per address, so look-alikes cannot make a second account: Unicode NFKC
+    (full-width letters become ASCII), invisible characters removed, surrounding space and a
+    trailing dot of the domain dropped, lower case. An address that is still not ASCII after
+    that (Cyrillic or Greek look-alikes, a dotted capital I) is refused by :func:`valid_email`;
+    internationalised domains are written in their ASCII (punycode) form."""
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", email)).strip()
+    return text.rstrip(".").lower()
+
+
+def valid_email(email: str) -> bool:
+    """A normalised address: ASCII, one ``@``, a dotted domain, at most 320 characters."""
+    return email.isascii() and bool(_EMAIL.fullmatch(email)) and len(email) <= 320
+
+
+def normalise_password(password: str) -> str:
+    """NFC, so a password typed on one keyboard (precomposed é) matches the same password
+    typed on another (e + combining accent)."""
+    return unicodedata.normalize("NFC", password)
 
 
 class AccountStore:
@@ -87,10 +109,12 @@ class AccountStore:
             AccountError: 422 for a malformed email or a short password, 409 if taken.
         """
         email = normalise_email(email)
-        if not _EMAIL.fullmatch(email) or len(email) > 320:
-            raise AccountError(422, "enter a valid email address")
-        if len(password) < MIN_PASSWORD:
-            raise AccountError(422, f"the password needs at least {MIN_PASSWORD} characters")
+        if not valid_email(email):
+            raise AccountError(422, "enter a valid email address (in plain ASCII letters)")
+        password = normalise_password(password)
+        if len(password) < MIN_PASSWORD or not password.strip():
+            raise AccountError(422, f"the password needs at least {MIN_PASSWORD} characters, "
+                                    "not only spaces")
         hashed = self.hasher.hash(password)
         with self._write, Session(self.engine) as s, s.begin():
             if s.scalar(select(User.id).where(User.email == email)) is not None:
@@ -106,11 +130,15 @@ class AccountStore:
             user = s.scalars(select(User).where(User.email == normalise_email(email),
                                                 User.anonymous.is_(False))).first()
         stored = user.password_hash if user is not None and user.password_hash else self._dummy
-        try:
-            self.hasher.verify(stored, password)
-        except (VerificationError, InvalidHashError):
-            return None
-        return user.id if user is not None else None
+        # NFC first; the password as typed too, for accounts made before passwords were
+        # normalised (their hash is of the raw text).
+        for candidate in dict.fromkeys((normalise_password(password), password)):
+            try:
+                self.hasher.verify(stored, candidate)
+            except (VerificationError, InvalidHashError):
+                continue
+            return user.id if user is not None else None
+        return None
 
     def anonymous(self) -> str:
         """A new anonymous device; returns its user id."""

@@ -8,8 +8,10 @@ under ``/static``, with the protections every response gets.
 - ``TrustedHostMiddleware``: only the configured ``Host`` names are answered.
 - A request body larger than the upload limit is refused with 413 as soon as its announced
   length or its streamed bytes pass the limit, before the multipart parser buffers it.
-- ``/docs`` and ``/redoc`` load Swagger/ReDoc from a CDN, which the CSP forbids: they exist only
-  with ``docs=True`` (development), where the CSP is relaxed for them alone.
+- ``/docs``, ``/redoc`` and ``/openapi.json`` exist only with ``docs=True`` (development);
+  Swagger/ReDoc load from a CDN, which the CSP forbids, so it is relaxed for them alone.
+- API answers are ``Cache-Control: no-store`` unless they say otherwise; over HTTPS
+  (``cookie_secure``) every answer carries HSTS and the session cookie is ``__Host-``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.responses import Response
 
 from dermalab.core.i18n import negotiate
 from dermalab.serve import routers
@@ -52,7 +53,9 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "geolocation=(self), camera=(self), microphone=()",
 }
-DOC_PATHS = ("/docs", "/redoc")
+DOC_PATHS = ("/docs", "/redoc", "/openapi.json")
+#: Two years, subdomains included (the HSTS preload list's minimum is one year).
+HSTS = "max-age=63072000; includeSubDomains"
 RETENTION_EVERY_S = 3600.0
 MULTIPART_OVERHEAD = 64 * 1024
 TOO_LARGE = b'{"detail":"request body too large"}'
@@ -106,6 +109,76 @@ class BodyLimit:
         await self.app(scope, limited, answer)
 
 
+class SecurityHeaders:
+    """The security headers on every response (:data:`SECURITY_HEADERS`), set in the ASGI
+    layer so that answers made before the app (a wrong Host, a body over the limit) get them
+    too; ``Cache-Control: no-store`` on API answers that do not set their own (they carry
+    health data: a heat-map of the photo, conditions); HSTS when served over HTTPS (``hsts``:
+    Secure cookies are on)."""
+
+    def __init__(self, app: Any, docs: bool = False, hsts: bool = False) -> None:
+        self.app, self.docs, self.hsts = app, docs, hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+        relaxed = self.docs and path.startswith(DOC_PATHS)
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                present = {k.lower() for k, _ in headers}
+                extra = dict(SECURITY_HEADERS)
+                if relaxed:
+                    del extra["Content-Security-Policy"]  # development only
+                if path.startswith("/v1/"):
+                    extra["Cache-Control"] = "no-store"
+                if self.hsts:
+                    extra["Strict-Transport-Security"] = HSTS
+                headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()
+                            if k.lower().encode() not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class SessionBeforeUpload:
+    """An upload (``POST /v1/analyses``) without a valid session is answered 401 before its
+    body is read: parsing a 14 MB multipart form for a caller who may not upload is work an
+    attacker could make the server do for free. (The route's own dependency still checks the
+    session, with CSRF, once the form is read.)"""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" \
+                and scope.get("path") == "/v1/analyses" and not await self._allowed(scope):
+            response = JSONResponse({"detail": "sign in, or start a private session on this "
+                                               "device first"}, 401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _allowed(scope: Scope) -> bool:
+        from starlette.concurrency import run_in_threadpool
+        from starlette.requests import Request as StarletteRequest
+
+        from dermalab.serve.dependencies import session_token
+
+        svc = getattr(getattr(scope.get("app"), "state", None), "service", None)
+        if svc is None or svc.settings.open:  # no service of our own (tests), or --open
+            return True
+        token, _ = session_token(StarletteRequest(scope), svc.settings.cookie_secure)
+        return token is not None and await run_in_threadpool(svc.accounts.lookup,
+                                                             token) is not None
+
+
 def create_app(settings: ServeSettings | None) -> FastAPI:
     """The app; the model is loaded once at start-up (lifespan) and shared by requests.
 
@@ -137,6 +210,7 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
         lifespan=lifespan,
         docs_url="/docs" if opts.docs else None,
         redoc_url="/redoc" if opts.docs else None,
+        openapi_url="/openapi.json" if opts.docs else None,
     )
     app.state.limits = RateLimits(opts.rate_storage, signin=opts.rate_signin,
                                   upload=opts.rate_upload)
@@ -153,19 +227,12 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse(status_code=500, content={"detail": "internal error"})
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Callable[[Request],
-                                                                     Awaitable[Response]]
-                               ) -> Response:
-        response = await call_next(request)
-        for k, v in SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        if opts.docs and request.url.path.startswith(DOC_PATHS):
-            del response.headers["Content-Security-Policy"]  # development only
-        return response
-
+    app.add_middleware(SessionBeforeUpload)
     app.add_middleware(BodyLimit, limit=opts.max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(opts.allowed_hosts))
+    # Outermost: every answer gets the headers, the 400 of a wrong Host and the 413 of a body
+    # over the limit included.
+    app.add_middleware(SecurityHeaders, docs=opts.docs, hsts=opts.cookie_secure)
     for router in (routers.analyses, routers.spots, routers.clinics, routers.auth,
                    routers.account, routers.meta, routers.ondevice, routers.ort,
                    routers.page):

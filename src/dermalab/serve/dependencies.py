@@ -25,6 +25,15 @@ from dermalab.serve.service import AnalysisService
 from dermalab.serve.store import OPEN, Owner
 
 SESSION_COOKIE = "dermalab_session"
+#: With Secure cookies (HTTPS): the ``__Host-`` prefix makes the browser refuse the cookie
+#: unless it is Secure, path ``/`` and set by this very host, so no sibling subdomain can
+#: plant a session in it (session fixation).
+SECURE_SESSION_COOKIE = "__Host-" + SESSION_COOKIE
+
+
+def cookie_name(secure: bool) -> str:
+    """The session cookie's name over HTTPS (``secure``) or plain HTTP."""
+    return SECURE_SESSION_COOKIE if secure else SESSION_COOKIE
 CSRF_HEADER = "x-csrf-token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -56,12 +65,13 @@ class CallerInfo:
         return self.session.user_id
 
 
-def session_token(request: Request) -> tuple[str | None, bool]:
-    """The presented token and whether it came in the cookie."""
+def session_token(request: Request, secure: bool = False) -> tuple[str | None, bool]:
+    """The presented token and whether it came in the cookie (over HTTPS only the
+    ``__Host-`` cookie counts)."""
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip(), False
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = request.cookies.get(cookie_name(secure))
     return (cookie, True) if cookie else (None, False)
 
 
@@ -69,7 +79,7 @@ def optional_caller(request: Request, svc: Service) -> CallerInfo | None:
     """The caller if a valid session is presented (no 401), for sign-up/sign-in."""
     if svc.settings.open:
         return CallerInfo(OPEN)
-    token, via_cookie = session_token(request)
+    token, via_cookie = session_token(request, svc.settings.cookie_secure)
     info = svc.accounts.lookup(token) if token else None
     if info is None or token is None:
         return None

@@ -87,7 +87,7 @@ class Bundle:
 INT8_MIN_AGREEMENT = 0.98
 
 
-def int8_gate(export: Path) -> str | None:
+def int8_gate(export: Path, need: float = INT8_MIN_AGREEMENT) -> str | None:
     """Why the INT8 export is not offered (``None``: it is, or there is none)."""
     if not (export / MODEL_FILES["int8"]).is_file():
         return None
@@ -96,8 +96,6 @@ def int8_gate(export: Path) -> str | None:
     agreement = q.get("top1_agreement")
     if agreement is None:
         return "model.json has no INT8 check; run `dermalab export RUN --quantize int8` again"
-    # bench/ondevice.py lowers the bar to measure INT8 in the browser whatever its agreement.
-    need = float(os.environ.get("DERMALAB_INT8_MIN_AGREEMENT", INT8_MIN_AGREEMENT))
     if agreement < need:
         return (f"INT8 agrees with FP32 on {agreement:.1%} of validation images (needs "
                 f"{need:.0%}); the page runs FP32")
@@ -143,15 +141,15 @@ def _pack(arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], bytes]:
     return index, b"".join(chunks)
 
 
-def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k: int
-                ) -> Bundle:
+def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k: int,
+                int8_min_agreement: float = INT8_MIN_AGREEMENT) -> Bundle:
     """The bundle of a model that can run in the browser (see :func:`unavailable_reason`)."""
     info = model.info
     assert model.ood_colour is not None and model.cam_weight is not None
     export = Path(model.predictor.run_dir or ".") / "export"
     files = {kind: export / name for kind, name in MODEL_FILES.items()
              if (export / name).is_file()}
-    int8_note = int8_gate(export)
+    int8_note = int8_gate(export, int8_min_agreement)
     if int8_note is not None:
         files.pop("int8", None)
     index, blob = _pack({"ood_means": model.ood.means, "ood_precision": model.ood.precision,
@@ -206,7 +204,8 @@ def router_bundle(router: ImageRouter, model_detectors: bool) -> Bundle:
     return Bundle("router", meta, blob, {"fp32": router.folder / "router.onnx"})
 
 
-def bundles(models: dict[str, ServedModel], conditions: dict[str, dict[str, Any]], top_k: int
+def bundles(models: dict[str, ServedModel], conditions: dict[str, dict[str, Any]], top_k: int,
+            int8_min_agreement: float = INT8_MIN_AGREEMENT
             ) -> tuple[dict[str, Bundle], dict[str, str]]:
     """The bundles of the served models that can run in the browser, and why the others
     cannot (model name -> reason)."""
@@ -215,7 +214,7 @@ def bundles(models: dict[str, ServedModel], conditions: dict[str, dict[str, Any]
     for m in models.values():
         reason = unavailable_reason(m)
         if reason is None:
-            ok[m.name] = make_bundle(m, conditions, top_k)
+            ok[m.name] = make_bundle(m, conditions, top_k, int8_min_agreement)
         else:
             why[m.name] = reason
     return ok, why

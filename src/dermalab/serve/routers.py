@@ -10,13 +10,13 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from dermalab.core.i18n import LANGUAGE_NAMES, messages, t
-from dermalab.serve.accounts import AccountError, Issued
+from dermalab.serve.accounts import AccountError, Issued, normalise_email
 from dermalab.serve.dependencies import (
-    SESSION_COOKIE,
     Caller,
     Language,
     MaybeCaller,
     Service,
+    cookie_name,
 )
 from dermalab.serve.ondevice import ORT_FILES
 from dermalab.serve.schemas import (
@@ -196,8 +196,8 @@ def _session_response(svc: Service, request: Request, response: Response, issued
     """Set the session cookie; API clients also get the bearer token in the body, the page
     (which says so with ``X-Dermalab-Page``) does not: its session stays in the HttpOnly
     cookie, out of reach of any script."""
-    response.set_cookie(SESSION_COOKIE, issued.token, httponly=True, samesite="strict",
-                        secure=svc.settings.cookie_secure, path="/",
+    response.set_cookie(cookie_name(svc.settings.cookie_secure), issued.token, httponly=True,
+                        samesite="strict", secure=svc.settings.cookie_secure, path="/",
                         max_age=svc.accounts.session_days * 86400)
     response.headers["Cache-Control"] = "no-store"
     return {"mode": "accounts", "user_id": issued.user_id, "email": email,
@@ -240,7 +240,7 @@ def sign_up(request: Request, response: Response, svc: Service, body: Credential
         raise _account_error(exc) from None
     _adopt(svc, caller, uid)
     return _session_response(svc, request, response, svc.accounts.issue(uid),
-                             body.email.lower(), False)
+                             normalise_email(body.email), False)
 
 
 @auth.post("/signin", response_model=SessionOut,
@@ -249,13 +249,13 @@ def sign_up(request: Request, response: Response, svc: Service, body: Credential
 def sign_in(request: Request, response: Response, svc: Service, body: Credentials,
             caller: MaybeCaller) -> dict[str, Any]:
     _no_accounts(svc)
-    _limit(request, "signin", f"ip:{_client(request)}", f"email:{body.email.strip().lower()}")
+    _limit(request, "signin", f"ip:{_client(request)}", f"email:{normalise_email(body.email)}")
     uid = svc.accounts.authenticate(body.email, body.password)
     if uid is None:
         raise HTTPException(401, "wrong email or password")
     _adopt(svc, caller, uid)
     return _session_response(svc, request, response, svc.accounts.issue(uid),
-                             body.email.lower(), False)
+                             normalise_email(body.email), False)
 
 
 def _adopt(svc: Service, caller: MaybeCaller, uid: str) -> None:
@@ -284,8 +284,14 @@ def sign_out(svc: Service, caller: Caller) -> Response:
     if caller.token:
         svc.accounts.revoke(caller.token)
     out = Response(status_code=204)
-    out.delete_cookie(SESSION_COOKIE, path="/")
+    _forget_cookie(out, svc)
     return out
+
+
+def _forget_cookie(out: Response, svc: Service) -> None:
+    secure = svc.settings.cookie_secure
+    out.delete_cookie(cookie_name(secure), path="/", secure=secure, httponly=True,
+                      samesite="strict")
 
 
 # -- the account -------------------------------------------------------------------------------
@@ -294,7 +300,7 @@ def sign_out(svc: Service, caller: Caller) -> Response:
 def delete_account(svc: Service, caller: Caller) -> Response:
     svc.delete_account(caller.user_id)
     out = Response(status_code=204)
-    out.delete_cookie(SESSION_COOKIE, path="/")
+    _forget_cookie(out, svc)
     return out
 
 

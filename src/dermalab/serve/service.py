@@ -72,6 +72,9 @@ class ServeSettings:
     clinics: str | None = None  # a clinic directory (CSV or YAML) for the dermatologist finder
     orphan_grace_s: float | None = None  # None: 0 with the run's own stores, else 600 s
     ondevice: bool = True  # offer analysis in the browser for models that can run there
+    # the INT8 model is offered to the page above this validation top-1 agreement with FP32
+    # (bench/ondevice.py sets 0 to measure INT8 in the browser whatever its agreement)
+    int8_min_agreement: float = 0.98
     ort_dir: str | None = None  # onnxruntime-web's dist folder; default: the checkout's npm one
 
 
@@ -172,12 +175,17 @@ def wording(verdict: str, referral: str | None, top: tuple[str, float] | None,
     """The verdict's and the referral's sentences in ``lang``; ``top`` is the top condition's
     (name, probability)."""
     reason = referral_reason(verdict, mal_p, mal_t)
+    # A possibly malignant answer says so in its headline too, so the headline and the
+    # referral never disagree ("not sure" above an urgent referral read as a contradiction).
+    flag = "_malignant" if reason == "malignant" else ""
+    malignant = percent(mal_p or 0.0)
     if verdict == "not_skin":
         verdict_text = t("verdict.not_skin", lang)
     elif verdict == "ok" and top is not None:
-        verdict_text = t("verdict.ok", lang, name=top[0], probability=percent(top[1]))
+        verdict_text = t(f"verdict.ok{flag}", lang, name=top[0], probability=percent(top[1]),
+                         malignant=malignant)
     else:
-        verdict_text = t("verdict.uncertain", lang)
+        verdict_text = t(f"verdict.uncertain{flag}", lang, malignant=malignant)
     referral_text = (t(f"referral.{referral}", lang) if reason == "condition"
                      else t(f"referral.{reason}", lang, probability=percent(mal_p or 0.0)))
     return verdict_text, referral_text
@@ -321,7 +329,8 @@ class AnalysisService:
                                  "installs it with npm)" for m in self.models.values()}
         else:
             self.ondevice, self.ondevice_off = bundles(self.models, self.conditions,
-                                                       self.settings.top_k)
+                                                       self.settings.top_k,
+                                                       self.settings.int8_min_agreement)
             if self.router is not None and self.ondevice:
                 # the page routes as the server does, so its verdicts match the server's
                 self.ondevice_router = router_bundle(self.router, self.settings.model_detectors)

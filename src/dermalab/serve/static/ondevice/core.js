@@ -489,12 +489,15 @@ export function localize(facts, bundle, lang) {
     {class_name: c.class_name, probability: c.probability, ...T.conditions[c.class_name]}));
   const reason = referralReason(facts.verdict, facts.malignant_probability,
                                 facts.malignant_threshold);
+  // A possibly malignant answer says so in its headline too (AnalysisService's wording).
+  const flag = reason === "malignant" ? "_malignant" : "";
+  const malignant = percent(facts.malignant_probability || 0);
   let verdictText;
   if (facts.verdict === "not_skin") verdictText = msg("verdict.not_skin");
   else if (facts.verdict === "ok") {
-    verdictText = msg("verdict.ok", {name: conditions[0].name,
-                                     probability: percent(conditions[0].probability)});
-  } else verdictText = msg("verdict.uncertain");
+    verdictText = msg(`verdict.ok${flag}`, {name: conditions[0].name, malignant,
+                                            probability: percent(conditions[0].probability)});
+  } else verdictText = msg(`verdict.uncertain${flag}`, {malignant});
   const referralText = reason === "condition" ? msg(`referral.${facts.referral}`)
     : msg(`referral.${reason}`, {probability: percent(facts.malignant_probability || 0)});
   const model = msg(`model.${bundle.image_type}`);
