@@ -25,7 +25,8 @@ from dermalab.evaluate.explain import cam_maps, closed_form_cam, has_linear_gap_
 from dermalab.pipeline import member_config, resume_run, train_run
 from tests.conftest import write_ham_dataset
 
-SETS = ["data.image_size=64", "train.epochs=2", "train.batch_size=8", "train.patience=0",
+SETS = ["eval.bootstrap=100", "data.image_size=64", "train.epochs=2", "train.batch_size=8",
+        "train.patience=0",
         "model.freeze_epochs=1", "optim.lr=0.003",
         "data.split_ratios=[0.5,0.25,0.25]", "eval.gallery=2", "train.seed=5",
         "eval.malignant_classes=[akiec,bcc]", "eval.metadata=[age,sex,localization]",

@@ -13,7 +13,8 @@ from dermalab.cli import main
 from tests.conftest import SHARED_DATA, write_ham_dataset
 
 SPLITS_DIR = SHARED_DATA / "dermamnist_splits"
-TINY = ["data.image_size=64", "train.epochs=1", "train.batch_size=8", "tracking.enabled=false",
+TINY = ["eval.bootstrap=50", "data.image_size=64", "train.epochs=1", "train.batch_size=8",
+        "tracking.enabled=false",
         "eval.gallery=0", "eval.report=false", "eval.serving=false"]
 
 

@@ -31,7 +31,8 @@ from tests.conftest import HAM_DIR, REPO, photo_image
 # Class names as users' folders have them: brackets, commas, quotes, ampersands, accents.
 ODD = ["Dyshidrotic eczema (pompholyx)", "Benign keratosis, solar lentigo & 'SK'",
        "Café-au-lait macule"]
-TINY = ["data.image_size=48", "train.epochs=2", "train.batch_size=8", "train.patience=0",
+TINY = ["eval.bootstrap=50", "data.image_size=48", "train.epochs=2", "train.batch_size=8",
+        "train.patience=0",
         "model.freeze_epochs=1", "optim.lr=0.003", "eval.gallery=0", "eval.serving=false",
         "data.split_ratios=[0.5,0.25,0.25]"]
 

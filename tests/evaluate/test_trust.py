@@ -16,7 +16,8 @@ from dermalab.evaluate.explain import cam_maps
 from dermalab.pipeline import train_run
 from tests.conftest import HAM_DIR, write_ham_dataset
 
-RUN_SETS = ["data.image_size=64", "train.epochs=2", "train.batch_size=8", "train.patience=0",
+RUN_SETS = ["eval.bootstrap=200", "data.image_size=64", "train.epochs=2", "train.batch_size=8",
+            "train.patience=0",
             "tracking.enabled=false", "model.freeze_epochs=1", "optim.lr=0.003",
             "data.split_ratios=[0.5,0.25,0.25]", "eval.tta=true", "eval.gallery=4",
             "eval.malignant_classes=[akiec,bcc]", "eval.metadata=[age,sex,localization]"]

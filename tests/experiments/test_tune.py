@@ -22,7 +22,7 @@ from dermalab.experiments.tune import load_space
 from tests import pgserver
 from tests.conftest import write_photo_dataset
 
-TRIAL = ["data.image_size=64", "train.batch_size=8", "train.patience=0",
+TRIAL = ["eval.bootstrap=50", "data.image_size=64", "train.batch_size=8", "train.patience=0",
          "model.freeze_epochs=1", "sched.name=step", "data.sampler=oversample"]
 
 

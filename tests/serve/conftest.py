@@ -40,7 +40,8 @@ def skin_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             f"data.source={data}", "data.image_size=96", "train.epochs=3", "train.batch_size=16",
             "train.patience=0", "tracking.enabled=false", "model.freeze_epochs=1",
             "optim.lr=0.003", "data.split_ratios=[0.6,0.2,0.2]", "eval.gallery=0",
-            "eval.report=false", "eval.metadata=[age,sex,localization]"]), run, progress=False)
+            "eval.report=false", "eval.metadata=[age,sex,localization]",
+            "eval.bootstrap=200"]), run, progress=False)
     return run
 
 
@@ -74,7 +75,7 @@ def clinical_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "train.epochs=3", "train.batch_size=16", "train.patience=0",
             "tracking.enabled=false", "model.freeze_epochs=1", "optim.lr=0.003",
             "data.split_ratios=[0.6,0.2,0.2]", "eval.gallery=0", "eval.report=false",
-            "eval.malignant_classes=[]"]), run, progress=False)
+            "eval.malignant_classes=[]", "eval.bootstrap=100"]), run, progress=False)
     return run
 
 

@@ -23,7 +23,8 @@ from dermalab.evaluate.evaluate import evaluate_run
 from dermalab.pipeline import run_or_reuse, train_run
 from tests.conftest import write_photo_dataset
 
-TINY = ["data.image_size=64", "train.epochs=3", "train.batch_size=8", "train.patience=0",
+TINY = ["eval.bootstrap=100", "data.image_size=64", "train.epochs=3", "train.batch_size=8",
+        "train.patience=0",
         "tracking.enabled=false", "data.sampler=oversample", "loss.name=cb", "optim.lr=0.003",
         "sched.name=step", "model.freeze_epochs=1"]
 

@@ -51,7 +51,10 @@ class DataConfig:
     # a folder, CSV or .npz (a local path or an s3:// URI), or a named dataset (ham10000,
     # dataset://dermamnist/128: see `dermalab data list`), downloaded on first use
     source: str | None = None
-    format: str = "auto"  # auto | folder | ham10000 | medmnist | hmnist | isic2019
+    format: str = "auto"  # auto | folder | ham10000 | medmnist | hmnist | isic2019 | csv
+    # csv: which column holds what (dermalab.data.sources.read_csv_manifest): image, label and
+    # optionally group, split, skin_type (Fitzpatrick I-VI), age, sex, localization
+    columns: dict[str, str] = field(default_factory=dict)
     image_dirs: list[str] = field(default_factory=list)  # HAM10000: folders holding <image_id>.jpg
     class_map: dict[str, str | None] = field(default_factory=dict)  # rename/merge; null drops
     age_impute: str = "median"  # HAM10000 missing age: median | none
@@ -253,7 +256,7 @@ class ExperimentConfig:
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("auto", "folder", "ham10000", "medmnist", "hmnist", "isic2019"),
+    "data.format": ("auto", "folder", "ham10000", "medmnist", "hmnist", "isic2019", "csv"),
     "data.age_impute": ("median", "none"),
     "data.resize_mode": ("squash", "pad", "crop"),
     "data.image_type": ("dermoscopic", "clinical"),

@@ -89,6 +89,28 @@ def _near_report(near: NearDuplicates, by_id: dict[str, Sample], max_distance: i
                             for a, b, dp, dd in cross[:50]]}
 
 
+def per_split_ids(split: Any) -> dict[str, set[str]]:
+    return {sp: set(split.ids(sp)) for sp in SPLITS}
+
+
+def _skin_types(samples: list[Sample], ids: dict[str, set[str]]) -> dict[str, Any] | None:
+    """Images per labelled Fitzpatrick skin type (I-VI) and per group (I-II, III-IV, V-VI),
+    in all and per split; None when the data has no skin-type labels."""
+    labelled = [s for s in samples if s.meta.get("fitzpatrick") not in (None, "")]
+    if not labelled:
+        return None
+    from dermalab.core.skin import skin_type_group
+
+    def counts(group: list[Sample]) -> dict[str, int]:
+        return dict(sorted(Counter(skin_type_group(s.meta.get("fitzpatrick"))
+                                   for s in group).items()))
+
+    return {"types": dict(sorted(Counter(str(s.meta["fitzpatrick"]) for s in labelled).items())),
+            "groups": counts(samples),
+            "per_split": {sp: counts([s for s in samples if s.sample_id in ids[sp]])
+                          for sp in SPLITS}}
+
+
 def inspect_dataset(
     cfg: DataConfig,
     source: str | None = None,
@@ -174,6 +196,7 @@ def inspect_dataset(
                                      for g in conflicting]},
         "near_duplicates": _near_report(near, by_id, near_at, leaks.near_duplicate_overlap)
         if near_at >= 0 else None,
+        "skin_types": _skin_types(good, per_split_ids(split)),
         "conflicts_policy": cfg.conflicts,
         "masks": mask_coverage(good, sizes, cfg) if cfg.masks else None,
         "image_sizes": size_stats,
@@ -243,6 +266,12 @@ def format_report(report: dict[str, Any]) -> str:
                         f"median {share['median']:.0%}" if share else ""))
         for b in m["bad"][:20]:
             lines.append(f"  {b['error']}")
+    st = report.get("skin_types")
+    if st:
+        lines.append("skin     Fitzpatrick type groups: " + ", ".join(
+            f"{k} {v}" for k, v in st["groups"].items()) + "; per split: " + "; ".join(
+            f"{sp} " + ", ".join(f"{k} {v}" for k, v in c.items())
+            for sp, c in st["per_split"].items()))
     lines.append(f"ignored  {report['ignored']['count']} non-image/hidden file(s)")
     lines.append(f"bad      {len(report['unreadable'])} unreadable image(s), "
                  f"{len(report['bad'])} skipped input problem(s)")

@@ -36,7 +36,7 @@ class SourceData:
     """Everything a source yields: samples, classes and a report of what it ignored.
 
     Attributes:
-        kind: ``folder`` | ``ham10000`` | ``medmnist`` | ``hmnist`` | ``isic2019``.
+        kind: ``folder`` | ``ham10000`` | ``medmnist`` | ``hmnist`` | ``isic2019`` | ``csv``.
         location: the path the data came from.
         samples: labelled samples, in a deterministic order.
         classes: sorted class names.

@@ -1,4 +1,5 @@
-"""Dataset sources: folder per class, HAM10000 metadata CSV, MedMNIST ``.npz``, hmnist CSV.
+"""Dataset sources: folder per class, HAM10000 metadata CSV, MedMNIST ``.npz``, hmnist CSV,
+ISIC 2019, and any CSV manifest (``data.format: csv``).
 
 Each reader turns a location into :class:`~dermalab.data.samples.SourceData` with the same
 sample records, so splitting, caching and training never care where images came from.
@@ -124,12 +125,15 @@ def detect_format(path: Path) -> str:
         header = _read_header(path)
         if set(HAM_REQUIRED) <= set(header):
             return "ham10000"
-        if header and header[-1] == "label":
+        if header and header[-1] == "label" and "image" not in header:
             return "hmnist"
+        if {"image", "label"} <= set(header):
+            return "csv"
         raise DataError(
             f"{path}: cannot tell the CSV format from its header; expected HAM10000 metadata "
-            f"columns {list(HAM_REQUIRED)} or hmnist pixel columns ending in 'label' "
-            "(set data.format explicitly)"
+            f"columns {list(HAM_REQUIRED)}, hmnist pixel columns ending in 'label', or a "
+            "manifest with 'image' and 'label' columns (or set data.format=csv and name "
+            "yours with data.columns)"
         )
     raise DataError(f"{path}: not a folder, .csv or .npz dataset")
 
@@ -173,6 +177,7 @@ def load_source(cfg: DataConfig, source: str | None = None) -> SourceData:
         "medmnist": read_medmnist,
         "hmnist": read_hmnist,
         "isic2019": read_isic2019,
+        "csv": read_csv_manifest,
     }
     data = readers[fmt](path, cfg)
     data.warnings += unmatched_class_map_keys((s.label for s in data.samples), cfg.class_map)
@@ -291,6 +296,111 @@ def _files_fingerprint(paths: Iterable[str]) -> str:
         st = os.stat(p)
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# any CSV manifest
+
+#: ``data.columns`` keys: what a manifest column may hold (the defaults are the column names).
+MANIFEST_COLUMNS = ("image", "label", "group", "split", "skin_type", "age", "sex",
+                    "localization")
+
+
+def _manifest_columns(cfg: DataConfig, header: list[str], where: Path) -> dict[str, str]:
+    unknown = sorted(set(cfg.columns) - set(MANIFEST_COLUMNS))
+    if unknown:
+        raise DataError(f"data.columns: unknown key(s) {unknown}; valid: {list(MANIFEST_COLUMNS)}")
+    cols = {k: cfg.columns.get(k, k) for k in MANIFEST_COLUMNS}
+    for key in ("image", "label"):
+        if cols[key] not in header:
+            raise DataError(f"{where}: no '{cols[key]}' column for the {key} (columns: {header}); "
+                            f"name it with data.columns.{key}")
+    named = [k for k in cfg.columns if k not in ("image", "label") and cfg.columns[k] not in header]
+    if named:
+        raise DataError(f"{where}: data.columns names column(s) the CSV does not have: "
+                        f"{[cfg.columns[k] for k in named]} (columns: {header})")
+    return {k: v for k, v in cols.items() if v in header}
+
+
+def _manifest_meta(row: dict[str, str], cols: dict[str, str], where: str) -> dict[str, object]:
+    meta: dict[str, object] = {}
+    if "skin_type" in cols:
+        meta["fitzpatrick"] = row[cols["skin_type"]] or None
+    for key in ("sex", "localization"):
+        if key in cols:
+            meta[key] = row[cols[key]]
+    if "age" in cols:
+        raw = row[cols["age"]]
+        meta["age_missing"] = raw in ("", "nan", "NaN")
+        try:
+            meta["age"] = None if meta["age_missing"] else float(raw)
+        except ValueError:
+            raise DataError(f"{where}: age '{raw}' is not a number") from None
+    return meta
+
+
+def read_csv_manifest(path: Path, cfg: DataConfig) -> SourceData:
+    """Any CSV naming one image per row (the way most datasets arrive, e.g. Fitzpatrick17k):
+    ``data.columns`` says which column holds the ``image`` (a path relative to the CSV's
+    folder or to ``data.image_dirs``, or a file name or stem found there), the ``label``, and
+    optionally the ``group`` (lesion/patient: kept in one split; without one, each image is
+    its own group and near-duplicates are grouped), a given ``split`` (train/val/test), the
+    Fitzpatrick ``skin_type`` (reported as a subgroup) and ``age``/``sex``/``localization``
+    (patient metadata). Every column defaults to its own name.
+    """
+    header, rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    cols = _manifest_columns(cfg, header, path)
+    dirs = _ham_image_dirs(path, cfg) if cfg.image_dirs else \
+        [d for d in (path.parent / "images", path.parent) if d.is_dir()]
+    index = _image_index(dirs)
+    aliases = {"train": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test"}
+    samples: list[Sample] = []
+    bad: list[dict[str, str]] = []
+    given: dict[str, str] = {}
+    seen: set[str] = set()
+    for line_no, row in enumerate(rows, start=2):
+        where = f"{path}:{line_no}"
+        image, label = row[cols["image"]], row[cols["label"]]
+        found = _manifest_image(image, dirs, index)
+        problem = None
+        if not image:
+            problem = "empty image"
+        elif image in seen:
+            problem = f"image {image} appears twice"
+        elif not label:
+            problem = "empty label"
+        elif found is None:
+            problem = f"image {image} not found in {[str(d) for d in dirs]}"
+        elif "split" in cols and row[cols["split"]].lower() not in aliases:
+            problem = f"unknown split '{row[cols['split']]}' (use train/val/test)"
+        if _bad_row(where, problem, cfg, bad):
+            continue
+        assert found is not None
+        seen.add(image)
+        group = row[cols["group"]] if "group" in cols and row[cols["group"]] else image
+        samples.append(Sample(image, label, group, path=found,
+                              meta=_manifest_meta(row, cols, where)))
+        if "split" in cols:
+            given[image] = aliases[row[cols["split"]].lower()]
+    samples.sort(key=lambda s: s.sample_id)
+    return SourceData(kind="csv", location=str(path), samples=samples,
+                      classes=sorted({s.label for s in samples}),
+                      display_names={s.label: s.label for s in samples}, bad=bad,
+                      given_split=given or None,
+                      fingerprint=_files_fingerprint([str(path),
+                                                      *(s.path for s in samples if s.path)]))
+
+
+def _manifest_image(image: str, dirs: list[Path], index: dict[str, str]) -> str | None:
+    """The file of a manifest's image value: a relative path, a file name or a stem."""
+    for d in dirs:
+        candidate = d / image
+        if candidate.is_file():
+            return str(candidate)
+    return index.get(Path(image).stem) if image else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,9 +16,8 @@ import numpy as np
 from dermalab.core.decision import Decision
 from dermalab.core.intervals import bootstrap_intervals
 from dermalab.core.metrics import balanced_accuracy, binary_auc
+from dermalab.core.skin import skin_type_group
 
-#: Fitzpatrick skin types I-VI in the three groups skin-tone audits report (Groh et al. 2021).
-SKIN_TYPE_GROUPS = {1: "I-II", 2: "I-II", 3: "III-IV", 4: "III-IV", 5: "V-VI", 6: "V-VI"}
 #: Groups smaller than this are listed but left out of an attribute's gap (noise).
 GAP_MIN_SUPPORT = 10
 
@@ -32,16 +31,6 @@ def age_band(age: Any) -> str:
         if a < hi:
             return name
     return "75+"
-
-
-def skin_type_group(value: Any) -> str:
-    """A Fitzpatrick type (1-6, or I-VI) as its group ``I-II`` / ``III-IV`` / ``V-VI``."""
-    roman = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6}
-    try:
-        t = int(float(value))
-    except (TypeError, ValueError):
-        t = roman.get(str(value).strip().lower(), 0)
-    return SKIN_TYPE_GROUPS.get(t, "unknown")
 
 
 def subgroup_values(meta: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:

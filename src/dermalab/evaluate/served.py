@@ -32,6 +32,9 @@ from dermalab.core.runs import Predictions
 #: The metrics that get intervals (and their names in ``intervals``).
 INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece",
                  "malignant_sensitivity", "malignant_specificity")
+#: The rules beside the served one get intervals for what they are compared on.
+RULE_INTERVALS = ("accuracy", "balanced_accuracy", "malignant_sensitivity",
+                  "malignant_specificity")
 
 
 def metric_functions(y: np.ndarray, probs: np.ndarray, ece_bins: int,
@@ -87,7 +90,8 @@ def served_metrics(preds: Predictions, decision: Decision, classes: Sequence[str
                    units: Sequence[str], *, ece_bins: int = 15, reps: int = 1000,
                    metadata: MetadataModel | None = None,
                    rows: Sequence[Mapping[str, Any]] | None = None, detailed: bool = True,
-                   tta: bool = False) -> dict[str, Any]:
+                   tta: bool = False, interval_keys: Sequence[str] = INTERVAL_KEYS
+                   ) -> dict[str, Any]:
     """Metrics of the served answers to ``preds`` (``rows``: each image's metadata, weighed
     when ``metadata`` is given; ``tta``: the flip-averaged logits).
 
@@ -121,7 +125,8 @@ def served_metrics(preds: Predictions, decision: Decision, classes: Sequence[str
     mal = out["malignant"] or {}
     fns = metric_functions(y, probs, ece_bins, prior, decision.malignant_indices(classes),
                            mal.get("threshold"))
-    out["intervals"] = bootstrap_intervals(fns, units, y, reps)
+    out["intervals"] = bootstrap_intervals({k: f for k, f in fns.items() if k in interval_keys},
+                                           units, y, reps)
     return out
 
 
@@ -151,6 +156,6 @@ def rules_beside(preds: Predictions, decision: Decision, classes: Sequence[str],
                          {"tta": True}))
     for name, what, rule, extra in variants:
         m = served_metrics(preds, rule, classes, units, ece_bins=ece_bins, reps=reps,
-                           detailed=False, **extra)
+                           detailed=False, interval_keys=RULE_INTERVALS, **extra)
         out[name] = {"rule": what, "tau": rule.tau, **{k: m[k] for k in keep}}
     return out
