@@ -55,6 +55,10 @@ class DataConfig:
     # csv: which column holds what (dermalab.data.sources.read_csv_manifest): image, label and
     # optionally group, split, skin_type (Fitzpatrick I-VI), age, sex, localization
     columns: dict[str, str] = field(default_factory=dict)
+    # several datasets in one training set, each {name, source, format, columns, class_map,
+    # image_dirs} mapped into one taxonomy (dermalab.data.sources.read_sources); each source is
+    # split on its own, its groups kept; data.source is then unused
+    sources: list[dict[str, Any]] = field(default_factory=list)
     image_dirs: list[str] = field(default_factory=list)  # HAM10000: folders holding <image_id>.jpg
     class_map: dict[str, str | None] = field(default_factory=dict)  # rename/merge; null drops
     age_impute: str = "median"  # HAM10000 missing age: median | none
@@ -196,6 +200,9 @@ class EvalConfig:
     # Patient metadata weighed beside the image (late fusion, dermalab.core.metadata): any of
     # age, sex, localization. Fitted on the training split, weighted on validation; [] = off.
     metadata: list[str] = field(default_factory=list)
+    # Estimate each test image's skin tone from its healthy skin (Individual Typology Angle,
+    # dermalab.data.skin_tone) and report the subgroups by estimated Fitzpatrick type too.
+    skin_tone: bool = True
     # The served decision (dermalab.core.decision): the class prior the shown probabilities
     # and the top class assume. fit: tau in [0, 1] on validation (the highest balanced
     # accuracy among the tau whose validation accuracy reaches min_accuracy); training: the
@@ -348,6 +355,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
         return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:  # checked where it is read (e.g. data.sources entries)
+        return value
     raise ConfigError(f"config key '{key}': unsupported type {tp!r}")  # pragma: no cover
 
 

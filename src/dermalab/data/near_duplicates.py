@@ -44,7 +44,8 @@ def max_distance_for(setting: int | None, source_kind: str) -> int:
     distance for :data:`AUTO_FORMATS` and -1 (off) for the others."""
     if setting is not None:
         return setting
-    return DEFAULT_MAX_DISTANCE if source_kind in AUTO_FORMATS else -1
+    kinds = source_kind.split("+")  # several sources (data.sources): all must qualify
+    return DEFAULT_MAX_DISTANCE if all(k in AUTO_FORMATS for k in kinds) else -1
 
 
 def perceptual_hashes(image: np.ndarray) -> tuple[int, int]:

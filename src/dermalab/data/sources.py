@@ -162,6 +162,8 @@ def load_source(cfg: DataConfig, source: str | None = None) -> SourceData:
     Raises:
         DataError: missing path, unknown format or unusable content (names the file/row).
     """
+    if cfg.sources and not source:
+        return read_sources(cfg)
     location = source or cfg.source
     if not location:
         raise DataError("no dataset given: pass --data SOURCE or set data.source")
@@ -296,6 +298,76 @@ def _files_fingerprint(paths: Iterable[str]) -> str:
         st = os.stat(p)
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# several sources in one set
+
+SOURCE_KEYS = ("name", "source", "format", "columns", "class_map", "image_dirs")
+
+
+def read_sources(cfg: DataConfig) -> SourceData:
+    """``data.sources``: several datasets in one training set. Each entry names its
+    ``source`` (and optionally ``format``, ``columns``, ``image_dirs`` and its own
+    ``class_map`` into the shared taxonomy); its samples get ids and groups prefixed with its
+    ``name`` (default ``s<i>``) and ``meta["source"]``, so no group spans two sources and the
+    split deals each source on its own (:func:`dermalab.data.splits.make_split`).
+    ``data.class_map`` then applies to the merged labels.
+
+    Raises:
+        DataError: an entry with unknown keys, no source, a repeated name, or an array source
+            (MedMNIST, hmnist), which cannot be merged with files.
+    """
+    import dataclasses
+
+    parts: list[SourceData] = []
+    names: list[str] = []
+    for i, entry in enumerate(cfg.sources):
+        if not isinstance(entry, Mapping) or not entry.get("source"):
+            raise DataError(f"data.sources[{i}] needs a 'source' (a path or a named dataset)")
+        unknown = sorted(set(entry) - set(SOURCE_KEYS))
+        if unknown:
+            raise DataError(f"data.sources[{i}]: unknown key(s) {unknown}; valid: "
+                            f"{list(SOURCE_KEYS)}")
+        name = str(entry.get("name") or f"s{i}")
+        if name in names:
+            raise DataError(f"data.sources: the name '{name}' is used twice")
+        sub = dataclasses.replace(
+            cfg, source=str(entry["source"]), format=str(entry.get("format", "auto")),
+            columns=dict(entry.get("columns") or {}),
+            class_map=dict(entry.get("class_map") or {}),
+            image_dirs=list(entry.get("image_dirs") or []), sources=[], split_file=None)
+        data = load_source(sub)
+        if data.arrays is not None:
+            raise DataError(f"data.sources[{i}] ({data.location}) is an array dataset "
+                            f"({data.kind}); only file datasets can be combined")
+        parts.append(data)
+        names.append(name)
+    return _merge(parts, names)
+
+
+def _merge(parts: list[SourceData], names: list[str]) -> SourceData:
+    samples: list[Sample] = []
+    display: dict[str, str] = {}
+    given: dict[str, str] = {}
+    out = SourceData(kind="+".join(sorted({p.kind for p in parts})),
+                     location=" + ".join(p.location for p in parts), samples=samples,
+                     classes=[], display_names=display,
+                     fingerprint=hashlib.sha256("|".join(p.fingerprint for p in parts)
+                                                .encode()).hexdigest())
+    for name, part in zip(names, parts, strict=True):
+        for smp in part.samples:
+            samples.append(Sample(f"{name}/{smp.sample_id}", smp.label, f"{name}/{smp.group}",
+                                  path=smp.path, meta={**smp.meta, "source": name}))
+        display.update(part.display_names)
+        if part.given_split:
+            given.update({f"{name}/{k}": v for k, v in part.given_split.items()})
+        out.bad += [{**b, "path": f"{name}: {b['path']}"} for b in part.bad]
+        out.ignored += part.ignored
+        out.warnings += [f"{name}: {w}" for w in part.warnings]
+    out.given_split = given if given and len(given) == len(samples) else None
+    out.classes = sorted({smp.label for smp in samples})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

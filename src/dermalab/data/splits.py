@@ -96,6 +96,19 @@ def make_split(
     """
     if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
         raise DataError(f"split ratios must be three non-negative numbers, got {list(ratios)}")
+    by_source: dict[str, list[Sample]] = defaultdict(list)
+    for smp in samples:
+        by_source[str(smp.meta.get("source", ""))].append(smp)
+    if len(by_source) > 1:
+        # Several datasets (data.sources): each is dealt on its own, so every split holds
+        # each source in the same proportions (and a source's groups never leave it).
+        merged = Split({})
+        for name, part in sorted(by_source.items()):
+            sub = make_split(part, ratios, seed, hashes, by_image=by_image)
+            merged.assignment.update(sub.assignment)
+            merged.warnings += [f"{name}: {w}" for w in sub.warnings]
+        merged.origin = sub.origin
+        return merged
     total = float(sum(ratios))
     frac = [r / total for r in ratios]
     active = [i for i, f in enumerate(frac) if f > 0]

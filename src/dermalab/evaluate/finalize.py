@@ -32,6 +32,7 @@ from dermalab.core.runs import (
     write_decision,
 )
 from dermalab.data.prepare import PreparedData
+from dermalab.data.skin_tone import fitzpatrick_from_ita, ita
 from dermalab.evaluate.analysis import subgroup_metrics
 from dermalab.evaluate.decision import fit_decision
 from dermalab.evaluate.gallery import mistakes, render_gallery
@@ -86,6 +87,8 @@ def calibrate_and_analyse(run: LoadedRun, data: PreparedData, val: Predictions,
 
     units = data.units(test.ids)
     test_rows = data.meta_rows(test.ids)
+    if ev.skin_tone:
+        add_estimated_skin_types(data, test.ids, test_rows)
     served = served_metrics(test, decision, classes, units, ece_bins=ev.ece_bins,
                             reps=ev.bootstrap)
     val_served = served_metrics(val, decision, classes, data.units(val.ids),
@@ -155,6 +158,15 @@ def measure_without_validation(run: LoadedRun, data: PreparedData, test: Predict
                                "temperature, prior shift or thresholds could be fitted)",
                      "bootstrap": ev.bootstrap}
     return out
+
+
+def add_estimated_skin_types(data: PreparedData, ids: list[str],
+                             rows: list[dict[str, Any]]) -> None:
+    """Each image's Fitzpatrick type estimated from its healthy skin (``data.skin_tone``),
+    as ``fitzpatrick_estimated`` in its metadata row (in place): the subgroup tables then
+    show skin tone for data without skin-type labels."""
+    for sid, row in zip(ids, rows, strict=True):
+        row["fitzpatrick_estimated"] = fitzpatrick_from_ita(ita(data.store.get(sid)))
 
 
 def _named(values: np.ndarray | None, classes: list[str]) -> dict[str, float] | None:
