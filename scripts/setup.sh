@@ -24,7 +24,8 @@ fi
 # DermNet NZ (dermnet_clinical) cannot be downloaded and must be placed by hand.
 DATA_HOME="${DERMALAB_DATA:-${DERMALAB_CACHE:-$HOME/.cache/dermalab}/datasets}"
 SHARED="${DERMALAB_SHARED_DATA:-$(cd .. && pwd)/shared/data}"
-for pair in ham10000:ham10000_200x150 dermnet_clinical:dermnetnz_subset; do
+for pair in ham10000:ham10000_200x150 dermnet_clinical:dermnetnz_subset \
+            fitzpatrick17k:fitzpatrick17k_subset; do
   name="${pair%%:*}"; shared="$SHARED/${pair#*:}"
   [ -d "$shared" ] || continue
   if [ -L "$DATA_HOME/$name" ] && [ ! -e "$DATA_HOME/$name" ]; then

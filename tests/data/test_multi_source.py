@@ -103,3 +103,28 @@ def test_a_model_on_two_sources_reports_skin_types_as_scikit_learn_does(
         assert g["support"] == len(sel)
         assert g["balanced_accuracy"] == pytest.approx(
             balanced_accuracy_score([r["label"] for r in sel], [r["pred"] for r in sel]))
+
+
+@pytest.mark.realdata
+def test_the_two_source_clinical_recipe_reads_both_atlases() -> None:
+    from tests.conftest import REPO, SHARED_DATA
+
+    if not (SHARED_DATA / "fitzpatrick17k_subset").is_dir() or \
+            not (SHARED_DATA / "dermnetnz_subset").is_dir():
+        pytest.skip(f"DermNet NZ or Fitzpatrick17k not found in {SHARED_DATA}")
+    cfg = load_config(REPO / "configs" / "clinical_two_source.yaml")
+    sources = [{**s, "source": str(SHARED_DATA / ("dermnetnz_subset"
+                                                  if s["name"] == "dermnet" else
+                                                  "fitzpatrick17k_subset/"
+                                                  "fitzpatrick17k_subset.csv"))}
+               for s in cfg.data.sources]
+    data = load_source(dataclasses.replace(cfg.data, sources=sources))
+    per_source: dict[str, int] = {}
+    for s in data.samples:
+        per_source[s.meta["source"]] = per_source.get(s.meta["source"], 0) + 1
+    # Fitzpatrick17k: 2,860 photos less dermatomyositis (106) and prurigo nodularis (119)
+    assert per_source["fitzpatrick17k"] == 2860 - 106 - 119
+    assert per_source["dermnet"] > 2000
+    assert {"keloid", "rare_skin_cancer", "melanoma", "eczema"} <= set(data.classes)
+    fitz = [s for s in data.samples if s.meta["source"] == "fitzpatrick17k"]
+    assert all("fitzpatrick" in s.meta for s in fitz)

@@ -27,18 +27,39 @@ DERMNET_FOLDERS = [  # the DermNet NZ folders configs/dermnet_clinical.yaml was 
     "Urticaria", "Venous eczema", "Vitiligo"]
 
 
+FITZPATRICK_LABELS = [  # the Fitzpatrick17k subset's conditions (shared/data SOURCES.md)
+    "squamous cell carcinoma", "basal cell carcinoma", "folliculitis", "acne vulgaris",
+    "melanoma", "eczema", "acne", "mycosis fungoides", "actinic keratosis",
+    "prurigo nodularis", "keloid", "kaposi sarcoma", "dermatomyositis",
+    "superficial spreading melanoma ssm", "pyogenic granuloma", "malignant melanoma",
+    "epidermal nevus", "dyshidrotic eczema", "dermatofibroma", "seborrheic keratosis",
+    "basal cell carcinoma morpheiform"]
+LABELS = {"dermnet_clinical": DERMNET_FOLDERS, "fitzpatrick17k": FITZPATRICK_LABELS,
+          "ham10000": list(HAM_DX_NAMES)}
+
+
 def recipe_classes(path: Path) -> set[str]:
-    """The classes a recipe's model predicts: its dataset's labels through its class map."""
+    """The classes a recipe's model predicts: its datasets' labels through their class maps
+    (each source's own, then the recipe's)."""
     cfg = load_config(str(path), [])
-    labels = DERMNET_FOLDERS if cfg.data.format == "folder" else list(HAM_DX_NAMES)
-    mapped = {apply_class_map(label, cfg.data.class_map) for label in labels}
-    return {c for c in mapped if c is not None}
+    sources = cfg.data.sources or [{"source": cfg.data.source, "class_map": {}}]
+    out: set[str] = set()
+    for src in sources:
+        for label in LABELS[str(src["source"])]:
+            mapped = apply_class_map(label, src.get("class_map") or {})
+            if mapped is not None:
+                mapped = apply_class_map(mapped, cfg.data.class_map) if cfg.data.class_map \
+                    else mapped
+            if mapped is not None:
+                out.add(mapped)
+    return out
 
 
 # the training recipes on the two shipped datasets (search_*.yaml are search spaces)
 RECIPES = sorted(p for p in (REPO / "configs").glob("*.yaml")
                  if not p.name.startswith("search")
-                 and load_config(str(p), []).data.source in ("ham10000", "dermnet_clinical"))
+                 and (load_config(str(p), []).data.source in ("ham10000", "dermnet_clinical")
+                      or load_config(str(p), []).data.sources))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -55,6 +76,20 @@ def test_every_class_of_a_shipped_recipe_has_care_information(recipe: Path) -> N
             texts = entry if lang == "en" else entry.get(lang) or {}
             for key in ("name", "description", "care", "see_doctor"):
                 assert str(texts.get(key, "")).strip(), f"{c}: no {lang} {key}"
+
+
+def test_the_two_source_recipe_adds_keloid_and_rare_cancers_and_refers_them() -> None:
+    recipe = REPO / "configs" / "clinical_two_source.yaml"
+    classes = recipe_classes(recipe)
+    assert classes == recipe_classes(REPO / "configs" / "dermnet_clinical.yaml") | {
+        "keloid", "rare_skin_cancer"}
+    cfg = load_config(str(recipe), [])
+    conditions = load_conditions()
+    assert set(cfg.eval.malignant_classes) <= classes
+    assert all(conditions[c]["urgency"] == "urgent" for c in cfg.eval.malignant_classes)
+    fitz = next(s for s in cfg.data.sources if s["name"] == "fitzpatrick17k")
+    # every Fitzpatrick17k condition is placed, or left out on purpose
+    assert set(fitz["class_map"]) == set(FITZPATRICK_LABELS)
 
 
 def test_the_clinical_recipe_maps_folders_to_its_eleven_classes_and_its_urgent_ones() -> None:
