@@ -21,22 +21,26 @@ def _results(auc: float | None) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("auc", [None, 0.91])
-def test_summary_keeps_the_metrics_line(auc: float | None) -> None:
-    text = summary(_results(auc), CLASSES)
-    line = next(x for x in text.splitlines() if "balanced accuracy" in x)
-    assert "0.6123" in line and "0.7000" in line and "0.5500" in line
-    assert ("undefined" in line) == (auc is None)
+def test_summary_keeps_the_metrics_lines(auc: float | None) -> None:
+    text = summary({**_results(auc), "intervals": {"balanced_accuracy": [0.5, 0.7]}}, CLASSES)
+    lines = text.splitlines()
+    i = next(k for k, x in enumerate(lines) if "balanced accuracy" in x)
+    assert "0.6123 [0.500, 0.700]" in lines[i] and "accuracy 0.7000" in lines[i]
+    assert "macro-F1 0.5500" in lines[i + 1]
+    assert ("undefined" in lines[i + 1]) == (auc is None)
 
 
 @pytest.mark.parametrize("auc", [None, 0.91])
-def test_cli_evaluate_keeps_the_metrics_line(auc: float | None, monkeypatch: pytest.MonkeyPatch,
+def test_cli_evaluate_keeps_the_metrics_lines(auc: float | None, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     import dermalab.evaluate.evaluate as ev
 
     res = {**_results(auc), "split": "test", "data": "somewhere", "temperature": 1.2,
-           "tta": False, "ece_raw": 0.1, "ece": 0.05, "nll_raw": 0.9, "nll": 0.8}
+           "tau": 1.0, "tta": False, "ece_raw": 0.1, "ece": 0.05, "nll_raw": 0.9, "nll": 0.8}
     monkeypatch.setattr(ev, "evaluate_run", lambda *a, **k: res)
     assert cli.main(["evaluate", "RUN"]) == 0
-    first = capsys.readouterr().out.splitlines()[0]
-    assert "balanced accuracy 0.6123" in first and "macro-F1 0.5500" in first
-    assert ("undefined" in first) == (auc is None)
+    lines = capsys.readouterr().out.splitlines()
+    assert "the served answer" in lines[0]
+    assert "balanced accuracy 0.6123" in lines[1] and "accuracy 0.7000" in lines[1]
+    assert "macro-F1 0.5500" in lines[2]
+    assert ("undefined" in lines[2]) == (auc is None)

@@ -85,3 +85,21 @@ def test_served_metrics_are_scikit_learns_on_the_served_answer() -> None:
     # calibrated for the declared prior: the served ECE is small; under the test split's
     # own shares (not the declared ones) it is not
     assert m["ece"] < 0.05 < m["ece_split_prior"]
+
+
+def test_each_rule_beside_gets_its_own_malignant_operating_point() -> None:
+    """Shifting the prior moves the malignant score, so the posterior rule is measured at the
+    threshold fitted for its own probabilities on validation, as the served one is."""
+    from dermalab.evaluate.served import rules_beside
+
+    val, test = _posterior_logits(3000, 6), _posterior_logits(1500, 7)
+    cfg = EvalConfig(malignant_classes=["mel"], prior="uniform")
+    d, _ = fit_decision(val, CLASSES, PRIOR * 1000, cfg)
+    units = [str(i) for i in range(len(test.ids))]
+    rules = rules_beside(test, d, CLASSES, units, ece_bins=15, reps=0, val=val,
+                         target_sensitivity=0.9)
+    posterior = rules["posterior"]["malignant"]
+    assert posterior["threshold"] != pytest.approx(d.malignant_threshold)
+    # on test both reach about the validation target: neither rule is handicapped
+    served = served_metrics(test, d, CLASSES, units, reps=0)["malignant"]
+    assert abs(posterior["sensitivity"] - served["sensitivity"]) < 0.06

@@ -318,7 +318,8 @@ def test_chunked_upload_over_the_limit_is_refused_while_streaming(skin_run: Path
 
     from tests.webserver import dermalab_server
 
-    with dermalab_server(skin_run, app_dir / "srv") as url:
+    # --open: no session needed (without one, an upload is refused before its body is read)
+    with dermalab_server(skin_run, app_dir / "srv", extra_args=("--open",)) as url:
         host = urlsplit(url)
         sock = socket.create_connection((host.hostname, host.port), timeout=30)
         sock.sendall(b"POST /v1/analyses HTTP/1.1\r\nHost: 127.0.0.1\r\n"

@@ -130,22 +130,42 @@ def served_metrics(preds: Predictions, decision: Decision, classes: Sequence[str
     return out
 
 
+def _refit_malignant(rule: Decision, val: Predictions | None, classes: Sequence[str],
+                     target_sensitivity: float) -> Decision:
+    """``rule`` with its malignant threshold fitted on ``val`` for its own probabilities (a
+    prior shift moves the malignant score, so the served threshold would not be the rule's)."""
+    if val is None or not rule.malignant_indices(classes):
+        return rule
+    from dermalab.core.calibration import choose_threshold
+
+    score = rule.malignant_score(rule.probabilities(val.logits), classes)
+    assert score is not None
+    positive = np.isin(val.targets, rule.malignant_indices(classes))
+    return dataclasses.replace(rule, malignant_threshold=choose_threshold(
+        score, positive, target_sensitivity))
+
+
 def rules_beside(preds: Predictions, decision: Decision, classes: Sequence[str],
                  units: Sequence[str], *, ece_bins: int, reps: int,
                  metadata: MetadataModel | None = None,
-                 rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                 rows: Sequence[Mapping[str, Any]] | None = None,
+                 val: Predictions | None = None, target_sensitivity: float = 0.9
+                 ) -> dict[str, Any]:
     """Other decision rules on the same images, labelled, never served by default: the
     training-prior posterior (``tau`` 0), the balanced rule (``tau`` 1), the served rule with
     each image's own metadata (what a person who fills in age, sex and site gets) and with
-    flip TTA (``dermalab predict --tta``)."""
+    flip TTA (``dermalab predict --tta``). A rule with another prior gets its own malignant
+    threshold, fitted on ``val`` as the served one is."""
     keep = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece", "nll",
             "uncertain_rate", "malignant", "intervals")
     out: dict[str, Any] = {}
     variants: list[tuple[str, str, Decision, dict[str, Any]]] = [
         ("posterior", "the training prior's posterior (tau 0): argmax of softmax(z / T)",
-         dataclasses.replace(decision, tau=0.0), {}),
+         _refit_malignant(dataclasses.replace(decision, tau=0.0), val, classes,
+                          target_sensitivity), {}),
         ("uniform", "every class equally likely a priori (tau 1): the balanced rule",
-         dataclasses.replace(decision, tau=1.0), {}),
+         _refit_malignant(dataclasses.replace(decision, tau=1.0), val, classes,
+                          target_sensitivity), {}),
     ]
     if metadata is not None and rows is not None:
         variants.append(("metadata", f"the served rule with each image's own "
