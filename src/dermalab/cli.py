@@ -238,13 +238,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def evaluation_text(res: dict[str, Any]) -> str:
     """``dermalab evaluate``'s screen: the served answers' metrics with their intervals."""
+    from dermalab.core.intervals import with_interval
+
     ci = res.get("intervals") or {}
 
     def v(key: str) -> str:
-        x, iv = res.get(key), ci.get(key)
-        if x is None:
-            return "undefined"
-        return f"{x:.4f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
+        return with_interval(res.get(key), ci.get(key))
 
     lines = [f"{res['split']} ({res['n']} images from {res['data']}), the served answer for "
              f"each photo alone (tau {res['tau']:.2f}{', with TTA' if res['tta'] else ''}; "

@@ -29,6 +29,7 @@ from dermalab.core.config import (
     with_values,
 )
 from dermalab.core.errors import ConfigError, RunNotFoundError, StopTraining
+from dermalab.core.intervals import with_interval
 from dermalab.core.models import count_parameters
 from dermalab.core.runs import (
     LoadedRun,
@@ -360,8 +361,7 @@ def _malignant_line(results: dict[str, Any]) -> list[str]:
     iv = mal.get("intervals") or {}
 
     def part(key: str) -> str:
-        v, i = mal.get(key), iv.get(key)
-        return ("-" if v is None else f"{v:.3f}") + (f" [{i[0]:.3f}, {i[1]:.3f}]" if i else "")
+        return with_interval(mal.get(key), iv.get(key), digits=3, missing="-")
 
     return [f"  possibly malignant ({'+'.join(mal['classes'])} >= {mal['threshold']:.3f}): "
             f"sensitivity {part('sensitivity')}   specificity {part('specificity')}"]
@@ -376,10 +376,7 @@ def summary(results: dict[str, Any], classes: list[str]) -> str:
     ci = results.get("intervals") or {}
 
     def with_ci(key: str) -> str:
-        v, iv = results.get(key), ci.get(key)
-        if v is None:
-            return "undefined"
-        return f"{v:.4f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
+        return with_interval(results.get(key), ci.get(key))
 
     members = results.get("members")
     chosen = (f"an ensemble of {len(members)} runs, best epochs "

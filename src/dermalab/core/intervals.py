@@ -95,6 +95,16 @@ def pooled_intervals(runs: Sequence[Mapping[str, Metric]], units: Sequence[str],
     return out
 
 
+def with_interval(value: float | None, interval: Sequence[float] | None, digits: int = 4,
+                  ci_digits: int = 3, missing: str = "undefined") -> str:
+    """``0.7123 [0.680, 0.741]``: a value and its interval as the CLI and report print them
+    (``missing`` for no value; the value alone without an interval)."""
+    if value is None:
+        return missing
+    return f"{value:.{digits}f}" + (f" [{interval[0]:.{ci_digits}f}, {interval[1]:.{ci_digits}f}]"
+                                    if interval else "")
+
+
 def paired_difference(a: Sequence[Metric], b: Sequence[Metric], units: Sequence[str],
                       targets: Sequence[int] | np.ndarray, reps: int = 1000, seed: int = 0,
                       level: float = 0.95) -> dict[str, Any]:

@@ -89,10 +89,6 @@ def _near_report(near: NearDuplicates, by_id: dict[str, Sample], max_distance: i
                             for a, b, dp, dd in cross[:50]]}
 
 
-def per_split_ids(split: Any) -> dict[str, set[str]]:
-    return {sp: set(split.ids(sp)) for sp in SPLITS}
-
-
 def _skin_types(samples: list[Sample], ids: dict[str, set[str]]) -> dict[str, Any] | None:
     """Images per labelled Fitzpatrick skin type (I-VI) and per group (I-II, III-IV, V-VI),
     in all and per split; None when the data has no skin-type labels."""
@@ -196,7 +192,7 @@ def inspect_dataset(
                                      for g in conflicting]},
         "near_duplicates": _near_report(near, by_id, near_at, leaks.near_duplicate_overlap)
         if near_at >= 0 else None,
-        "skin_types": _skin_types(good, per_split_ids(split)),
+        "skin_types": _skin_types(good, {sp: set(split.ids(sp)) for sp in SPLITS}),
         "conflicts_policy": cfg.conflicts,
         "masks": mask_coverage(good, sizes, cfg) if cfg.masks else None,
         "image_sizes": size_stats,

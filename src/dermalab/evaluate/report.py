@@ -14,6 +14,7 @@ from typing import Any
 
 from dermalab.core.atomic import atomic_write_text
 from dermalab.core.i18n import t
+from dermalab.core.intervals import with_interval
 from dermalab.core.runs import RunPaths, read_metrics
 
 CSS = """
@@ -53,10 +54,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def _ci(m: dict[str, Any], key: str, digits: int = 3) -> str:
     """``0.712 [0.680, 0.741]``: a value with its 95% interval from ``m["intervals"]``."""
-    v, iv = m.get(key), (m.get("intervals") or {}).get(key)
-    if v is None:
-        return "–"
-    return f"{v:.{digits}f}" + (f" [{iv[0]:.{digits}f}, {iv[1]:.{digits}f}]" if iv else "")
+    return with_interval(m.get(key), (m.get("intervals") or {}).get(key), digits, digits, "–")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
