@@ -57,7 +57,7 @@ def _load_cfg(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    """``dermalab data inspect SOURCE``."""
+    """``dermalab data inspect [SOURCE]``."""
     from dermalab.data.inspect import format_report, inspect_dataset, plot_split_counts
 
     cfg = _load_cfg(args)
@@ -520,6 +520,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              image_store=args.images, open=args.open, allowed_hosts=hosts,
                              docs=args.docs, retention_days=args.retention_days,
                              cookie_secure=args.secure_cookies, rate_signin=args.rate_signin,
+                             rate_signin_failures=args.rate_signin_failures,
                              rate_upload=args.rate_upload, rate_storage=args.rate_storage,
                              clinics=args.clinics, orphan_grace_s=args.orphan_grace,
                              ondevice=args.ondevice,
@@ -588,20 +589,15 @@ def _add_export_parser(sub: Any, what: str, run_help: str,
     return exp
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of all commands."""
-    parser = argparse.ArgumentParser(
-        prog="dermalab",
-        description="Train, evaluate, explain and serve skin-disease image classifiers "
-                    "(decision support, not a diagnosis).")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_data_parsers(sub: Any) -> None:
+    """The parsers of dermalab data ...: list, download, inspect, push, pull."""
     data = sub.add_parser("data", help="dataset tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
     insp = dsub.add_parser("inspect", help="class counts, sizes, bad files, duplicates, leaks")
-    insp.add_argument("source", help="dataset path or name (dermalab data list)")
+    insp.add_argument("source", nargs="?", help="dataset path or name (dermalab data list); "
+                      "default: the --config recipe's data.source or data.sources")
     insp.add_argument("--format", choices=["auto", "folder", "ham10000", "medmnist", "hmnist",
-                                                "isic2019"],
+                                                "isic2019", "csv"],
                       help="dataset format (default: detected)")
     insp.add_argument("--split-out", help="write splits.csv, inspect.json and a bar chart here")
     insp.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -643,6 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="one JSON object on stdout")
         sp.set_defaults(func=func)
 
+
+def _add_training_parsers(sub: Any) -> None:
+    """The parsers of dermalab train, tune and compare."""
     train = sub.add_parser("train", help="fine-tune a backbone and evaluate it")
     _add_config_args(train)
     train.add_argument("--out", help="run directory (default runs/<name>-<time>)")
@@ -677,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--no-progress", action="store_true", help="no progress bars")
     cp.set_defaults(func=cmd_compare)
 
+
+def _add_evaluation_parsers(sub: Any) -> None:
+    """The parsers of dermalab evaluate, report, export, predict and explain."""
     ev = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
     ev.add_argument("run_dir", help="a run directory written by `dermalab train`")
     ev.add_argument("--data", help="another dataset with the same classes")
@@ -732,6 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="output folder (default RUN_DIR/explain)")
     ex.set_defaults(func=cmd_explain)
 
+
+def _add_segment_parsers(sub: Any) -> None:
+    """The parsers of dermalab segment train, predict and export."""
     sg = sub.add_parser("segment", help="lesion segmentation: train, predict, export")
     sgsub = sg.add_subparsers(dest="segment_command", required=True)
     sgt = sgsub.add_parser("train", help="train a U-Net on images with lesion masks "
@@ -751,6 +756,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_parser(sgsub, "the segmenter", "a segmentation run directory",
                        cmd_segment_export)
 
+
+def _add_serving_parsers(sub: Any) -> None:
+    """The parsers of dermalab router fit and serve."""
     ro = sub.add_parser("router", help="the image-type router of a several-model service")
     rosub = ro.add_subparsers(dest="router_command", required=True)
     rof = rosub.add_parser("fit", help="fit which model answers a photo (dermoscopic / "
@@ -786,7 +794,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "address(es), comma-separated: only they may say who the client is "
                     "(X-Forwarded-For); default: nobody, the TCP peer is the client")
     sv.add_argument("--rate-signin", default="10/minute", help="sign-in and sign-up attempts "
-                    "allowed per account and per client address")
+                    "allowed per client address, and per account from one address")
+    sv.add_argument("--rate-signin-failures", default="100/hour", help="failed sign-ins "
+                    "allowed per account from all addresses together (a cap on a brute force "
+                    "spread over many addresses)")
     sv.add_argument("--rate-upload", default="30/minute", help="uploads allowed per person "
                     "and per client address")
     sv.add_argument("--rate-storage", default="memory://", help="where rate-limit counts "
@@ -807,6 +818,21 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--docs", action="store_true", help="serve /docs and /redoc (they load "
                     "Swagger UI from a CDN; development only)")
     sv.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of all commands."""
+    parser = argparse.ArgumentParser(
+        prog="dermalab",
+        description="Train, evaluate, explain and serve skin-disease image classifiers "
+                    "(decision support, not a diagnosis).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_data_parsers(sub)
+    _add_training_parsers(sub)
+    _add_evaluation_parsers(sub)
+    _add_segment_parsers(sub)
+    _add_serving_parsers(sub)
     return parser
 
 

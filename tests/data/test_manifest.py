@@ -104,6 +104,25 @@ def test_inspect_reports_skin_types(tmp_path: Path) -> None:
     assert "Fitzpatrick type groups: I-II 3, III-IV 3, V-VI 3, unknown 3" in format_report(report)
 
 
+def test_a_folder_given_for_a_manifest_uses_its_one_csv(tmp_path: Path) -> None:
+    """``dermalab data inspect FOLDER --format csv`` (the Fitzpatrick17k folder as it comes)
+    reads the folder's one CSV; with none or several, one clear line, no traceback."""
+    rows = _rows()
+    _manifest(tmp_path, rows)
+    _write_images(tmp_path, rows)
+    cfg = DataConfig(source=str(tmp_path), format="csv",
+                     columns={"image": "md5", "label": "diagnosis"})
+    data = load_source(cfg)
+    assert len(data.samples) == 12 and data.location.endswith("labels.csv")
+    _manifest(tmp_path, rows, "other.csv")
+    with pytest.raises(DataError, match=r"2 \.csv files.*pass the manifest CSV itself"):
+        load_source(cfg)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"no \.csv file"):
+        load_source(DataConfig(source=str(empty), format="csv"))
+
+
 FITZ = SHARED_DATA / "fitzpatrick17k_subset"
 
 

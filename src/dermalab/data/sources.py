@@ -420,6 +420,7 @@ def read_csv_manifest(path: Path, cfg: DataConfig) -> SourceData:
     Fitzpatrick ``skin_type`` (reported as a subgroup) and ``age``/``sex``/``localization``
     (patient metadata). Every column defaults to its own name.
     """
+    path = _manifest_file(path)
     header, rows = _read_rows(path)
     if not rows:
         raise DataError(f"{path}: no rows")
@@ -464,6 +465,18 @@ def read_csv_manifest(path: Path, cfg: DataConfig) -> SourceData:
                       given_split=given or None,
                       fingerprint=_files_fingerprint([str(path),
                                                       *(s.path for s in samples if s.path)]))
+
+
+def _manifest_file(path: Path) -> Path:
+    """The manifest itself: ``path``, or the one ``.csv`` in the folder ``path``."""
+    if not path.is_dir():
+        return path
+    found = sorted(p for p in path.glob("*.csv") if p.is_file())
+    if len(found) == 1:
+        return found[0]
+    which = "no .csv file" if not found else f"{len(found)} .csv files ({found[0].name}, ...)"
+    raise DataError(f"{path}: a folder with {which}; pass the manifest CSV itself "
+                    "(data.format=csv reads one CSV)")
 
 
 def _manifest_image(image: str, dirs: list[Path], index: dict[str, str]) -> str | None:
