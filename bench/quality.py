@@ -53,6 +53,7 @@ from common import (
     train_recipes,
     write_results,
 )
+from subgroups import subgroup_markdown, subgroup_tables
 
 from dermalab.core.decision import Decision
 from dermalab.core.intervals import pooled_intervals
@@ -168,8 +169,15 @@ def _v(x: Any, ci: Any, nd: int = 3) -> str:
 
 
 def final_table(name: str, rows: list[dict[str, Any]], pool: dict[str, Any]) -> list[str]:
-    md = [f"### {name}: {RECIPES[name][0]}", "",
-          "| seed | served bal. acc [95%] | served acc [95%] | AUC [95%] | malignant sens "
+    notes = [NOTES[(name, r["seed"])] for r in rows if (name, r["seed"]) in NOTES]
+    return [f"### {name}: {RECIPES[name][0]}", "", *final_table_rows(rows, pool, notes)]
+
+
+def final_table_rows(rows: list[dict[str, Any]], pool: dict[str, Any],
+                     notes: list[str] | None = None) -> list[str]:
+    """A final recipe's test table (one row per seed, then mean ± sd with the pooled
+    interval), its notes, and the other decision rules beside it."""
+    md = ["| seed | served bal. acc [95%] | served acc [95%] | AUC [95%] | malignant sens "
           "[95%] | malignant spec [95%] | ECE [95%] | tau | not sure | val bal. acc | wall "
           "min |", "|" + " --- |" * 11]
     for r in rows:
@@ -193,7 +201,6 @@ def final_table(name: str, rows: list[dict[str, Any]], pool: dict[str, Any]) -> 
                   + pm([r["val_balanced_accuracy"] for r in rows]) + " | "
                   + pm([r["wall_minutes"] for r in rows if r["wall_minutes"] is not None], 1)
                   + " |")
-    notes = [NOTES[(name, r["seed"])] for r in rows if (name, r["seed"]) in NOTES]
     if notes:
         md += ["", "Note: " + "; ".join(notes) + "."]
     rule_names = sorted({k for r in rows for k in r["rules"]})
@@ -259,12 +266,17 @@ def main() -> None:
         else:
             levers.append(lever_row(recipe, seed, run, m))
     pools = {name: pooled(runs) if len(runs) > 1 else {} for name, runs in final_runs.items()}
+    subgroups = {name: subgroup_tables(runs) for name, runs in final_runs.items()}
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "config": repo_relative(args.config), "target": TARGET,
               "protocol": "served answer for a photo alone; levers on validation; test for "
                           "the final recipes only; 95% lesion-grouped bootstrap intervals",
               "recipes": {k: {"what": w, "overrides": s} for k, (w, s) in RECIPES.items()},
-              "final": {k: {"rows": v, "pooled_ci": pools.get(k, {})} for k, v in finals.items()},
+              "final": {k: {"rows": v, "pooled_ci": pools.get(k, {}),
+                            "subgroups": subgroups.get(k, {}),
+                            "skin_type_gap": (subgroups.get(k, {}).get("skin_type_estimated")
+                                              or {}).get("gap")}
+                        for k, v in finals.items()},
               "levers": levers}
     md = [f"# Quality on HAM10000: the served answer ({report['date']}, "
           f"{report['machine']['cpus']} CPUs)", "",
@@ -281,6 +293,8 @@ def main() -> None:
             md += final_table(name, finals[name], pools.get(name, {}))
     if final_runs.get("default"):
         md += floor_table(final_runs["default"])
+        md += subgroup_markdown(subgroups["default"], None,
+                                "melanoma, basal cell carcinoma, actinic keratosis")
     md += ["## Levers (validation only; their test split is not read)", "",
            "| recipe | seed | what changes | val served bal. acc | val acc | val AUC | val "
            "malignant sens / spec | tau | wall min |", "|" + " --- |" * 9]

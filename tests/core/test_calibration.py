@@ -118,6 +118,10 @@ def test_subgroup_metrics_equal_a_hand_computation() -> None:
     bal = {k: v["balanced_accuracy"] for k, v in out["skin_type"]["groups"].items()}
     assert gap["difference"] == pytest.approx(max(bal.values()) - min(bal.values()))
     assert gap["worst"] == min(bal, key=bal.__getitem__) == "I-II"
+    # its interval: the same difference on resamples of the whole split, so it holds the
+    # observed difference and, with groups this different, excludes no gap at all
+    lo, hi = gap["interval"]
+    assert 0 < lo <= gap["difference"] <= hi
 
 
 def test_subgroups_absent_without_metadata() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dermalab.core.decision import Decision
-from dermalab.core.intervals import bootstrap_intervals
+from dermalab.core.intervals import Metric, bootstrap_intervals
 from dermalab.core.metrics import balanced_accuracy, binary_auc
 from dermalab.core.skin import skin_type_group
 
@@ -47,30 +47,58 @@ def subgroup_values(meta: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     return {k: v for k, v in keys.items() if any(x != "unknown" for x in v)}
 
 
-def _group(y: np.ndarray, probs: np.ndarray, units: np.ndarray, decision: Decision,
-           mal_idx: list[int], reps: int) -> dict[str, Any]:
+def group_functions(y: np.ndarray, probs: np.ndarray, decision: Decision,
+                    mal_idx: Sequence[int]) -> dict[str, Metric]:
+    """One group's metrics as functions of resampled row indices (for the bootstrap):
+    balanced accuracy of the served top class, and malignant sensitivity, specificity (at the
+    served operating point) and AUC of P(malignant)."""
     k = probs.shape[1]
     pred = probs.argmax(1)
-    positive = np.isin(y, mal_idx)
-    flagged = (probs[:, mal_idx].sum(1) >= decision.malignant_threshold
-               if mal_idx and decision.malignant_threshold is not None
+    mal = list(mal_idx)
+    positive = np.isin(y, mal)
+    flagged = (probs[:, mal].sum(1) >= decision.malignant_threshold
+               if mal and decision.malignant_threshold is not None
                else np.zeros(len(y), bool))
 
     def sens(i: np.ndarray) -> float | None:
         sel = positive[i]
-        return float(np.mean(flagged[i][sel])) if sel.any() and mal_idx else None
+        return float(np.mean(flagged[i][sel])) if sel.any() and mal else None
 
     def spec(i: np.ndarray) -> float | None:
         sel = ~positive[i]
-        return float(np.mean(~flagged[i][sel])) if sel.any() and mal_idx else None
+        return float(np.mean(~flagged[i][sel])) if sel.any() and mal else None
 
     def auc(i: np.ndarray) -> float | None:
-        return binary_auc(positive[i], probs[i][:, mal_idx].sum(1)) if mal_idx else None
+        return binary_auc(positive[i], probs[i][:, mal].sum(1)) if mal else None
 
-    fns = {"balanced_accuracy": lambda i: balanced_accuracy(y[i], pred[i], k),
-           "malignant_sensitivity": sens, "malignant_specificity": spec, "malignant_auc": auc}
+    return {"balanced_accuracy": lambda i: balanced_accuracy(y[i], pred[i], k),
+            "malignant_sensitivity": sens, "malignant_specificity": spec, "malignant_auc": auc}
+
+
+def gap_function(y: np.ndarray, probs: np.ndarray, best: np.ndarray, worst: np.ndarray
+                 ) -> Metric:
+    """The balanced-accuracy gap ``bal(best group) - bal(worst group)`` as a function of
+    resampled row indices of the whole split (``best``/``worst``: each row's membership);
+    None when a resample holds no row of either group."""
+    k = probs.shape[1]
+    pred = probs.argmax(1)
+
+    def gap(i: np.ndarray) -> float | None:
+        b, w = i[best[i]], i[worst[i]]
+        if len(b) == 0 or len(w) == 0:
+            return None
+        return balanced_accuracy(y[b], pred[b], k) - balanced_accuracy(y[w], pred[w], k)
+
+    return gap
+
+
+def _group(y: np.ndarray, probs: np.ndarray, units: np.ndarray, decision: Decision,
+           mal_idx: list[int], reps: int) -> dict[str, Any]:
+    fns = group_functions(y, probs, decision, mal_idx)
     full = np.arange(len(y))
-    out: dict[str, Any] = {"support": len(y), "accuracy": float(np.mean(pred == y)),
+    positive = np.isin(y, mal_idx)
+    out: dict[str, Any] = {"support": len(y),
+                           "accuracy": float(np.mean(probs.argmax(1) == y)),
                            "malignant_support": int(positive.sum()) if mal_idx else 0,
                            **{name: fn(full) for name, fn in fns.items()}}
     out["intervals"] = bootstrap_intervals(fns, list(units), y, reps)
@@ -85,7 +113,8 @@ def subgroup_metrics(targets: np.ndarray, probs: np.ndarray, meta: Sequence[Mapp
     balanced accuracy, malignant sensitivity / specificity at the served operating point and
     malignant AUC, with 95% intervals (``reps`` lesion-grouped resamples within the group),
     and ``gap``: the worst and best group's balanced accuracy (groups of at least
-    ``GAP_MIN_SUPPORT`` images, "unknown" left out) and their difference.
+    ``GAP_MIN_SUPPORT`` images, "unknown" left out), their difference and its 95% interval
+    (the same resamples of the whole split, the two groups fixed).
 
     ``probs`` are the served probabilities (:meth:`Decision.probabilities`)."""
     if not meta or all(not m for m in meta):
@@ -109,5 +138,7 @@ def subgroup_metrics(targets: np.ndarray, probs: np.ndarray, meta: Sequence[Mapp
             worst, best = min(scored, key=scored.__getitem__), max(scored, key=scored.__getitem__)
             gap = {"worst": worst, "best": best,
                    "difference": scored[best] - scored[worst]}
+            fn = gap_function(y, p, arr == best, arr == worst)
+            gap["interval"] = bootstrap_intervals({"gap": fn}, list(u), y, reps).get("gap")
         out[key] = {"groups": groups, "gap": gap}
     return out

@@ -163,12 +163,82 @@ def _subgroups(m: dict[str, Any]) -> str:
                     f"{_fmt(groups[gap['worst']]['balanced_accuracy'], 3)} vs "
                     f"{html.escape(str(gap['best']))} "
                     f"{_fmt(groups[gap['best']]['balanced_accuracy'], 3)}: "
-                    f"<b>{_fmt(gap['difference'], 3)}</b> balanced accuracy (groups of at "
+                    f"<b>{_fmt(gap['difference'], 3)}</b>"
+                    + (f" [95% {gap['interval'][0]:.3f}, {gap['interval'][1]:.3f}]"
+                       if gap.get("interval") else "")
+                    + " balanced accuracy (groups of at "
                     "least 10 images).</p>" if gap else "")
         out += f"<h3>{html.escape(key)}</h3>" + _table(
             [key, "support", "accuracy", "balanced acc. [95%]", "malignant",
              "malignant sens. [95%]", "malignant spec. [95%]"], rows) + gap_html
     return out or '<p class="note">No subgroup metadata in this dataset.</p>'
+
+
+def _data_section(m: dict[str, Any], classes: list[str]) -> str:
+    """Class counts per split, the leak check and pictures under two labels."""
+    split = m.get("split", {})
+    counts = split.get("counts", {})
+    rows = [[c] + [counts.get(sp, {}).get(c, 0) for sp in ("train", "val", "test")]
+            for c in classes]
+    leak = split.get("group_overlap", 0) or split.get("duplicate_overlap", 0)
+    leak_html = (f'<p class="warn">This split leaks: {split.get("group_overlap")} group(s) and '
+                 f'{split.get("duplicate_overlap")} identical file(s) cross splits; test '
+                 "results are optimistic.</p>" if leak else
+                 '<p class="note">Leak check: no lesion/group and no byte-identical file is in '
+                 "more than one split.</p>")
+    conflicts = split.get("label_conflicts") or {}
+    conflict_html = ""
+    if conflicts.get("groups"):
+        fate = ("left out of training and evaluation" if conflicts.get("policy") == "drop"
+                else "kept: the model was trained on contradictory labels")
+        conflict_html = (f'<p class="warn">{conflicts["groups"]} picture(s) appear under '
+                         f'different labels ({conflicts["files"]} files); {fate} '
+                         f'(data.conflicts={html.escape(str(conflicts.get("policy")))}; listed '
+                         "in skipped_inputs.json).</p>")
+    return f"""
+<p class="note">Split: {html.escape(str(split.get('origin', '')))}</p>
+{_table(['class', 'train', 'val', 'test'], rows)}{leak_html}{conflict_html}"""
+
+
+def _malignant_section(m: dict[str, Any]) -> str:
+    """The malignant operating point on test, with its intervals."""
+    mal = m.get("malignant")
+    if mal:
+        mi = mal.get("intervals") or {}
+        op_rows = [["sensitivity", _ci({"v": mal["sensitivity"],
+                                        "intervals": {"v": mi.get("sensitivity")}}, "v")],
+                   ["specificity", _ci({"v": mal["specificity"],
+                                        "intervals": {"v": mi.get("specificity")}}, "v")],
+                   ["AUC of the malignant score", mal.get("auc")],
+                   ["true positives / false negatives", f"{mal['tp']} / {mal['fn']}"],
+                   ["true negatives / false positives", f"{mal['tn']} / {mal['fp']}"]]
+        mal_html = f"""
+<p>Flag "possibly malignant" when P({' + '.join(mal['classes'])}) &ge;
+<b>{_fmt(mal['threshold'], 3)}</b>, the threshold that reaches sensitivity
+{mal['target_sensitivity']:.2f} on validation.</p>
+{_table(['on test', 'value'], op_rows)}"""
+    else:
+        mal_html = '<p class="note">No malignant-suspect classes in this dataset.</p>'
+    return mal_html
+
+
+def _lesions_section(m: dict[str, Any]) -> str | None:
+    """The test lesions' measurements per true class (descriptive), or None without masks."""
+    lesions = m.get("lesion_measurements")
+    if not lesions:
+        return None
+    rows = [[c, g["n"], g["median_area_share"], g["median_asymmetry"],
+             g["median_compactness"], g["median_diameter_px"], g["mean_colours"]]
+            for c, g in lesions["per_class"].items()]
+    return f"""
+<p class="note">The lesion outlines of {lesions['measured']} of the {lesions['test_images']}
+test images (their masks, data.masks), measured on the photo and summarised per true class:
+median area share of the photo, asymmetry about the two principal axes (0 = mirror-symmetric),
+border compactness (1 = a disc), largest diameter in the photo's pixels, and the mean number
+of dermoscopic colours covering at least 5% of the lesion (ABCD rule, Stolz et al. 1994).
+They describe the outlines; they are not what the model uses and they diagnose nothing.</p>
+{_table(['class', 'n', 'area share', 'asymmetry', 'compactness', 'diameter px', 'colours'],
+        rows)}"""
 
 
 def build_report(run_dir: Path) -> str:
@@ -196,28 +266,7 @@ test split ({m.get('n')} images) with {_chosen(m)}. Brackets: 95% intervals over
 {html.escape(str(m.get('backbone')))} ({html.escape(str(m.get('weights_origin')))} weights),
 {m.get('image_size')} px.</p>"""))
 
-    split = m.get("split", {})
-    counts = split.get("counts", {})
-    rows = [[c] + [counts.get(sp, {}).get(c, 0) for sp in ("train", "val", "test")]
-            for c in classes]
-    leak = split.get("group_overlap", 0) or split.get("duplicate_overlap", 0)
-    leak_html = (f'<p class="warn">This split leaks: {split.get("group_overlap")} group(s) and '
-                 f'{split.get("duplicate_overlap")} identical file(s) cross splits; test '
-                 "results are optimistic.</p>" if leak else
-                 '<p class="note">Leak check: no lesion/group and no byte-identical file is in '
-                 "more than one split.</p>")
-    conflicts = split.get("label_conflicts") or {}
-    conflict_html = ""
-    if conflicts.get("groups"):
-        fate = ("left out of training and evaluation" if conflicts.get("policy") == "drop"
-                else "kept: the model was trained on contradictory labels")
-        conflict_html = (f'<p class="warn">{conflicts["groups"]} picture(s) appear under '
-                         f'different labels ({conflicts["files"]} files); {fate} '
-                         f'(data.conflicts={html.escape(str(conflicts.get("policy")))}; listed '
-                         "in skipped_inputs.json).</p>")
-    sections.append(("data", "Data", f"""
-<p class="note">Split: {html.escape(str(split.get('origin', '')))}</p>
-{_table(['class', 'train', 'val', 'test'], rows)}{leak_html}{conflict_html}"""))
+    sections.append(("data", "Data", _data_section(m, classes)))
 
     sections.append(("curves", "Training curves", _curves(paths, m, hist)))
 
@@ -251,42 +300,12 @@ first column is the network's plain softmax(z) on the test split's own class sha
 {t_warn}{_table(['on test', "network's softmax", 'served'], cal_rows)}
 {_img(plots / 'reliability.png', 'reliability diagram')}"""))
 
-    mal = m.get("malignant")
-    if mal:
-        mi = mal.get("intervals") or {}
-        op_rows = [["sensitivity", _ci({"v": mal["sensitivity"],
-                                        "intervals": {"v": mi.get("sensitivity")}}, "v")],
-                   ["specificity", _ci({"v": mal["specificity"],
-                                        "intervals": {"v": mi.get("specificity")}}, "v")],
-                   ["AUC of the malignant score", mal.get("auc")],
-                   ["true positives / false negatives", f"{mal['tp']} / {mal['fn']}"],
-                   ["true negatives / false positives", f"{mal['tn']} / {mal['fp']}"]]
-        mal_html = f"""
-<p>Flag "possibly malignant" when P({' + '.join(mal['classes'])}) &ge;
-<b>{_fmt(mal['threshold'], 3)}</b>, the threshold that reaches sensitivity
-{mal['target_sensitivity']:.2f} on validation.</p>
-{_table(['on test', 'value'], op_rows)}"""
-    else:
-        mal_html = '<p class="note">No malignant-suspect classes in this dataset.</p>'
-    sections.append(("malignant", "Malignant operating point", mal_html))
-
+    sections.append(("malignant", "Malignant operating point", _malignant_section(m)))
     sections.append(("subgroups", "Subgroups", _subgroups(m)))
 
-    lesions = m.get("lesion_measurements")
+    lesions = _lesions_section(m)
     if lesions:
-        pcm = lesions["per_class"]
-        rows = [[c, g["n"], g["median_area_share"], g["median_asymmetry"],
-                 g["median_compactness"], g["median_diameter_px"], g["mean_colours"]]
-                for c, g in pcm.items()]
-        sections.append(("lesions", "Lesion measurements (descriptive)", f"""
-<p class="note">The lesion outlines of {lesions['measured']} of the {lesions['test_images']}
-test images (their masks, data.masks), measured on the photo and summarised per true class:
-median area share of the photo, asymmetry about the two principal axes (0 = mirror-symmetric),
-border compactness (1 = a disc), largest diameter in the photo's pixels, and the mean number
-of dermoscopic colours covering at least 5% of the lesion (ABCD rule, Stolz et al. 1994).
-They describe the outlines; they are not what the model uses and they diagnose nothing.</p>
-{_table(['class', 'n', 'area share', 'asymmetry', 'compactness', 'diameter px', 'colours'],
-        rows)}"""))
+        sections.append(("lesions", "Lesion measurements (descriptive)", lesions))
 
     gal = m.get("gallery") or []
     gal_html = (_img(plots / "misclassified_gradcam.png", "misclassified Grad-CAM gallery")
