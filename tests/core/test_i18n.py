@@ -48,8 +48,9 @@ def test_the_page_and_the_service_use_only_keys_that_exist() -> None:
     used |= {f"page.colour_{c}" for c in DERMOSCOPIC_COLOURS}  # the page shows each by name
     assert used <= set(catalogue()), used - set(catalogue())
     serve = resources.files("dermalab.serve")
-    service = "".join(serve.joinpath(f).read_text("utf-8") for f in ("service.py",
-                                                                       "routers.py"))
+    routers = serve.joinpath("routers")
+    service = serve.joinpath("service.py").read_text("utf-8") + "".join(
+        f.read_text("utf-8") for f in routers.iterdir() if f.name.endswith(".py"))
     keys = set(re.findall(r'"((?:verdict|referral|upload|condition|spot|clinics)\.[\w.\-]+)"',
                           service))
     keys |= {f"referral.{r}" for r in ("urgent", "routine", "self-care", "not_skin",

@@ -157,6 +157,24 @@ def test_sign_in_errors_and_rate_limit(skin_run: Path, app_dir: Path) -> None:
                                                "password": "long enough"}).status_code == 429
 
 
+def test_account_errors_speak_the_page_language(client: TestClient) -> None:
+    """Walk-through defect 6: a Korean page got English account errors."""
+    ko = {"Accept-Language": "ko-KR,ko;q=0.9"}
+    creds = {"email": "ko@example.org", "password": "a long password"}
+    assert client.post("/v1/auth/signup", json=creds).status_code == 201
+    client.cookies.clear()
+    taken = client.post("/v1/auth/signup", json=creds, headers=ko)
+    assert taken.status_code == 409 and "이미 있습니다" in taken.json()["detail"]
+    wrong = client.post("/v1/auth/signin", json={**creds, "password": "wrong password"},
+                        headers=ko)
+    assert wrong.status_code == 401 and "비밀번호가 틀렸습니다" in wrong.json()["detail"]
+    short = client.post("/v1/auth/signup", json={"email": "k2@example.org", "password": "x"},
+                        headers=ko)
+    assert short.status_code == 422 and "8자 이상" in short.json()["detail"]
+    english = client.post("/v1/auth/signin", json={**creds, "password": "wrong password"})
+    assert english.json()["detail"] == "wrong email or password"
+
+
 def test_upload_rate_limit(skin_run: Path, app_dir: Path) -> None:
     with TestClient(create_app(_settings(skin_run, app_dir, rate_upload="2/minute"))) as c:
         who = _signup(c, "fay@example.org")
@@ -382,7 +400,7 @@ def test_alembic_upgrades_a_database_of_the_version_before_accounts(tmp_path: Pa
     from sqlalchemy import inspect, text
 
     with engine.connect() as conn:
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0003"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0004"
         cols = {c["name"] for c in inspect(conn).get_columns("analyses")}
         assert "owner_id" in cols
         assert {"users", "auth_tokens", "spots"} <= set(inspect(conn).get_table_names())

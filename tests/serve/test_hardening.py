@@ -111,8 +111,10 @@ def test_passwords_are_not_blank_and_are_normalised(client: TestClient) -> None:
                                                 "password": composed}).status_code == 200
 
 
-def _signin_statuses(url: str, forwarded: list[str]) -> list[int]:
-    """Wrong-password sign-ins for other accounts, each claiming another client address."""
+def _signin_statuses(url: str, forwarded: list[str], email: str | None = None,
+                     password: str = "wrong password", path: str = "signin") -> list[int]:
+    """Sign-ins (for other accounts, or all for ``email``), each claiming another client
+    address."""
     import json
     import urllib.error
     import urllib.request
@@ -120,8 +122,8 @@ def _signin_statuses(url: str, forwarded: list[str]) -> list[int]:
     out = []
     for i, xff in enumerate(forwarded):
         req = urllib.request.Request(
-            url + "/v1/auth/signin", method="POST",
-            data=json.dumps({"email": f"user{i}@example.com", "password": "wrong password"}
+            url + f"/v1/auth/{path}", method="POST",
+            data=json.dumps({"email": email or f"user{i}@example.com", "password": password}
                             ).encode(),
             headers={"Content-Type": "application/json", "X-Forwarded-For": xff})
         try:
@@ -149,6 +151,27 @@ def test_a_forged_forwarded_for_does_not_escape_the_rate_limit(skin_run: Path,
                                      "--forwarded-allow-ips", "127.0.0.1")) as url:
         statuses = _signin_statuses(url, rotating)
     assert statuses == [401] * 5
+
+
+def test_wrong_passwords_from_other_addresses_do_not_lock_the_owner_out(
+        skin_run: Path, tmp_path: Path) -> None:
+    """Red-team finding C, behind a trusted proxy: ten wrong passwords for the victim's email
+    from rotating addresses; the victim, from their own address, still signs in. Failures
+    from all addresses together meet a separate, higher cap."""
+    from tests.webserver import dermalab_server
+
+    victim, password = "victim@example.com", "the victim's password"
+    attackers = [f"203.0.113.{i}" for i in range(1, 11)]
+    with dermalab_server(skin_run, tmp_path / "proxied",
+                         extra_args=("--rate-signin", "3/minute", "--rate-signin-failures",
+                                     "12/hour", "--forwarded-allow-ips", "127.0.0.1")) as url:
+        assert _signin_statuses(url, ["198.51.100.7"], victim, password, "signup") == [201]
+        assert _signin_statuses(url, attackers, victim) == [401] * 10
+        assert _signin_statuses(url, ["198.51.100.7"], victim, password) == [200]
+        # two more failures reach the cap over all addresses: then every address waits
+        assert _signin_statuses(url, ["203.0.113.50", "203.0.113.51", "203.0.113.52"],
+                                victim) == [401, 401, 429]
+        assert _signin_statuses(url, ["198.51.100.7"], victim, password) == [429]
 
 
 def test_an_upload_without_a_session_is_refused_before_its_body_is_read(

@@ -25,6 +25,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from dermalab.core.i18n import DEFAULT_LANGUAGE, t
 from dermalab.serve.store import AuthToken, User, now
 
 SESSION_DAYS = 30
@@ -33,11 +34,17 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 class AccountError(Exception):
-    """A sign-up or sign-in that cannot be done; ``status`` is the HTTP status to answer."""
+    """A sign-up or sign-in that cannot be done; ``status`` is the HTTP status to answer,
+    ``key`` and ``params`` the catalogue message (``detail`` is it in English)."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        self.status, self.detail = status, detail
-        super().__init__(detail)
+    def __init__(self, status: int, key: str, **params: Any) -> None:
+        self.status, self.key, self.params = status, key, params
+        self.detail = t(key, DEFAULT_LANGUAGE, **params)
+        super().__init__(self.detail)
+
+    def localized(self, lang: str) -> str:
+        """The message in ``lang``."""
+        return t(self.key, lang, **self.params)
 
 
 @dataclass(frozen=True)
@@ -110,15 +117,14 @@ class AccountStore:
         """
         email = normalise_email(email)
         if not valid_email(email):
-            raise AccountError(422, "enter a valid email address (in plain ASCII letters)")
+            raise AccountError(422, "account.bad_email")
         password = normalise_password(password)
         if len(password) < MIN_PASSWORD or not password.strip():
-            raise AccountError(422, f"the password needs at least {MIN_PASSWORD} characters, "
-                                    "not only spaces")
+            raise AccountError(422, "account.short_password", n=MIN_PASSWORD)
         hashed = self.hasher.hash(password)
         with self._write, Session(self.engine) as s, s.begin():
             if s.scalar(select(User.id).where(User.email == email)) is not None:
-                raise AccountError(409, "an account with this email already exists; sign in")
+                raise AccountError(409, "account.taken")
             uid = str(uuid.uuid4())
             s.add(User(id=uid, email=email, password_hash=hashed, anonymous=False,
                        created_at=now()))

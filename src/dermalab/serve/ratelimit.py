@@ -36,6 +36,22 @@ class RateLimits:
                 raise DermalabError(f"rate limit for {kind}: {rule!r} is not a rate such as "
                                     f"'10/minute' or '100/hour'") from None
 
+    def check(self, kind: str, *keys: str) -> None:
+        """429 if any key is already at its limit, without counting an event."""
+        item = self.items[kind]
+        for key in keys:
+            if not self.limiter.test(item, kind, key):
+                reset, _ = self.limiter.get_window_stats(item, kind, key)
+                wait = max(1, math.ceil(reset - time.time()))
+                raise HTTPException(429, f"too many {kind} attempts; try again in {wait} s",
+                                    headers={"Retry-After": str(wait)})
+
+    def count(self, kind: str, *keys: str) -> None:
+        """Count one event for every key, without refusing (see :meth:`check`)."""
+        item = self.items[kind]
+        for key in keys:
+            self.limiter.hit(item, kind, key)
+
     def hit(self, kind: str, *keys: str) -> None:
         """Count one event for every key; 429 if any key is over its limit."""
         item = self.items[kind]

@@ -76,7 +76,10 @@ class Analysis(Base):
     image_ref: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(Integer)
     result_json: Mapped[str] = mapped_column(Text)
-    owner_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    # The owner must exist (migration 0004): an upload racing its owner's deletion fails.
+    owner_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", name="fk_analyses_owner_id_users"), nullable=True,
+        index=True)
     spot_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
 
 
@@ -85,7 +88,9 @@ class Spot(Base):
 
     __tablename__ = "spots"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    owner_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    owner_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", name="fk_spots_owner_id_users"), nullable=True,
+        index=True)
     name: Mapped[str] = mapped_column(String(120))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -191,6 +196,14 @@ class ImageStore:
                       and not p.name.startswith("."))
 
 
+def _sqlite_foreign_keys(dbapi_conn: Any, _record: Any) -> None:
+    """SQLite checks foreign keys only when asked, per connection: an analysis or spot of a
+    deleted owner is then refused as on PostgreSQL."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
 def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
     """Write-ahead log with ``synchronous=NORMAL``: readers never wait for the writer, and a
     commit no longer waits for an fsync (4 of the service's 44 ms per upload); a killed
@@ -212,6 +225,8 @@ def make_engine(url: str) -> Any:
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_foreign_keys)
     if url.startswith("sqlite") and ":memory:" not in url and url not in ("sqlite://",
                                                                           "sqlite:///"):
         event.listen(engine, "connect", _sqlite_wal)
@@ -235,6 +250,11 @@ class HistoryStore:
         """Insert one analysis."""
         with self._write, Session(self.engine) as s, s.begin():
             s.add(row)
+
+    def exists(self, analysis_id: str) -> bool:
+        """Whether the analysis ``analysis_id`` is stored (whoever owns it)."""
+        with self.sessions() as s:
+            return s.get(Analysis, analysis_id) is not None
 
     def get(self, analysis_id: str, owner: Owner) -> Analysis | None:
         """One of ``owner``'s analyses, or ``None`` (also for another owner's id)."""
@@ -346,8 +366,9 @@ class HistoryStore:
         """Delete and return analyses created before ``before`` whose photo is not in
         ``photos`` (an upload that crashed between the row and the photo)."""
         with self._write, Session(self.engine) as s, s.begin():
+            # an empty key is an analysis whose photo was never to be kept (not skin)
             rows = [r for r in s.scalars(select(Analysis).where(Analysis.created_at < before))
-                    if r.image_ref not in photos]
+                    if r.image_ref and r.image_ref not in photos]
             if rows:
                 s.execute(delete(Analysis).where(Analysis.id.in_([r.id for r in rows])))
             return rows
@@ -355,7 +376,7 @@ class HistoryStore:
     def image_refs(self) -> set[str]:
         """Every photo key the history refers to (the orphan sweep)."""
         with self.sessions() as s:
-            return set(s.scalars(select(Analysis.image_ref)).all())
+            return set(s.scalars(select(Analysis.image_ref)).all()) - {""}
 
 
 def now() -> datetime:

@@ -9,9 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 FIRST = "0001"
+#: The PostgreSQL advisory lock held while migrating (any constant unique to this app):
+#: workers started together migrate one after the other, the later ones finding it done.
+MIGRATION_LOCK = 0x6465726D  # "derm"
 
 
 def upgrade(engine: Any, revision: str = "head") -> None:
@@ -22,6 +25,8 @@ def upgrade(engine: Any, revision: str = "head") -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # held to the end of this transaction
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         tables = set(inspect(conn).get_table_names())
         if "analyses" in tables and "alembic_version" not in tables:

@@ -1,0 +1,48 @@
+"""The web page itself: the HTML, its service worker and its manifest."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, Response
+
+from dermalab.serve.dependencies import (
+    Service,
+)
+from dermalab.serve.routers._common import (
+    REVALIDATE,
+)
+
+page = APIRouter(include_in_schema=False)
+
+
+_STATIC = resources.files("dermalab.serve").joinpath("static")
+_PAGE = _STATIC.joinpath("index.html").read_text("utf-8")
+
+
+@page.get("/", response_class=HTMLResponse)
+def index() -> str:
+    return _PAGE
+
+
+@page.get("/sw.js")
+def service_worker(svc: Service) -> Response:
+    """The service worker, at the root so its scope is the whole page (offline use). Its
+    cache is named after the ONNX Runtime Web version served, so an upgrade replaces it."""
+    text = (
+        _STATIC.joinpath("sw.js")
+        .read_text("utf-8")
+        .replace('"dermalab-ort-unknown"', f'"dermalab-ort-{svc.ort_version or "none"}"', 1)
+    )
+    return Response(text, media_type="text/javascript", headers=REVALIDATE)
+
+
+@page.get("/manifest.webmanifest")
+def web_manifest() -> Response:
+    """The web app manifest: the page installs to a phone's home screen."""
+    return Response(
+        _STATIC.joinpath("manifest.webmanifest").read_bytes(),
+        media_type="application/manifest+json",
+        headers=REVALIDATE,
+    )
