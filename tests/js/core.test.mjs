@@ -6,6 +6,7 @@ import {test} from "node:test";
 
 import {
   camFromFeatureMap, chooseType, colourStatistics, decide, fill, fuseMetadata, localize,
+  unservedType,
   mahalanobisScore, metadataGiven, normalize, percent, prepareMahalanobis, resizeForModel,
   routeProbabilities, routerInput, servedProbabilities, softmax,
 } from "../../src/dermalab/serve/static/ondevice/core.js";
@@ -132,6 +133,8 @@ test("the router's probabilities match predict_proba", () => {
 test("the served type and the not-skin rule match routed_type and is_not_skin", () => {
   for (const c of C.router.choose) {
     assert.deepEqual(chooseType(c.served, c.probabilities, null), [c.expected, "router"]);
+    assert.equal(unservedType(c.served, c.probabilities, "router"), c.unserved);
+    assert.equal(unservedType(c.served, c.probabilities, "user"), null);
     assert.deepEqual(chooseType(c.served, c.probabilities, c.served.at(-1)),
                      [c.served.at(-1), "user"]);
   }

@@ -173,9 +173,17 @@ def test_concurrent_requests(client: TestClient, skin_run: Path) -> None:
     assert codes == [201] * 8
 
 
-def test_model_card_health_and_openapi(client: TestClient) -> None:
+def test_model_card_health_and_openapi(client: TestClient, skin_run: Path) -> None:
     card = client.get("/v1/model").json()
     assert set(card["classes"]) == {"bcc", "bkl", "mel", "nv"}
+    # how it does per skin type, as the run measured it (estimated from healthy skin here)
+    sub = json.loads((skin_run / "metrics.json").read_text())["subgroups"]
+    est = card["skin_types"]["skin_type_estimated"]
+    assert est["gap"] == sub["skin_type_estimated"]["gap"]
+    for name, g in sub["skin_type_estimated"]["groups"].items():
+        assert est["groups"][name]["balanced_accuracy"] == g["balanced_accuracy"]
+        assert est["groups"][name]["balanced_accuracy_interval"] == \
+            g["intervals"]["balanced_accuracy"]
     assert "not a diagnosis" in card["disclaimer"] and card["limitations"]
     assert client.get("/healthz").json()["status"] == "ok"
     spec = client.app.openapi()  # /openapi.json is served with --docs only
@@ -184,6 +192,28 @@ def test_model_card_health_and_openapi(client: TestClient) -> None:
     assert "/v1/analyses/{analysis_id}" in spec["paths"]
     page = client.get("/")
     assert page.status_code == 200 and "Not a diagnosis" in page.text
+
+
+def test_a_blurred_photo_is_answered_with_advice_to_retake_it(client: TestClient,
+                                                               skin_run: Path) -> None:
+    import io
+
+    from PIL import Image, ImageFilter
+
+    from tests.conftest import HAM_DIR
+
+    photo = sorted((HAM_DIR / "images").glob("ISIC_00244*.jpg"))[0]
+    sharp = client.post("/v1/analyses", files={"file": (photo.name, photo.read_bytes())})
+    assert sharp.status_code == 201 and sharp.json()["quality"]["issues"] == []
+    assert sharp.json()["quality"]["text"] == ""
+    buf = io.BytesIO()
+    Image.open(photo).filter(ImageFilter.GaussianBlur(3)).save(buf, "JPEG", quality=92)
+    blurred = client.post("/v1/analyses", files={"file": ("b.jpg", buf.getvalue())})
+    body = blurred.json()
+    assert blurred.status_code == 201 and body["quality"]["issues"] == ["blurred"]
+    assert "blurred" in body["quality"]["text"] and body["conditions"]  # advice, not refusal
+    ko = client.get(f"/v1/analyses/{body['id']}", params={"lang": "ko"}).json()
+    assert "흐릿해" in ko["quality"]["text"]
 
 
 def test_serving_thresholds_were_fitted_on_validation(skin_run: Path) -> None:
@@ -239,7 +269,7 @@ def test_history_in_postgresql(skin_run: Path, tmp_path: Path) -> None:
             assert conn.execute(text("select count(*) from analyses")).scalar() == 3
             assert conn.execute(text("select count(*) from users")).scalar() == 2
             assert conn.execute(text("select version_num from alembic_version")).scalar() \
-                == "0003"
+                == "0004"
 
 
 def test_colour_detector_flags_page_and_saturated_images(skin_run: Path) -> None:

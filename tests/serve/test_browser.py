@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from tests.conftest import HAM_DIR
 from tests.webserver import dermalab_server
@@ -164,6 +165,59 @@ def test_sign_up_analyse_sign_out_and_it_is_gone(server: str, skin_run: Path) ->
         assert page.locator("#spot-view").is_hidden()
         browser.close()
     assert not [e for e in errors if "Content Security Policy" in e], errors
+
+
+def test_the_page_works_by_keyboard_and_keeps_each_photo_apart(server: str, skin_run: Path,
+                                                             tmp_path: Path) -> None:
+    """Defects 3, 4, 7, 8 and 11 of the page walk-through (issue 51), on a phone: the photo
+    picker is reached by Tab; a first visitor is not offered "delete my account"; inputs are
+    at least 16 px (no zoom on focus) and 44 px tall; the result is brought into view; the
+    spot name does not stick to the next photo; a file that is not a photo is said at once,
+    with Analyse disabled and the previous result gone."""
+    sync_api = _playwright()
+
+    photo = HAM_DIR / "images" / f"{_test_id(skin_run, 3)}.jpg"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True)
+        page.goto(server)
+        sync_api.expect(page.locator("#account-status")).to_contain_text("private to this device")
+        assert page.locator("#delete-account").is_hidden()
+        assert page.locator("#export").is_hidden()
+        page.focus("#lang")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "file"
+        for sel in ("#email", "#password", "#spot", "#lang"):
+            size, height = page.eval_on_selector(
+                sel, "e => [parseFloat(getComputedStyle(e).fontSize), "
+                     "e.getBoundingClientRect().height]")
+            assert size >= 16 and height >= 44, (sel, size, height)
+        page.set_input_files("#file", str(photo))
+        page.fill("#spot", "left shoulder mole")
+        page.click("#analyse")
+        page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        page.wait_for_function("() => Math.abs(document.querySelector('#result')"
+                               ".getBoundingClientRect().top) < 80")
+        assert page.evaluate("document.activeElement.id") == "verdict"
+        assert page.input_value("#spot") == ""
+        assert page.locator("#delete-account").is_visible()  # now there is something to delete
+        # Defect 9: the heat-map is an optional view of the photo, in the photo's shape.
+        assert page.locator("#heatmap").is_hidden() and page.locator("#photo").is_visible()
+        page.click("#heat-toggle")
+        assert page.locator("#heatmap").is_visible() and page.locator("#photo").is_hidden()
+        assert page.get_attribute("#heat-toggle", "aria-pressed") == "true"
+        shown = page.eval_on_selector("#heatmap", "i => i.getBoundingClientRect().width / "
+                                                  "i.getBoundingClientRect().height")
+        w, h = Image.open(photo).size
+        assert abs(shown - w / h) < 0.02 * (w / h), (shown, w / h)
+        page.set_input_files("#file", str(notes))
+        sync_api.expect(page.locator("#status .error")).to_contain_text("notes.txt is not a photo")
+        assert page.locator("#analyse").is_disabled()
+        assert page.locator("#result").is_hidden()
+        assert page.locator("#preview").is_hidden()
+        browser.close()
 
 
 def test_find_a_dermatologist_near_me(server: str, skin_run: Path) -> None:

@@ -49,16 +49,20 @@ def test_the_example_directory_loads_and_says_it_is_an_example() -> None:
 
 def test_nearest_and_urgent_first(tmp_path: Path) -> None:
     p = tmp_path / "c.csv"
-    p.write_text("name,address,city,latitude,longitude,urgent,specialties\n"
-                 "Near,1 A St,São Paulo,0.0,0.01,no,acne;eczema\n"
-                 "Far urgent,2 B St,Elsewhere,0.0,1.0,yes,\n"
-                 "Mid,3 C St,São Paulo,0.0,0.5,false,\n")
+    p.write_text("name,address,city,latitude,longitude,urgent,specialties,city_names\n"
+                 "Near,1 A St,São Paulo,0.0,0.01,no,acne;eczema,상파울루\n"
+                 "Far urgent,2 B St,Elsewhere,0.0,1.0,yes,,\n"
+                 "Mid urgent,3 C St,São Paulo,0.0,0.3,true,,\n")
     d = load_directory(p)
-    assert [c.name for c, _ in d.nearest(0, 0)] == ["Near", "Mid", "Far urgent"]
-    assert [c.name for c, _ in d.nearest(0, 0, urgent=True)] == ["Far urgent", "Near", "Mid"]
+    assert [c.name for c, _ in d.nearest(0, 0)] == ["Near", "Mid urgent", "Far urgent"]
+    # urgent clinics first within 50 km (Mid, 33 km); one 111 km away waits its turn by
+    # distance behind a clinic next door
+    assert [c.name for c, _ in d.nearest(0, 0, urgent=True)] == ["Mid urgent", "Near",
+                                                                 "Far urgent"]
+    assert d.city_centre("상파울루") == pytest.approx((0.0, 0.01))
     assert [c.name for c, _ in d.nearest(0, 0, limit=1)] == ["Near"]
     assert d.clinics[0].specialties == ("acne", "eczema")
-    assert d.city_centre("  sao   PAULO ") == pytest.approx((0.0, 0.255))
+    assert d.city_centre("  sao   PAULO ") == pytest.approx((0.0, 0.155))
     assert d.city_centre("Nowhere") is None
 
 
@@ -74,6 +78,20 @@ def test_bad_entries_are_named(tmp_path: Path, csv_row: str, says: str) -> None:
                  f"{csv_row}\n")
     with pytest.raises(DermalabError, match=f"c.csv, row 3: .*{says}"):
         load_directory(p)
+
+
+def test_korean_city_names_and_a_far_urgent_clinic_in_the_example(tmp_path: Path) -> None:
+    """Walk-through defect 5: 서울 and 부산 find their clinics; an urgent search typed as
+    Seoul lists Seoul's clinics before Busan's urgent one, 321 km away."""
+    from dermalab.serve.clinics import haversine_km
+
+    d = load_directory(EXAMPLE)
+    assert d.city_centre("서울") == d.city_centre("Seoul") is not None
+    assert d.city_centre("부산") == d.city_centre("busan") is not None
+    ranked = [(c.city, round(km)) for c, km in d.nearest(*d.city_centre("서울"), urgent=True)]
+    assert [city for city, _ in ranked[:2]] == ["Seoul", "Seoul"]
+    busan = next(c for c in d.clinics if c.city == "Busan")
+    assert haversine_km(*d.city_centre("Seoul"), busan.latitude, busan.longitude) > 300
 
 
 def test_bad_files_are_named(tmp_path: Path) -> None:
@@ -101,9 +119,11 @@ def test_the_clinic_api(skin_run: Path, tmp_path: Path) -> None:
         assert names[0].startswith("EXAMPLE Dermatology Department C")
         assert near_busan["items"][0]["distance_km"] < 12
         assert near_busan["items"][0]["distance_km"] < near_busan["items"][1]["distance_km"]
-        # From the centre of Seoul's clinics, the urgent one first for an urgent referral.
+        # From the centre of Seoul's clinics, the urgent one first for an urgent referral; the
+        # urgent one in Busan, 321 km away, after the Seoul clinic next door.
         urgent = c.get("/v1/clinics", params={"city": "seoul", "urgency": "urgent"}).json()
-        assert [i["urgent"] for i in urgent["items"]] == [True, True, False]
+        assert [(i["urgent"], i["city"]) for i in urgent["items"]] == [
+            (True, "Seoul"), (False, "Seoul"), (True, "Busan")]
         assert urgent["items"][0]["city"] == "Seoul"
         r = c.get("/v1/clinics", params={"city": "Atlantis"})
         assert r.status_code == 404 and "Atlantis" in r.json()["detail"]

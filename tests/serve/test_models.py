@@ -86,6 +86,32 @@ def test_each_photo_type_is_answered_by_its_own_model(client: TestClient, skin_r
     assert body["conditions"][0]["class_name"] in ("mel", "nv", "bkl", "bcc")
 
 
+def test_a_phone_photo_to_the_dermoscopy_model_alone_is_not_sure_and_says_why(
+        skin_run: Path, router_dir: Path, tmp_path: Path) -> None:
+    """Only the dermoscopy model served, with the router: a phone photo is not answered as if
+    that model knew such photos (issue 50); the person's own word still chooses it."""
+    settings = ServeSettings(run_dir=str(skin_run), router=str(router_dir),
+                             database_url=f"sqlite:///{tmp_path / 'h.db'}",
+                             image_store=str(tmp_path / "uploads"),
+                             max_upload_bytes=4 * 1024 * 1024)
+    with TestClient(create_app(settings)) as c:
+        session = c.post("/v1/auth/anonymous", headers={"X-Requested-With": "dermalab"}).json()
+        c.headers["Authorization"] = f"Bearer {session['token']}"
+        photo = dermnet_photos("Psoriasis")[60]
+        body = _post(c, photo.name, photo.read_bytes())
+        assert body["routing"]["unserved"] == "clinical"
+        assert body["model"]["image_type"] == "dermoscopic"
+        assert body["verdict"] == "uncertain" and body["conditions"]
+        assert "not trained on such photos" in body["routing"]["text"]
+        ko = c.get(f"/v1/analyses/{body['id']}", params={"lang": "ko"}).json()
+        assert "학습하지 않아" in ko["routing"]["text"]
+        told = _post(c, photo.name, photo.read_bytes(), image_type="dermoscopic")
+        assert told["routing"].get("unserved") is None
+        assert "as you said" in told["routing"]["text"]
+        ham = _ham_test_image(skin_run)
+        assert _post(c, ham.name, ham.read_bytes())["routing"].get("unserved") is None
+
+
 def test_the_users_word_chooses_the_model(client: TestClient, skin_run: Path) -> None:
     photo = dermnet_photos("Psoriasis")[61]
     body = _post(client, photo.name, photo.read_bytes(), image_type="dermoscopic")
@@ -105,9 +131,13 @@ def test_the_users_word_chooses_the_model(client: TestClient, skin_run: Path) ->
 ])
 def test_photos_that_are_not_skin_are_flagged(client: TestClient, pixels: object) -> None:
     """Held-out non-skin photos: none of these sources was used to fit the router."""
-    body = _post(client, "x.jpg", _jpeg(pixels()))  # type: ignore[operator]
+    body = _post(client, "x.jpg", _jpeg(pixels()), spot="left arm")  # type: ignore[operator]
     assert body["verdict"] == "not_skin", body["routing"]
     assert body["conditions"] == [] and body["heatmap_png"] is None
+    # not kept (it may be anything personal), nor filed under the spot it was sent with
+    assert body["photo_kept"] is False and body["spot"] is None
+    assert client.get(f"/v1/analyses/{body['id']}/photo").status_code == 404
+    assert client.get(f"/v1/analyses/{body['id']}").json()["verdict"] == "not_skin"
 
 
 def test_age_sex_and_site_are_weighed_by_the_model_that_knows_them(

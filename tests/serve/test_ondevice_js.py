@@ -22,7 +22,14 @@ from dermalab.data.images import normalize_batch, resize_rgb
 from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
 from dermalab.deploy.router import predict_proba, router_input
 from dermalab.evaluate.explain import cam_from_feature_map
-from dermalab.serve.service import decide, is_not_skin, percent, routed_type, wording
+from dermalab.serve.service import (
+    decide,
+    is_not_skin,
+    percent,
+    routed_type,
+    unserved_type,
+    wording,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -152,7 +159,10 @@ def _router_cases(rng: np.random.Generator) -> dict:
         pd = dict(zip(types, map(float, p), strict=True))
         for served in (["dermoscopic", "clinical"], ["clinical", "dermoscopic"], ["clinical"]):
             choose.append({"served": served, "probabilities": pd,
-                           "expected": routed_type(served, pd)})
+                           "expected": routed_type(served, pd),
+                           "unserved": unserved_type(served, pd, "router")})
+    # both answers occur: a type no served model knows, and none
+    assert {c["unserved"] is None for c in choose} == {True, False}
     rules = [{"routed": r, "detectors": dt, "model_detectors": md,
               "expected": is_not_skin(r, dt, md)}
              for r in (None, False, True) for dt in (False, True) for md in (False, True)]

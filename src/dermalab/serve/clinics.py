@@ -5,8 +5,9 @@ distance; for an urgent referral, those that accept urgent referrals first.
 The directory is a CSV or YAML file (see ``examples/clinics.example.yaml``) with, per clinic:
 ``name``, ``address``, ``city``, ``latitude``, ``longitude`` (required), ``phone``,
 ``website``, ``specialties`` (a list, or ``;``-separated in CSV), ``urgent`` (accepts urgent
-referrals: true/false) and ``hours`` (optional). dermalab ships no directory: it never invents
-a clinic.
+referrals: true/false), ``hours`` and ``city_names`` (the city's name in other languages or
+spellings, e.g. ``[서울]`` for Seoul, so a person can type it as they know it) (optional).
+dermalab ships no directory: it never invents a clinic.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import yaml
 from dermalab.core.errors import DermalabError
 from dermalab.serve.schemas import Clinic
 
+#: For an urgent referral, clinics that accept urgent referrals come first only within this
+#: distance: an urgent clinic in another city is no help before a dermatologist next door.
+URGENT_RADIUS_KM = 50.0
 EARTH_RADIUS_KM = 6371.0088  # the IUGG mean radius R1 = (2a + b) / 3 of the WGS-84 ellipsoid
 REQUIRED = ("name", "address", "city", "latitude", "longitude")
 TRUE = {"true", "yes", "1", "y"}
@@ -72,9 +76,10 @@ def _clinic(raw: dict[str, Any], where: str) -> Clinic:
         if word not in TRUE | FALSE:
             raise DermalabError(f"{where}: urgent must be true or false, got {urgent!r}")
         urgent = word in TRUE
-    spec = raw.get("specialties") or ()
-    specialties = tuple(s.strip() for s in (spec.split(";") if isinstance(spec, str) else spec)
-                        if str(s).strip())
+    def items(key: str) -> tuple[str, ...]:
+        value = raw.get(key) or ()
+        return tuple(str(s).strip() for s in (value.split(";") if isinstance(value, str)
+                                              else value) if str(s).strip())
 
     def text(key: str) -> str | None:
         value = raw.get(key)
@@ -82,8 +87,9 @@ def _clinic(raw: dict[str, Any], where: str) -> Clinic:
 
     return Clinic(name=str(raw["name"]).strip(), address=str(raw["address"]).strip(),
                   city=str(raw["city"]).strip(), latitude=lat, longitude=lon,
-                  phone=text("phone"), website=text("website"), specialties=specialties,
-                  urgent=bool(urgent), hours=text("hours"))
+                  phone=text("phone"), website=text("website"),
+                  specialties=items("specialties"), urgent=bool(urgent), hours=text("hours"),
+                  city_names=items("city_names"))
 
 
 def load_directory(path: str | Path) -> ClinicDirectory:
@@ -127,12 +133,13 @@ class ClinicDirectory:
         self.clinics, self.source = clinics, source
         by_city: dict[str, list[Clinic]] = {}
         for c in clinics:
-            by_city.setdefault(city_key(c.city), []).append(c)
+            for name in {city_key(n) for n in (c.city, *c.city_names)}:
+                by_city.setdefault(name, []).append(c)
         self._by_city = by_city
 
     def cities(self) -> list[str]:
         """Every city with a clinic (as first written in the directory), sorted."""
-        return sorted({v[0].city for v in self._by_city.values()}, key=city_key)
+        return sorted({c.city for c in self.clinics}, key=city_key)
 
     def city_centre(self, city: str) -> tuple[float, float] | None:
         """The mean position of ``city``'s clinics (a typed city stands for its clinics'
@@ -146,8 +153,9 @@ class ClinicDirectory:
     def nearest(self, lat: float, lon: float, urgent: bool = False, limit: int = 5
                 ) -> list[tuple[Clinic, float]]:
         """The ``limit`` nearest clinics with their distance in km; with ``urgent``, the ones
-        that accept urgent referrals come first (each group nearest first)."""
+        that accept urgent referrals within ``URGENT_RADIUS_KM`` come first (each group
+        nearest first): farther away, distance alone orders them."""
         scored = [(c, haversine_km(lat, lon, c.latitude, c.longitude)) for c in self.clinics]
-        scored.sort(key=lambda cd: ((not cd[0].urgent) if urgent else False, cd[1],
-                                    cd[0].name))
+        scored.sort(key=lambda cd: (not (urgent and cd[0].urgent and cd[1] <= URGENT_RADIUS_KM),
+                                    cd[1], cd[0].name))
         return scored[:limit]

@@ -172,6 +172,27 @@ class ServedModel:
                                "under them, and 'not sure' is said below a top probability "
                                f"of {d.uncertain_threshold:.0%}."}
 
+    def skin_type_card(self) -> dict[str, Any]:
+        """Balanced accuracy and malignant sensitivity per skin-type group (``skin_type``:
+        labelled Fitzpatrick types; ``skin_type_estimated``: from each photo's healthy skin),
+        each with its 95% interval, and the gap between the worst and best group."""
+        out: dict[str, Any] = {}
+        for key in ("skin_type", "skin_type_estimated"):
+            block = (self.metrics.get("subgroups") or {}).get(key)
+            if not block:
+                continue
+            out[key] = {
+                "groups": {g: {"support": v["support"],
+                               "balanced_accuracy": v.get("balanced_accuracy"),
+                               "balanced_accuracy_interval":
+                                   (v.get("intervals") or {}).get("balanced_accuracy"),
+                               "malignant_sensitivity": v.get("malignant_sensitivity"),
+                               "malignant_sensitivity_interval":
+                                   (v.get("intervals") or {}).get("malignant_sensitivity")}
+                           for g, v in block.get("groups", {}).items()},
+                "gap": block.get("gap")}
+        return out
+
     def card(self) -> dict[str, Any]:
         """The model card."""
         m = self.metrics
@@ -179,9 +200,10 @@ class ServedModel:
         photos = {"dermoscopic": "Trained on dermoscopic images (close-ups through a "
                                  "dermatoscope, HAM10000-style); ordinary phone photos of skin "
                                  "differ and results on them are less reliable.",
-                  "clinical": "Trained on clinical photos (DermNet NZ: ordinary camera photos "
-                              "of skin conditions, mostly light skin, taken by clinicians); "
-                              "dermatoscope images and dark skin tones are under-represented."}
+                  "clinical": "Trained on clinical photos (ordinary camera photos of skin "
+                              "conditions from dermatology atlases, taken by clinicians); "
+                              "dermatoscope images and dark skin tones are under-represented "
+                              "(see skin_types for the results per skin type)."}
         return {
             "name": self.name,
             "image_type": self.image_type,
@@ -200,6 +222,9 @@ class ServedModel:
                                          "roc_auc_macro")},
             "calibration": {k: m.get(k) for k in ("temperature", "ece_before", "ece_after")},
             "decision": self.decision_card(),
+            # the served answer per Fitzpatrick skin-type group on test (labelled types, and
+            # types estimated from healthy skin), with intervals and the worst-to-best gap
+            "skin_types": self.skin_type_card(),
             "malignant_operating_point": ({k: mal.get(k) for k in
                                            ("threshold", "sensitivity", "specificity",
                                             "intervals")}

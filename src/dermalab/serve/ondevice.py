@@ -37,7 +37,8 @@ from dermalab.serve.models import ServedModel
 #: The files of onnxruntime-web the page loads (the WASM build, threaded and SIMD).
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 #: Message keys the on-device answer is worded with.
-MESSAGE_PREFIXES = ("verdict.", "referral.", "disclaimer", "condition.no_", "routing.", "model.")
+MESSAGE_PREFIXES = ("verdict.", "referral.", "disclaimer", "condition.no_", "routing.", "model.",
+                    "image_type.")
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 

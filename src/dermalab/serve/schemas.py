@@ -72,6 +72,10 @@ class Routing(BaseModel):
                     "type was given with the upload; 'single': only one model is served.")
     probabilities: dict[str, float] | None = Field(
         description="The router's probability of each image type; null without a router.")
+    unserved: Literal["dermoscopic", "clinical"] | None = Field(
+        None, description="The kind of skin photo the router found when no served model was "
+                          "trained on it (e.g. a phone photo with only the dermoscopy model): "
+                          "the answer is then 'uncertain'. Null otherwise.")
     text: str = Field(description="Which model answered and why, in plain words.")
 
 
@@ -120,6 +124,15 @@ class AnalysisOut(BaseModel):
     language: str = Field(default=DEFAULT_LANGUAGE, description="Language of the plain-language "
                           "fields: from the request's Accept-Language header or its 'lang' "
                           "parameter (en, ko); English when neither names a supported one.")
+    quality: dict[str, Any] | None = Field(
+        default=None, description="Checks of the photo itself (dermalab.data.photo_quality): "
+                                  "'issues' (blurred, dark, bright, glare; empty when fine), "
+                                  "the measures behind them, and 'text', what to do, in the "
+                                  "answer's language. Advice only: the analysis is given "
+                                  "either way.")
+    photo_kept: bool = Field(default=True, description="Whether the photo is stored with the "
+                             "analysis: not for a photo found not to be of skin (it may be "
+                             "anything personal), which is also never filed under a spot.")
 
 
 class Messages(BaseModel):
@@ -173,6 +186,11 @@ class ModelCard(ModelRef):
         default=None, description="The served rule: the class shares its probabilities assume.")
     malignant_operating_point: dict[str, Any] | None = Field(
         description="Threshold, sensitivity and specificity on test, with 95% intervals.")
+    skin_types: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Balanced accuracy and malignant sensitivity on test per Fitzpatrick "
+                    "skin-type group (skin_type: labelled; skin_type_estimated: from each "
+                    "photo's healthy skin), with 95% intervals and the worst-to-best gap.")
     inference_backend: str = Field(description="onnxruntime or torch.")
     intended_use: str = Field(description="What the model is for.")
     limitations: list[str] = Field(description="Known limits.")
@@ -258,6 +276,8 @@ class Clinic(BaseModel):
     specialties: tuple[str, ...] = ()
     urgent: bool = Field(False, description="Accepts urgent referrals.")
     hours: str | None = None
+    city_names: tuple[str, ...] = Field((), description="The city's name in other languages "
+                                                        "or spellings (matched too).")
 
 
 class ClinicOut(Clinic):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,10 +22,12 @@ from typing import Any
 import numpy as np
 import yaml
 from PIL import Image
+from sqlalchemy.exc import IntegrityError
 
 from dermalab.core.errors import DermalabError, ImageError
 from dermalab.core.i18n import DEFAULT_LANGUAGE, t
 from dermalab.data.images import open_rgb
+from dermalab.data.photo_quality import assess as assess_photo
 from dermalab.deploy.router import ImageRouter
 from dermalab.serve.accounts import AccountStore
 from dermalab.serve.conditions import condition_text
@@ -66,7 +70,12 @@ class ServeSettings:
     docs: bool = False  # /docs and /redoc (they load scripts the CSP forbids): development only
     retention_days: int | None = None  # delete analyses older than this, with their photos
     cookie_secure: bool = False  # Secure cookies: set when served over HTTPS
-    rate_signin: str = "10/minute"  # per account and per client address
+    # sign-in attempts per client address, and per account from one address
+    rate_signin: str = "10/minute"
+    # failed sign-ins per account from all addresses together: a cap on a brute force spread
+    # over many addresses, high enough that failures from strangers' addresses do not lock
+    # the owner out at the per-address rate
+    rate_signin_failures: str = "100/hour"
     rate_upload: str = "30/minute"  # per owner and per client address
     rate_storage: str = "memory://"  # limits storage URI; shared (redis://...) across processes
     clinics: str | None = None  # a clinic directory (CSV or YAML) for the dermatologist finder
@@ -76,6 +85,10 @@ class ServeSettings:
     # (bench/ondevice.py sets 0 to measure INT8 in the browser whatever its agreement)
     int8_min_agreement: float = 0.98
     ort_dir: str | None = None  # onnxruntime-web's dist folder; default: the checkout's npm one
+
+
+#: The photo key of an analysis whose photo was not kept (not skin).
+NO_PHOTO = ""
 
 
 class UploadError(DermalabError):
@@ -116,6 +129,10 @@ def routing_text(routing: dict[str, Any], lang: str) -> str:
     if kind == "not_skin":
         return t("routing.not_skin", lang, probability=percent(probs.get("not_skin", 1.0)))
     name, model = t(f"image_type.{kind}", lang), t(f"model.{kind}", lang)
+    if routing.get("unserved"):
+        found = routing["unserved"]
+        return t("routing.unserved", lang, type=t(f"image_type.{found}", lang), model=model,
+                 probability=percent(probs.get(found, 0.0)))
     if routing["chosen_by"] == "user":
         return t("routing.user", lang, type=name, model=model)
     if routing["chosen_by"] == "router":
@@ -128,6 +145,18 @@ def routed_type(served: list[str], probabilities: dict[str, float]) -> str:
     """The router's most probable type among the ``served`` ones (a router may know a type
     this service does not run); the first of equals. The page's twin: ``chooseType``."""
     return max(served, key=lambda k: probabilities.get(k, 0.0))
+
+
+def unserved_type(served: list[str], probabilities: dict[str, float], chosen_by: str
+                  ) -> str | None:
+    """The photo's type when the router finds it most probably a kind of skin photo no served
+    model was trained on (a phone photo when only the dermoscopy model is served), unless the
+    person chose the model; else None. Its answer is then "not sure", and says why. The page's
+    twin: ``unservedType``."""
+    if chosen_by == "user" or not probabilities:
+        return None
+    top = max(probabilities, key=lambda k: probabilities[k])
+    return top if top != "not_skin" and top not in served else None
 
 
 def is_not_skin(routed_not_skin: bool | None, detectors: bool, model_detectors: bool) -> bool:
@@ -368,8 +397,13 @@ class AnalysisService:
         routing = result.get("routing")
         if routing:
             routing = {**routing, "text": routing_text(routing, lang)}
+        quality = result.get("quality")
+        if quality:  # what to do about the photo, in plain words ("" when it is fine)
+            quality = {**quality, "text": " ".join(t(f"quality.{i}", lang)
+                                                   for i in quality["issues"])}
         out.update(conditions=conditions, verdict_text=verdict_text, referral_text=referral_text,
-                   disclaimer=t("disclaimer", lang), language=lang, routing=routing)
+                   disclaimer=t("disclaimer", lang), language=lang, routing=routing,
+                   quality=quality)
         return out
 
     def choose(self, img: Image.Image, image_type: str | None = None
@@ -388,9 +422,14 @@ class AnalysisService:
         else:
             model, by = self.primary, "single"
         found = route.image_type if route is not None else model.image_type
-        return model, {"image_type": "not_skin" if found == "not_skin" else model.image_type,
-                       "chosen_by": by,
-                       "probabilities": route.probabilities if route is not None else None}
+        routing = {"image_type": "not_skin" if found == "not_skin" else model.image_type,
+                   "chosen_by": by,
+                   "probabilities": route.probabilities if route is not None else None}
+        unserved = (unserved_type(list(self.models), route.probabilities, by)
+                    if route is not None else None)
+        if unserved:
+            routing["unserved"] = unserved
+        return model, routing
 
     def metadata_inputs(self) -> dict[str, Any] | None:
         """What the page may ask (optional age, sex, body site): from the first served model
@@ -410,6 +449,9 @@ class AnalysisService:
         were used is stored, not their values."""
         img = decode_upload(data, filename, self.settings)
         model, routing = self.choose(img, image_type)
+        # advice on the photo (the sharpness line of the answering model's kind of photo);
+        # it never stops the analysis
+        quality = assess_photo(img, model.image_type)
         try:
             row, used = model.predictor.metadata_row(metadata)
         except DermalabError as exc:
@@ -419,8 +461,11 @@ class AnalysisService:
                                a.out_of_distribution, self.settings.model_detectors)
         t_unsure = model.uncertain_threshold_for(used)
         classes = list(model.info.classes)
+        # A photo of a kind no served model was trained on is answered "not sure" (its
+        # routing says why), never as if the model knew such photos.
         verdict, referral, order = decide(
-            a.probs, not_skin, t_unsure, self.settings.top_k, a.malignant_p, a.malignant_t,
+            a.probs, not_skin, math.inf if routing.get("unserved") else t_unsure,
+            self.settings.top_k, a.malignant_p, a.malignant_t,
             {c: self.conditions.get(c, {}).get("urgency", "routine") for c in classes},
             classes)
         conditions = [] if not_skin else [
@@ -443,20 +488,40 @@ class AnalysisService:
             "ood_colour_threshold": model.ood_colour.threshold if model.ood_colour else None,
             "uncertain_threshold": t_unsure, "heatmap_png": heat, "lesion": lesion,
             "model": {"name": model.name, "image_type": model.image_type},
-            "routing": routing, "metadata_used": used}, DEFAULT_LANGUAGE)
-        named = self.history.spot_named(spot, owner) if spot and spot.strip() else None
-        result["spot"] = {"id": named.id, "name": named.name} if named else None
-        photo = clean_photo(img)
+            "routing": routing, "metadata_used": used,
+            "quality": {"issues": quality.issues,
+                        "laplacian_variance": round(quality.laplacian_variance, 2),
+                        "brightness": round(quality.brightness, 3),
+                        "glare_share": round(quality.glare_share, 4),
+                        "clipped_share": round(quality.clipped_share, 4)},
+            # a photo that is not of skin is not kept (it may be anything personal), nor
+            # filed under a spot: its analysis says only that it was not skin
+            "photo_kept": verdict != "not_skin"}, DEFAULT_LANGUAGE)
+        keep = verdict != "not_skin"
+        photo = clean_photo(img) if keep else b""
         # The row is written before the photo: a crash in between leaves a row whose photo is
         # missing (shown as such), never an unlisted photo that no deletion would reach.
-        key = f"{analysis_id}.jpg"
-        self.history.add(Analysis(
-            id=analysis_id, created_at=created, filename=result["filename"],
-            verdict=verdict, referral=referral, image_ref=key, size_bytes=len(photo),
-            result_json=json.dumps({**result, "created_at": created.isoformat()}),
-            owner_id=None if owner is OPEN else str(owner),
-            spot_id=named.id if named else None))
-        self.images.put(key, photo)
+        key = f"{analysis_id}.jpg" if keep else NO_PHOTO
+        try:  # the owner must still exist (a foreign key): not if deleted since the request
+            named = (self.history.spot_named(spot, owner) if keep and spot and spot.strip()
+                     else None)
+            result["spot"] = {"id": named.id, "name": named.name} if named else None
+            self.history.add(Analysis(
+                id=analysis_id, created_at=created, filename=result["filename"],
+                verdict=verdict, referral=referral, image_ref=key, size_bytes=len(photo),
+                result_json=json.dumps({**result, "created_at": created.isoformat()}),
+                owner_id=None if owner is OPEN else str(owner),
+                spot_id=named.id if named else None))
+        except IntegrityError:
+            raise UploadError(401, "upload.owner_gone") from None
+        if keep:
+            self.images.put(key, photo)
+        if not self.history.exists(analysis_id):
+            # The owner's deletion took the row while the photo was being written: the photo
+            # goes too, and the upload is answered as not kept.
+            if keep:
+                self.images.delete(key)
+            raise UploadError(401, "upload.owner_gone")
         return result if lang == DEFAULT_LANGUAGE else self.localize(result, lang)
 
     # -- history -------------------------------------------------------------------------------
@@ -482,6 +547,8 @@ class AnalysisService:
         return self._read_photo(row.image_ref) if row is not None else None
 
     def _read_photo(self, key: str) -> bytes | None:
+        if key == NO_PHOTO:  # a photo that was not of skin: never kept
+            return None
         try:
             return self.images.read(key)
         except FileNotFoundError:  # a crash between the row and the photo: said as missing
@@ -490,7 +557,8 @@ class AnalysisService:
     def _delete_photos(self, rows: list[Analysis]) -> int:
         """Delete the photos of analyses whose rows are gone; returns how many rows."""
         for r in rows:
-            self.images.delete(r.image_ref)
+            if r.image_ref != NO_PHOTO:
+                self.images.delete(r.image_ref)
         return len(rows)
 
     def page(self, limit: int, offset: int, lang: str = DEFAULT_LANGUAGE, owner: Owner = OPEN
@@ -590,15 +658,27 @@ class AnalysisService:
     # -- accounts ------------------------------------------------------------------------------
     def attach(self, from_user: str, to_user: str) -> int:
         """Move an anonymous device's analyses to an account and forget the device."""
-        moved = self.history.reassign(from_user, to_user)
-        self.accounts.remove_user(from_user)
-        return moved
+        return self._remove_user(from_user, lambda: self.history.reassign(from_user, to_user))
 
     def delete_account(self, user_id: str) -> int:
         """Delete a user, every analysis and every photo of theirs; returns how many."""
-        n = self._delete_photos(self.history.delete_all_of(user_id))
-        self.accounts.remove_user(user_id)
-        return n
+        return self._remove_user(
+            user_id, lambda: self._delete_photos(self.history.delete_all_of(user_id)))
+
+    def _remove_user(self, user_id: str, empty: Callable[[], int], tries: int = 20) -> int:
+        """Run ``empty`` (move or delete the user's rows; returns how many), then delete the
+        user. An upload that lands in between holds the user by its foreign key, so the
+        deletion fails and both steps run again: no row or photo outlives its owner."""
+        total = 0
+        for _ in range(tries):
+            total += empty()
+            try:
+                self.accounts.remove_user(user_id)
+                return total
+            except IntegrityError:
+                continue
+        raise DermalabError(f"user {user_id}: new analyses kept arriving while it was being "
+                            "deleted; try again")
 
     def export(self, user_id: str) -> bytes:
         """A zip of the user's photos and ``analyses.json`` (their data, downloadable)."""

@@ -10,7 +10,14 @@ let M = {};  // the page's messages in the chosen language
 function msg(key, params = {}) {
   return (M[key] || key).replace(/\{(\w+)\}/g, (_, k) => (k in params ? params[k] : ""));
 }
-const pct = (p) => new Intl.NumberFormat(lang || undefined, {style: "percent",
+// Dates and numbers in the person's own regional form of the page language: en-GB readers
+// get day-month order, though the page text is plain "en".
+function locale() {
+  const own = (navigator.languages || [navigator.language]).find(
+    (l) => l && lang && l.split("-")[0].toLowerCase() === lang);
+  return own || lang || undefined;
+}
+const pct = (p) => new Intl.NumberFormat(locale(), {style: "percent",
                                                              maximumFractionDigits: 0}).format(p);
 // Requests carry the chosen language; without a choice the browser's own Accept-Language
 // decides on the server.
@@ -32,9 +39,14 @@ async function ensureSession() {
   renderAccount();
 }
 
+let hasHistory = false;  // whether this device or account has anything stored
 function renderAccount() {
   const open = S && S.mode === "open";
   const anon = S && S.anonymous;
+  // A first-time visitor has nothing to download or delete: those appear with the first
+  // analysis (an account always has them).
+  $("export").hidden = anon && !hasHistory;
+  $("delete-account").hidden = anon && !hasHistory;
   $("account-status").textContent = !S ? "" : open ? msg("page.open_mode")
     : anon ? msg("page.private_device") : msg("page.signed_in", {email: S.email || ""});
   $("account-form").hidden = !S || open || !anon;
@@ -94,20 +106,36 @@ $("lang").addEventListener("change", async (e) => {
   await loadMessages();
   renderAccount();
   if (shownLocal) {  // an on-device result: worded again here, from its kept facts
-    render(device.localize(shownLocal.facts, shownLocal, lang || "en"));
+    render(device.localize(shownLocal.facts, shownLocal, lang || "en"), {scroll: false});
   } else if (current) {  // the result on screen, in the new language
     const res = await fetch("/v1/analyses/" + current, {headers: headers()});
-    if (res.ok) render(await res.json());
+    if (res.ok) render(await res.json(), {scroll: false});
   }
   loadHistory();
   loadLocalHistory();
 });
 
+// What the page accepts as a photo: an image type, or an image name a browser may not type
+// (HEIC on some systems). Anything else is said at once, before an upload.
+const IMAGE_NAME = /\.(jpe?g|png|webp|gif|bmp|tiff?|heic|heif|avif)$/i;
 function choose(file) {
   if (!file) return;
+  $("result").hidden = true;  // the result on screen belongs to the previous photo
+  const preview = $("preview");
+  if (!(file.type.startsWith("image/") || IMAGE_NAME.test(file.name))) {
+    chosen = null;
+    preview.style.display = "none"; preview.removeAttribute("src");
+    $("analyse").disabled = true;
+    $("status").textContent = "";
+    $("status").append(text("span", msg("page.not_an_image", {name: file.name}), "error"));
+    return;
+  }
   chosen = file;
-  $("preview").src = URL.createObjectURL(file);
-  $("preview").style.display = "block";
+  // A photo the browser cannot draw (HEIC in most browsers) is not shown as a broken image:
+  // the server (and the on-device decoder, where it can) still reads it.
+  preview.onerror = () => { preview.style.display = "none"; };
+  preview.src = URL.createObjectURL(file);
+  preview.style.display = "block";
   $("analyse").disabled = false;
   $("status").textContent = file.name;
 }
@@ -126,12 +154,15 @@ function text(tag, content, cls) {
   return el;
 }
 
-function render(r) {
+function render(r, {scroll = true} = {}) {
   current = r.routing && r.routing.on_device ? null : r.id;
   if (!(r.routing && r.routing.on_device)) shownLocal = null;
   $("result").hidden = false;
   $("result").lang = r.language;
   $("verdict").textContent = r.verdict_text;
+  const advice = r.quality && r.quality.text;  // what to do about the photo itself
+  $("quality").hidden = !advice;
+  $("quality").textContent = advice || "";
   $("routing").hidden = !r.routing;
   if (r.routing) $("routing").textContent = r.routing.text;
   const used = r.metadata_used || [];
@@ -142,11 +173,22 @@ function render(r) {
   ref.className = "referral " + (r.referral || "none");
   ref.textContent = r.referral_text;
   const local = r.routing && r.routing.on_device;
-  $("photo").hidden = local && !chosen;  // an on-device photo is not kept anywhere
+  // An on-device photo is not kept anywhere, nor is one found not to be of skin.
+  const noPhoto = (local || r.photo_kept === false) && !chosen;
+  $("photo").hidden = noPhoto;
   if (chosen) $("photo").src = URL.createObjectURL(chosen);
-  else if (!local) $("photo").src = "/v1/analyses/" + encodeURIComponent(r.id) + "/photo";
-  $("heat-box").style.display = r.heatmap_png ? "" : "none";
-  if (r.heatmap_png) $("heatmap").src = r.heatmap_png;
+  else if (!noPhoto) $("photo").src = "/v1/analyses/" + encodeURIComponent(r.id) + "/photo";
+  // The heat-map is an optional view of the photo, in the photo's own shape (the model saw
+  // the photo squashed to a square; stretching the map back restores its proportions).
+  // Without a photo to show (an on-device result reopened later), the map is shown alone.
+  const heat = Boolean(r.heatmap_png);
+  if (heat) $("heatmap").src = r.heatmap_png;
+  const photoShown = !$("photo").hidden;
+  $("heatmap").style.aspectRatio = "";
+  $("heatmap").hidden = !(heat && !photoShown); $("heat-note").hidden = $("heatmap").hidden;
+  $("heat-toggle").hidden = !(heat && photoShown);
+  $("heat-toggle").setAttribute("aria-pressed", "false");
+  $("heat-toggle").textContent = msg("page.show_heatmap");
   const bars = $("bars"); bars.replaceChildren();
   const info = $("info"); info.replaceChildren();
   if (!r.conditions.length) bars.append(text("p", msg("page.no_conditions"), "muted"));
@@ -172,7 +214,22 @@ function render(r) {
     $("see-spot").onclick = () => showSpot(r.spot.id);
   }
   showClinics(r.referral);
+  if (scroll) {  // the answer is what the person waits for: bring it into view, then focus it
+    $("result").scrollIntoView({behavior: "smooth", block: "start"});
+    $("verdict").focus({preventScroll: true});
+  }
 }
+
+function showHeatmap(on) {
+  const photo = $("photo");
+  if (on && photo.naturalWidth) {
+    $("heatmap").style.aspectRatio = `${photo.naturalWidth} / ${photo.naturalHeight}`;
+  }
+  $("heatmap").hidden = !on; $("heat-note").hidden = !on; photo.hidden = on;
+  $("heat-toggle").setAttribute("aria-pressed", String(on));
+  $("heat-toggle").textContent = msg(on ? "page.hide_heatmap" : "page.show_heatmap");
+}
+$("heat-toggle").addEventListener("click", () => showHeatmap($("heatmap").hidden));
 
 // The outline the segmenter drew and its measurements (descriptive, not diagnostic).
 function renderLesion(lesion) {
@@ -180,7 +237,7 @@ function renderLesion(lesion) {
   const tb = $("lesion-table"); tb.replaceChildren();
   if (!lesion) return;
   $("outline").src = lesion.outline_png;
-  const num = (x, d) => new Intl.NumberFormat(lang || undefined,
+  const num = (x, d) => new Intl.NumberFormat(locale(),
                                               {maximumFractionDigits: d}).format(x);
   const rows = [
     ["page.m_area", pct(lesion.area_share)],
@@ -254,28 +311,31 @@ async function loadSpots() {
   const dl = $("spot-names"); dl.replaceChildren();
   const items = res.ok ? (await res.json()).items : [];
   $("spots-empty").hidden = items.length > 0;
-  const fmt = new Intl.DateTimeFormat(lang || undefined, {dateStyle: "medium"});
+  const fmt = new Intl.DateTimeFormat(locale(), {dateStyle: "medium"});
   items.forEach((s) => {
     const o = document.createElement("option"); o.value = s.name; dl.append(o);
     const li = document.createElement("li");
     const b = text("button", s.name, "secondary"); b.type = "button";
     b.addEventListener("click", () => showSpot(s.id));
-    li.append(b, document.createTextNode(" " + msg("page.spot_count", {
+    const plural = new Intl.PluralRules(locale()).select(s.count) === "one" ? "one" : "other";
+    li.append(b, document.createTextNode(" " + msg("page.spot_count_" + plural, {
       count: s.count, date: s.last_at ? fmt.format(new Date(s.last_at)) : "–"})));
     ul.append(li);
   });
 }
 
+let openSpot = null;  // the spot whose timeline is on screen
 async function showSpot(id) {
+  openSpot = id;
   const res = await fetch("/v1/spots/" + encodeURIComponent(id), {headers: headers()});
-  if (!res.ok) return;
+  if (!res.ok) { $("spot-view").hidden = true; openSpot = null; return; }
   const s = await res.json();
   $("spot-view").hidden = false;
   $("spot-view").lang = s.language;
   $("spot-title").textContent = msg("page.spot_title", {name: s.name});
   $("spot-warning").hidden = !s.warning;
   $("spot-warning").textContent = s.warning || "";
-  const fmt = new Intl.DateTimeFormat(lang || undefined, {dateStyle: "medium",
+  const fmt = new Intl.DateTimeFormat(locale(), {dateStyle: "medium",
                                                           timeStyle: "short"});
   const tl = $("spot-timeline"); tl.replaceChildren();
   s.analyses.forEach((a) => {
@@ -323,6 +383,7 @@ async function analyse() {
     if (!res.ok) { $("status").textContent = ""; $("status").append(
       text("span", body.detail || msg("page.error_generic"), "error")); return; }
     $("status").textContent = msg("page.done");
+    $("spot").value = "";  // the next photo may be another spot: it is named anew
     render(body);
     loadHistory();
   } catch (e) {
@@ -366,7 +427,8 @@ async function analyseOnDevice() {
     if (onDevice.router) {
       const router = await device.loadRouter(onDevice.router, onDevice.runtime);
       routed = {probabilities: await device.route(img, router),
-                modelDetectors: router.bundle.model_detectors};
+                modelDetectors: router.bundle.model_detectors,
+                served: onDevice.models.map((m) => m.image_type)};
     }
     const [info, chosenBy] = localModel(routed && routed.probabilities);
     const model = await device.loadModel(info, onDevice.runtime);
@@ -379,7 +441,9 @@ async function analyseOnDevice() {
     entry.facts.created_at = entry.created_at;
     await device.keep(entry);
     shownLocal = entry;
-    $("status").textContent = msg("page.done");
+    // Spots live on the server; an analysis kept on this device is not filed under one.
+    const spotTyped = $("spot").value.trim() !== "";
+    $("status").textContent = spotTyped ? msg("page.ondevice_no_spot") : msg("page.done");
     render(device.localize(entry.facts, entry, lang || "en"));
     loadLocalHistory();
   } catch (e) {
@@ -399,7 +463,7 @@ async function loadLocalHistory() {
   $("local-empty").hidden = items.length > 0;
   $("forget-local").hidden = !items.length;
   const tbody = $("local-history"); tbody.replaceChildren();
-  const fmt = new Intl.DateTimeFormat(lang || undefined, {dateStyle: "short",
+  const fmt = new Intl.DateTimeFormat(locale(), {dateStyle: "short",
                                                           timeStyle: "short"});
   items.forEach((a) => {
     const r = device.localize(a.facts, a, lang || "en");
@@ -481,7 +545,9 @@ async function loadHistory() {
   const page = await res.json();
   const tbody = $("history"); tbody.replaceChildren();
   $("history-empty").hidden = page.items.length > 0;
-  const fmt = new Intl.DateTimeFormat(lang || undefined, {dateStyle: "short",
+  hasHistory = page.items.length > 0;
+  renderAccount();
+  const fmt = new Intl.DateTimeFormat(locale(), {dateStyle: "short",
                                                           timeStyle: "short"});
   page.items.forEach((a) => {
     const tr = document.createElement("tr");
@@ -490,7 +556,13 @@ async function loadHistory() {
                                        top) : msg("page.not_skin");
     const del = text("button", msg("page.delete"), "secondary");
     del.addEventListener("click", async () => {
-      await fetch("/v1/analyses/" + a.id, {method: "DELETE", headers: writeHeaders()});
+      if (!window.confirm(msg("page.confirm_delete"))) return;
+      const res = await fetch("/v1/analyses/" + a.id, {method: "DELETE",
+                                                       headers: writeHeaders()});
+      if (!res.ok) return;
+      // Nothing on screen keeps showing the deleted photo.
+      if (current === a.id) { current = null; $("result").hidden = true; }
+      if (openSpot) showSpot(openSpot);
       loadHistory(); });
     const td = document.createElement("td"); td.append(del);
     tr.append(text("td", fmt.format(new Date(a.created_at))),

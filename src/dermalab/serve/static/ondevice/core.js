@@ -469,6 +469,16 @@ export function chooseType(served, probabilities, userType) {
   return [best, "router"];
 }
 
+// ``unserved_type`` (serve/service.py): the router's most probable type when it is a kind of
+// skin photo no served model was trained on and the person did not choose; else null.
+export function unservedType(served, probabilities, chosenBy) {
+  if (chosenBy === "user" || !probabilities) return null;
+  const keys = Object.keys(probabilities);
+  if (!keys.length) return null;
+  const top = keys.reduce((a, b) => (probabilities[b] > probabilities[a] ? b : a));
+  return top !== "not_skin" && !served.includes(top) ? top : null;
+}
+
 // -- wording: AnalysisService.localize ------------------------------------------------------
 // Python's f"{p:.0%}" (ties to even).
 export function percent(p) {
@@ -501,9 +511,15 @@ export function localize(facts, bundle, lang) {
   const referralText = reason === "condition" ? msg(`referral.${facts.referral}`)
     : msg(`referral.${reason}`, {probability: percent(facts.malignant_probability || 0)});
   const model = msg(`model.${bundle.image_type}`);
+  const routing = facts.routing || {};
+  const routingText = routing.unserved
+    ? msg("routing.unserved", {type: msg(`image_type.${routing.unserved}`), model,
+                               probability: percent((routing.probabilities || {})[
+                                 routing.unserved] || 0)})
+    : msg("routing.ondevice", {model});
   return {...facts, conditions, verdict_text: verdictText, referral_text: referralText,
           disclaimer: msg("disclaimer"), language: lang,
-          routing: {...(facts.routing || {}), text: msg("routing.ondevice", {model})}};
+          routing: {...routing, text: routingText}};
 }
 
 // -- the heat-map: closed-form Grad-CAM at the final feature map ----------------------------

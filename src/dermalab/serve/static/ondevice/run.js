@@ -3,6 +3,7 @@
 // browser only (IndexedDB), until deleted.
 import {
   camFromFeatureMap, chooseType, colourStatistics, decide, localize, mahalanobisScore,
+  unservedType,
   normalize, overlay, pillowResize, prepareMahalanobis, resizeForModel, routeProbabilities,
   routerInput, servedProbabilities, shrinkLikeServer, smallMahalanobis,
 } from "./core.js";
@@ -173,14 +174,20 @@ export async function analyse(img, model, chosenBy, routed = null, metadata = nu
   // An answer that weighed metadata has its own "not sure" line (core/decision.py).
   const line = used.length && b.uncertain_threshold_metadata != null
     ? {...b, uncertain_threshold: b.uncertain_threshold_metadata} : b;
-  const facts = decide(line, probs, ood, colour, (c) => en[c].urgency, routedNotSkin,
+  // A kind of photo no served model was trained on is answered "not sure" (as the server).
+  const unserved = routed ? unservedType(routed.served || [b.image_type], routed.probabilities,
+                                         chosenBy) : null;
+  const facts = decide(unserved ? {...line, uncertain_threshold: Infinity} : line, probs, ood,
+                       colour, (c) => en[c].urgency, routedNotSkin,
                        routed ? routed.modelDetectors : false);
+  facts.uncertain_threshold = line.uncertain_threshold;
   facts.heatmap_png = facts.verdict === "not_skin" ? null
     : await heatmapPng(img, model, out.feature_map.data, out.feature_map.dims, facts.top_index);
   facts.model = {name: b.name, image_type: b.image_type, precision: model.kind};
   facts.routing = {image_type: facts.verdict === "not_skin" ? "not_skin" : b.image_type,
                    chosen_by: chosenBy, on_device: true,
                    probabilities: routed ? routed.probabilities : null};
+  if (unserved) facts.routing.unserved = unserved;
   facts.probabilities = probs;
   facts.metadata_used = used;
   facts.timing_ms = {model: t1 - t0, total: performance.now() - t0};
