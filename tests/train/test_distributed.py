@@ -9,6 +9,7 @@ differ: BatchNorm statistics over ``b`` instead of ``2b`` images, and summation 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -95,6 +96,22 @@ class Setup:
                               env=_env(self.cache), capture_output=True, text=True, timeout=300)
 
 
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every worker, as a power cut would. torch elastic starts each
+    worker in its own session, so killing the launcher's process group alone leaves the workers
+    running: they would finish the run underneath the resume this test makes."""
+    import psutil
+
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for w in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):  # ended by the group kill
+            w.kill()
+    proc.wait()
+    psutil.wait_procs(workers, timeout=30)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+
 def _finish(proc: subprocess.Popen) -> str:
     out, _ = proc.communicate(timeout=300)
     text = out.decode()
@@ -175,8 +192,7 @@ def test_killed_two_process_run_resumes_on_two_and_on_one(setup: Setup,
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
-    proc.wait()
+    _kill_tree(proc)
     assert 1 <= len(_history(killed)) < 3
     on_one = setup.root / "killed" / "on_one"
     shutil.copytree(killed, on_one)
