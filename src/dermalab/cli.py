@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dermalab.core.errors import DermalabError
+from dermalab.core.settings import settings
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -92,7 +93,7 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
     root = Path(args.to).expanduser() if args.to else None
     path = download_dataset(args.name, root=root, parts=args.parts or None,
-                            mirror=args.mirror or os.environ.get("DERMALAB_MIRROR"),
+                            mirror=args.mirror or settings().mirror,
                             catalog=args.catalog, progress=not args.no_progress)
     print(path)
     return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from torch import nn
 
 from dermalab.core.config import ModelConfig
 from dermalab.core.errors import ConfigError, PretrainedWeightsUnavailableError
+from dermalab.core.settings import settings
 
 
 @dataclass(frozen=True)
@@ -163,9 +163,10 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
     retries when there is no network. With ``HF_HUB_OFFLINE=1`` the client reads only its
     local cache (and fails at once when the weights are not there), so no probe is made.
     """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    env = settings()
+    if env.hf_offline:
         return None
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = env.hf_endpoint
     url = urlsplit(endpoint)
     host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
     try:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from dermalab.core.config import TrackingConfig
+from dermalab.core.settings import quiet_mlflow, settings
 
 
 def store_uri(cfg: TrackingConfig, folder: Path) -> str:
@@ -22,16 +22,11 @@ def store_uri(cfg: TrackingConfig, folder: Path) -> str:
     return cfg.uri or f"sqlite:///{(folder.resolve() / 'mlflow.db')}"
 
 
-def _quiet() -> None:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
-
-
 def experiment_id(cfg: TrackingConfig, uri: str) -> str:
     """The id of ``cfg.experiment`` in the store at ``uri``, created when missing (artifacts
     under ``cfg.artifact_location``, else ``mlartifacts/`` beside a SQLite store), with MLflow's
     S3 endpoint set when the artifacts live in S3."""
-    _quiet()
+    quiet_mlflow()
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -42,10 +37,8 @@ def experiment_id(cfg: TrackingConfig, uri: str) -> str:
             artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
         exp = client.get_experiment(client.create_experiment(cfg.experiment,
                                                              artifact_location=artifacts))
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if str(exp.artifact_location).startswith("s3://") and endpoint:
-        # MLflow's S3 store reads its endpoint from its own variable.
-        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
+    if str(exp.artifact_location).startswith("s3://"):
+        quiet_mlflow(settings().s3_endpoint)  # MLflow's S3 store reads its own variable
     return str(exp.experiment_id)
 
 
@@ -116,7 +109,7 @@ class Tracker:
         """Start (or resume) the MLflow run; returns its id."""
         if not self.enabled:
             return None
-        _quiet()
+        quiet_mlflow()
         import mlflow
 
         self._mlflow = mlflow

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dermalab.core.errors import ImageError
+from dermalab.core.settings import settings
 from dermalab.data.images import array_to_rgb, crop_fraction, load_resized, resize_rgb
 from dermalab.data.samples import Sample, SourceData
 
@@ -43,8 +44,7 @@ class ImageStore(Protocol):
 
 def default_cache_dir() -> Path:
     """``$DERMALAB_CACHE`` or ``~/.cache/dermalab``."""
-    env = os.environ.get("DERMALAB_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "dermalab"
+    return settings().cache_dir
 
 
 @dataclass

@@ -15,7 +15,6 @@ built-in entries, e.g. an institution's own mirror with its own checksums.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,6 +24,7 @@ from typing import Any
 import yaml
 
 from dermalab.core.errors import DataError
+from dermalab.core.settings import settings
 
 SCHEME = "dataset://"
 MARKER = ".dermalab-dataset.json"
@@ -169,7 +169,7 @@ def load_catalog(extra: str | Path | None = None) -> dict[str, DatasetEntry]:
     """The built-in catalog, with ``extra`` (or ``$DERMALAB_CATALOG``) laid over it."""
     text = resources.files("dermalab.data").joinpath("datasets.yaml").read_text("utf-8")
     tree = _read_yaml(text, "(built in)")
-    extra = extra or os.environ.get("DERMALAB_CATALOG") or None
+    extra = extra or settings().catalog
     if extra:
         path = Path(extra).expanduser()
         if not path.is_file():
@@ -191,12 +191,7 @@ def catalog_entry(name: str, catalog: Mapping[str, DatasetEntry]) -> DatasetEntr
 
 def data_home() -> Path:
     """``$DERMALAB_DATA`` or ``<cache>/datasets`` (``$DERMALAB_CACHE`` or ``~/.cache/dermalab``)."""
-    env = os.environ.get("DERMALAB_DATA")
-    if env:
-        return Path(env).expanduser()
-    from dermalab.data.cache import default_cache_dir
-
-    return default_cache_dir() / "datasets"
+    return settings().data_dir
 
 
 @dataclass

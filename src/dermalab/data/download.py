@@ -20,7 +20,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import os
 import re
 import shutil
 import sys
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 
 from dermalab.core.atomic import atomic_write_text
 from dermalab.core.errors import DataError
+from dermalab.core.settings import settings
 from dermalab.data.catalog import (
     MARKER,
     PARTIAL_DIR,
@@ -370,7 +370,7 @@ def resolve_dataset(location: str, *, progress: bool = True,
                         f"{state.path} (or set DERMALAB_DATA).")
     if not state.has(needed):
         download_dataset(entry.name, parts=needed, progress=progress, catalog=catalog,
-                         mirror=os.environ.get("DERMALAB_MIRROR"))
+                         mirror=settings().mirror)
         state = local_state(entry)
     return dataset_path(entry, part, state)
 

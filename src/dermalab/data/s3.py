@@ -32,6 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from dermalab.core.errors import DataError
+from dermalab.core.settings import settings
 
 MANIFEST = "_dermalab_manifest.json"
 PART_SIZE = 8 * 1024 * 1024
@@ -73,8 +74,7 @@ def make_client(endpoint_url: str | None = None) -> Any:
     import boto3
     from botocore.config import Config
 
-    endpoint = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-                or os.environ.get("AWS_ENDPOINT_URL"))
+    endpoint = endpoint_url or settings().s3_endpoint
     cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
                  read_timeout=60, max_pool_connections=32)
     session = boto3.session.Session()
@@ -354,8 +354,7 @@ def pull(uri: str, local_dir: str | Path, *, endpoint_url: str | None = None, wo
 
 def cache_folder(uri: str, endpoint_url: str | None, cache_root: Path) -> Path:
     """Where an ``s3://`` dataset is synced locally (keyed by endpoint and URI)."""
-    endpoint = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-                or os.environ.get("AWS_ENDPOINT_URL") or "aws")
+    endpoint = endpoint_url or settings().s3_endpoint or "aws"
     key = hashlib.sha256(f"{endpoint}\0{uri}".encode()).hexdigest()[:16]
     name = S3Uri.parse(uri).prefix.rsplit("/", 1)[-1] or S3Uri.parse(uri).bucket
     return cache_root / "s3" / f"{name}-{key}"

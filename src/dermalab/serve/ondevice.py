@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from dermalab.core.i18n import LANGUAGES, messages
+from dermalab.core.settings import settings
 from dermalab.data.lesion import NEEDS_MASK
 from dermalab.deploy.router import ImageRouter
 from dermalab.serve.conditions import condition_text
@@ -45,7 +45,8 @@ MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 def find_ort_dir(explicit: str | None = None) -> Path | None:
     """The ``onnxruntime-web`` dist folder: ``explicit``, ``$DERMALAB_ORT_DIR``, or the
     checkout's ``node_modules`` (where ``scripts/setup.sh`` puts it); ``None`` if absent."""
-    candidates = [explicit, os.environ.get("DERMALAB_ORT_DIR"),
+    env = settings().ort_dir
+    candidates = [explicit, str(env) if env else None,
                   str(Path(__file__).resolve().parents[3] / "node_modules" / "onnxruntime-web"
                       / "dist")]
     for c in candidates:
