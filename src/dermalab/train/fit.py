@@ -159,6 +159,33 @@ def _improved(value: float, best: float | None, monitor: str, min_delta: float) 
     return value < best - min_delta if monitor == "loss" else value > best + min_delta
 
 
+def _build_model(cfg: ExperimentConfig, data: PreparedData, size: int,
+                 resume: dict[str, Any] | None) -> tuple[nn.Module, ModelInfo, str]:
+    """The backbone with its head for ``data``'s classes (pretrained, or to be filled from the
+    checkpoint ``resume``), what a served model needs besides its weights, and the weights'
+    origin; the stages ``model.freeze_stages`` names frozen."""
+    in_chans = 4 if cfg.data.input == "mask_channel" else 3
+    if resume is not None:  # the weights come from the checkpoint: no pretrained download
+        cfg_model = cfg.model.__class__(**{**to_dict(cfg.model), "pretrained": False})
+        model, data_cfg, _ = create_model(cfg_model, len(data.classes), in_chans)
+        origin = str(resume["weights_origin"])
+    else:
+        model, data_cfg, origin = create_model(cfg.model, len(data.classes), in_chans)
+    info = ModelInfo(classes=data.classes, display_names=data.source.display_names,
+                     mean=list(data_cfg["mean"]), std=list(data_cfg["std"]), image_size=size,
+                     resize_mode=cfg.data.resize_mode, backbone=cfg.model.backbone,
+                     input_mode=cfg.data.input, crop_margin=cfg.data.crop_margin,
+                     image_type=cfg.data.image_type)
+    if cfg.model.freeze_stages:
+        if in_chans != 3:
+            raise ConfigError("model.freeze_stages needs the stem to stay pretrained, but "
+                              "data.input=mask_channel trains the stem's new mask channel; "
+                              "set model.freeze_stages=0")
+        # Frozen before DistributedDataParallel wraps the model, which then ignores them.
+        set_body_trainable(model, True, cfg.model.freeze_stages)
+    return model, info, origin
+
+
 def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
                    resume: dict[str, Any] | None = None, progress: bool = True) -> Training:
     """Data, model, loss, optimiser, schedule and loaders of a run (restored from the
@@ -185,27 +212,9 @@ def setup_training(cfg: ExperimentConfig | None, paths: RunPaths, *,
         raise ConfigError("the split has an empty train or val part; check data.split_ratios")
     counts = class_counts(train_targets, len(data.classes))
 
-    in_chans = 4 if cfg.data.input == "mask_channel" else 3
-    if resume is not None:  # the weights come from the checkpoint: no pretrained download
-        cfg_model = cfg.model.__class__(**{**to_dict(cfg.model), "pretrained": False})
-        model, data_cfg, _ = create_model(cfg_model, len(data.classes), in_chans)
-        origin = str(resume["weights_origin"])
-    else:
-        model, data_cfg, origin = create_model(cfg.model, len(data.classes), in_chans)
-    info = ModelInfo(classes=data.classes, display_names=data.source.display_names,
-                     mean=list(data_cfg["mean"]), std=list(data_cfg["std"]), image_size=size,
-                     resize_mode=cfg.data.resize_mode, backbone=cfg.model.backbone,
-                     input_mode=cfg.data.input, crop_margin=cfg.data.crop_margin,
-                     image_type=cfg.data.image_type)
+    model, info, origin = _build_model(cfg, data, size, resume)
     if accelerator.is_main_process:
         copy_segmenter(cfg.data.segmenter, paths)
-    if cfg.model.freeze_stages:
-        if in_chans != 3:
-            raise ConfigError("model.freeze_stages needs the stem to stay pretrained, but "
-                              "data.input=mask_channel trains the stem's new mask channel; "
-                              "set model.freeze_stages=0")
-        # Frozen before DistributedDataParallel wraps the model, which then ignores them.
-        set_body_trainable(model, True, cfg.model.freeze_stages)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optim, model)
