@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import re
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import readme_results  # noqa: E402
 
 from dermalab.core import config as config_module  # noqa: E402
+from dermalab.core import schema  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
@@ -62,12 +64,23 @@ def _default(f: dataclasses.Field[Any]) -> Any:
 
 
 def _type_name(tp: Any) -> str:
+    """``str`` for a choice of words, the bare type for a bounded number."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
+    if typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) is typing.Literal:
+        return "str"
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
     text = str(tp).replace("typing.", "")
     return re.sub(r"<class '(\w+)'>", r"\1", text)
 
 
 def _rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     comments = _field_comments(cls)
     rows: list[tuple[str, str, str, str]] = []
     for f in dataclasses.fields(cls):
@@ -76,10 +89,15 @@ def _rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
         if dataclasses.is_dataclass(tp):
             rows += _rows(tp, key + ".")  # type: ignore[arg-type]
             continue
-        choices = config_module._CHOICES.get(key)
+        words = schema.choices(tp)
+        if words is None and typing.get_origin(tp) is list:
+            words = schema.choices(typing.get_args(tp)[0])
         note = comments.get(f.name, "")
-        if choices:
-            note = f"one of {', '.join(f'`{c}`' for c in choices)}. {note}".strip()
+        if words:
+            note = f"one of {', '.join(f'`{c}`' for c in words)}. {note}".strip()
+        bound = schema.lower_bound(tp)
+        if bound is not None:
+            note = f"at least {bound:g}. {note}".strip()
         shown = yaml.safe_dump(_default(f), default_flow_style=True).strip()
         shown = shown.removesuffix("...").strip().replace("|", "\\|")
         note = note.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")

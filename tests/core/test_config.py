@@ -36,6 +36,11 @@ def test_documented_override_keys_exist() -> None:
     ("loss.tau=-0.5", r"'loss.tau' must be >= 0, got -0.5"),
     ("loss.gamma=-1", r"'loss.gamma' must be >= 0"),
     ("model.pretrained=maybe", "must be true or false"),
+    ("model.members=0", r"'model.members' must be >= 1, got 0"),
+    ("data.near_duplicates=-2", r"'data.near_duplicates' must be >= -1"),
+    ("eval.metadata=[age, age]", r"'eval.metadata' takes distinct values of \('age', 'sex'"),
+    ("eval.metadata=[height]", r"'eval.metadata' must be one of \('age', 'sex'"),
+    ("data.sampler=balanced", r"'data.sampler' must be one of \('none', 'oversample', 'sqrt'\)"),
     ("epochs", "not of the form key=value"),
 ])
 def test_bad_overrides(override: str, message: str) -> None:
@@ -76,3 +81,17 @@ def test_a_yaml_boolean_key_is_named_not_crashed_on(tmp_path: Path) -> None:
     f.write_text("data:\n  augment:\n    on: batch\n")
     with pytest.raises(ConfigError, match=r"data\.augment\.True.*on/off/yes/no.*quote"):
         load_config(f)
+
+
+def test_choices_and_bounds_are_read_from_the_field_types() -> None:
+    """What the docs' configuration reference lists is what the reader enforces."""
+    import typing
+
+    from dermalab.core.config import LossConfig
+    from dermalab.core.schema import choices, lower_bound
+
+    hints = typing.get_type_hints(LossConfig, include_extras=True)
+    assert choices(hints["name"]) == ("ce", "weighted_ce", "focal", "cb", "la")
+    assert lower_bound(hints["gamma"]) == 0.0 and lower_bound(hints["beta"]) is None
+    for word in choices(hints["name"]) or ():
+        assert load_config(None, [f"loss.name={word}"]).loss.name == word

@@ -69,6 +69,7 @@ def test_sources_merge_into_one_taxonomy_and_split_each_on_its_own(
 @pytest.mark.parametrize(("entry", "message"), [
     ({"format": "csv"}, "needs a 'source'"),
     ({"source": "x", "colour": "red"}, "unknown key(s) ['colour']"),
+    ({"source": "x", "format": "folders"}, "data.sources[0].format must be one of ('auto', "),
 ])
 def test_a_bad_source_entry_is_one_clear_line(entry: dict[str, str], message: str) -> None:
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")

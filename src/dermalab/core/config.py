@@ -11,16 +11,39 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from dermalab.core.errors import ConfigError
+from dermalab.core.schema import AtLeast, build
+
+# The choices of the keys that take one of a few words, next to the fields that use them: a new
+# loss, sampler or schedule is a word added here and a branch where it is built.
+DataFormat = Literal["auto", "folder", "ham10000", "medmnist", "hmnist", "isic2019", "csv"]
+AgeImpute = Literal["median", "none"]
+ResizeMode = Literal["squash", "pad", "crop"]
+ImageType = Literal["dermoscopic", "clinical"]
+InputMode = Literal["raw", "masked", "crop", "raw+masked", "mask_channel"]
+SplitBy = Literal["group", "image"]
+Conflicts = Literal["drop", "keep", "error"]
+Sampler = Literal["none", "oversample", "sqrt"]
+LossName = Literal["ce", "weighted_ce", "focal", "cb", "la"]
+CbType = Literal["softmax", "sigmoid", "focal"]
+OptimName = Literal["sgd", "adam", "adamw", "rmsprop"]
+SchedName = Literal["none", "step", "cosine", "plateau"]
+Monitor = Literal["balanced_accuracy", "macro_f1", "accuracy", "roc_auc_macro", "loss"]
+Precision = Literal["auto", "no", "bf16", "fp16"]
+CamMethod = Literal["gradcam", "gradcam++"]
+PriorRule = Literal["fit", "training", "uniform"]
+#: The patient metadata dermalab can weigh (eval.metadata; dermalab.core.metadata encodes them).
+MetadataField = Literal["age", "sex", "localization"]
+METADATA_FIELDS: tuple[str, ...] = typing.get_args(MetadataField)
+NonNegative = Annotated[float, AtLeast(0.0)]
 
 
 @dataclass(frozen=True)
@@ -51,7 +74,7 @@ class DataConfig:
     # a folder, CSV or .npz (a local path or an s3:// URI), or a named dataset (ham10000,
     # dataset://dermamnist/128: see `dermalab data list`), downloaded on first use
     source: str | None = None
-    format: str = "auto"  # auto | folder | ham10000 | medmnist | hmnist | isic2019 | csv
+    format: DataFormat = "auto"
     # csv: which column holds what (dermalab.data.sources.read_csv_manifest): image, label and
     # optionally group, split, skin_type (Fitzpatrick I-VI), age, sex, localization
     columns: dict[str, str] = field(default_factory=dict)
@@ -61,26 +84,26 @@ class DataConfig:
     sources: list[dict[str, Any]] = field(default_factory=list)
     image_dirs: list[str] = field(default_factory=list)  # HAM10000: folders holding <image_id>.jpg
     class_map: dict[str, str | None] = field(default_factory=dict)  # rename/merge; null drops
-    age_impute: str = "median"  # HAM10000 missing age: median | none
+    age_impute: AgeImpute = "median"  # HAM10000 missing age
     split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_seed: int = 42
-    split_by: str = "group"  # group (lesion + identical files) | image (leaky; for comparisons)
+    split_by: SplitBy = "group"  # group (lesion + identical files) | image (leaky; comparisons)
     split_file: str | None = None  # an external splits.csv (sample_id -> split) to use as is
     allow_leaks: bool = False  # accept an external split whose groups cross splits (papers)
     official_split: bool = True  # MedMNIST: keep the published train/val/test split
     image_size: int | None = None  # None: the backbone's own input size
-    resize_mode: str = "squash"  # squash | pad | crop: how the aspect ratio is handled
+    resize_mode: ResizeMode = "squash"  # how the aspect ratio is handled
     cache: bool = True
     cache_dir: str | None = None  # default: $DERMALAB_CACHE or ~/.cache/dermalab
     skip_bad: bool = False  # list bad files in a report and go on, instead of failing
     # byte-identical images under different labels: drop (warn, leave them out) | keep (warn)
     # | error (stop)
-    conflicts: str = "drop"
+    conflicts: Conflicts = "drop"
     # near-duplicates (re-encoded, resized, lightly cropped copies: dermalab.data.near_duplicates)
     # are grouped like identical files when both perceptual hashes are within this many bits of
     # 64; -1 turns the check off; null (auto): 8 for folders of images (no group ids), off for
     # sources whose lesion/patient ids group them already (see bench/results/near_duplicates.md)
-    near_duplicates: int | None = None
+    near_duplicates: Annotated[int, AtLeast(-1)] | None = None
     # lesion masks: a folder of <id>_segmentation.png / <id>.png / <stem>_mask.png, or
     # "labelme" (JSON beside each image); mask_labels: the Labelme labels that are lesion
     masks: str | None = None
@@ -88,13 +111,13 @@ class DataConfig:
     # the classifier's input (dermalab.data.lesion): raw | masked | crop | raw+masked |
     # mask_channel; all but raw need data.masks for training, and a mask or data.segmenter
     # (a `dermalab segment train` run, copied into the run) at inference
-    input: str = "raw"
+    input: InputMode = "raw"
     crop_margin: float = 0.1  # crop: margin around the lesion's box, a share of its size
     segmenter: str | None = None
     # what kind of photo the images are: dermoscopic (through a dermatoscope) | clinical (an
     # ordinary camera/phone photo); the web service routes each upload to the model of its kind
-    image_type: str = "dermoscopic"
-    sampler: str = "none"  # none | oversample (class-balanced) | sqrt (balanced by sqrt count)
+    image_type: ImageType = "dermoscopic"
+    sampler: Sampler = "none"  # oversample: class-balanced; sqrt: balanced by sqrt count
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -120,26 +143,26 @@ class ModelConfig:
     channels_last: bool = True
     # An ensemble of this many runs of the recipe, seeds train.seed, train.seed + 1, ...: each
     # a complete run in RUN_DIR/members/, combined into one model (dermalab.core.models.Ensemble).
-    members: int = 1
+    members: Annotated[int, AtLeast(1)] = 1
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """Loss and class-imbalance weighting (see :mod:`dermalab.train.losses`)."""
 
-    name: str = "ce"  # ce | weighted_ce | focal | cb | la (logit-adjusted)
-    label_smoothing: float = 0.0
-    gamma: float = 2.0  # focal loss focusing parameter
+    name: LossName = "ce"  # la: logit-adjusted
+    label_smoothing: NonNegative = 0.0
+    gamma: NonNegative = 2.0  # focal loss focusing parameter
     beta: float = 0.999  # class-balanced effective-number parameter
-    cb_type: str = "focal"  # class-balanced variant: softmax | sigmoid | focal
-    tau: float = 1.0  # logit-adjusted loss: the scale of its log-prior offsets
+    cb_type: CbType = "focal"  # class-balanced variant
+    tau: NonNegative = 1.0  # logit-adjusted loss: the scale of its log-prior offsets
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """Optimiser."""
 
-    name: str = "adamw"  # sgd | adam | adamw | rmsprop
+    name: OptimName = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
@@ -153,7 +176,7 @@ class OptimConfig:
 class SchedConfig:
     """Learning-rate schedule, stepped once per epoch."""
 
-    name: str = "cosine"  # none | step | cosine | plateau
+    name: SchedName = "cosine"
     warmup_epochs: int = 0
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs
     gamma: float = 0.1
@@ -169,14 +192,13 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     seed: int = 42
-    # balanced_accuracy | macro_f1 | accuracy | roc_auc_macro | loss (validation)
-    monitor: str = "balanced_accuracy"
+    monitor: Monitor = "balanced_accuracy"  # on validation
     patience: int = 6  # early stopping; 0 disables
     # Exponential moving average of the weights (timm ModelEmaV3, decay warmed up from 0):
     # validation, best.pt and everything after training use the average. 0 disables.
     ema_decay: float = 0.0
     min_delta: float = 0.0
-    mixed_precision: str = "auto"  # auto (bf16/fp16 on GPU, none on CPU) | no | bf16 | fp16
+    mixed_precision: Precision = "auto"  # auto: bf16/fp16 on GPU, none on CPU
     cpu: bool = False  # force CPU even when a GPU is present
     max_batches: int | None = None  # cap batches per epoch (smoke runs)
     threads: int | None = None  # torch intra-op threads; None: torch's default
@@ -192,14 +214,14 @@ class EvalConfig:
     ece_bins: int = 15
     tta: bool = False  # also evaluate with flip test-time augmentation
     gallery: int = 12  # worst-misclassified test images shown with Grad-CAM (0: none)
-    cam_method: str = "gradcam"  # gradcam | gradcam++
+    cam_method: CamMethod = "gradcam"
     report: bool = True  # write report.html at the end of training
     serving: bool = True  # fit the web service's "not skin" and "not sure" thresholds
     ood_target_fpr: float = 0.02  # share of genuine val images allowed to be called not-skin
     uncertain_target_accuracy: float = 0.85  # accuracy required above the "not sure" line
     # Patient metadata weighed beside the image (late fusion, dermalab.core.metadata): any of
     # age, sex, localization. Fitted on the training split, weighted on validation; [] = off.
-    metadata: list[str] = field(default_factory=list)
+    metadata: list[MetadataField] = field(default_factory=list)
     # Estimate each test image's skin tone from its healthy skin (Individual Typology Angle,
     # dermalab.data.skin_tone) and report the subgroups by estimated Fitzpatrick type too.
     skin_tone: bool = True
@@ -207,10 +229,10 @@ class EvalConfig:
     # and the top class assume. fit: tau in [0, 1] on validation (the highest balanced
     # accuracy among the tau whose validation accuracy reaches min_accuracy); training: the
     # training shares (tau 0); uniform: every class equally likely (tau 1).
-    prior: str = "fit"
-    min_accuracy: float = 0.0
+    prior: PriorRule = "fit"
+    min_accuracy: NonNegative = 0.0
     # 95% intervals: lesion-grouped bootstrap resamples of the evaluated split (0: none)
-    bootstrap: int = 1000
+    bootstrap: Annotated[int, AtLeast(0)] = 1000
 
 
 @dataclass(frozen=True)
@@ -262,36 +284,6 @@ class ExperimentConfig:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("auto", "folder", "ham10000", "medmnist", "hmnist", "isic2019", "csv"),
-    "data.age_impute": ("median", "none"),
-    "data.resize_mode": ("squash", "pad", "crop"),
-    "data.image_type": ("dermoscopic", "clinical"),
-    "data.input": ("raw", "masked", "crop", "raw+masked", "mask_channel"),
-    "data.split_by": ("group", "image"),
-    "data.conflicts": ("drop", "keep", "error"),
-    "data.sampler": ("none", "oversample", "sqrt"),
-    "loss.name": ("ce", "weighted_ce", "focal", "cb", "la"),
-    "loss.cb_type": ("softmax", "sigmoid", "focal"),
-    "optim.name": ("sgd", "adam", "adamw", "rmsprop"),
-    "sched.name": ("none", "step", "cosine", "plateau"),
-    "train.monitor": ("balanced_accuracy", "macro_f1", "accuracy", "roc_auc_macro", "loss"),
-    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
-    "eval.cam_method": ("gradcam", "gradcam++"),
-    "eval.prior": ("fit", "training", "uniform"),
-}
-#: Lower bounds of numeric keys whose meaning ends there (checked when the config is read, so a
-#: bad value is one clear line before any data is touched).
-_MINIMA: dict[str, float] = {"data.near_duplicates": -1, "model.members": 1, "loss.tau": 0.0,
-                             "loss.gamma": 0.0, "loss.label_smoothing": 0.0,
-                             "eval.min_accuracy": 0.0, "eval.bootstrap": 0}
-#: The patient metadata dermalab can weigh (eval.metadata; dermalab.core.metadata encodes them).
-METADATA_FIELDS = ("age", "sex", "localization")
-_LIST_CHOICES: dict[str, tuple[str, ...]] = {
-    "eval.metadata": METADATA_FIELDS,
-}
-
-
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict of a config dataclass (for YAML, checkpoints and MLflow)."""
     return dataclasses.asdict(cfg)
@@ -308,92 +300,6 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert one YAML value to the annotated field type, with a clear error."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        errors = []
-        for candidate in non_none:
-            try:
-                return _coerce(value, candidate, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads "3e-4" (no dot) as a string; users mean a number.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        return [_coerce(v, args[0], key) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if tp is Any:  # checked where it is read (e.g. data.sources entries)
-        return value
-    raise ConfigError(f"config key '{key}': unsupported type {tp!r}")  # pragma: no cover
-
-
-def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, validating every key and type."""
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    odd = [k for k in values if not isinstance(k, str)]
-    if odd:
-        # YAML 1.1 reads unquoted on/off/yes/no/true/false keys as booleans (and 1 as a number)
-        raise ConfigError(f"config key {prefix}{odd[0]!r} in section '{prefix.rstrip('.')}' is "
-                          "not a name (YAML reads unquoted on/off/yes/no as true/false); quote "
-                          "it or fix its spelling")
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        valid = ", ".join(prefix + name for name in fields)
-        raise ConfigError(f"unknown config key(s) {[prefix + u for u in unknown]}; valid: {valid}")
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        tp = hints[name]
-        key = prefix + name
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, key + ".")  # type: ignore[arg-type]
-            continue
-        kwargs[name] = _coerce(value, tp, key)
-        if key in _LIST_CHOICES:
-            odd = [v for v in kwargs[name] if v not in _LIST_CHOICES[key]]
-            if odd or len(set(kwargs[name])) != len(kwargs[name]):
-                raise ConfigError(f"config key '{key}' takes distinct values of "
-                                  f"{_LIST_CHOICES[key]}, got {value!r}")
-        if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
-            raise ConfigError(f"config key '{key}' must be one of {_CHOICES[key]}, got {value!r}")
-        if key in _MINIMA and kwargs[name] is not None and kwargs[name] < _MINIMA[key]:
-            raise ConfigError(f"config key '{key}' must be >= {_MINIMA[key]:g}, got {value!r}")
-    return cls(**kwargs)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -425,7 +331,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def from_dict(tree: Mapping[str, Any]) -> ExperimentConfig:
     """Build and validate an :class:`ExperimentConfig` from a nested mapping."""
-    return typing.cast(ExperimentConfig, _build(ExperimentConfig, tree, ""))
+    return typing.cast(ExperimentConfig, build(ExperimentConfig, tree, ""))
 
 
 def load_config(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermalab.core.config import DataConfig
+from dermalab.core.config import DataConfig, DataFormat
 from dermalab.core.errors import DataError
 from dermalab.data.images import is_image_name
 from dermalab.data.samples import Sample, SourceData
@@ -319,6 +319,7 @@ def read_sources(cfg: DataConfig) -> SourceData:
             (MedMNIST, hmnist), which cannot be merged with files.
     """
     import dataclasses
+    import typing
 
     parts: list[SourceData] = []
     names: list[str] = []
@@ -332,8 +333,12 @@ def read_sources(cfg: DataConfig) -> SourceData:
         name = str(entry.get("name") or f"s{i}")
         if name in names:
             raise DataError(f"data.sources: the name '{name}' is used twice")
+        fmt = str(entry.get("format", "auto"))
+        if fmt not in typing.get_args(DataFormat):
+            raise DataError(f"data.sources[{i}].format must be one of "
+                            f"{typing.get_args(DataFormat)}, got {fmt!r}")
         sub = dataclasses.replace(
-            cfg, source=str(entry["source"]), format=str(entry.get("format", "auto")),
+            cfg, source=str(entry["source"]), format=typing.cast(DataFormat, fmt),
             columns=dict(entry.get("columns") or {}),
             class_map=dict(entry.get("class_map") or {}),
             image_dirs=list(entry.get("image_dirs") or []), sources=[], split_file=None)
