@@ -3,46 +3,18 @@ Runtime's quantisation tools.
 
 Weights become int8 per output channel, except the most sensitive layers' (int16), and
 activations uint16 per tensor (uint8 with ``activation_bits=8``), in the QDQ format
-(QuantizeLinear/DequantizeLinear pairs). The file is about 3.4x smaller than FP32. Choices
-measured as top-1 agreement with FP32 on 400 validation images (the DermNet clinical model
-unless said):
+(QuantizeLinear/DequantizeLinear pairs). The file is about 3.4x smaller than FP32. The method:
 
-- the nodes that compute "same" padding from tensor shapes (timm's TF-style convolutions trace
-  them as Shape -> Cast -> Div -> Ceil ... -> Pad) stay in float: quantised, the padding came
-  out wrong and the agreement was 82%; excluded, 93.8%;
-- activation ranges from the 99.99th percentile of calibration values instead of min-max:
-  94.8% (rare outliers no longer stretch an activation's 256 levels);
-- empirical bias correction (Nagel et al. 2019, below): 96.5% (the HAM10000 app model: 88.3%
-  -> 92.8%). Rounding the weights alone, with activations left in float, already cost 5.3
-  points of agreement, because the rounding error of a layer does not average out: it shifts
-  the layer's mean output. Each layer's bias absorbs that shift, measured on the calibration
-  images;
-- mixed precision (2026-11-29): uint16 activations, and int16 weights for the layers whose
-  rounding alone moves the logits most (:func:`weight_sensitivity`), as many as fit in 3% of
-  the weights: 98.25% on the clinical model (8-bit activations, all weights int8: 96.5%), and
-  on the HAM10000 default recipe's model 98.75% (96.25%). The per-layer ranking showed why:
-  the stem and the first blocks are the most sensitive (their error passes through every
-  later layer) and also the smallest, so 16 bits there cost 2.5% of the file. With 8-bit
-  activations the same layers gave 96.75% on the HAM10000 model: both halves are needed. The
-  price is speed: ONNX Runtime has integer kernels for 8-bit QDQ only, so a 16-bit model
-  computes in float (as fast as FP32, not faster); on phones the point is the 3.4x smaller
-  download, and ``--activation-bits 8`` keeps the integer kernels where speed matters more;
-- activation ranges by width (2026-11-30): the percentile clipping above is for 8-bit
-  activations, whose 256 levels outliers would stretch; with 16 bits min-max keeps every
-  value in range and still resolves the bulk finely (an outlier 100x the 99.99th percentile
-  leaves ~650 levels below it). On the MobileNetV2 default (seed 42) clipped 16-bit ranges
-  moved a calibrated probability by up to 0.38 and agreed on 97.75% of validation, under the
-  page's 98% bar; with min-max the largest change was 0.016 and agreement 98.75%, with the
-  weights unchanged (all weights at 16 bits, clipped ranges still agreed on only 97.75%: the
-  error was the clipping). Three more MobileNetV2 runs: largest change 0.21-0.27 -> 0.015-
-  0.019, agreement 98.25-99.75% -> 99.75%.
+- the nodes that compute "same" padding from tensor shapes (:func:`shape_nodes`) stay in float;
+- 8-bit activation ranges from the 99.99th percentile of calibration values (16-bit ones from
+  the min-max range);
+- empirical bias correction (Nagel et al. 2019, :func:`correct_biases`): each layer's bias
+  absorbs the mean shift its weight rounding causes, measured on calibration images;
+- mixed precision: int16 weights for the layers whose rounding alone moves the logits most
+  (:func:`weight_sensitivity`), as many as fit in 3% of the weights.
 
-Left in float for good: keeping chosen layers in float instead (``nodes_to_exclude``) would
-be simpler, but ONNX Runtime 1.32's graph optimiser miscomputes the model when a convolution
-inside a QDQ chain is excluded (95% agreement with optimisations off, 68% with only the
-basic ones on; most likely its level-1 transforms re-quantising a float Conv that sits
-between a DequantizeLinear and a QuantizeLinear, cf. onnxruntime issue #25259 and PR #24537);
-int16 weights keep every convolution inside the QDQ format.
+What each step bought (top-1 agreement with FP32 on validation), and why chosen layers are not
+simply left in float, is in ``docs/decisions/2026-11-29-int8-quantisation.md``.
 
 The ranges and the sensitivities are measured on training images — never validation or test,
 which then measure what the quantisation costs: agreement of the top class with the FP32
