@@ -189,7 +189,9 @@ def watermark_attention(run: Path, limit: int = 200) -> dict[str, Any]:
 def detection(derm: Path, clinical: Path, router: Path) -> dict[str, Any]:
     """Route and assess every held-out image in process (the service's own code path)."""
     from dermalab.data.negatives import negative_images
-    from dermalab.serve.service import AnalysisService, ServeSettings, decode_upload
+    from dermalab.serve.service import AnalysisService
+    from dermalab.serve.settings import ServeSettings
+    from dermalab.serve.uploads import decode_upload
 
     tmp = Path(tempfile.mkdtemp())
     svc = AnalysisService(ServeSettings(run_dir=str(derm), more_runs=(str(clinical),),
@@ -250,7 +252,8 @@ def phone_decode(repeats: int = 5) -> dict[str, Any]:
     from PIL import Image
 
     from dermalab.data.images import open_rgb
-    from dermalab.serve.service import ServeSettings, decode_upload
+    from dermalab.serve.settings import ServeSettings
+    from dermalab.serve.uploads import decode_upload
 
     photo = Image.open(next((DERMNET / "Psoriasis").glob("*.jpg"))).convert("RGB")
     big = photo.resize((4000, 3000), Image.Resampling.BICUBIC)

@@ -74,7 +74,8 @@ def prepare(run: Path) -> Path:
 def server_side(run: Path, paths: list[Path]) -> list[dict[str, Any]]:
     """The service's own answers (FP32), as the API would give them."""
     from dermalab.serve.models import ServedModel
-    from dermalab.serve.service import ServeSettings, decode_upload
+    from dermalab.serve.settings import ServeSettings
+    from dermalab.serve.uploads import decode_upload
 
     model = ServedModel(run)
     settings = ServeSettings(run_dir=str(run))

@@ -92,7 +92,7 @@ def test_crop_through_the_cli_the_export_and_the_web_service(
         crop_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from dermalab.deploy.predictor import Predictor
     from dermalab.serve.app import create_app
-    from dermalab.serve.service import ServeSettings
+    from dermalab.serve.settings import ServeSettings
 
     photos = [str(p) for p in _test_images(crop_run)]
     assert main(["predict", str(crop_run), *photos, "--json"]) == 0

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dermalab.serve.app import create_app
-from dermalab.serve.service import ServeSettings
+from dermalab.serve.settings import ServeSettings
 from dermalab.serve.store import make_engine, now
 from tests.conftest import HAM_DIR
 

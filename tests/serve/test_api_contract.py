@@ -18,7 +18,8 @@ from PIL import Image
 from dermalab.serve.app import create_app
 from dermalab.serve.dependencies import get_service
 from dermalab.serve.schemas import DISCLAIMER, AnalysisOut, ModelCard
-from dermalab.serve.service import ServeSettings, decode_upload
+from dermalab.serve.settings import ServeSettings
+from dermalab.serve.uploads import decode_upload
 
 
 class StubService:
@@ -317,6 +318,6 @@ def test_upload_errors_in_korean(client: TestClient) -> None:
 ])
 def test_referral_reason(verdict: str, mal_p: float | None, mal_t: float | None,
                          want: str) -> None:
-    from dermalab.serve.service import referral_reason
+    from dermalab.serve.answer import referral_reason
 
     assert referral_reason(verdict, mal_p, mal_t) == want

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dermalab.serve.app import create_app
-from dermalab.serve.service import ServeSettings
+from dermalab.serve.settings import ServeSettings
 from tests.conftest import HAM_DIR
 
 
@@ -321,7 +321,7 @@ def test_lesion_summary_measures_in_the_photos_own_pixels() -> None:
 
     from PIL import Image
 
-    from dermalab.serve.service import lesion_summary
+    from dermalab.serve.uploads import lesion_summary
 
     w, h, r = 2000, 1500, 500
     yy, xx = np.mgrid[:h, :w]

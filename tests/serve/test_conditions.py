@@ -8,8 +8,9 @@ import pytest
 
 from dermalab.core.config import load_config
 from dermalab.core.i18n import LANGUAGES
-from dermalab.data.sources import HAM_DX_NAMES, apply_class_map
-from dermalab.serve.service import load_conditions
+from dermalab.data.sources import apply_class_map
+from dermalab.data.tables import HAM_DX_NAMES
+from dermalab.serve.answer import load_conditions
 
 REPO = Path(__file__).resolve().parents[2]
 DERMNET_FOLDERS = [  # the DermNet NZ folders configs/dermnet_clinical.yaml was written for

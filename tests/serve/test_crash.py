@@ -78,7 +78,8 @@ def test_kill_9_with_uploads_in_flight_leaves_nothing_half_stored(skin_run: Path
 @pytest.mark.parametrize(("own", "grace"), [(True, 0.0), (False, 600.0)])
 def test_orphan_grace_depends_on_whether_the_stores_are_shared(skin_run: Path, own: bool,
                                                                 grace: float) -> None:
-    from dermalab.serve.service import AnalysisService, ServeSettings
+    from dermalab.serve.service import AnalysisService
+    from dermalab.serve.settings import ServeSettings
 
     kw = {} if own else {"database_url": "sqlite://"}
     svc = AnalysisService.__new__(AnalysisService)

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dermalab.serve.app import create_app
-from dermalab.serve.service import ServeSettings
+from dermalab.serve.settings import ServeSettings
 
 XRW = {"X-Requested-With": "dermalab"}
 

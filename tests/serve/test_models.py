@@ -20,7 +20,8 @@ from dermalab.core.errors import DermalabError
 from dermalab.data.negatives import load_photo, negative_images
 from dermalab.deploy.router import TYPES, ImageRouter, predict_proba, router_input
 from dermalab.serve.app import create_app
-from dermalab.serve.service import AnalysisService, ServeSettings
+from dermalab.serve.service import AnalysisService
+from dermalab.serve.settings import ServeSettings
 from tests.conftest import HAM_DIR
 from tests.serve.conftest import dermnet_photos
 

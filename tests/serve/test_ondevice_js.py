@@ -22,14 +22,7 @@ from dermalab.data.images import normalize_batch, resize_rgb
 from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
 from dermalab.deploy.router import predict_proba, router_input
 from dermalab.evaluate.explain import cam_from_feature_map
-from dermalab.serve.service import (
-    decide,
-    is_not_skin,
-    percent,
-    routed_type,
-    unserved_type,
-    wording,
-)
+from dermalab.serve.answer import decide, is_not_skin, percent, routed_type, unserved_type, wording
 
 ROOT = Path(__file__).resolve().parents[2]
 

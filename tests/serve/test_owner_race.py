@@ -20,8 +20,10 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from dermalab.serve.migrations import upgrade
-from dermalab.serve.service import AnalysisService, ServeSettings, UploadError
+from dermalab.serve.service import AnalysisService
+from dermalab.serve.settings import ServeSettings
 from dermalab.serve.store import make_engine
+from dermalab.serve.uploads import UploadError
 from tests.serve.test_accounts import XRW, _photo
 from tests.webserver import spawn_server, stop, wait_healthy
 

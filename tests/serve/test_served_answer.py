@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dermalab.serve.app import create_app
-from dermalab.serve.service import ServeSettings
+from dermalab.serve.settings import ServeSettings
 from tests.conftest import HAM_DIR
 
 

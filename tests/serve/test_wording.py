@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dermalab.core.i18n import LANGUAGES
-from dermalab.serve.service import decide, wording
+from dermalab.serve.answer import decide, wording
 
 CLASSES = ["mel", "nv", "bkl"]
 URGENCY = {"mel": "urgent", "nv": "self-care", "bkl": "routine"}

@@ -47,7 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dermalab.serve.app import create_app
-    from dermalab.serve.service import ServeSettings, check_models
+    from dermalab.serve.service import check_models
+    from dermalab.serve.settings import ServeSettings
 
     runs, types, router = serve_models(args.run_dir, args.router)
     if args.clinics:

@@ -75,7 +75,7 @@ class DataConfig:
     # dataset://dermamnist/128: see `dermalab data list`), downloaded on first use
     source: str | None = None
     format: DataFormat = "auto"
-    # csv: which column holds what (dermalab.data.sources.read_csv_manifest): image, label and
+    # csv: which column holds what (dermalab.data.tables.read_csv_manifest): image, label and
     # optionally group, split, skin_type (Fitzpatrick I-VI), age, sex, localization
     columns: dict[str, str] = field(default_factory=dict)
     # several datasets in one training set, each {name, source, format, columns, class_map,

@@ -32,7 +32,9 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from dermalab.core.i18n import negotiate
 from dermalab.serve import routers
 from dermalab.serve.ratelimit import RateLimits
-from dermalab.serve.service import AnalysisService, ServeSettings, UploadError
+from dermalab.serve.service import AnalysisService
+from dermalab.serve.settings import ServeSettings
+from dermalab.serve.uploads import UploadError
 
 log = logging.getLogger("dermalab.serve")
 

@@ -7,29 +7,33 @@ PyTorch (see :mod:`dermalab.serve.models`). Nothing else is shared and mutable a
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import math
-import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
 from sqlalchemy.exc import IntegrityError
 
-from dermalab.core.errors import DermalabError, ImageError
+from dermalab.core.errors import DermalabError
 from dermalab.core.i18n import DEFAULT_LANGUAGE, t
-from dermalab.data.images import open_rgb
 from dermalab.data.photo_quality import assess as assess_photo
 from dermalab.deploy.router import ImageRouter
 from dermalab.serve.accounts import AccountStore
+from dermalab.serve.answer import (
+    decide,
+    is_not_skin,
+    load_conditions,
+    percent,
+    routed_type,
+    routing_text,
+    unserved_type,
+    wording,
+)
 from dermalab.serve.conditions import condition_text
 from dermalab.serve.models import ServedModel, check_servable
 from dermalab.serve.ondevice import (
@@ -39,252 +43,12 @@ from dermalab.serve.ondevice import (
     ort_version,
     router_bundle,
 )
+from dermalab.serve.settings import ServeSettings
 from dermalab.serve.store import OPEN, Analysis, HistoryStore, ImageStore, Owner, make_engine, now
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Service configuration."""
-
-    run_dir: str  # the first model; its serving/ folder holds the default database and photos
-    more_runs: tuple[str, ...] = ()  # further models, one per image type
-    router: str | None = None  # a `dermalab router fit` folder: which model answers a photo
-    # run folder -> image type, overriding what the run says (a models file's `image_type:`)
-    image_types: tuple[tuple[str, str], ...] = ()
-    # With a router, its "not skin" class decides alone by default: it was fitted on both skin
-    # types and on non-skin photos, while each model's own detectors know one type only and
-    # their false alarms add up (bench/app_models.py measures both ways). True: either says.
-    model_detectors: bool = False
-    database_url: str | None = None  # default sqlite:///<run_dir>/serving/history.db
-    image_store: str | None = None  # folder or s3://bucket/prefix; default <run_dir>/serving/
-    max_upload_bytes: int = 15 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    decode_side: int = 1024  # large JPEGs are decoded at a reduced scale still this big
-    min_side: int = 32
-    top_k: int = 3
-    heatmap_size: int = 224
-    cam_workers: int = min(4, os.cpu_count() or 1)  # concurrent Grad-CAMs (model replicas)
-    fast_cam: bool = True  # closed-form Grad-CAM at the last feature map where it is exact
-    open: bool = False  # single-user local install: no accounts, every analysis visible
-    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "testserver")
-    docs: bool = False  # /docs and /redoc (they load scripts the CSP forbids): development only
-    retention_days: int | None = None  # delete analyses older than this, with their photos
-    cookie_secure: bool = False  # Secure cookies: set when served over HTTPS
-    # sign-in attempts per client address, and per account from one address
-    rate_signin: str = "10/minute"
-    # failed sign-ins per account from all addresses together: a cap on a brute force spread
-    # over many addresses, high enough that failures from strangers' addresses do not lock
-    # the owner out at the per-address rate
-    rate_signin_failures: str = "100/hour"
-    rate_upload: str = "30/minute"  # per owner and per client address
-    rate_storage: str = "memory://"  # limits storage URI; shared (redis://...) across processes
-    clinics: str | None = None  # a clinic directory (CSV or YAML) for the dermatologist finder
-    orphan_grace_s: float | None = None  # None: 0 with the run's own stores, else 600 s
-    ondevice: bool = True  # offer analysis in the browser for models that can run there
-    # the INT8 model is offered to the page above this validation top-1 agreement with FP32
-    # (bench/ondevice.py sets 0 to measure INT8 in the browser whatever its agreement)
-    int8_min_agreement: float = 0.98
-    ort_dir: str | None = None  # onnxruntime-web's dist folder; default: the checkout's npm one
-
+from dermalab.serve.uploads import UploadError, clean_photo, decode_upload, lesion_summary
 
 #: The photo key of an analysis whose photo was not kept (not skin).
 NO_PHOTO = ""
-
-
-class UploadError(DermalabError):
-    """An upload that cannot be analysed; ``status`` is the HTTP status to answer, ``key`` and
-    ``params`` the catalogue message (``detail`` is it in English)."""
-
-    def __init__(self, status: int, key: str, **params: Any) -> None:
-        self.status, self.key, self.params = status, key, params
-        self.detail = t(key, DEFAULT_LANGUAGE, **params)
-        super().__init__(self.detail)
-
-    def localized(self, lang: str) -> str:
-        """The message in ``lang``."""
-        return t(self.key, lang, **self.params)
-
-
-def percent(p: float) -> str:
-    """``0.812`` -> ``81%`` (the same in every supported language)."""
-    return f"{p:.0%}"
-
-
-def load_conditions() -> dict[str, dict[str, Any]]:
-    """The curated condition information, indexed by class name and by every alias."""
-    text = resources.files("dermalab.serve").joinpath("conditions.yaml").read_text("utf-8")
-    raw: dict[str, dict[str, Any]] = yaml.safe_load(text)
-    out: dict[str, dict[str, Any]] = {}
-    for key, entry in raw.items():
-        out[key] = entry
-        for alias in entry.get("aliases", []):
-            out.setdefault(str(alias), entry)
-    return out
-
-
-def routing_text(routing: dict[str, Any], lang: str) -> str:
-    """Which model answered and why, in ``lang``."""
-    kind = routing["image_type"]
-    probs = routing.get("probabilities") or {}
-    if kind == "not_skin":
-        return t("routing.not_skin", lang, probability=percent(probs.get("not_skin", 1.0)))
-    name, model = t(f"image_type.{kind}", lang), t(f"model.{kind}", lang)
-    if routing.get("unserved"):
-        found = routing["unserved"]
-        return t("routing.unserved", lang, type=t(f"image_type.{found}", lang), model=model,
-                 probability=percent(probs.get(found, 0.0)))
-    if routing["chosen_by"] == "user":
-        return t("routing.user", lang, type=name, model=model)
-    if routing["chosen_by"] == "router":
-        return t("routing.router", lang, type=name, model=model,
-                 probability=percent(probs.get(kind, 0.0)))
-    return t("routing.single", lang, model=model)
-
-
-def routed_type(served: list[str], probabilities: dict[str, float]) -> str:
-    """The router's most probable type among the ``served`` ones (a router may know a type
-    this service does not run); the first of equals. The page's twin: ``chooseType``."""
-    return max(served, key=lambda k: probabilities.get(k, 0.0))
-
-
-def unserved_type(served: list[str], probabilities: dict[str, float], chosen_by: str
-                  ) -> str | None:
-    """The photo's type when the router finds it most probably a kind of skin photo no served
-    model was trained on (a phone photo when only the dermoscopy model is served), unless the
-    person chose the model; else None. Its answer is then "not sure", and says why. The page's
-    twin: ``unservedType``."""
-    if chosen_by == "user" or not probabilities:
-        return None
-    top = max(probabilities, key=lambda k: probabilities[k])
-    return top if top != "not_skin" and top not in served else None
-
-
-def is_not_skin(routed_not_skin: bool | None, detectors: bool, model_detectors: bool) -> bool:
-    """Whether a photo is answered "not skin": without a router (``routed_not_skin`` None) the
-    model's own detectors decide; with one, the router decides, and the detectors too only
-    when ``model_detectors`` (ServeSettings). The page's twin: ``decide``."""
-    if routed_not_skin is None:
-        return detectors
-    return routed_not_skin or (detectors and model_detectors)
-
-
-def referral_reason(verdict: str, mal_p: float | None, mal_t: float | None) -> str:
-    """Why an analysis gets its referral: ``not_skin``; ``malignant`` (the malignant score
-    reached its operating point: urgent, whatever the top condition); ``uncertain`` (routine
-    check); else ``condition`` (the top condition's own urgency)."""
-    if verdict == "not_skin":
-        return "not_skin"
-    if mal_p is not None and mal_t is not None and mal_p >= mal_t:
-        return "malignant"
-    return "uncertain" if verdict == "uncertain" else "condition"
-
-
-def decide(probs: np.ndarray, not_skin: bool, uncertain_threshold: float, top_k: int,
-           mal_p: float | None, mal_t: float | None, urgency: dict[str, str],
-           classes: list[str]) -> tuple[str, str | None, list[int]]:
-    """The decision rules, apart from any wording: ``(verdict, referral, top-k indices)``.
-
-    ``not_skin`` when a detector (or the router) says so; else ``ok`` when the top calibrated
-    probability reaches the "not sure" threshold, else ``uncertain``. The referral is
-    ``urgent`` when the malignant score reaches its operating point, ``routine`` when
-    uncertain, else the top condition's own urgency (``urgency``, default ``routine``). The
-    page's on-device analysis applies the same rules (``static/ondevice/core.js``, ``decide``).
-    """
-    order = [int(i) for i in np.argsort(-probs, kind="stable")[:top_k]]
-    if not_skin:
-        return "not_skin", None, order
-    verdict = "ok" if float(probs[order[0]]) >= uncertain_threshold else "uncertain"
-    referral = {"malignant": "urgent", "uncertain": "routine"}.get(
-        referral_reason(verdict, mal_p, mal_t), urgency.get(classes[order[0]], "routine"))
-    return verdict, referral, order
-
-
-def wording(verdict: str, referral: str | None, top: tuple[str, float] | None,
-            mal_p: float | None, mal_t: float | None, lang: str) -> tuple[str, str]:
-    """The verdict's and the referral's sentences in ``lang``; ``top`` is the top condition's
-    (name, probability)."""
-    reason = referral_reason(verdict, mal_p, mal_t)
-    # A possibly malignant answer says so in its headline too, so the headline and the
-    # referral never disagree ("not sure" above an urgent referral read as a contradiction).
-    flag = "_malignant" if reason == "malignant" else ""
-    malignant = percent(mal_p or 0.0)
-    if verdict == "not_skin":
-        verdict_text = t("verdict.not_skin", lang)
-    elif verdict == "ok" and top is not None:
-        verdict_text = t(f"verdict.ok{flag}", lang, name=top[0], probability=percent(top[1]),
-                         malignant=malignant)
-    else:
-        verdict_text = t(f"verdict.uncertain{flag}", lang, malignant=malignant)
-    referral_text = (t(f"referral.{referral}", lang) if reason == "condition"
-                     else t(f"referral.{reason}", lang, probability=percent(mal_p or 0.0)))
-    return verdict_text, referral_text
-
-
-def decode_upload(data: bytes, filename: str, settings: ServeSettings) -> Image.Image:
-    """Sniff and decode an upload; map problems to HTTP statuses with clear messages.
-
-    Raises:
-        UploadError: 413 too many bytes or pixels, 415 not an image, 422 an image that cannot
-            be analysed (truncated, too small).
-    """
-    if len(data) > settings.max_upload_bytes:
-        raise UploadError(413, "upload.too_many_bytes", filename=filename,
-                          mb=settings.max_upload_bytes // (1024 * 1024))
-    try:
-        # A 12 MP phone JPEG is decoded at 1/2-1/4 scale (libjpeg's draft mode), still at
-        # least decode_side pixels a side: several times faster, and all a 128-224 px model,
-        # the outline and the stored copy need.
-        img = open_rgb(data, name=filename, max_pixels=settings.max_pixels,
-                       draft_size=settings.decode_side)
-    except ImageError as exc:
-        status, key = {"not_image": (415, "upload.not_image"),
-                       "too_large": (413, "upload.too_large")}.get(exc.kind,
-                                                                     (422, "upload.unusable"))
-        raise UploadError(status, key, filename=filename, reason=exc.reason) from None
-    if min(img.size) < settings.min_side:
-        raise UploadError(422, "upload.too_small", filename=filename, width=img.size[0],
-                          height=img.size[1], min_side=settings.min_side)
-    factor = min(img.size) // settings.decode_side
-    if factor >= 2:  # formats without a draft mode (PNG, WebP, HEIC): a cheap box reduction
-        img = img.reduce(factor)
-    return img
-
-
-def clean_photo(img: Image.Image) -> bytes:
-    """The pixels of a decoded upload (already upright and RGB) as a JPEG with no metadata:
-    no EXIF, XMP, ICC or comment survives, so neither does a GPS position or a device id."""
-    buf = io.BytesIO()
-    Image.frombytes("RGB", img.size, img.convert("RGB").tobytes()).save(
-        buf, "JPEG", quality=92, optimize=True)
-    return buf.getvalue()
-
-
-OUTLINE_SIDE = 384  # the outline image's longer side
-OUTLINE_RGB = (0, 230, 255)  # cyan: visible on every skin tone and on a dark lesion
-
-
-def lesion_summary(img: Image.Image, mask: np.ndarray) -> dict[str, Any] | None:
-    """The lesion the segmenter outlined: its measurements (:func:`measure_photo`, on a
-    copy at most 512 px; the diameter given in the photo's own pixels) and the
-    photo with the outline drawn, as a PNG data URL. ``None`` when nothing was outlined."""
-    from scipy import ndimage
-
-    from dermalab.segment.measure import largest_region, measure_photo
-
-    if not mask.any():
-        return None
-    measured = measure_photo(img, mask).to_json()
-    view = min(1.0, OUTLINE_SIDE / max(img.size))
-    vsize = (max(1, round(img.width * view)), max(1, round(img.height * view)))
-    photo = np.array(img.resize(vsize, Image.Resampling.BILINEAR), np.uint8)
-    region = np.asarray(Image.fromarray(largest_region(mask).astype(np.uint8) * 255).resize(
-        vsize, Image.Resampling.NEAREST)) >= 128
-    edge = region & ~ndimage.binary_erosion(region, iterations=2)
-    photo[edge] = OUTLINE_RGB
-    buf = io.BytesIO()
-    Image.fromarray(photo).save(buf, "PNG", compress_level=1)
-    return {**measured, "outline_png": "data:image/png;base64,"
-            + base64.b64encode(buf.getvalue()).decode()}
 
 
 def check_models(settings: ServeSettings) -> None:
