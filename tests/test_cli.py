@@ -61,6 +61,11 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert err.startswith("error: dataset not found") and "Traceback" not in err
     assert main(["train", "--data", str(tmp_path), "--set", "train.epoch=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
+    # an export format that does not exist is named with the ones that do, before any work
+    assert main(["export", str(tmp_path), "--format", "tflite"]) == 2
+    assert capsys.readouterr().err == "error: unknown export format 'tflite'; known: onnx\n"
+    assert main(["segment", "export", str(tmp_path), "--format", "coreml"]) == 2
+    assert "unknown segmenter export format 'coreml'; known: onnx" in capsys.readouterr().err
 
 
 @pytest.mark.realdata

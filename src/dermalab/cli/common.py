@@ -73,7 +73,7 @@ def add_export_parser(sub: Any, what: str, run_help: str,
     """``export RUN_DIR [--format onnx] [--out DIR]`` (classifier and segmenter alike)."""
     exp = sub.add_parser("export", help=f"export {what} (ONNX + model.json)")
     exp.add_argument("run_dir", help=run_help)
-    exp.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    exp.add_argument("--format", default="onnx", help="export format (default onnx)")
     exp.add_argument("--out", help="output folder (default RUN_DIR/export)")
     exp.set_defaults(func=func)
     return exp

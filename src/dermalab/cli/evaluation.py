@@ -71,13 +71,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """``dermalab export RUN_DIR --format onnx``."""
     from dermalab.core.runs import RunPaths
-    from dermalab.deploy.export import export_onnx
+    from dermalab.deploy.export import export_run
 
-    meta = export_onnx(args.run_dir, args.out)
+    meta = export_run(args.run_dir, args.out, args.format)
     out = Path(args.out) if args.out else RunPaths(Path(args.run_dir)).export
-    par = meta["extra"]["parity"]
-    print(f"wrote {out / 'model.onnx'} and {out / 'model.json'} (ONNX Runtime vs PyTorch: max "
-          f"abs diff {par['max_abs_diff']:.2e}, argmax agreement {par['argmax_agreement']:.0%})")
+    par = meta.get("extra", {}).get("parity")
+    if args.format == "onnx" and par:
+        print(f"wrote {out / 'model.onnx'} and {out / 'model.json'} (ONNX Runtime vs PyTorch: "
+              f"max abs diff {par['max_abs_diff']:.2e}, argmax agreement "
+              f"{par['argmax_agreement']:.0%})")
+    else:
+        print(f"wrote the {args.format} export and model.json to {out}")
     if args.quantize == "int8":
         from dermalab.deploy.quantize import quantize_int8
 

@@ -111,6 +111,8 @@ def cmd_segment_export(args: argparse.Namespace) -> int:
     """``dermalab segment export RUN_DIR --format onnx``."""
     from dermalab.segment.predict import export_segmenter
 
+    if args.format != "onnx":
+        raise DermalabError(f"unknown segmenter export format {args.format!r}; known: onnx")
     meta = export_segmenter(args.run_dir, args.out)
     par = meta["parity"]
     print(f"wrote {Path(args.out) if args.out else Path(args.run_dir) / 'export'}/model.onnx "

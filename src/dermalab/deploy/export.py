@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from dermalab.core.atomic import atomic_path, atomic_write_text
+from dermalab.core.errors import DermalabError
 from dermalab.core.models import FeaturesAndLogits
 from dermalab.core.runs import SEGMENTER_DIR, load_run
 from dermalab.data.images import normalize_batch
@@ -76,3 +78,20 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None,
     meta = info.to_json()
     atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
     return meta
+
+
+#: ``dermalab export --format NAME``: each format's exporter, ``(run_dir, out_dir) ->
+#: model.json content``. A new format is a function beside :func:`export_onnx` and its entry.
+EXPORTERS: dict[str, Callable[..., dict[str, Any]]] = {"onnx": export_onnx}
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None,
+               fmt: str = "onnx") -> dict[str, Any]:
+    """Export a finished run in format ``fmt`` (:data:`EXPORTERS`).
+
+    Raises:
+        DermalabError: an unknown format (the message lists the known ones).
+    """
+    if fmt not in EXPORTERS:
+        raise DermalabError(f"unknown export format {fmt!r}; known: {', '.join(EXPORTERS)}")
+    return EXPORTERS[fmt](run_dir, out_dir)
