@@ -142,6 +142,19 @@ def _load_study(url: str, name: str):  # type: ignore[no-untyped-def]
     return optuna.load_study(study_name=name, storage=url)
 
 
+def _wait_until_stale(url: str, name: str, grace_s: int, deadline_s: float = 60) -> None:
+    """Poll the study until the killed worker's running trial is stale (its last heartbeat
+    older than the grace period), so the rerun is certain to find it dead; no fixed sleep."""
+    from optuna.storages import RDBStorage
+
+    storage = RDBStorage(url, heartbeat_interval=1, grace_period=grace_s)
+    study_id = storage.get_study_id_from_name(name)
+    deadline = time.time() + deadline_s
+    while not storage._get_stale_trial_ids(study_id):
+        assert time.time() < deadline, "the killed trial never went stale"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_postgresql_study(photos: Path, tmp_path: Path) -> None:
     if not pgserver.available():
@@ -184,7 +197,7 @@ def test_a_killed_worker_does_not_corrupt_the_study_and_a_rerun_carries_on(
     assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(2.5)  # past the heartbeat grace period: the trial is now known to be dead
+    _wait_until_stale(f"sqlite:///{out / 'study.db'}", "run", grace_s=2)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
     trials = _load_study(f"sqlite:///{out / 'study.db'}", "run").trials
