@@ -219,7 +219,16 @@ def test_delete_my_account_leaves_nothing(client: TestClient, app_dir: Path) -> 
     mine = [_upload(client, alice, i) for i in range(2)]
     theirs = _upload(client, bob, 2)
     assert len(list((app_dir / "uploads").iterdir())) == 3
-    assert client.delete("/v1/account", headers=alice).status_code == 204
+    # The password is asked again; without it, or with a wrong one, nothing is deleted.
+    assert client.delete("/v1/account", headers=alice).json()["detail"] == (
+        "enter your password to delete the account")
+    wrong = client.request("DELETE", "/v1/account", headers=alice, json={"password": "guess"})
+    assert (wrong.status_code, wrong.json()["detail"]) == (
+        403, "wrong password; the account was not deleted")
+    assert len(list((app_dir / "uploads").iterdir())) == 3
+    assert client.get("/v1/analyses", headers=alice).json()["total"] == 2
+    assert client.request("DELETE", "/v1/account", headers=alice,
+                          json={"password": "a long password"}).status_code == 204
     left = sorted(p.name for p in (app_dir / "uploads").iterdir())
     assert left == [f"{theirs}.jpg"]
     db = sqlite3.connect(app_dir / "h.db")
@@ -247,8 +256,23 @@ def test_delete_my_account_in_s3(skin_run: Path, app_dir: Path, s3_env: str) -> 
             return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_env).get("Contents", []))
 
         assert len(keys()) == 3
-        assert c.delete("/v1/account", headers=alice).status_code == 204
+        assert c.request("DELETE", "/v1/account", headers=alice,
+                         json={"password": "a long password"}).status_code == 204
         assert keys() == [f"photos/{theirs}.jpg"]
+
+
+def test_sign_out_everywhere_ends_every_session_of_the_account(client: TestClient) -> None:
+    phone = _signup(client, "max@example.org")
+    r = client.post("/v1/auth/signin", json={"email": "max@example.org",
+                                             "password": "a long password"})
+    laptop = {"Authorization": f"Bearer {r.json()['token']}"}
+    client.cookies.clear()
+    other = _signup(client, "ned@example.org")
+    assert client.get("/v1/auth/session", headers=laptop).status_code == 200
+    assert client.post("/v1/auth/signout-everywhere", headers=phone).status_code == 204
+    for who in (phone, laptop):
+        assert client.get("/v1/auth/session", headers=who).status_code == 401
+    assert client.get("/v1/auth/session", headers=other).status_code == 200  # not theirs
 
 
 def test_download_my_data(client: TestClient) -> None:

@@ -163,6 +163,27 @@ def test_sign_up_analyse_sign_out_and_it_is_gone(server: str, skin_run: Path) ->
         assert page.evaluate(f"fetch('/v1/spots/{spot_id}').then(r => r.status)") == 404
         sync_api.expect(page.locator("#spots-empty")).to_be_visible()
         assert page.locator("#spot-view").is_hidden()
+        # Deleting the account asks for its password again; a wrong one deletes nothing.
+        page.fill("#email", "browser@example.org")
+        page.fill("#password", "a long password")
+        page.click("#sign-in")
+        sync_api.expect(page.locator("#account-status")).to_contain_text("Signed in as")
+        page.on("dialog", lambda d: d.accept())
+        page.click("#delete-account")
+        sync_api.expect(page.locator("#delete-password")).to_be_visible()
+        page.fill("#delete-password", "not my password")
+        page.click("#delete-account")
+        sync_api.expect(page.locator("#account-error")).to_have_text(
+            "wrong password; the account was not deleted")
+        sync_api.expect(page.locator("#history tr")).to_have_count(2)
+        page.fill("#delete-password", "a long password")
+        page.click("#delete-account")
+        sync_api.expect(page.locator("#account-status")).to_contain_text("private to this device")
+        gone = page.evaluate("fetch('/v1/auth/signin', {method: 'POST', headers: {'Content-Type':"
+                             " 'application/json', 'X-Dermalab-Page': '1'}, body: JSON.stringify("
+                             "{email: 'browser@example.org', password: 'a long password'})})"
+                             ".then(r => r.status)")
+        assert gone == 401
         browser.close()
     assert not [e for e in errors if "Content Security Policy" in e], errors
 

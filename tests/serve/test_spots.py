@@ -121,7 +121,8 @@ def test_spots_move_with_the_device_and_go_with_the_account(client: TestClient,
     one = client.get(f"/v1/analyses/{moved[1]['id']}", headers=acct).json()
     assert one["spot"]["name"] == "Mole"  # as the spot is now, not as it was stored
     assert len(_spot_rows(db)) == 2
-    assert client.delete("/v1/account", headers=acct).status_code == 204
+    assert client.request("DELETE", "/v1/account", headers=acct,
+                          json={"password": "a long password"}).status_code == 204
     assert _spot_rows(db) == []
 
 

@@ -146,6 +146,15 @@ class AccountStore:
             return user.id if user is not None else None
         return None
 
+    def verify_password(self, user_id: str, password: str) -> bool:
+        """Whether ``password`` is the password of account ``user_id`` (False for a device
+        without one); asked again before the account is deleted."""
+        with Session(self.engine) as s:
+            user = s.get(User, user_id)
+        if user is None or not user.email:
+            return False
+        return self.authenticate(user.email, password) == user_id
+
     def anonymous(self) -> str:
         """A new anonymous device; returns its user id."""
         uid = str(uuid.uuid4())
@@ -190,6 +199,13 @@ class AccountStore:
         """End one session."""
         with self._write, Session(self.engine) as s, s.begin():
             s.execute(delete(AuthToken).where(AuthToken.token_hash == _digest(token)))
+
+    def revoke_all(self, user_id: str) -> int:
+        """End every session of ``user_id`` on every device ("sign out everywhere"); returns
+        how many."""
+        with self._write, Session(self.engine) as s, s.begin():
+            res = s.execute(delete(AuthToken).where(AuthToken.user_id == user_id))
+            return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
     def purge_expired(self) -> int:
         """Delete expired sessions; returns how many."""

@@ -210,6 +210,13 @@ class Credentials(BaseModel):
     password: str = Field(min_length=1, max_length=1024, description="At least 8 characters.")
 
 
+class AccountDeletion(BaseModel):
+    """What deleting an account asks again: its password (a device without an account sends
+    nothing)."""
+
+    password: str | None = Field(None, max_length=1024, description="The account's password.")
+
+
 class SessionOut(BaseModel):
     """A session: who is signed in, and what the page needs to make requests."""
 

@@ -190,6 +190,15 @@ def sign_out(svc: Service, caller: Caller) -> Response:
     return out
 
 
+@auth.post("/signout-everywhere", status_code=204, responses=AUTH,
+           summary="End every session of this account, on every device")
+def sign_out_everywhere(svc: Service, caller: Caller) -> Response:
+    svc.accounts.revoke_all(caller.user_id)
+    out = Response(status_code=204)
+    forget_cookie(out, svc)
+    return out
+
+
 def forget_cookie(out: Response, svc: Service) -> None:
     secure = svc.settings.cookie_secure
     out.delete_cookie(

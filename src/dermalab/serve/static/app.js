@@ -52,6 +52,8 @@ function renderAccount() {
   $("account-form").hidden = !S || open || !anon;
   $("account-actions").hidden = !S || open;
   $("sign-out").hidden = !S || anon;
+  $("sign-out-everywhere").hidden = !S || anon || open;
+  $("delete-password-label").hidden = true;
 }
 
 async function credentials(path) {
@@ -72,10 +74,27 @@ $("sign-out").addEventListener("click", async () => {
   S = null; current = null; $("result").hidden = true; $("spot-view").hidden = true;
   await ensureSession(); loadHistory();
 });
+$("sign-out-everywhere").addEventListener("click", async () => {
+  await fetch("/v1/auth/signout-everywhere", {method: "POST", headers: writeHeaders()});
+  S = null; current = null; $("result").hidden = true; $("spot-view").hidden = true;
+  await ensureSession(); loadHistory();
+});
 $("delete-account").addEventListener("click", async () => {
+  $("account-error").textContent = "";
+  // An account asks for its password again (a device without an account has none).
+  const account = S && !S.anonymous;
+  if (account && $("delete-password-label").hidden) {
+    $("delete-password-label").hidden = false; $("delete-password").focus(); return;
+  }
   if (!window.confirm(msg("page.confirm_delete_account"))) return;
-  const res = await fetch("/v1/account", {method: "DELETE", headers: writeHeaders()});
-  if (!res.ok) return;
+  const res = await fetch("/v1/account", {method: "DELETE", headers: {...writeHeaders(),
+    "Content-Type": "application/json"},
+    body: account ? JSON.stringify({password: $("delete-password").value}) : undefined});
+  $("delete-password").value = "";
+  if (!res.ok) {
+    const body = await res.json().catch(() => ({}));
+    $("account-error").textContent = body.detail || msg("page.error_generic"); return;
+  }
   S = null; current = null; $("result").hidden = true; $("spot-view").hidden = true;
   $("status").textContent = msg("page.deleted_account");
   await ensureSession(); loadHistory();
