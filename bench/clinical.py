@@ -52,6 +52,9 @@ NOTES: dict[int, str] = {
     101: "seed 101's wall time includes light work beside it on the 2 CPUs (package installs, "
          "docs builds and about 12 minutes of a deprioritised test run that was then "
          "stopped); its epochs took 161-197 s where 150-170 s is expected",
+    303: "seed 303's wall time includes about 25 minutes of deprioritised (nice 19) test runs "
+         "beside it on the 2 CPUs (config, data and CLI tests, and a browser test that timed "
+         "out), and edits and lint; its epochs took 173-329 s where 155-180 s is expected",
 }
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "default": ("the recipe as configured (EfficientNet-Lite0, 256 px, DermNet NZ + "

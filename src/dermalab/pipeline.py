@@ -30,6 +30,7 @@ from dermalab.core.config import (
 )
 from dermalab.core.errors import ConfigError, RunNotFoundError, StopTraining
 from dermalab.core.intervals import with_interval
+from dermalab.core.metrics import metric_names
 from dermalab.core.models import count_parameters
 from dermalab.core.runs import (
     LoadedRun,
@@ -55,8 +56,7 @@ from dermalab.evaluate.report import write_report
 from dermalab.train.accel import make_accelerator
 from dermalab.train.fit import Training, announce, fit, setup_training
 
-TEST_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "weighted_precision",
-             "weighted_recall", "ece_before", "ece_after", "nll_before", "nll_after",
+TEST_KEYS = (*metric_names(), "ece_before", "ece_after", "nll_before", "nll_after",
              "temperature")
 #: The keys of ``metrics.json`` the final stage (re)computes; dropped before it runs again.
 FINAL_KEYS = ("metadata_fusion", "rules", "subgroups", "malignant", "serving", "gallery",

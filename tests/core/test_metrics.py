@@ -87,3 +87,23 @@ def test_fast_forms_equal_scikit_learn(seed: int) -> None:
     assert binary_auc(y == 3, p[:, 3]) is None
     assert macro_auc(y, p) == pytest.approx(classification_metrics(y, p, CLASSES)
                                             ["roc_auc_macro"])
+
+
+def test_the_metric_registry_names_what_is_computed_and_what_can_be_monitored() -> None:
+    """Every registered metric is computed by classification_metrics, every train.monitor
+    choice but the loss is recorded per epoch, and the history records exactly those."""
+    import typing
+
+    from dermalab.core.config import Monitor
+    from dermalab.core.metrics import METRICS, metric_names
+    from dermalab.train.fit import VAL_KEYS
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=30)
+    out = classification_metrics(rng.integers(0, 3, 30), probs, ["a", "b", "c"], detailed=False)
+    assert set(metric_names()) <= set(out)
+    assert len({m.name for m in METRICS}) == len(METRICS)
+    assert set(typing.get_args(Monitor)) - {"loss"} <= set(metric_names(per_epoch=True))
+    assert metric_names(per_epoch=True) == VAL_KEYS
+    assert metric_names(headline=True) == ("accuracy", "balanced_accuracy", "macro_f1",
+                                           "roc_auc_macro")

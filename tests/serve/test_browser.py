@@ -153,6 +153,15 @@ def test_sign_up_analyse_sign_out_and_it_is_gone(server: str, skin_run: Path) ->
         page.wait_for_function(
             "() => document.querySelector('#spot-timeline img').naturalWidth > 0")
         spot_id = page.evaluate("fetch('/v1/spots').then(r => r.json())")["items"][0]["id"]
+        # The monthly reminder: a calendar file made in the page, naming neither the spot nor
+        # a result.
+        with page.expect_download() as dl:
+            page.click("#spot-reminder")
+        assert dl.value.suggested_filename == "dermalab-reminder.ics"
+        ics = Path(dl.value.path()).read_text("utf-8")
+        assert "RRULE:FREQ=MONTHLY;INTERVAL=1" in ics and "BEGIN:VALARM" in ics
+        assert "SUMMARY:Time to photograph your skin spot again" in ics
+        assert "shoulder" not in ics and "%" not in ics
         page.click("#sign-out")
         sync_api.expect(page.locator("#account-status")).to_contain_text("private to this device")
         sync_api.expect(page.locator("#history-empty")).to_be_visible()
@@ -313,3 +322,48 @@ def test_a_phone_photo_of_a_rash_meets_the_clinical_model(
         assert "dermoscopy model" in page.locator("#routing").inner_text()
         browser.close()
     assert shot.stat().st_size > 20_000
+
+
+def _axe_problems(page: Any, state: str) -> list[str]:
+    """Serious and critical axe-core violations on the page as it is now, one line each."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page).response  # injected by evaluate(), so the page's CSP allows it
+    return [f"{state}: {v['id']} ({v['impact']}) on "
+            f"{', '.join(str(n['target']) for n in v['nodes'][:3])}: {v['help']}"
+            for v in results["violations"] if v["impact"] in ("serious", "critical")]
+
+
+@pytest.mark.parametrize("locale", ["en-GB", "ko-KR"])
+def test_no_serious_accessibility_violation_in_any_state(server: str, skin_run: Path,
+                                                         locale: str) -> None:
+    """axe-core on first visit, the result, a spot's history and the signed-in account, at
+    phone and desktop width, in English and Korean: no serious or critical violation."""
+    sync_api = _playwright()
+
+    photo = HAM_DIR / "images" / f"{_test_id(skin_run, 4)}.jpg"
+    problems: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        for width, height in ((390, 844), (1280, 900)):
+            page = browser.new_page(viewport={"width": width, "height": height}, locale=locale)
+            page.goto(server)
+            page.wait_for_selector(f"html[lang={locale[:2]}]", state="attached")
+            sync_api.expect(page.locator("#account-status")).not_to_be_empty()
+            problems += _axe_problems(page, f"{locale} {width}px first visit")
+            page.set_input_files("#file", str(photo))
+            page.fill("#spot", "left arm")
+            page.click("#analyse")
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            problems += _axe_problems(page, f"{locale} {width}px result")
+            page.click("#see-spot")
+            page.wait_for_selector("#spot-view:not([hidden])")
+            problems += _axe_problems(page, f"{locale} {width}px spot history")
+            page.fill("#email", f"a11y{width}{locale[:2]}@example.org")
+            page.fill("#password", "a long password")
+            page.click("#sign-up")
+            page.wait_for_selector("#sign-out:not([hidden])")
+            problems += _axe_problems(page, f"{locale} {width}px account")
+            page.close()
+        browser.close()
+    assert problems == []

@@ -31,7 +31,8 @@ def _analyse(c: TestClient, who: dict[str, str], spot: str | None, i: int = 0) -
     return dict(r.json())
 
 
-def _set_malignant(db: Path, analysis_id: str, p: float, threshold: float) -> None:
+def _set_malignant(db: Path, analysis_id: str, p: float | None, threshold: float | None
+                   ) -> None:
     con = sqlite3.connect(db)
     (raw,) = con.execute("select result_json from analyses where id = ?",
                          (analysis_id,)).fetchone()
@@ -92,6 +93,42 @@ def test_the_warning_says_when_the_malignant_probability_crossed(client: TestCli
     assert hist["warning"] is None and not any(e["crossed"] for e in hist["analyses"])
     _set_malignant(tmp_path / "h.db", b["id"], 0.20, 0.30)  # fell below: not a warning
     assert client.get(f"/v1/spots/{sid}", headers=who).json()["warning"] is None
+
+
+def test_the_spot_advice_does_not_flip_on_a_small_change(client: TestClient,
+                                                         tmp_path: Path) -> None:
+    """Issue 51: a score wavering around the line (42%, 41%) kept flipping the advice. Urgent
+    from the line on, routine again only below line - 5 points; what changed is said."""
+    who = _signup(client, "dot@example.org")
+    rows = [_analyse(client, who, "mole", i) for i in range(4)]
+    sid = rows[0]["spot"]["id"]
+    for row in rows:  # photos not yet "taken" carry no score, so the advice is the last one's
+        _set_malignant(tmp_path / "h.db", row["id"], None, None)
+    advice = []
+    for row, p in zip(rows, (0.30, 0.42, 0.41, 0.36), strict=True):
+        _set_malignant(tmp_path / "h.db", row["id"], p, 0.42)
+        hist = client.get(f"/v1/spots/{sid}", headers=who).json()
+        advice.append(hist["advice"])
+    assert advice == ["routine", "urgent", "urgent", "routine"]
+    assert hist["change"] == ("Compared with the previous photo, the probability of a possibly "
+                              "malignant lesion went from 41% to 36% (we advise seeing a "
+                              "dermatologist soon from 42%).")
+    assert "Advice for this spot: keep watching it" in hist["advice_text"]
+    _set_malignant(tmp_path / "h.db", rows[3]["id"], 0.38, 0.42)  # within the band: urgent
+    hist = client.get(f"/v1/spots/{sid}?lang=ko", headers=who).json()
+    assert hist["advice"] == "urgent" and "37%" in hist["advice_text"]  # the lower line, 42 - 5
+
+
+@pytest.mark.parametrize(("points", "want"), [
+    ([(0.1, 0.3), (0.3, 0.3), (0.26, 0.3), (0.24, 0.3)], [False, True, True, False]),
+    ([(None, None), (0.5, 0.3), (None, None)], [None, True, True]),
+    ([(0.28, 0.3)], [False]),  # a first photo just under the line is routine
+    ([(0.1, 0.3), (0.9, 0.3), (0.1, 0.3)], [False, True, False]),
+])
+def test_spot_urgency_has_hysteresis(points: list, want: list) -> None:
+    from dermalab.serve.answer import spot_urgency
+
+    assert spot_urgency(points, band=0.05) == want
 
 
 def _spot_rows(db: Path) -> list[tuple[str, str | None]]:

@@ -8,10 +8,54 @@ balanced accuracy.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One summary metric of :func:`classification_metrics`: its name (the key everywhere: the
+    history's ``val_<name>``, MLflow, ``metrics.json``, the report), which way is better, its
+    definition, and where it is recorded."""
+
+    name: str
+    higher_is_better: bool
+    formula: str  # the definition, with its scikit-learn equivalent
+    per_epoch: bool = False  # measured on validation every epoch (history ``val_<name>``)
+    headline: bool = False  # in summaries, model cards and comparisons
+
+
+#: The registry: a new summary metric is an entry here and its value in
+#: :func:`classification_metrics`; the history, MLflow, the report, the model card and the
+#: comparisons read their keys from here.
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("accuracy", True, "share of correct top-1 answers (accuracy_score)",
+               per_epoch=True, headline=True),
+    MetricSpec("balanced_accuracy", True, "mean per-class recall, (1/K) sum_k TP_k / N_k "
+               "(balanced_accuracy_score; ISIC 2018 Task 3)", per_epoch=True, headline=True),
+    MetricSpec("macro_f1", True, "unweighted mean of per-class F1 (f1_score, average='macro')",
+               per_epoch=True, headline=True),
+    MetricSpec("weighted_precision", True, "per-class precision weighted by support "
+               "(precision_score, average='weighted')", per_epoch=True),
+    MetricSpec("weighted_recall", True, "per-class recall weighted by support (recall_score, "
+               "average='weighted'; equals accuracy)", per_epoch=True),
+    MetricSpec("weighted_f1", True, "per-class F1 weighted by support (f1_score, "
+               "average='weighted')"),
+    MetricSpec("roc_auc_macro", True, "one-vs-rest ROC AUC averaged over the classes present "
+               "(roc_auc_score, multi_class='ovr', average='macro')", per_epoch=True,
+               headline=True),
+)
+
+
+def metric_names(*, per_epoch: bool | None = None, headline: bool | None = None
+                 ) -> tuple[str, ...]:
+    """The registry's names, in its order, filtered by where they are recorded."""
+    return tuple(m.name for m in METRICS
+                 if (per_epoch is None or m.per_epoch == per_epoch)
+                 and (headline is None or m.headline == headline))
 
 
 def _safe_roc_auc(

@@ -12,6 +12,7 @@ from dermalab.core.calibration import calibrated_probs, expected_calibration_err
 from dermalab.core.config import replace
 from dermalab.core.errors import DataError
 from dermalab.core.metadata import MetadataModel
+from dermalab.core.metrics import metric_names
 from dermalab.core.runs import load_run, save_predictions
 from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.evaluate.served import served_metrics
@@ -19,7 +20,7 @@ from dermalab.train.accel import make_accelerator
 from dermalab.train.fit import Training
 from dermalab.train.loop import mean_loss, predict_split
 
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro")
+HEADLINE = metric_names(headline=True)
 
 
 def split_description(data: PreparedData, conflicts: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 from dermalab.core.atomic import atomic_write_text
 from dermalab.core.i18n import t
 from dermalab.core.intervals import with_interval
+from dermalab.core.metrics import metric_names
 from dermalab.core.runs import RunPaths, read_metrics
 
 CSS = """
@@ -271,9 +272,8 @@ test split ({m.get('n')} images) with {_chosen(m)}. Brackets: 95% intervals over
     sections.append(("curves", "Training curves", _curves(paths, m, hist)))
 
     metric_rows = [[k, _ci(m, k, 4) if k in (m.get("intervals") or {}) else m.get(k)]
-                   for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_precision",
-                             "weighted_recall", "weighted_f1", "roc_auc_macro", "ece",
-                             "ece_split_prior", "uncertain_rate", "answered_accuracy", "loss")]
+                   for k in (*metric_names(), "ece", "ece_split_prior", "uncertain_rate",
+                             "answered_accuracy", "loss")]
     pc = m.get("per_class", {})
     pc_rows = [[c, pc[c]["precision"], pc[c]["recall"], pc[c]["f1"], pc[c].get("roc_auc"),
                 pc[c]["support"]] for c in classes if c in pc]

@@ -23,6 +23,7 @@ import torch
 from dermalab.core.atomic import atomic_write_text
 from dermalab.core.config import ExperimentConfig, load_config, with_values
 from dermalab.core.errors import ConfigError
+from dermalab.core.metrics import metric_names
 from dermalab.core.runs import load_run
 from dermalab.core.tracking import child_tracking, start_parent_run, store_uri
 
@@ -99,9 +100,8 @@ def compare(config: str | None, backbones: list[tuple[str, bool]], out: str | Pa
             "val_balanced_accuracy": val.get("balanced_accuracy"),
             "val_roc_auc_macro": val.get("roc_auc_macro"),
             "balanced_accuracy_ci": (res.get("intervals") or {}).get("balanced_accuracy"),
-            **{k: res.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1",
-                                       "roc_auc_macro", "ece_after", "epochs_run",
-                                       "best_epoch")},
+            **{k: res.get(k) for k in (*metric_names(headline=True), "ece_after",
+                                       "epochs_run", "best_epoch")},
             "parameters_m": round(res["parameters"] / 1e6, 2),
             "train_minutes": round(res["train_seconds_total"] / 60, 1),
             "ms_per_image_b1": round(inference_ms(run_dir, 1, 20), 2),

@@ -126,3 +126,29 @@ def wording(verdict: str, referral: str | None, top: tuple[str, float] | None,
     referral_text = (t(f"referral.{referral}", lang) if reason == "condition"
                      else t(f"referral.{reason}", lang, probability=percent(mal_p or 0.0)))
     return verdict_text, referral_text
+
+
+#: How far below its operating point a spot's malignant probability must fall before the
+#: spot's advice returns from "see a dermatologist soon" to routine: a probability that wavers
+#: around the line (42%, 41%, 42%) must not flip the advice with every photo.
+ADVICE_BAND = 0.05
+
+
+def spot_urgency(points: list[tuple[float | None, float | None]],
+                 band: float = ADVICE_BAND) -> list[bool | None]:
+    """For a spot's photos oldest first, each as ``(malignant probability, its operating
+    point)``: whether the spot's advice is urgent after each photo, with hysteresis. It turns
+    urgent as soon as a probability reaches its line (the photo's own answer says so too) and
+    returns to routine only below ``line - band``; ``None`` where the model has no malignant
+    score (the state carries over)."""
+    urgent: bool | None = None
+    out: list[bool | None] = []
+    for p, line in points:
+        if p is not None and line is not None:
+            if p >= line:
+                urgent = True
+            elif urgent is None or p < line - band:
+                urgent = False
+        out.append(urgent)
+    return out
+

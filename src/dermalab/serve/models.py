@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from dermalab.core.errors import DermalabError
+from dermalab.core.metrics import metric_names
 from dermalab.core.runs import RunPaths, read_metrics
 from dermalab.data.lesion import NEEDS_MASK
 from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
@@ -215,11 +216,9 @@ class ServedModel:
                              + ", ".join(f"{k}: {sum(v.values())}" for k, v in
                                          m.get("split", {}).get("counts", {}).items()),
             # the answers this service gives for a test photo alone, with 95% intervals
-            "test_metrics": {k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1",
-                                                    "roc_auc_macro")},
+            "test_metrics": {k: m.get(k) for k in metric_names(headline=True)},
             "test_intervals": {k: (m.get("intervals") or {}).get(k)
-                               for k in ("accuracy", "balanced_accuracy", "macro_f1",
-                                         "roc_auc_macro")},
+                               for k in metric_names(headline=True)},
             "calibration": {k: m.get(k) for k in ("temperature", "ece_before", "ece_after")},
             "decision": self.decision_card(),
             # the served answer per Fitzpatrick skin-type group on test (labelled types, and

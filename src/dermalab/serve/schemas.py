@@ -264,6 +264,13 @@ class SpotHistory(SpotRef):
     analyses: list[SpotEntry] = Field(description="Its analyses, oldest first.")
     warning: str | None = Field(description="Said when the malignant probability crossed the "
                                             "operating point since the previous photo.")
+    advice: Literal["urgent", "routine"] | None = Field(
+        None, description="The spot's advice after its last photo, with hysteresis: urgent "
+                          "from the operating point on, routine again only 5 points below it "
+                          "(None when the model has no malignant score).")
+    advice_text: str | None = Field(None, description="The advice in words.")
+    change: str | None = Field(None, description="What changed since the previous photo, in "
+                                                 "words (the malignant probability).")
     disclaimer: str = Field(default=DISCLAIMER, description="Not a diagnosis.")
     language: str = Field(default=DEFAULT_LANGUAGE, description="Language of the texts.")
 

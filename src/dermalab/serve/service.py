@@ -25,12 +25,14 @@ from dermalab.data.photo_quality import assess as assess_photo
 from dermalab.deploy.router import ImageRouter
 from dermalab.serve.accounts import AccountStore
 from dermalab.serve.answer import (
+    ADVICE_BAND,
     decide,
     is_not_skin,
     load_conditions,
     percent,
     routed_type,
     routing_text,
+    spot_urgency,
     unserved_type,
     wording,
 )
@@ -381,7 +383,31 @@ class AnalysisService:
                         now=percent(last["malignant_probability"]),
                         threshold=percent(last["malignant_threshold"]))
         return {"id": sp.id, "name": sp.name, "analyses": entries, "warning": warning,
+                **self._spot_advice(entries, lang),
                 "disclaimer": t("disclaimer", lang), "language": lang}
+
+    @staticmethod
+    def _spot_advice(entries: list[dict[str, Any]], lang: str) -> dict[str, Any]:
+        """What changed since the previous photo, in words, and the spot's advice after the
+        last one, with hysteresis (:func:`spot_urgency`): it stays urgent until the malignant
+        probability falls clearly below the line, so a wavering score does not flip it."""
+        scored = [(e["malignant_probability"], e["malignant_threshold"]) for e in entries]
+        urgent = spot_urgency(scored)[-1] if entries else None
+        last = entries[-1] if entries else None
+        out: dict[str, Any] = {"advice": None, "advice_text": None, "change": None}
+        if urgent is not None and last is not None:
+            line = float(last["malignant_threshold"])
+            out["advice"] = "urgent" if urgent else "routine"
+            out["advice_text"] = t(f"spot.advice_{out['advice']}", lang,
+                                   threshold=percent(line),
+                                   low=percent(max(0.0, line - ADVICE_BAND)))
+        pair = [e for e in entries if e["malignant_probability"] is not None][-2:]
+        if len(pair) == 2:
+            out["change"] = t("spot.change", lang,
+                              before=percent(pair[0]["malignant_probability"]),
+                              now=percent(pair[1]["malignant_probability"]),
+                              threshold=percent(pair[1]["malignant_threshold"]))
+        return out
 
     def delete(self, analysis_id: str, owner: Owner = OPEN) -> bool:
         """Delete one of ``owner``'s analyses and its stored image."""

@@ -41,7 +41,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from dermalab.core.calibration import calibrated_probs
 from dermalab.core.config import ExperimentConfig, from_dict, save_config, to_dict
 from dermalab.core.errors import ConfigError, TrainingDivergedError
-from dermalab.core.metrics import classification_metrics
+from dermalab.core.metrics import classification_metrics, metric_names
 from dermalab.core.models import (
     count_parameters,
     create_model,
@@ -69,8 +69,7 @@ from dermalab.train.optim import EpochScheduler, build_optimizer
 from dermalab.train.same_pad import restore_same_padding, use_static_same_padding
 
 #: Validation metrics recorded per epoch (``val_<name>`` in the history).
-VAL_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_precision",
-            "weighted_recall", "roc_auc_macro")
+VAL_KEYS = metric_names(per_epoch=True)
 
 
 @dataclass

@@ -1,4 +1,5 @@
 import * as device from "/static/ondevice/run.js";
+import {reminderIcs} from "/static/reminder.js";
 
 const $ = (id) => document.getElementById(id);
 let chosen = null;
@@ -354,6 +355,12 @@ async function showSpot(id) {
   $("spot-title").textContent = msg("page.spot_title", {name: s.name});
   $("spot-warning").hidden = !s.warning;
   $("spot-warning").textContent = s.warning || "";
+  $("spot-change").hidden = !s.change;
+  $("spot-change").textContent = s.change || "";
+  // The crossing warning already says "see a dermatologist" in red: the advice is not repeated.
+  $("spot-advice").hidden = !s.advice_text || !!s.warning;
+  $("spot-advice").textContent = s.advice_text || "";
+  $("spot-advice").className = "referral " + (s.advice === "urgent" ? "urgent" : "routine");
   const fmt = new Intl.DateTimeFormat(locale(), {dateStyle: "medium",
                                                           timeStyle: "short"});
   const tl = $("spot-timeline"); tl.replaceChildren();
@@ -375,6 +382,19 @@ async function showSpot(id) {
   $("spot-disclaimer").textContent = s.disclaimer;
   $("spot-view").scrollIntoView({behavior: "smooth", block: "nearest"});
 }
+
+// A monthly reminder to photograph the open spot again: a calendar file made here and
+// downloaded, nothing sent anywhere (static/reminder.js).
+$("spot-reminder").addEventListener("click", () => {
+  const ics = reminderIcs({from: new Date(), everyMonths: 1, summary: msg("page.reminder_summary"),
+                           description: msg("page.reminder_description"),
+                           uid: crypto.randomUUID() + "@dermalab"});
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([ics], {type: "text/calendar"}));
+  a.download = "dermalab-reminder.ics";
+  document.body.append(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+});
 
 async function analyse() {
   if (!chosen) return;
