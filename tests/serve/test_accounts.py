@@ -261,6 +261,23 @@ def test_delete_my_account_in_s3(skin_run: Path, app_dir: Path, s3_env: str) -> 
         assert keys() == [f"photos/{theirs}.jpg"]
 
 
+def test_a_first_visit_asks_for_its_session_without_an_error(client: TestClient) -> None:
+    r = client.get("/v1/auth/session?optional=1")
+    assert (r.status_code, r.content, r.headers["cache-control"]) == (204, b"", "no-store")
+    assert client.get("/v1/auth/session").status_code == 401  # API clients still get 401
+    who = _signup(client, "opt@example.org")
+    assert client.get("/v1/auth/session?optional=1", headers=who).json()["email"] == (
+        "opt@example.org")
+
+
+def test_the_installed_app_is_named_in_the_phone_language(client: TestClient) -> None:
+    ko = client.get("/manifest.webmanifest", headers={"Accept-Language": "ko-KR,ko;q=0.9"})
+    assert ko.json()["name"] == "dermalab – 피부 사진 확인" and ko.json()["lang"] == "ko"
+    assert ko.headers["content-type"].startswith("application/manifest+json")
+    en = client.get("/manifest.webmanifest").json()
+    assert en["name"] == "dermalab – skin photo check" and en["start_url"] == "/"
+
+
 def test_sign_out_everywhere_ends_every_session_of_the_account(client: TestClient) -> None:
     phone = _signup(client, "max@example.org")
     r = client.post("/v1/auth/signin", json={"email": "max@example.org",

@@ -347,10 +347,13 @@ def test_no_serious_accessibility_violation_in_any_state(server: str, skin_run: 
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         for width, height in ((390, 844), (1280, 900)):
             page = browser.new_page(viewport={"width": width, "height": height}, locale=locale)
+            errors: list[str] = []
+            page.on("console", lambda m, e=errors: e.append(m.text) if m.type == "error" else None)
             page.goto(server)
             page.wait_for_selector(f"html[lang={locale[:2]}]", state="attached")
             sync_api.expect(page.locator("#account-status")).not_to_be_empty()
             problems += _axe_problems(page, f"{locale} {width}px first visit")
+            assert errors == [], errors  # a first visit is not an error (no 401 logged)
             page.set_input_files("#file", str(photo))
             page.fill("#spot", "left arm")
             page.click("#analyse")

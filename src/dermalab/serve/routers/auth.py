@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 
 from dermalab.core.i18n import t
@@ -165,11 +165,17 @@ def _adopt(svc: Service, caller: MaybeCaller, uid: str) -> None:
     responses={401: {"model": Problem}},
     summary="The current session (or open mode)",
 )
-def current_session(svc: Service, caller: MaybeCaller, response: Response) -> dict[str, Any]:
+def current_session(svc: Service, caller: MaybeCaller, response: Response,
+                    optional: Annotated[bool, Query(
+                        description="204 instead of 401 when there is no session (the page "
+                                    "asks this on a first visit, which is not an error)")] = False
+                    ) -> Any:
     response.headers["Cache-Control"] = "no-store"
     if svc.settings.open:
         return {"mode": "open"}
     if caller is None or caller.session is None:
+        if optional:
+            return Response(status_code=204, headers={"Cache-Control": "no-store"})
         raise HTTPException(401, "no session", headers={"WWW-Authenticate": "Bearer"})
     s = caller.session
     return {

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
+from dermalab.core.i18n import t
 from dermalab.serve.dependencies import (
+    Language,
     Service,
 )
 from dermalab.serve.routers._common import (
@@ -39,10 +42,13 @@ def service_worker(svc: Service) -> Response:
 
 
 @page.get("/manifest.webmanifest")
-def web_manifest() -> Response:
-    """The web app manifest: the page installs to a phone's home screen."""
+def web_manifest(lang: Language) -> Response:
+    """The web app manifest: the page installs to a phone's home screen, named in the phone's
+    language (Accept-Language)."""
+    manifest = json.loads(_STATIC.joinpath("manifest.webmanifest").read_text("utf-8"))
+    manifest.update(name=t("page.title", lang), description=t("page.intro", lang), lang=lang)
     return Response(
-        _STATIC.joinpath("manifest.webmanifest").read_bytes(),
+        json.dumps(manifest, ensure_ascii=False),
         media_type="application/manifest+json",
-        headers=REVALIDATE,
+        headers={**REVALIDATE, "Vary": "Accept-Language"},
     )

@@ -31,8 +31,9 @@ const writeHeaders = () => ({...headers(),
 // A private session of this device is made on the first visit, so the page works without an
 // account; signing up or in later moves its analyses into the account.
 async function ensureSession() {
-  let res = await fetch("/v1/auth/session");
-  if (res.status === 401) {
+  // ?optional=1: no session yet is 204, not a 401 logged as an error on every first visit.
+  let res = await fetch("/v1/auth/session?optional=1");
+  if (res.status === 204 || res.status === 401) {
     res = await fetch("/v1/auth/anonymous", {method: "POST", headers: {
       "X-Requested-With": "dermalab", "X-Dermalab-Page": "1"}});
   }
