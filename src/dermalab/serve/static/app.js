@@ -89,9 +89,10 @@ $("delete-account").addEventListener("click", async () => {
     $("delete-password-label").hidden = false; $("delete-password").focus(); return;
   }
   if (!window.confirm(msg("page.confirm_delete_account"))) return;
-  const res = await fetch("/v1/account", {method: "DELETE", headers: {...writeHeaders(),
-    "Content-Type": "application/json"},
-    body: account ? JSON.stringify({password: $("delete-password").value}) : undefined});
+  const res = await fetch("/v1/account", account ? {method: "DELETE",
+    headers: {...writeHeaders(), "Content-Type": "application/json"},
+    body: JSON.stringify({password: $("delete-password").value})}
+    : {method: "DELETE", headers: writeHeaders()});
   $("delete-password").value = "";
   if (!res.ok) {
     const body = await res.json().catch(() => ({}));
@@ -384,12 +385,18 @@ async function showSpot(id) {
   $("spot-view").scrollIntoView({behavior: "smooth", block: "nearest"});
 }
 
+// 128 random bits as hex (crypto.randomUUID needs HTTPS; a page on a LAN address has none).
+function randomId() {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)),
+                    (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 // A monthly reminder to photograph the open spot again: a calendar file made here and
 // downloaded, nothing sent anywhere (static/reminder.js).
 $("spot-reminder").addEventListener("click", () => {
   const ics = reminderIcs({from: new Date(), everyMonths: 1, summary: msg("page.reminder_summary"),
                            description: msg("page.reminder_description"),
-                           uid: crypto.randomUUID() + "@dermalab"});
+                           uid: randomId() + "@dermalab"});
   const a = document.createElement("a");
   a.href = URL.createObjectURL(new Blob([ics], {type: "text/calendar"}));
   a.download = "dermalab-reminder.ics";
