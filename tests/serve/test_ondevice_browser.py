@@ -144,9 +144,13 @@ def test_installable_and_on_device_analysis_works_offline(server: str, exported_
         assert page.evaluate("navigator.serviceWorker.controller !== null")
 
         context.set_offline(True)
+        uncaught: list[str] = []
+        page.on("pageerror", lambda e: uncaught.append(str(e)))
         page.reload()
         page.wait_for_selector("#ondevice-field:not([hidden])", timeout=30_000)
         assert page.is_checked("#ondevice")  # the choice is remembered
+        # Offline, the account card says why it is empty, and no request fails uncaught.
+        sync_api.expect(page.locator("#account-status")).to_contain_text("You are offline")
         page.set_input_files("#file", str(photo))
         page.click("#analyse")
         page.wait_for_selector("#result:not([hidden])", timeout=120_000)
@@ -154,6 +158,14 @@ def test_installable_and_on_device_analysis_works_offline(server: str, exported_
         assert page.locator("#bars .bar").count() >= 1 or "not look like" in \
             page.locator("#verdict").inner_text()
         page.screenshot(path=str(exported_run / "web_ondevice_offline_390.png"), full_page=True)
+        # With on-device analysis off, an upload cannot reach the server: the page says so
+        # and points to the mode that works offline.
+        page.uncheck("#ondevice")
+        page.set_input_files("#file", str(photo))
+        page.click("#analyse")
+        sync_api.expect(page.locator("#status")).to_contain_text(
+            "Could not reach the server. Switch on “Analyse on this device”")
+        assert uncaught == [], uncaught
         browser.close()
 
 

@@ -31,13 +31,20 @@ const writeHeaders = () => ({...headers(),
 // A private session of this device is made on the first visit, so the page works without an
 // account; signing up or in later moves its analyses into the account.
 async function ensureSession() {
-  // ?optional=1: no session yet is 204, not a 401 logged as an error on every first visit.
-  let res = await fetch("/v1/auth/session?optional=1");
-  if (res.status === 204 || res.status === 401) {
-    res = await fetch("/v1/auth/anonymous", {method: "POST", headers: {
-      "X-Requested-With": "dermalab", "X-Dermalab-Page": "1"}});
+  try {
+    // ?optional=1: no session yet is 204, not a 401 logged as an error on every first visit.
+    let res = await fetch("/v1/auth/session?optional=1");
+    if (res.status === 204 || res.status === 401) {
+      res = await fetch("/v1/auth/anonymous", {method: "POST", headers: {
+        "X-Requested-With": "dermalab", "X-Dermalab-Page": "1"}});
+    }
+    S = res.ok ? await res.json() : null;
+  } catch (e) {  // offline: the page still works on the device; the account waits
+    S = null;
+    renderAccount();
+    $("account-status").textContent = msg("page.offline_account");
+    return;
   }
-  S = res.ok ? await res.json() : null;
   renderAccount();
 }
 
@@ -280,7 +287,12 @@ async function showClinics(ref) {
   $("clinics-box").hidden = !ref;
   $("clinic-list").replaceChildren();
   if (!ref) return;
-  const res = await fetch("/v1/clinics/cities", {headers: headers()});
+  let res;
+  try { res = await fetch("/v1/clinics/cities", {headers: headers()}); } catch (e) {
+    $("clinic-advice").textContent = msg("page.offline_clinics");
+    $("clinic-search").hidden = true;
+    return;
+  }
   if (!res.ok) return;
   const body = await res.json();
   $("clinic-advice").textContent = body.advice;
@@ -328,7 +340,8 @@ $("city-form").addEventListener("submit", (e) => {
 
 // -- a spot over time ---------------------------------------------------------------------------
 async function loadSpots() {
-  const res = await fetch("/v1/spots", {headers: headers()});
+  let res;
+  try { res = await fetch("/v1/spots", {headers: headers()}); } catch (e) { return; }
   const ul = $("spots"); ul.replaceChildren();
   const dl = $("spot-names"); dl.replaceChildren();
   const items = res.ok ? (await res.json()).items : [];
@@ -434,7 +447,9 @@ async function analyse() {
     render(body);
     loadHistory();
   } catch (e) {
-    $("status").textContent = msg("page.error_network");
+    // Offline: say so, and where the model can run on this device, say that it works here.
+    $("status").textContent = msg("page.error_network") + (onDevice && onDevice.models
+      && onDevice.models.length ? " " + msg("page.error_network_ondevice") : "");
   } finally {
     $("analyse").disabled = false;
   }
@@ -587,7 +602,8 @@ function controlled() {
 
 async function loadHistory() {
   loadSpots();
-  const res = await fetch("/v1/analyses?limit=20", {headers: headers()});
+  let res;
+  try { res = await fetch("/v1/analyses?limit=20", {headers: headers()}); } catch (e) { return; }
   if (!res.ok) return;
   const page = await res.json();
   const tbody = $("history"); tbody.replaceChildren();
