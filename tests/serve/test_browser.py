@@ -354,6 +354,19 @@ def test_no_serious_accessibility_violation_in_any_state(server: str, skin_run: 
             sync_api.expect(page.locator("#account-status")).not_to_be_empty()
             problems += _axe_problems(page, f"{locale} {width}px first visit")
             assert errors == [], errors  # a first visit is not an error (no 401 logged)
+            # The body map, by keyboard: Tab from its summary reaches a region, Enter on the
+            # upper back names the spot after it.
+            page.click("#body-map-field summary")
+            page.focus("#body-map-field summary")
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.getAttribute('role')") == "button"
+            page.focus("#body-map .region[data-part=upper_back]")
+            page.keyboard.press("Enter")
+            want = {"en": "Upper back", "ko": "등 위쪽"}[locale[:2]]
+            assert page.input_value("#spot") == want
+            assert page.get_attribute("#body-map .region[data-part=upper_back]",
+                                      "aria-pressed") == "true"
+            problems += _axe_problems(page, f"{locale} {width}px body map")
             page.set_input_files("#file", str(photo))
             page.fill("#spot", "left arm")
             page.click("#analyse")

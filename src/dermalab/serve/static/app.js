@@ -1,4 +1,5 @@
 import * as device from "/static/ondevice/run.js";
+import {SITE, drawBodyMap, regionName} from "/static/bodymap.js";
 import {reminderIcs} from "/static/reminder.js";
 
 const $ = (id) => document.getElementById(id);
@@ -124,6 +125,15 @@ async function loadMessages() {
   document.querySelectorAll("[data-i18n-placeholder]").forEach((el) => {
     el.placeholder = msg(el.dataset.i18nPlaceholder); });
   fillAbout();
+  // The body map names a spot after the place chosen, and gives the model the body site
+  // when it weighs one (the "About you" site list).
+  drawBodyMap($("body-map"), msg, (view, part) => {
+    $("spot").value = regionName(view, part, msg);
+    const site = $("site");
+    if (!$("about-field").hidden && [...site.options].some((o) => o.value === SITE[part])) {
+      site.value = SITE[part];
+    }
+  });
   const sel = $("lang"); sel.replaceChildren();
   Object.entries(body.languages).forEach(([code, name]) => {
     const o = text("option", name); o.value = code; o.selected = code === lang; sel.append(o);

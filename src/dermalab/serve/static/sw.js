@@ -7,7 +7,7 @@
 // the person as soon as they are online. Nothing personal is cached — no analysis, photo,
 // account or session response; only the public files below.
 const CACHE = "dermalab-ort-unknown";
-const SHELL = ["/", "/static/app.js", "/static/reminder.js", "/static/ondevice/core.js", "/static/ondevice/run.js",
+const SHELL = ["/", "/static/app.js", "/static/reminder.js", "/static/bodymap.js", "/static/ondevice/core.js", "/static/ondevice/run.js",
                "/manifest.webmanifest", "/static/icon-192.png", "/v1/ondevice",
                "/v1/messages", "/healthz",
                "/ort/ort.wasm.min.mjs", "/ort/ort-wasm-simd-threaded.mjs",
