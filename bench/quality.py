@@ -83,8 +83,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
 NOTES: dict[tuple[str, int], str] = {
     ("default", 101): "seed 101's wall time includes about 2 minutes of unit tests that ran "
                       "beside its first member (epochs 2-6 took 85-129 s instead of 65-70 s)",
-    ("default", 303): "seed 303 ran with only light work beside it (editing, lint and a few "
-                      "seconds of node tests)",
+    ("default", 303): "seed 303's wall time includes the full test suite, run beside its "
+                      "second member from epoch 8 on (its first member ran with only light "
+                      "work beside it)",
 }
 
 

@@ -157,6 +157,20 @@ def test_sign_in_errors_and_rate_limit(skin_run: Path, app_dir: Path) -> None:
                                                "password": "long enough"}).status_code == 429
 
 
+def test_device_sessions_have_their_own_limit(skin_run: Path, app_dir: Path) -> None:
+    """Phones behind one address (a carrier's NAT) each start a device session: those count
+    against their own, looser limit, and neither spends the sign-in budget nor is spent by it."""
+    xrw = {"X-Requested-With": "dermalab"}
+    with TestClient(create_app(_settings(skin_run, app_dir, rate_signin="2/minute",
+                                         rate_device="4/minute"))) as c:
+        starts = [c.post("/v1/auth/anonymous", headers=xrw).status_code for _ in range(5)]
+        assert starts == [201, 201, 201, 201, 429]
+        signins = [c.post("/v1/auth/signin", json={"email": "x@example.org",
+                                                   "password": "wrong!!"}).status_code
+                   for _ in range(3)]
+        assert signins == [401, 401, 429]
+
+
 def test_account_errors_speak_the_page_language(client: TestClient) -> None:
     """Walk-through defect 6: a Korean page got English account errors."""
     ko = {"Accept-Language": "ko-KR,ko;q=0.9"}

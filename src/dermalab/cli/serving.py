@@ -62,7 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              docs=args.docs, retention_days=args.retention_days,
                              cookie_secure=args.secure_cookies, rate_signin=args.rate_signin,
                              rate_signin_failures=args.rate_signin_failures,
-                             rate_upload=args.rate_upload, rate_storage=args.rate_storage,
+                             rate_upload=args.rate_upload, rate_device=args.rate_device,
+                             rate_storage=args.rate_storage,
                              clinics=args.clinics, orphan_grace_s=args.orphan_grace,
                              ondevice=args.ondevice,
                              int8_min_agreement=args.int8_min_agreement)
@@ -143,6 +144,9 @@ def add_serving_parsers(sub: Any) -> None:
                     "spread over many addresses)")
     sv.add_argument("--rate-upload", default="30/minute", help="uploads allowed per person "
                     "and per client address")
+    sv.add_argument("--rate-device", default="60/minute", help="private device sessions "
+                    "(no account) started per client address; looser than sign-in, since "
+                    "phones behind one carrier or Wi-Fi address share it")
     sv.add_argument("--rate-storage", default="memory://", help="where rate-limit counts "
                     "live; several servers behind one address need a shared one "
                     "(redis://HOST:6379)")

@@ -215,7 +215,7 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
         openapi_url="/openapi.json" if opts.docs else None,
     )
     app.state.limits = RateLimits(opts.rate_storage, signin=opts.rate_signin,
-                                  upload=opts.rate_upload,
+                                  upload=opts.rate_upload, device=opts.rate_device,
                                   signin_failures=opts.rate_signin_failures)
 
     @app.exception_handler(UploadError)

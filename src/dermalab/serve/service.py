@@ -393,10 +393,12 @@ class AnalysisService:
         probability falls clearly below the line, so a wavering score does not flip it."""
         scored = [(e["malignant_probability"], e["malignant_threshold"]) for e in entries]
         urgent = spot_urgency(scored)[-1] if entries else None
-        last = entries[-1] if entries else None
+        # An unscored last photo keeps the advice of the last scored one, and so its line.
+        lines = [e["malignant_threshold"] for e in entries
+                 if e["malignant_probability"] is not None and e["malignant_threshold"] is not None]
         out: dict[str, Any] = {"advice": None, "advice_text": None, "change": None}
-        if urgent is not None and last is not None:
-            line = float(last["malignant_threshold"])
+        if urgent is not None and lines:
+            line = float(lines[-1])
             out["advice"] = "urgent" if urgent else "routine"
             out["advice_text"] = t(f"spot.advice_{out['advice']}", lang,
                                    threshold=percent(line),

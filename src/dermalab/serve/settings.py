@@ -41,6 +41,10 @@ class ServeSettings:
     # the owner out at the per-address rate
     rate_signin_failures: str = "100/hour"
     rate_upload: str = "30/minute"  # per owner and per client address
+    # private device sessions per client address: looser than sign-in, since many phones can
+    # share one address (a carrier's NAT, a clinic's Wi-Fi) and a device session guesses
+    # nothing; still a cap on filling the session table from one address
+    rate_device: str = "60/minute"
     rate_storage: str = "memory://"  # limits storage URI; shared (redis://...) across processes
     clinics: str | None = None  # a clinic directory (CSV or YAML) for the dermatologist finder
     orphan_grace_s: float | None = None  # None: 0 with the run's own stores, else 600 s

@@ -85,7 +85,7 @@ def start_anonymous(request: Request, response: Response, svc: Service) -> dict[
     # browser's session for a fresh one.
     if request.headers.get("x-requested-with") != "dermalab":
         raise HTTPException(403, "send X-Requested-With: dermalab")
-    rate_limit(request, "signin", f"ip:{client_address(request)}")
+    rate_limit(request, "device", f"ip:{client_address(request)}")
     uid = svc.accounts.anonymous()
     return _session_response(svc, request, response, svc.accounts.issue(uid), None, True)
 
