@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,10 +84,16 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
 NOTES: dict[tuple[str, int], str] = {
     ("default", 101): "seed 101's wall time includes about 2 minutes of unit tests that ran "
                       "beside its first member (epochs 2-6 took 85-129 s instead of 65-70 s)",
-    ("default", 303): "seed 303's wall time includes the full test suite, run beside its "
-                      "second member from epoch 8 on (its first member ran with only light "
-                      "work beside it)",
+    ("default", 303): "seed 303 has no wall time: a machine restart cut its second member "
+                      "off in epoch 14 and it resumed from that member's checkpoint, so no "
+                      "one process timed it. Its epochs took 19.9 min (first member) and "
+                      "43.8 min (second), of which 30.6 min were epochs 9-12 of the second "
+                      "member, run beside the full test suite (its other epochs took "
+                      "36-142 s)",
 }
+#: Run directories (under bench/work) that their benchmark process did not time whole
+#: (resumed after a cut-off).
+UNTIMED: set[str] = {"quality/default/s303"}
 
 
 def _ci(m: dict[str, Any], key: str) -> list[float] | None:
@@ -96,8 +103,11 @@ def _ci(m: dict[str, Any], key: str) -> list[float] | None:
 
 def wall_minutes(run: Path, m: dict[str, Any]) -> float | None:
     """The run's wall time in its benchmark process (an ensemble's includes its members,
-    trained inside it)."""
-    return round(float(m["bench_wall_seconds"]) / 60, 1) if "bench_wall_seconds" in m else None
+    trained inside it); None for a run that process did not time whole (:data:`UNTIMED`)."""
+    where = Path(os.path.relpath(run.resolve(), WORK.resolve())).as_posix()
+    if where in UNTIMED or "bench_wall_seconds" not in m:
+        return None
+    return round(float(m["bench_wall_seconds"]) / 60, 1)
 
 
 def final_row(recipe: str, seed: int, run: Path, m: dict[str, Any]) -> dict[str, Any]:
