@@ -259,3 +259,31 @@ def test_router_probabilities_match_scikit_learn(router_dir: Path) -> None:
     got = predict_proba(f, router.shift, router.scale, router.coef, router.intercept)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(router.probabilities(images), got, rtol=1e-6)
+
+
+def test_close_up_views_are_centre_crops() -> None:
+    """A close-up view keeps the middle share of each side: the pixels of that box exactly."""
+    from dermalab.deploy.router_fit import closeup_views
+
+    image = np.arange(150 * 200 * 3, dtype=np.uint32).reshape(150, 200, 3)
+    half, third = closeup_views(image, (0.5, 0.33))
+    np.testing.assert_array_equal(half, image[37:112, 50:150])
+    np.testing.assert_array_equal(third, image[50:100, 67:133])
+    with pytest.raises(DermalabError, match="share of each side"):
+        closeup_views(image, (1.5,))
+
+
+def test_the_router_learns_close_ups_and_reports_them(router_dir: Path) -> None:
+    """The fitted router (CLI defaults) learnt from two close-up views per skin photo besides
+    the whole frames, and its record holds the close-ups' own held-out confusion: every
+    validation photo's views, rows = true type."""
+    from dermalab.deploy.router_fit import CLOSEUPS
+
+    meta = json.loads((router_dir / "router.json").read_text())
+    assert meta["closeups"] == list(CLOSEUPS)
+    whole, views = meta["val"]["images"], meta["val_closeup"]["images"]
+    for kind in ("dermoscopic", "clinical"):
+        assert views[kind] == len(CLOSEUPS) * whole[kind] > 0
+        matrix = np.asarray(meta["val_closeup"]["confusion"]["matrix"])
+        assert matrix[meta["types"].index(kind)].sum() == views[kind]
+    assert views["not_skin"] == 0

@@ -87,16 +87,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_router_fit(args: argparse.Namespace) -> int:
     """``dermalab router fit RUN_DIR... --out DIR``."""
-    from dermalab.deploy.router_fit import fit_router_for_runs
+    from dermalab.deploy.router_fit import CLOSEUPS, fit_router_for_runs
 
     meta = fit_router_for_runs(args.run_dirs, args.out, per_run=args.per_run,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress,
+                               closeups=CLOSEUPS if args.closeups is None else args.closeups)
     val = meta.get("val")
     print(f"wrote the image-type router to {args.out} ({', '.join(meta['types'])}; fitted on "
           + ", ".join(f"{k}: {v}" for k, v in meta["fit_images"].items())
           + (f"; validation accuracy {val['accuracy']:.3f} on "
              + ", ".join(f"{k}: {v}" for k, v in val["images"].items() if v) if val else "")
           + ")")
+    if meta.get("val_closeup"):
+        print(f"close-ups (centre crops {', '.join(map(str, meta['closeups']))} of the "
+              f"validation photos): accuracy {meta['val_closeup']['accuracy']:.3f}")
     print(f"serve with: dermalab serve {' '.join(args.run_dirs)} --router {args.out}")
     return 0
 
@@ -111,6 +115,10 @@ def add_serving_parsers(sub: Any) -> None:
                      help="the runs to serve, one per image type (data.image_type)")
     rof.add_argument("--out", required=True, help="the router folder to write")
     rof.add_argument("--per-run", type=int, default=800, help="training images used per run")
+    rof.add_argument("--closeups", type=float, nargs="*", metavar="SHARE",
+                     help="centre crops (share of each side kept) also learnt from, so phone "
+                     "close-ups of a spot are not taken for dermoscopy (default: 0.5 0.33; "
+                     "none: --closeups with no value)")
     rof.add_argument("--no-progress", action="store_true", help="no progress bars")
     rof.set_defaults(func=cmd_router_fit)
 

@@ -133,7 +133,9 @@ def export_embedder(path: Path) -> dict[str, Any]:
 
 
 def fit_router(fit: Mapping[str, Sequence[np.ndarray]], val: Mapping[str, Sequence[np.ndarray]],
-               out: str | Path, *, c: float = 0.5, sources: Mapping[str, str] | None = None
+               out: str | Path, *, c: float = 0.5, sources: Mapping[str, str] | None = None,
+               closeups: Sequence[float] = (),
+               val_closeup: Mapping[str, Sequence[np.ndarray]] | None = None
                ) -> dict[str, Any]:
     """Fit and write a router.
 
@@ -144,6 +146,8 @@ def fit_router(fit: Mapping[str, Sequence[np.ndarray]], val: Mapping[str, Sequen
         out: the router folder.
         c: inverse L2 strength of the logistic regression.
         sources: image type -> where its images came from (recorded in ``router.json``).
+        closeups: the centre-crop shares ``fit`` holds besides whole frames (recorded).
+        val_closeup: image type -> held-out close-up views, confused separately.
 
     Returns:
         the ``router.json`` content.
@@ -183,14 +187,16 @@ def fit_router(fit: Mapping[str, Sequence[np.ndarray]], val: Mapping[str, Sequen
         weights["intercept"] = np.concatenate([-clf.intercept_ / 2, clf.intercept_ / 2])
     meta["fit_images"] = {t: len(fit.get(t, [])) for t in types}
     meta["sources"] = dict(sources or {})
-    if any(val.get(t) for t in types):
-        xv, yv = feats(val)
-        pred = predict_proba(xv, **weights).argmax(1)
-        cm = confusion_matrix(yv, pred, labels=range(len(types)))
-        meta["val"] = {"images": {t: int((yv == i).sum()) for i, t in enumerate(types)},
-                       "accuracy": float((pred == yv).mean()),
-                       "confusion": {"rows_true_cols_predicted": types,
-                                     "matrix": cm.tolist()}}
+    meta["closeups"] = [float(f) for f in closeups]
+    for key, held_out in (("val", val), ("val_closeup", val_closeup or {})):
+        if any(held_out.get(t) for t in types):
+            xv, yv = feats(held_out)
+            pred = predict_proba(xv, **weights).argmax(1)
+            cm = confusion_matrix(yv, pred, labels=range(len(types)))
+            meta[key] = {"images": {t: int((yv == i).sum()) for i, t in enumerate(types)},
+                         "accuracy": float((pred == yv).mean()),
+                         "confusion": {"rows_true_cols_predicted": types,
+                                       "matrix": cm.tolist()}}
     with atomic_path(folder / "router.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, shift=np.asarray(weights["shift"], np.float32),
                  scale=np.asarray(weights["scale"], np.float32),

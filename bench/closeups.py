@@ -1,0 +1,268 @@
+"""Benchmark: phone close-ups of a spot in the two-model app. Which model answers them, and how
+many malignant ones get "see a dermatologist soon"?
+
+No smartphone close-ups are in ``../shared/data``; the stand-ins are centre crops (each side
+x 1.0, 0.5, 0.33) of the clinical run's held-out photos (DermNet NZ + Fitzpatrick17k), which
+fill the frame with the spot as a phone held near the skin does. Beside them, the
+dermoscopic run's held-out photos (whole and a 0.5 crop) check that dermoscopy still goes to
+the dermoscopy model and that no rule buys sensitivity with false urgent referrals there.
+
+Two routers, fitted from the same training photos of the same two runs
+(:func:`dermalab.deploy.router_fit.fit_router_for_runs`): ``plain`` on whole frames (the
+router before close-up views), ``closeup`` with the centre crops of
+:data:`dermalab.deploy.router_fit.CLOSEUPS` too (the default now).
+
+Rules for the referral (every piece from the service: ``ImageRouter.route``,
+``ServedModel.assess``, ``answer.routed_type``, ``answer.is_not_skin``, ``answer.decide``):
+
+- ``routed``: the answer of the model the router picks (what ``dermalab serve`` does);
+- ``both<L``: when the router's probability for the type it picks is below ``L``, the other
+  model is asked too and the referral is urgent when either model's answer is (a lever,
+  reported; ``L`` is chosen on validation: the highest malignant close-up sensitivity whose
+  dermoscopic benign false-urgent share rises by at most 0.02 over ``routed``).
+
+Every share carries a 95% Wilson interval. Validation photos choose; test photos report.
+
+    .venv/bin/python bench/closeups.py [--dermoscopy RUN] [--clinical RUN] [--per-split N]
+
+Results: ``bench/results/closeups.{json,md}``; routers in ``bench/work/closeups/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import WORK, fmt, machine, repo_relative, write_results
+
+from dermalab.core.runs import load_run
+from dermalab.data.prepare import prepare_data
+from dermalab.deploy.router import ImageRouter
+from dermalab.deploy.router_fit import CLOSEUPS, fit_router_for_runs
+from dermalab.serve.answer import decide, is_not_skin, load_conditions, routed_type
+from dermalab.serve.models import ServedModel
+
+ZOOMS = {"clinical": (1.0, 0.5, 0.33), "dermoscopic": (1.0, 0.5)}
+LINES = (0.6, 0.8, 0.9, 0.95, 1.01)  # 1.01: always both
+MAX_FALSE_URGENT_RISE = 0.02
+MELANOMA = {"melanoma", "mel"}
+
+
+def wilson(k: int, n: int) -> list[float] | None:
+    """95% Wilson score interval of ``k`` of ``n``."""
+    if n == 0:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def centre_crop(img: Image.Image, share: float) -> Image.Image:
+    """The middle ``share`` of each side."""
+    if share >= 1.0:
+        return img
+    w, h = img.size
+    cw, ch = max(1, round(w * share)), max(1, round(h * share))
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def held_out(run_dir: Path, split: str, limit: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``(path, label)`` of up to ``limit`` photos of a run's ``split`` (a fixed random subset)."""
+    run = load_run(run_dir, command="bench closeups")
+    data = prepare_data(run.config.data, run.info.image_size, split_path=run.paths.splits,
+                        progress=False, write=False)
+    samples = [s for s in data.samples(split) if s.path]
+    if len(samples) > limit:
+        rng = np.random.default_rng(seed)
+        samples = [samples[i] for i in sorted(rng.choice(len(samples), limit, replace=False))]
+    return [(str(s.path), s.label) for s in samples]
+
+
+def assess_views(photos: list[tuple[str, str]], zooms: tuple[float, ...],
+                 routers: dict[str, ImageRouter], models: dict[str, ServedModel],
+                 malignant: set[str]) -> list[dict[str, Any]]:
+    """Per photo and zoom: each router's probabilities and each model's served referral."""
+    urgency = {c: e.get("urgency", "routine") for c, e in load_conditions().items()}
+    rows = []
+    for path, label in photos:
+        with Image.open(path) as im:
+            photo = ImageOps.exif_transpose(im).convert("RGB")
+        for z in zooms:
+            img = centre_crop(photo, z)
+            row: dict[str, Any] = {"zoom": z, "malignant": label in malignant,
+                                   "melanoma": label in MELANOMA, "routes": {}, "urgent": {}}
+            for name, router in routers.items():
+                row["routes"][name] = router.route(img).probabilities
+            for kind, model in models.items():
+                a = model.assess(img)
+                classes = list(model.info.classes)
+                _, referral, _ = decide(a.probs, is_not_skin(False, a.out_of_distribution, False),
+                                        model.uncertain_threshold, 3, a.malignant_p,
+                                        a.malignant_t, urgency, classes)
+                row["urgent"][kind] = referral == "urgent"
+            rows.append(row)
+    return rows
+
+
+def referral(row: dict[str, Any], router: str, line: float | None) -> tuple[str, bool]:
+    """``(routed type, urgent)`` of one view under ``router`` and a rule (``line`` None:
+    ``routed``; else ``both<line``)."""
+    probs = row["routes"][router]
+    served = list(row["urgent"])
+    top = max(probs, key=lambda k: probs[k])
+    if is_not_skin(top == "not_skin", False, False):
+        return "not_skin", False
+    kind = routed_type(served, probs)
+    urgent = bool(row["urgent"][kind])
+    if line is not None and probs[kind] < line:
+        urgent = any(row["urgent"].values())
+    return kind, urgent
+
+
+def share(flags: list[bool]) -> dict[str, Any]:
+    k, n = int(sum(flags)), len(flags)
+    return {"share": k / n if n else None, "ci": wilson(k, n), "n": n}
+
+
+def table(views: dict[str, list[dict[str, Any]]], routers: list[str]) -> dict[str, Any]:
+    """Every rule's shares per photo kind and zoom."""
+    out: dict[str, Any] = {}
+    rules: list[tuple[str, float | None]] = [("routed", None)] + [
+        (f"both<{line:g}" if line <= 1 else "both always", line) for line in LINES]
+    for router in routers:
+        for rule, line in rules:
+            key = f"{router} / {rule}"
+            cells: dict[str, Any] = {}
+            for kind, rows in views.items():
+                for z in ZOOMS[kind]:
+                    sub = [r for r in rows if r["zoom"] == z]
+                    answered = [referral(r, router, line) for r in sub]
+                    cells[f"{kind} x{z:g}"] = {
+                        "to_clinical": share([k == "clinical" for k, _ in answered]),
+                        "to_dermoscopic": share([k == "dermoscopic" for k, _ in answered]),
+                        "malignant_urgent": share([u for (_, u), r in zip(answered, sub,
+                                                                          strict=True)
+                                                   if r["malignant"]]),
+                        "melanoma_urgent": share([u for (_, u), r in zip(answered, sub,
+                                                                         strict=True)
+                                                  if r["melanoma"]]),
+                        "benign_urgent": share([u for (_, u), r in zip(answered, sub,
+                                                                       strict=True)
+                                                if not r["malignant"]])}
+            out[key] = cells
+    return out
+
+
+def closeup_sensitivity(cells: dict[str, Any]) -> float:
+    """Malignant urgent share over the clinical crops (0.5 and 0.33), photo-weighted."""
+    parts = [cells[f"clinical x{z:g}"]["malignant_urgent"] for z in (0.5, 0.33)]
+    n = sum(p["n"] for p in parts)
+    return sum((p["share"] or 0.0) * p["n"] for p in parts) / n if n else 0.0
+
+
+def choose_rule(val: dict[str, Any]) -> str:
+    """The validation choice: the closeup router's rule with the highest close-up malignant
+    sensitivity whose dermoscopic benign false-urgent share (whole photos) rises by at most
+    :data:`MAX_FALSE_URGENT_RISE` over ``routed``; ties go to the rule asking fewer models."""
+    base = val["closeup / routed"]["dermoscopic x1"]["benign_urgent"]["share"]
+    best, best_s = "closeup / routed", closeup_sensitivity(val["closeup / routed"])
+    for key, cells in val.items():
+        if not key.startswith("closeup /"):
+            continue
+        rise = cells["dermoscopic x1"]["benign_urgent"]["share"] - base
+        s = closeup_sensitivity(cells)
+        if rise <= MAX_FALSE_URGENT_RISE and s > best_s + 1e-9:
+            best, best_s = key, s
+    return best
+
+
+def cell_text(c: dict[str, Any]) -> str:
+    if c["share"] is None:
+        return "–"
+    lo, hi = c["ci"]
+    return f"{fmt(c['share'])} [{fmt(lo)}, {fmt(hi)}] ({c['n']})"
+
+
+def markdown(report: dict[str, Any]) -> list[str]:
+    test, chosen = report["test"], report["chosen_on_validation"]
+    md = [f"# Phone close-ups in the two-model app ({report['date']}, "
+          f"{report['machine']['cpus']} CPUs)", "",
+          f"Dermoscopy model `{report['dermoscopy_run']}`, clinical-photo model "
+          f"`{report['clinical_run']}`. Stand-ins for phone close-ups: centre crops (x0.5, "
+          "x0.33 of each side) of the clinical run's test photos; the dermoscopic run's test "
+          "photos whole and at x0.5 check the other side. Shares with 95% Wilson intervals "
+          "and the number of photos. Routers: `plain` on whole frames, `closeup` with centre "
+          f"crops {', '.join(map(str, report['closeups']))} too (the default). Rule "
+          f"**chosen on validation: `{chosen}`** (the highest close-up malignant sensitivity "
+          f"with dermoscopic false-urgent rise at most {MAX_FALSE_URGENT_RISE}).", "",
+          "## Which model answers (test)", "",
+          "| router | photos | to clinical | to dermoscopic |", "| --- | --- | --- | --- |"]
+    for router in ("plain", "closeup"):
+        for where, c in test[f"{router} / routed"].items():
+            md.append(f"| {router} | {where} | {cell_text(c['to_clinical'])} | "
+                      f"{cell_text(c['to_dermoscopic'])} |")
+    md += ["", "## Urgent referral (test)", "",
+           "Malignant: the source's malignant classes (melanoma, basal cell carcinoma, "
+           "actinic keratosis / squamous cell carcinoma, rare skin cancers; HAM10000 mel, "
+           "bcc, akiec). Benign: every other photo.", "",
+           "| router / rule | photos | malignant urgent | melanoma urgent | benign urgent |",
+           "| --- | --- | --- | --- | --- |"]
+    for key, cells in test.items():
+        mark = " **(chosen)**" if key == chosen else ""
+        for where, c in cells.items():
+            md.append(f"| {key}{mark} | {where} | {cell_text(c['malignant_urgent'])} | "
+                      f"{cell_text(c['melanoma_urgent'])} | {cell_text(c['benign_urgent'])} |")
+    md += ["", f"Wall time {report['wall_min']:.1f} min (router fits, both models on every "
+           "view of validation and test)."]
+    return md
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dermoscopy", default=str(WORK / "quality" / "default" / "s101"))
+    ap.add_argument("--clinical", default=str(WORK / "clinical" / "default" / "s101"))
+    ap.add_argument("--per-split", type=int, default=600,
+                    help="photos per run and split (a fixed random subset)")
+    args = ap.parse_args()
+    start = time.time()
+    runs = {"dermoscopic": Path(args.dermoscopy), "clinical": Path(args.clinical)}
+    work = WORK / "closeups"
+    routers = {}
+    for name, closeups in (("plain", ()), ("closeup", CLOSEUPS)):
+        folder = work / f"router_{name}"
+        if not (folder / "router.json").is_file():
+            fit_router_for_runs([runs["dermoscopic"], runs["clinical"]], folder,
+                                closeups=closeups)
+        routers[name] = ImageRouter.load(folder)
+    models = {k: ServedModel(v) for k, v in runs.items()}
+    malignant = {c for m in models.values() for c in m.info.decision.malignant_classes}
+    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                              "dermoscopy_run": repo_relative(str(runs["dermoscopic"])),
+                              "clinical_run": repo_relative(str(runs["clinical"])),
+                              "closeups": list(CLOSEUPS), "lines": list(LINES),
+                              "routers": {k: json.loads((work / f"router_{k}" / "router.json")
+                                                        .read_text()).get("val_closeup")
+                                          for k in routers}}
+    for split in ("val", "test"):
+        views = {kind: assess_views(held_out(run, split, args.per_split), ZOOMS[kind],
+                                    routers, models, malignant)
+                 for kind, run in runs.items()}
+        report[split] = table(views, list(routers))
+        print(f"{split}: {sum(len(v) for v in views.values())} views", flush=True)
+    report["chosen_on_validation"] = choose_rule(report["val"])
+    report["wall_min"] = (time.time() - start) / 60
+    write_results("closeups", report, markdown(report))
+
+
+if __name__ == "__main__":
+    main()
