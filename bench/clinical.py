@@ -30,13 +30,14 @@ from common import (
     REPO,
     WORK,
     finished_runs,
+    fmt,
     machine,
     recipe_parser,
     repo_relative,
     train_recipes,
     write_results,
 )
-from quality import final_row, final_table_rows
+from quality import final_row, final_table_rows, lever_row
 from subgroups import answers, subgroup_markdown, subgroup_tables
 
 from dermalab.core.intervals import pooled_intervals
@@ -59,6 +60,10 @@ NOTES: dict[int, str] = {
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "default": ("the recipe as configured (EfficientNet-Lite0, 256 px, DermNet NZ + "
                 "Fitzpatrick17k)", []),
+    # phone close-ups: training crops down to a tenth of the area (each side down to about
+    # 0.32), so a spot photographed from near is not new to the model (bench/closeups.py)
+    "scale01": ("training crops down to 10% of the area instead of 50% "
+                "(`data.augment.scale_min=0.1`)", ["data.augment.scale_min=0.1"]),
 }
 
 
@@ -68,7 +73,14 @@ def main() -> None:
     work = Path(args.work)
     if not args.table_only:
         train_recipes(work, str(CONFIG), RECIPES, args.recipe or ["default"], args.seeds)
-    runs = [run for recipe, run in finished_runs(work, RECIPES) if recipe == "default"]
+    done = finished_runs(work, RECIPES)
+    runs = [run for recipe, run in done if recipe == "default"]
+    levers = [lever_row(recipe, int(run.name[1:]), run,
+                        json.loads((run / "metrics.json").read_text()))
+              for recipe, run in done if recipe != "default"]
+    base = {r["seed"]: r for r in (lever_row("default", int(run.name[1:]), run,
+                                             json.loads((run / "metrics.json").read_text()))
+                                   for run in runs)}
     if not runs:
         raise SystemExit(f"no finished run under {work}/default")
     rows = [final_row("default", int(r.name[1:]), r,
@@ -93,7 +105,7 @@ def main() -> None:
                           "(each source split on its own, near-duplicates grouped); 95% "
                           "group-stratified bootstrap intervals; pooled over seeds",
               "final": {"default": {"rows": rows, "pooled_ci": pool}},
-              "subgroups": tables}
+              "subgroups": tables, "levers": levers}
     md = [f"# Clinical photos on two atlases: the served answer ({report['date']}, "
           f"{report['machine']['cpus']} CPUs)", "",
           "Recipe `configs/clinical_two_source.yaml` (DermNet NZ + Fitzpatrick17k, one lay "
@@ -106,6 +118,22 @@ def main() -> None:
     md += final_table_rows(rows, pool, [NOTES[r["seed"]] for r in rows if r["seed"] in NOTES])
     md += subgroup_markdown(tables, TARGET["skin_type_gap"], "melanoma, basal cell carcinoma, "
                             "actinic keratosis/SCC, rare skin cancers")
+    md += ["", "## Levers (validation only; their test split is not read)", "",
+           "Beside each, the default recipe's run of the same seed on the same split.", "",
+           "| recipe | seed | what changes | val served bal. acc | val acc | val AUC | val "
+           "malignant sens / spec | default's val bal. acc | default's val malignant sens / "
+           "spec |", "|" + " --- |" * 9]
+    for r in sorted(levers, key=lambda r: (r["recipe"], r["seed"])):
+        b = base.get(r["seed"], {})
+        md.append(f"| {r['recipe']} | {r['seed']} | {RECIPES[r['recipe']][0]} | "
+                  f"{fmt(r['val_balanced_accuracy'])} | {fmt(r['val_accuracy'])} | "
+                  f"{fmt(r['val_roc_auc_macro'])} | {fmt(r['val_malignant_sensitivity'], 2)} "
+                  f"/ {fmt(r['val_malignant_specificity'], 2)} | "
+                  f"{fmt(b.get('val_balanced_accuracy'))} | "
+                  f"{fmt(b.get('val_malignant_sensitivity'), 2)} / "
+                  f"{fmt(b.get('val_malignant_specificity'), 2)} |")
+    if not levers:
+        md.append("| (none measured yet) | | | | | | | | |")
     write_results("clinical", report, md)
 
 

@@ -10,16 +10,19 @@ the dermoscopy model and that no rule buys sensitivity with false urgent referra
 Two routers, fitted from the same training photos of the same two runs
 (:func:`dermalab.deploy.router_fit.fit_router_for_runs`): ``plain`` on whole frames (the
 router before close-up views), ``closeup`` with the centre crops of
-:data:`dermalab.deploy.router_fit.CLOSEUPS` too (the default now).
+:data:`dermalab.deploy.router_fit.CLOSEUPS` too. Each router's share of held-out non-skin
+photos flagged is measured beside (a close-up router must not let more through).
 
 Rules for the referral (every piece from the service: ``ImageRouter.route``,
-``ServedModel.assess``, ``answer.routed_type``, ``answer.is_not_skin``, ``answer.decide``):
+``ServedModel.assess``, ``answer.routed_type``, ``answer.is_not_skin``, ``answer.decide``,
+``answer.second_opinion_type``):
 
 - ``routed``: the answer of the model the router picks (what ``dermalab serve`` does);
 - ``both<L``: when the router's probability for the type it picks is below ``L``, the other
-  model is asked too and the referral is urgent when either model's answer is (a lever,
-  reported; ``L`` is chosen on validation: the highest malignant close-up sensitivity whose
-  dermoscopic benign false-urgent share rises by at most 0.02 over ``routed``).
+  model is asked too and the referral is urgent when either model's answer is (the
+  service's ``second_opinion_below``). The router and ``L`` are chosen together on
+  validation (:func:`choose_rule`). A second opinion only adds urgent referrals: the other
+  model's own referral (``decide``), when urgent.
 
 Every share carries a 95% Wilson interval. Validation photos choose; test photos report.
 
@@ -47,7 +50,13 @@ from dermalab.core.runs import load_run
 from dermalab.data.prepare import prepare_data
 from dermalab.deploy.router import ImageRouter
 from dermalab.deploy.router_fit import CLOSEUPS, fit_router_for_runs
-from dermalab.serve.answer import decide, is_not_skin, load_conditions, routed_type
+from dermalab.serve.answer import (
+    decide,
+    is_not_skin,
+    load_conditions,
+    routed_type,
+    second_opinion_type,
+)
 from dermalab.serve.models import ServedModel
 
 ZOOMS = {"clinical": (1.0, 0.5, 0.33), "dermoscopic": (1.0, 0.5)}
@@ -124,8 +133,10 @@ def referral(row: dict[str, Any], router: str, line: float | None) -> tuple[str,
         return "not_skin", False
     kind = routed_type(served, probs)
     urgent = bool(row["urgent"][kind])
-    if line is not None and probs[kind] < line:
-        urgent = any(row["urgent"].values())
+    other = second_opinion_type(served, {"image_type": kind, "chosen_by": "router",
+                                         "probabilities": probs}, line)
+    if other is not None:
+        urgent = urgent or bool(row["urgent"][other])
     return kind, urgent
 
 
@@ -170,18 +181,39 @@ def closeup_sensitivity(cells: dict[str, Any]) -> float:
     return sum((p["share"] or 0.0) * p["n"] for p in parts) / n if n else 0.0
 
 
-def choose_rule(val: dict[str, Any]) -> str:
-    """The validation choice: the closeup router's rule with the highest close-up malignant
-    sensitivity whose dermoscopic benign false-urgent share (whole photos) rises by at most
-    :data:`MAX_FALSE_URGENT_RISE` over ``routed``; ties go to the rule asking fewer models."""
-    base = val["closeup / routed"]["dermoscopic x1"]["benign_urgent"]["share"]
-    best, best_s = "closeup / routed", closeup_sensitivity(val["closeup / routed"])
+def not_skin_flagged(routers: dict[str, ImageRouter]) -> dict[str, Any]:
+    """Each router's share of the held-out non-skin photos (``negative_images("test")``, the
+    only held-out non-skin set) it calls not skin, and the sources of those it lets through."""
+    from collections import Counter
+
+    from dermalab.data.negatives import negative_images
+    from dermalab.deploy.router import router_input
+
+    negatives = negative_images("test")
+    x = np.stack([router_input(n.image) for n in negatives])
+    out = {}
+    for name, router in routers.items():
+        kinds = [router.types[i] for i in router.probabilities(x).argmax(1)]
+        flags = [k == "not_skin" for k in kinds]
+        missed = Counter(n.name.split("#")[0].split(":")[0]
+                         for n, f in zip(negatives, flags, strict=True) if not f)
+        out[name] = {**share(flags), "missed": dict(missed)}
+    return out
+
+
+def choose_rule(val: dict[str, Any], not_skin: dict[str, Any]) -> str:
+    """The choice: among every router and rule, the highest close-up malignant sensitivity on
+    validation whose dermoscopic benign false-urgent share (whole photos) rises by at most
+    :data:`MAX_FALSE_URGENT_RISE` over the plain router's ``routed`` and whose router flags at
+    most 0.02 fewer non-skin photos than the plain one; ties go to the earlier (plainer)."""
+    base = val["plain / routed"]["dermoscopic x1"]["benign_urgent"]["share"]
+    best, best_s = "plain / routed", closeup_sensitivity(val["plain / routed"])
     for key, cells in val.items():
-        if not key.startswith("closeup /"):
-            continue
+        router = key.split(" / ")[0]
         rise = cells["dermoscopic x1"]["benign_urgent"]["share"] - base
+        lost = not_skin["plain"]["share"] - not_skin[router]["share"]
         s = closeup_sensitivity(cells)
-        if rise <= MAX_FALSE_URGENT_RISE and s > best_s + 1e-9:
+        if rise <= MAX_FALSE_URGENT_RISE and lost <= 0.02 and s > best_s + 1e-9:
             best, best_s = key, s
     return best
 
@@ -193,25 +225,45 @@ def cell_text(c: dict[str, Any]) -> str:
     return f"{fmt(c['share'])} [{fmt(lo)}, {fmt(hi)}] ({c['n']})"
 
 
-def markdown(report: dict[str, Any]) -> list[str]:
-    test, chosen = report["test"], report["chosen_on_validation"]
+def markdown(report: dict[str, Any], split: str = "test") -> list[str]:
+    test, chosen = report[split], report["chosen_on_validation"]
     md = [f"# Phone close-ups in the two-model app ({report['date']}, "
           f"{report['machine']['cpus']} CPUs)", "",
           f"Dermoscopy model `{report['dermoscopy_run']}`, clinical-photo model "
           f"`{report['clinical_run']}`. Stand-ins for phone close-ups: centre crops (x0.5, "
-          "x0.33 of each side) of the clinical run's test photos; the dermoscopic run's test "
-          "photos whole and at x0.5 check the other side. Shares with 95% Wilson intervals "
-          "and the number of photos. Routers: `plain` on whole frames, `closeup` with centre "
-          f"crops {', '.join(map(str, report['closeups']))} too (the default). Rule "
+          f"x0.33 of each side) of the clinical run's {split} photos; the dermoscopic run's "
+          f"{split} photos whole and at x0.5 check the other side. Shares with 95% Wilson "
+          "intervals and the number of photos. Routers: `plain` on whole frames, `closeup` "
+          f"with centre crops {', '.join(map(str, report['closeups']))} of every photo too "
+          "(skin and non-skin; the non-skin class weighted 4 times). Rule "
           f"**chosen on validation: `{chosen}`** (the highest close-up malignant sensitivity "
-          f"with dermoscopic false-urgent rise at most {MAX_FALSE_URGENT_RISE}).", "",
-          "## Which model answers (test)", "",
+          f"with dermoscopic false-urgent rise at most {MAX_FALSE_URGENT_RISE} and non-skin "
+          "photos flagged at most 0.02 below the plain router).", "",
+          "## Non-skin photos flagged (the held-out non-skin set)", "",
+          "| router | flagged | let through |", "| --- | --- | --- |"]
+    for router, c in report["not_skin_flagged"].items():
+        missed = ", ".join(f"{k} {v}" for k, v in sorted(c["missed"].items())) or "none"
+        md.append(f"| {router} | {cell_text(c)} | {missed} |")
+    if "val" in report:
+        val = report["val"]
+        base = val["plain / routed"]["dermoscopic x1"]["benign_urgent"]["share"]
+        md += ["", "## The choice (validation)", "",
+               "| router / rule | malignant close-ups urgent (x0.5 and x0.33) | rise of "
+               "false-urgent on whole benign dermoscopic photos | router's non-skin flagged |",
+               "| --- | --- | --- | --- |"]
+        for key, cells in val.items():
+            rise = cells["dermoscopic x1"]["benign_urgent"]["share"] - base
+            mark = " **(chosen)**" if key == chosen else ""
+            md.append(f"| {key}{mark} | {fmt(closeup_sensitivity(cells))} | {rise:+.3f} | "
+                      f"{fmt(report['not_skin_flagged'][key.split(' / ')[0]]['share'])} |")
+    md += ["",
+          f"## Which model answers ({split})", "",
           "| router | photos | to clinical | to dermoscopic |", "| --- | --- | --- | --- |"]
     for router in ("plain", "closeup"):
         for where, c in test[f"{router} / routed"].items():
             md.append(f"| {router} | {where} | {cell_text(c['to_clinical'])} | "
                       f"{cell_text(c['to_dermoscopic'])} |")
-    md += ["", "## Urgent referral (test)", "",
+    md += ["", f"## Urgent referral ({split})", "",
            "Malignant: the source's malignant classes (melanoma, basal cell carcinoma, "
            "actinic keratosis / squamous cell carcinoma, rare skin cancers; HAM10000 mel, "
            "bcc, akiec). Benign: every other photo.", "",
@@ -233,6 +285,9 @@ def main() -> None:
     ap.add_argument("--clinical", default=str(WORK / "clinical" / "default" / "s101"))
     ap.add_argument("--per-split", type=int, default=600,
                     help="photos per run and split (a fixed random subset)")
+    ap.add_argument("--validation-only", action="store_true",
+                    help="a lever: measure validation only (its test is not read)")
+    ap.add_argument("--name", default="closeups", help="results file name")
     args = ap.parse_args()
     start = time.time()
     runs = {"dermoscopic": Path(args.dermoscopy), "clinical": Path(args.clinical)}
@@ -253,15 +308,16 @@ def main() -> None:
                               "routers": {k: json.loads((work / f"router_{k}" / "router.json")
                                                         .read_text()).get("val_closeup")
                                           for k in routers}}
-    for split in ("val", "test"):
+    for split in ("val",) if args.validation_only else ("val", "test"):
         views = {kind: assess_views(held_out(run, split, args.per_split), ZOOMS[kind],
                                     routers, models, malignant)
                  for kind, run in runs.items()}
         report[split] = table(views, list(routers))
         print(f"{split}: {sum(len(v) for v in views.values())} views", flush=True)
-    report["chosen_on_validation"] = choose_rule(report["val"])
+    report["not_skin_flagged"] = not_skin_flagged(routers)
+    report["chosen_on_validation"] = choose_rule(report["val"], report["not_skin_flagged"])
     report["wall_min"] = (time.time() - start) / 60
-    write_results("closeups", report, markdown(report))
+    write_results(args.name, report, markdown(report, "test" if "test" in report else "val"))
 
 
 if __name__ == "__main__":

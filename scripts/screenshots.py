@@ -4,8 +4,9 @@
 
 Starts ``dermalab serve RUN_DIR`` on a free loopback port (history in a temporary folder),
 drives Debian's chromium with Playwright at 390x844 and writes ``result_390.png`` (the result
-card after analysing PHOTO, named as a spot), ``spot_390.png`` (that spot over time, after
-PHOTO_2 or PHOTO again) and ``upload_390.png`` (the page as a first visitor sees it).
+card after analysing PHOTO, named as a spot), ``spot_390.png`` (that spot over time with the
+comparison of its two photos, after PHOTO_2 or PHOTO again), ``upload_390.png`` (the page as
+a first visitor sees it) and ``bodymap_390.png`` (the body map, opened).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def main() -> int:
         page.goto(url)
         page.wait_for_selector("#account-status:not(:empty)")
         page.screenshot(path=str(args.out / "upload_390.png"))
+        page.click("#body-map-field summary")
+        page.locator("#body-map-field").screenshot(path=str(args.out / "bodymap_390.png"))
+        page.click("#body-map-field summary")
         for photo in (first, second):
             page.set_input_files("#file", str(photo))
             page.fill("#spot", "left shoulder mole")
@@ -54,12 +58,12 @@ def main() -> int:
             page.wait_for_timeout(800)  # the smooth scroll to the result
         page.locator("#result").screenshot(path=str(args.out / "result_390.png"))
         page.click("#see-spot")
-        page.wait_for_function("() => [...document.querySelectorAll('#spot-timeline img')]"
+        page.wait_for_function("() => [...document.querySelectorAll('#spot-view img')]"
                                ".every(i => i.naturalWidth > 0)")
         page.locator("#spot-view").screenshot(path=str(args.out / "spot_390.png"))
         browser.close()
-    print("wrote", *(str(args.out / n) for n in ("upload_390.png", "result_390.png",
-                                                  "spot_390.png")))
+    print("wrote", *(str(args.out / n) for n in ("upload_390.png", "bodymap_390.png",
+                                                  "result_390.png", "spot_390.png")))
     return 0
 
 

@@ -6,6 +6,7 @@ import {test} from "node:test";
 
 import {
   camFromFeatureMap, chooseType, colourStatistics, decide, fill, fuseMetadata, localize,
+  secondOpinionType,
   unservedType,
   mahalanobisScore, metadataGiven, normalize, percent, prepareMahalanobis, resizeForModel,
   routeProbabilities, routerInput, servedProbabilities, softmax,
@@ -89,7 +90,9 @@ test("percentages are written as Python writes them", () => {
 test("verdict, referral and wording follow the server's rules", () => {
   let kinds = new Set();
   for (const c of C.decide) {
-    const facts = decide(c.bundle, c.probs, c.ood, c.colour, (k) => c.urgency[k]);
+    const facts = decide(c.bundle, c.probs, c.ood, c.colour, (k) => c.urgency[k], null, false,
+                         !!(c.second && c.second.urgent));
+    if (c.second) facts.routing = {second_opinion: c.second};
     assert.equal(facts.verdict, c.verdict);
     assert.equal(facts.referral, c.referral);
     assert.deepEqual(facts.conditions.map((x) => c.bundle.classes.indexOf(x.class_name)),
@@ -137,6 +140,9 @@ test("the served type and the not-skin rule match routed_type and is_not_skin", 
     assert.equal(unservedType(c.served, c.probabilities, "user"), null);
     assert.deepEqual(chooseType(c.served, c.probabilities, c.served.at(-1)),
                      [c.served.at(-1), "user"]);
+  }
+  for (const c of C.router.second) {
+    assert.equal(secondOpinionType(c.served, c.routing, c.line), c.expected, JSON.stringify(c));
   }
   const bundle = {classes: ["a", "b"], top_k: 2, uncertain_threshold: 0.5,
                   ood: {threshold: 10}, colour: {threshold: 10}, malignant: null};

@@ -152,6 +152,24 @@ def test_sign_up_analyse_sign_out_and_it_is_gone(server: str, skin_run: Path) ->
         sync_api.expect(page.locator("#spot-timeline figure")).to_have_count(1)
         page.wait_for_function(
             "() => document.querySelector('#spot-timeline img').naturalWidth > 0")
+        assert page.locator("#spot-compare").is_hidden()  # one photo: nothing to compare
+        # A second photo of the spot: the earlier and the latest one over the other, the
+        # slider (by keyboard) uncovering the latest.
+        page.set_input_files("#file", str(HAM_DIR / "images" / f"{test_id}.jpg"))
+        page.fill("#spot", "left shoulder mole")
+        page.click("#analyse")
+        sync_api.expect(page.locator("#history tr")).to_have_count(3)
+        page.click("#see-spot")
+        sync_api.expect(page.locator("#spot-timeline figure")).to_have_count(2)
+        sync_api.expect(page.locator("#spot-compare")).to_be_visible()
+        page.wait_for_function("() => ['#compare-before', '#compare-after'].every("
+                               "s => document.querySelector(s).naturalWidth > 0)")
+        assert page.locator("#compare-before").get_attribute("alt").startswith("Earlier photo")
+        page.focus("#compare-slider")
+        for _ in range(5):
+            page.keyboard.press("ArrowRight")
+        assert page.evaluate("document.querySelector('#compare-after').style.clipPath") \
+            == "inset(0px 0px 0px 55%)"
         spot_id = page.evaluate("fetch('/v1/spots').then(r => r.json())")["items"][0]["id"]
         # The monthly reminder: a calendar file made in the page, naming neither the spot nor
         # a result.
@@ -184,7 +202,7 @@ def test_sign_up_analyse_sign_out_and_it_is_gone(server: str, skin_run: Path) ->
         page.click("#delete-account")
         sync_api.expect(page.locator("#account-error")).to_have_text(
             "wrong password; the account was not deleted")
-        sync_api.expect(page.locator("#history tr")).to_have_count(2)
+        sync_api.expect(page.locator("#history tr")).to_have_count(3)
         page.fill("#delete-password", "a long password")
         page.click("#delete-account")
         sync_api.expect(page.locator("#account-status")).to_contain_text("private to this device")
@@ -337,8 +355,9 @@ def _axe_problems(page: Any, state: str) -> list[str]:
 @pytest.mark.parametrize("locale", ["en-GB", "ko-KR"])
 def test_no_serious_accessibility_violation_in_any_state(server: str, skin_run: Path,
                                                          locale: str) -> None:
-    """axe-core on first visit, the result, a spot's history and the signed-in account, at
-    phone and desktop width, in English and Korean: no serious or critical violation."""
+    """axe-core on first visit, the body map, the result, a spot's history with its
+    comparison and the signed-in account, at phone and desktop width, in English and Korean:
+    no serious or critical violation."""
     sync_api = _playwright()
 
     photo = HAM_DIR / "images" / f"{_test_id(skin_run, 4)}.jpg"
@@ -372,9 +391,13 @@ def test_no_serious_accessibility_violation_in_any_state(server: str, skin_run: 
             page.click("#analyse")
             page.wait_for_selector("#result:not([hidden])", timeout=60_000)
             problems += _axe_problems(page, f"{locale} {width}px result")
+            page.set_input_files("#file", str(photo))  # a second photo: the comparison shows
+            page.fill("#spot", "left arm")
+            page.click("#analyse")
+            sync_api.expect(page.locator("#history tr")).to_have_count(2, timeout=60_000)
             page.click("#see-spot")
-            page.wait_for_selector("#spot-view:not([hidden])")
-            problems += _axe_problems(page, f"{locale} {width}px spot history")
+            page.wait_for_selector("#spot-compare:not([hidden])")
+            problems += _axe_problems(page, f"{locale} {width}px spot history and comparison")
             page.fill("#email", f"a11y{width}{locale[:2]}@example.org")
             page.fill("#password", "a long password")
             page.click("#sign-up")

@@ -273,17 +273,61 @@ def test_close_up_views_are_centre_crops() -> None:
         closeup_views(image, (1.5,))
 
 
-def test_the_router_learns_close_ups_and_reports_them(router_dir: Path) -> None:
-    """The fitted router (CLI defaults) learnt from two close-up views per skin photo besides
-    the whole frames, and its record holds the close-ups' own held-out confusion: every
-    validation photo's views, rows = true type."""
-    from dermalab.deploy.router_fit import CLOSEUPS
+def test_the_router_learns_close_ups_and_reports_them(
+        skin_run: Path, clinical_run: Path, router_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked to (``--closeups``), the router learns two close-up views per photo besides the
+    whole frames, the non-skin class weighted up, and its record holds the close-ups' own
+    held-out confusion: every validation photo's views, rows = true type. By default it
+    learns whole frames only."""
+    from dermalab.deploy.router_fit import CLOSEUP_NOT_SKIN_WEIGHT, CLOSEUPS
 
-    meta = json.loads((router_dir / "router.json").read_text())
+    plain = json.loads((router_dir / "router.json").read_text())
+    assert (plain["closeups"], plain["not_skin_weight"]) == ([], 1.0)
+    assert "val_closeup" not in plain
+    out = tmp_path / "router"
+    monkeypatch.setenv("DERMALAB_CACHE", str(tmp_path / "cache"))
+    assert main(["router", "fit", str(skin_run), str(clinical_run), "--out", str(out),
+                 "--per-run", "40", "--closeups", "--no-progress"]) == 0
+    assert "close-ups (centre crops 0.5, 0.33" in capsys.readouterr().out
+    meta = json.loads((out / "router.json").read_text())
     assert meta["closeups"] == list(CLOSEUPS)
+    assert meta["not_skin_weight"] == CLOSEUP_NOT_SKIN_WEIGHT
+    # the non-skin photos get the same views (else a crop itself reads as skin)
+    assert meta["fit_images"]["not_skin"] == (1 + len(CLOSEUPS)) * len(negative_images("fit"))
     whole, views = meta["val"]["images"], meta["val_closeup"]["images"]
     for kind in ("dermoscopic", "clinical"):
         assert views[kind] == len(CLOSEUPS) * whole[kind] > 0
         matrix = np.asarray(meta["val_closeup"]["confusion"]["matrix"])
         assert matrix[meta["types"].index(kind)].sum() == views[kind]
     assert views["not_skin"] == 0
+
+
+def test_an_unsure_router_asks_the_other_model_too(skin_run: Path, clinical_run: Path,
+                                                   router_dir: Path, tmp_path: Path) -> None:
+    """Below ``second_opinion_below`` (here always), the model of the other kind of photo
+    checks the photo as well: its verdict is in the routing, and when it refers urgently the
+    answer does, naming that model, while the conditions stay the chosen model's. Above the
+    line (here never) nobody else is asked."""
+    # a phone photo: the clinical model answers, the dermoscopy model (which has malignant
+    # classes) is the other
+    photo = dermnet_photos("Psoriasis")[70].read_bytes()
+    svc = AnalysisService(_settings(tmp_path, skin_run, clinical_run, router_dir, open=True,
+                                    second_opinion_below=1.01))
+    first = svc.analyze(photo, "spot.jpg")
+    chosen, other = first["model"]["image_type"], "dermoscopic"
+    assert chosen == "clinical"
+    second = first["routing"]["second_opinion"]
+    assert (second["image_type"], second["model"]) == (other, svc.models[other].name)
+    assert "was asked too" in first["routing"]["text"]
+    # the other model's line at 0: it refers urgently, and the answer says who found what
+    svc.models[other].info.decision.malignant_threshold = 0.0
+    urgent = svc.analyze(photo, "spot.jpg")
+    assert urgent["routing"]["second_opinion"]["urgent"] is True
+    assert urgent["referral"] == "urgent"
+    assert "looked at it too" in urgent["referral_text"]
+    assert [c["class_name"] for c in urgent["conditions"]] == \
+        [c["class_name"] for c in first["conditions"]]
+    never = AnalysisService(_settings(tmp_path / "never", skin_run, clinical_run, router_dir,
+                                      open=True, second_opinion_below=None))
+    assert "second_opinion" not in never.analyze(photo, "spot.jpg")["routing"]

@@ -22,7 +22,15 @@ from dermalab.data.images import normalize_batch, resize_rgb
 from dermalab.deploy.ood import MahalanobisOOD, colour_statistics
 from dermalab.deploy.router import predict_proba, router_input
 from dermalab.evaluate.explain import cam_from_feature_map
-from dermalab.serve.answer import decide, is_not_skin, percent, routed_type, unserved_type, wording
+from dermalab.serve.answer import (
+    decide,
+    is_not_skin,
+    percent,
+    routed_type,
+    second_opinion_type,
+    unserved_type,
+    wording,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,16 +125,20 @@ def _decide_cases(rng: np.random.Generator) -> list[dict]:
         mal_p = float(probs[[classes.index(c) for c in ("mel", "bcc", "akiec")]].sum())
         mal_t = 0.3 if i % 5 else None  # some without an operating point
         b = {**bundle, "malignant": {**bundle["malignant"], "threshold": mal_t}}
+        # every third case the clinical model was asked as well, urgent every other time
+        second = ({"model": "c", "image_type": "clinical", "malignant_probability": 0.41,
+                   "malignant_threshold": 0.2, "urgent": i % 2 == 0} if i % 3 == 0 else None)
         verdict, referral, order = decide(probs, not_skin, 0.55, 3, mal_p, mal_t, urgency,
-                                          classes)
+                                          classes, bool(second and second["urgent"]))
         texts = {}
         for lang in LANGUAGES:
             top = (f"name-{classes[order[0]]}", float(probs[order[0]]))
             texts[lang] = list(wording(verdict, referral, None if not_skin else top, mal_p,
-                                       mal_t, lang))
+                                       mal_t, lang, second))
         cases.append({"bundle": b, "probs": probs.tolist(), "ood": ood, "colour": colour,
                       "urgency": urgency, "verdict": verdict, "referral": referral,
-                      "order": order if not not_skin else [], "texts": texts})
+                      "order": order if not not_skin else [], "texts": texts,
+                      "second": second})
     return cases
 
 
@@ -156,13 +168,25 @@ def _router_cases(rng: np.random.Generator) -> dict:
                            "unserved": unserved_type(served, pd, "router")})
     # both answers occur: a type no served model knows, and none
     assert {c["unserved"] is None for c in choose} == {True, False}
+    second = []
+    for p in [*probs[:3], np.array([0.45, 0.5, 0.05]), np.array([0.1, 0.3, 0.6])]:
+        pd = dict(zip(types, map(float, p), strict=True))
+        for served in (["dermoscopic", "clinical"], ["clinical"]):
+            for by in ("router", "user"):
+                for line in (None, 0.6, 0.9, 1.01):
+                    kind = "not_skin" if p.argmax() == 2 else routed_type(served, pd)
+                    routing = {"image_type": kind, "chosen_by": by, "probabilities": pd,
+                               "unserved": unserved_type(served, pd, by)}
+                    second.append({"served": served, "routing": routing, "line": line,
+                                   "expected": second_opinion_type(served, routing, line)})
+    assert {c["expected"] is None for c in second} == {True, False}
     rules = [{"routed": r, "detectors": dt, "model_detectors": md,
               "expected": is_not_skin(r, dt, md)}
              for r in (None, False, True) for dt in (False, True) for md in (False, True)]
     return {"resize": resize, "route": {
         "embedding": emb.tolist(), "colour": colour.tolist(), "shift": shift.tolist(),
         "scale": scale.tolist(), "coef": coef.ravel().tolist(), "intercept": intercept.tolist(),
-        "expected": probs.tolist()}, "choose": choose, "rules": rules}
+        "expected": probs.tolist()}, "choose": choose, "rules": rules, "second": second}
 
 
 def _messages() -> dict:
@@ -171,7 +195,8 @@ def _messages() -> dict:
             "referral.malignant", "referral.uncertain", "referral.urgent", "referral.routine",
             "referral.self-care", "disclaimer", "condition.no_description",
             "condition.no_care", "condition.no_see_doctor", "routing.ondevice",
-            "model.dermoscopic"]
+            "model.dermoscopic", "model.clinical", "image_type.clinical", "verdict.ok_second",
+            "verdict.uncertain_second", "referral.second_opinion", "routing.second"]
     from dermalab.core.i18n import catalogue
 
     return {lang: {k: catalogue()[k].get(lang) or catalogue()[k]["en"] for k in keys}

@@ -66,7 +66,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              rate_storage=args.rate_storage,
                              clinics=args.clinics, orphan_grace_s=args.orphan_grace,
                              ondevice=args.ondevice,
-                             int8_min_agreement=args.int8_min_agreement)
+                             int8_min_agreement=args.int8_min_agreement,
+                             second_opinion_below=(None if args.second_opinion_below is None
+                                                   or args.second_opinion_below <= 0
+                                                   else args.second_opinion_below))
     check_models(settings)  # before announcing anything
     mode = ("OPEN mode: no accounts, every analysis visible to whoever uses it (single-user "
             "local install)" if args.open else "accounts: each person sees only their own "
@@ -91,7 +94,8 @@ def cmd_router_fit(args: argparse.Namespace) -> int:
 
     meta = fit_router_for_runs(args.run_dirs, args.out, per_run=args.per_run,
                                progress=not args.no_progress,
-                               closeups=CLOSEUPS if args.closeups is None else args.closeups)
+                               closeups=(() if args.closeups is None
+                                         else args.closeups or CLOSEUPS))
     val = meta.get("val")
     print(f"wrote the image-type router to {args.out} ({', '.join(meta['types'])}; fitted on "
           + ", ".join(f"{k}: {v}" for k, v in meta["fit_images"].items())
@@ -116,9 +120,9 @@ def add_serving_parsers(sub: Any) -> None:
     rof.add_argument("--out", required=True, help="the router folder to write")
     rof.add_argument("--per-run", type=int, default=800, help="training images used per run")
     rof.add_argument("--closeups", type=float, nargs="*", metavar="SHARE",
-                     help="centre crops (share of each side kept) also learnt from, so phone "
-                     "close-ups of a spot are not taken for dermoscopy (default: 0.5 0.33; "
-                     "none: --closeups with no value)")
+                     help="also learn centre crops of every photo (the share of each side "
+                     "kept; with no value 0.5 0.33), so that more phone close-ups of a spot go "
+                     "to the clinical model (see bench/results/closeups.md; default: off)")
     rof.add_argument("--no-progress", action="store_true", help="no progress bars")
     rof.set_defaults(func=cmd_router_fit)
 
@@ -158,6 +162,10 @@ def add_serving_parsers(sub: Any) -> None:
     sv.add_argument("--rate-storage", default="memory://", help="where rate-limit counts "
                     "live; several servers behind one address need a shared one "
                     "(redis://HOST:6379)")
+    sv.add_argument("--second-opinion-below", type=float, default=0.95, metavar="P",
+                    help="with two models: when the router is less sure than P which kind of "
+                    "photo it is, the other model checks for a possibly malignant lesion too "
+                    "and can make the referral urgent (default %(default)s; 0: never)")
     sv.add_argument("--clinics", metavar="FILE", help="clinic directory (CSV or YAML; see "
                     "examples/clinics.example.yaml) for the dermatologist finder")
     sv.add_argument("--orphan-grace", type=float, metavar="S", help="at start-up, delete "

@@ -6,7 +6,8 @@ fine-tuned; the generic "what is in this picture" embedding, exported to ONNX be
 router) joined with the 23 colour statistics of :func:`dermalab.deploy.ood.colour_statistics`
 (printed pages and slides differ from skin most in colour). Classifier: multinomial logistic
 regression on standardised features with balanced class weights (each type counts equally
-however many images it has), L2-regularised (``C``).
+however many images it has; the non-skin one can weigh more, ``not_skin_weight``),
+L2-regularised (``C``).
 
 Fitted from the training split of each served run (its image type from the run) and the
 ``fit`` set of :mod:`dermalab.data.negatives`; the reported confusion is on the runs'
@@ -135,8 +136,8 @@ def export_embedder(path: Path) -> dict[str, Any]:
 def fit_router(fit: Mapping[str, Sequence[np.ndarray]], val: Mapping[str, Sequence[np.ndarray]],
                out: str | Path, *, c: float = 0.5, sources: Mapping[str, str] | None = None,
                closeups: Sequence[float] = (),
-               val_closeup: Mapping[str, Sequence[np.ndarray]] | None = None
-               ) -> dict[str, Any]:
+               val_closeup: Mapping[str, Sequence[np.ndarray]] | None = None,
+               not_skin_weight: float = 1.0) -> dict[str, Any]:
     """Fit and write a router.
 
     Args:
@@ -148,6 +149,10 @@ def fit_router(fit: Mapping[str, Sequence[np.ndarray]], val: Mapping[str, Sequen
         sources: image type -> where its images came from (recorded in ``router.json``).
         closeups: the centre-crop shares ``fit`` holds besides whole frames (recorded).
         val_closeup: image type -> held-out close-up views, confused separately.
+        not_skin_weight: the non-skin class's weight over the balanced one (each type
+            counting equally). Above 1 when the skin types hold close-up views: the non-skin
+            set is a few dozen source photos and rendered pages, and close-ups of skin cover
+            textures some non-skin photos share (petals, stained tissue).
 
     Returns:
         the ``router.json`` content.
@@ -179,8 +184,11 @@ def fit_router(fit: Mapping[str, Sequence[np.ndarray]], val: Mapping[str, Sequen
 
     x, y = feats(fit)
     shift, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
-    clf.fit((x - shift) / scale, y)
+    # balanced class weights, the non-skin one times not_skin_weight
+    balanced = len(y) / (len(types) * np.bincount(y, minlength=len(types)))
+    balanced[types.index("not_skin")] *= not_skin_weight
+    clf = LogisticRegression(C=c, max_iter=3000)
+    clf.fit((x - shift) / scale, y, sample_weight=balanced[y])
     weights = {"shift": shift, "scale": scale, "coef": clf.coef_, "intercept": clf.intercept_}
     if len(types) == 2:  # sklearn's binary form: one row for class 1; make it a 2-way softmax
         weights["coef"] = np.concatenate([-clf.coef_ / 2, clf.coef_ / 2])
@@ -188,6 +196,7 @@ def fit_router(fit: Mapping[str, Sequence[np.ndarray]], val: Mapping[str, Sequen
     meta["fit_images"] = {t: len(fit.get(t, [])) for t in types}
     meta["sources"] = dict(sources or {})
     meta["closeups"] = [float(f) for f in closeups]
+    meta["not_skin_weight"] = float(not_skin_weight)
     for key, held_out in (("val", val), ("val_closeup", val_closeup or {})):
         if any(held_out.get(t) for t in types):
             xv, yv = feats(held_out)

@@ -1,13 +1,17 @@
 """Gather what a router learns from: the served runs' own images, by image type, and the
 non-skin ``fit`` set; then fit it (:func:`dermalab.deploy.router.fit_router`).
 
-Close-up views: each skin photo is also learnt from as centre crops (:data:`CLOSEUPS`). A
-phone close-up of one lesion fills the frame with skin and has no dermatoscope's ring; a
-router fitted on the atlases' wider photos alone sent about half of such photos to the
-dermoscopy model, whose answer for them is unreliable (the brief's held-out smartphone
-close-ups). A crop keeps the photo's type (a crop of a dermoscopic image is still
-dermoscopic), so both skin types get the crops and the router must learn the type from
-texture and light, not from framing. ``bench/closeups.py`` measures the effect.
+Close-up views (optional, ``closeups``; ``dermalab router fit --closeups``): every photo is
+also learnt from as centre crops (:data:`CLOSEUPS`). A phone close-up of one lesion fills
+the frame with skin and has no dermatoscope's ring, and a router fitted on the atlases'
+wider photos sends some of them to the dermoscopy model. A crop keeps the photo's type (a
+crop of a dermoscopic image is still dermoscopic), so both skin types get the crops and the
+router must learn the type from texture and light, not from framing; the non-skin photos get
+them too, so that a crop does not itself read as skin. Measured (``bench/closeups.py``): the
+clinical model then answers 96-98% of close-up stand-ins instead of 78-87%, but on
+validation it referred no more malignant close-ups urgently than the whole-frame router
+with the service's second opinion (``ServeSettings.second_opinion_below``), and it let a
+few more non-skin photos through; so it is off by default.
 
 ``dermalab router fit RUN_DIR... --out DIR``.
 """
@@ -27,8 +31,13 @@ from dermalab.data.negatives import negative_images
 from dermalab.data.prepare import prepare_data
 from dermalab.deploy.router import fit_router, router_input
 
-#: Centre crops added per skin photo, as the share of each side kept.
+#: Centre crops added per photo, as the share of each side kept.
 CLOSEUPS: tuple[float, ...] = (0.5, 0.33)
+#: The non-skin class's weight over the balanced one when close-ups are fitted: with 1, the
+#: close-up router let 25 of 172 held-out non-skin photos through (flowers, stained tissue)
+#: where the whole-frame router let 9; with 4, 11 (bench/closeups.py, the decision record
+#: 2026-12-07-phone-closeups.md).
+CLOSEUP_NOT_SKIN_WEIGHT = 4.0
 
 
 def closeup_views(image: np.ndarray, fractions: Sequence[float]) -> list[np.ndarray]:
@@ -73,7 +82,7 @@ def run_images(run_dir: str | Path, limits: Mapping[str, int], *, seed: int = 0,
 
 def fit_router_for_runs(run_dirs: Sequence[str | Path], out: str | Path, *,
                         per_run: int = 800, val_per_run: int = 300, progress: bool = False,
-                        closeups: Sequence[float] = CLOSEUPS) -> dict[str, Any]:
+                        closeups: Sequence[float] = ()) -> dict[str, Any]:
     """Fit a router for the runs ``run_dirs`` (one per image type) into ``out``, from each
     run's training photos and their ``closeups`` (none: the whole frames alone); the
     validation photos' close-ups get a confusion matrix of their own."""
@@ -91,9 +100,14 @@ def fit_router_for_runs(run_dirs: Sequence[str | Path], out: str | Path, *,
         val[kind], val_closeup[kind] = images["val"], images.get("val_closeup", [])
         sources[kind] = f"{Path(run_dir).resolve()} (train split; val split for the check)"
     negatives = negative_images("fit")
-    fit["not_skin"] = [router_input(n.image) for n in negatives]
+    # Non-skin photos get the same close-up views: else "a crop" itself reads as skin, and
+    # close-ups of a flower or gravel pass the not-skin check (measured: bench/closeups.py).
+    fit["not_skin"] = [router_input(v) for n in negatives
+                       for v in [np.asarray(n.image), *closeup_views(np.asarray(n.image),
+                                                                      closeups)]]
     sources["not_skin"] = ("dermalab.data.negatives 'fit' set: bundled photos (scikit-image, "
                            "scikit-learn) and rendered documents, screenshots, charts, "
                            "patterns")
     return fit_router(fit, val, out, sources=sources, closeups=closeups,
-                      val_closeup=val_closeup)
+                      val_closeup=val_closeup,
+                      not_skin_weight=CLOSEUP_NOT_SKIN_WEIGHT if closeups else 1.0)

@@ -44,8 +44,13 @@ def routing_text(routing: dict[str, Any], lang: str) -> str:
     if routing["chosen_by"] == "user":
         return t("routing.user", lang, type=name, model=model)
     if routing["chosen_by"] == "router":
-        return t("routing.router", lang, type=name, model=model,
+        text = t("routing.router", lang, type=name, model=model,
                  probability=percent(probs.get(kind, 0.0)))
+        second = routing.get("second_opinion")
+        if second:
+            text += " " + t("routing.second", lang, model=t(f"model.{second['image_type']}",
+                                                            lang))
+        return text
     return t("routing.single", lang, model=model)
 
 
@@ -67,6 +72,22 @@ def unserved_type(served: list[str], probabilities: dict[str, float], chosen_by:
     return top if top != "not_skin" and top not in served else None
 
 
+def second_opinion_type(served: list[str], routing: dict[str, Any], line: float | None
+                        ) -> str | None:
+    """The other served skin model to ask as well, or None. Asked when the router (not the
+    person) chose a skin model with a probability below ``line``: a phone close-up of a spot
+    can look like either kind of photo, and a possibly malignant lesion missed because the
+    photo went to the model of the other kind is the costliest mistake the app can make. The
+    second model's malignant check can only raise the referral to urgent (``decide``); the
+    conditions shown stay the chosen model's. The page's twin: ``secondOpinionType``."""
+    kind, probs = routing.get("image_type"), routing.get("probabilities") or {}
+    if (line is None or routing.get("chosen_by") != "router" or kind == "not_skin"
+            or routing.get("unserved") or probs.get(str(kind), 0.0) >= line):
+        return None
+    others = [k for k in served if k != kind]
+    return max(others, key=lambda k: probs.get(k, 0.0)) if others else None
+
+
 def is_not_skin(routed_not_skin: bool | None, detectors: bool, model_detectors: bool) -> bool:
     """Whether a photo is answered "not skin": without a router (``routed_not_skin`` None) the
     model's own detectors decide; with one, the router decides, and the detectors too only
@@ -76,42 +97,61 @@ def is_not_skin(routed_not_skin: bool | None, detectors: bool, model_detectors: 
     return routed_not_skin or (detectors and model_detectors)
 
 
-def referral_reason(verdict: str, mal_p: float | None, mal_t: float | None) -> str:
+def referral_reason(verdict: str, mal_p: float | None, mal_t: float | None,
+                    second_urgent: bool = False) -> str:
     """Why an analysis gets its referral: ``not_skin``; ``malignant`` (the malignant score
-    reached its operating point: urgent, whatever the top condition); ``uncertain`` (routine
-    check); else ``condition`` (the top condition's own urgency)."""
+    reached its operating point: urgent, whatever the top condition); ``second_opinion`` (the
+    model of the other kind of photo, asked as well, finds it possibly malignant: urgent too,
+    see :func:`second_opinion_type`); ``uncertain`` (routine check); else ``condition`` (the
+    top condition's own urgency)."""
     if verdict == "not_skin":
         return "not_skin"
     if mal_p is not None and mal_t is not None and mal_p >= mal_t:
         return "malignant"
+    if second_urgent:
+        return "second_opinion"
     return "uncertain" if verdict == "uncertain" else "condition"
 
 
 def decide(probs: np.ndarray, not_skin: bool, uncertain_threshold: float, top_k: int,
            mal_p: float | None, mal_t: float | None, urgency: dict[str, str],
-           classes: list[str]) -> tuple[str, str | None, list[int]]:
+           classes: list[str], second_urgent: bool = False
+           ) -> tuple[str, str | None, list[int]]:
     """The decision rules, apart from any wording: ``(verdict, referral, top-k indices)``.
 
     ``not_skin`` when a detector (or the router) says so; else ``ok`` when the top calibrated
     probability reaches the "not sure" threshold, else ``uncertain``. The referral is
-    ``urgent`` when the malignant score reaches its operating point, ``routine`` when
-    uncertain, else the top condition's own urgency (``urgency``, default ``routine``). The
+    ``urgent`` when the malignant score reaches its operating point or a second opinion
+    (``second_urgent``) finds the lesion possibly malignant, ``routine`` when uncertain, else
+    the top condition's own urgency (``urgency``, default ``routine``). The
     page's on-device analysis applies the same rules (``static/ondevice/core.js``, ``decide``).
     """
     order = [int(i) for i in np.argsort(-probs, kind="stable")[:top_k]]
     if not_skin:
         return "not_skin", None, order
     verdict = "ok" if float(probs[order[0]]) >= uncertain_threshold else "uncertain"
-    referral = {"malignant": "urgent", "uncertain": "routine"}.get(
-        referral_reason(verdict, mal_p, mal_t), urgency.get(classes[order[0]], "routine"))
+    referral = {"malignant": "urgent", "second_opinion": "urgent", "uncertain": "routine"}.get(
+        referral_reason(verdict, mal_p, mal_t, second_urgent),
+        urgency.get(classes[order[0]], "routine"))
     return verdict, referral, order
 
 
 def wording(verdict: str, referral: str | None, top: tuple[str, float] | None,
-            mal_p: float | None, mal_t: float | None, lang: str) -> tuple[str, str]:
+            mal_p: float | None, mal_t: float | None, lang: str,
+            second: dict[str, Any] | None = None) -> tuple[str, str]:
     """The verdict's and the referral's sentences in ``lang``; ``top`` is the top condition's
-    (name, probability)."""
-    reason = referral_reason(verdict, mal_p, mal_t)
+    (name, probability); ``second`` the routing's second opinion, if one was asked."""
+    second_urgent = bool(second and second.get("urgent"))
+    reason = referral_reason(verdict, mal_p, mal_t, second_urgent)
+    if reason == "second_opinion" and second is not None:
+        # the headline and the referral name the model that found it and its own number
+        other = {"model": t(f"model.{second['image_type']}", lang),
+                 "type": t(f"image_type.{second['image_type']}", lang),
+                 "probability": percent(second["malignant_probability"] or 0.0)}
+        head = (t("verdict.ok_second", lang, name=top[0], top=percent(top[1]), **other)
+                if verdict == "ok" and top is not None
+                else t("verdict.uncertain_second", lang, **other))
+        return head, t("referral.second_opinion", lang, **other)
     # A possibly malignant answer says so in its headline too, so the headline and the
     # referral never disagree ("not sure" above an urgent referral read as a contradiction).
     flag = "_malignant" if reason == "malignant" else ""

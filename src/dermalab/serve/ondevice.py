@@ -192,17 +192,19 @@ def make_bundle(model: ServedModel, conditions: dict[str, dict[str, Any]], top_k
     return Bundle(model.name, meta, blob, files)
 
 
-def router_bundle(router: ImageRouter, model_detectors: bool) -> Bundle:
+def router_bundle(router: ImageRouter, model_detectors: bool,
+                  second_opinion_below: float | None = None) -> Bundle:
     """The image-type router for the page (``static/ondevice/run.js``, ``route``): its
     embedding (``fp32.onnx``), input size and normalisation, types, and the logistic
     regression's standardisation and weights (``arrays.bin``). ``model_detectors``: whether
     a model's own "not skin" detectors also decide beside the router, as on the server
-    (``ServeSettings.model_detectors``)."""
+    (``ServeSettings.model_detectors``); ``second_opinion_below``: the server's line for
+    asking the other model too (``ServeSettings.second_opinion_below``)."""
     index, blob = _pack({"shift": router.shift, "scale": router.scale, "coef": router.coef,
                          "intercept": router.intercept})
     meta = {"format": 1, "types": list(router.types), "size": router.size,
             "mean": list(router.mean), "std": list(router.std), "arrays": index,
-            "model_detectors": model_detectors}
+            "model_detectors": model_detectors, "second_opinion_below": second_opinion_below}
     return Bundle("router", meta, blob, {"fp32": router.folder / "router.onnx"})
 
 

@@ -32,6 +32,7 @@ from dermalab.serve.answer import (
     percent,
     routed_type,
     routing_text,
+    second_opinion_type,
     spot_urgency,
     unserved_type,
     wording,
@@ -128,7 +129,8 @@ class AnalysisService:
                                                        self.settings.int8_min_agreement)
             if self.router is not None and self.ondevice:
                 # the page routes as the server does, so its verdicts match the server's
-                self.ondevice_router = router_bundle(self.router, self.settings.model_detectors)
+                self.ondevice_router = router_bundle(self.router, self.settings.model_detectors,
+                                                     self.settings.second_opinion_below)
 
     @property
     def backend(self) -> str:
@@ -158,9 +160,9 @@ class AnalysisService:
         verdict, mal_p, mal_t = (result["verdict"], result.get("malignant_probability"),
                                  result.get("malignant_threshold"))
         top = (conditions[0]["name"], conditions[0]["probability"]) if conditions else None
-        verdict_text, referral_text = wording(verdict, result["referral"], top, mal_p, mal_t,
-                                              lang)
         routing = result.get("routing")
+        verdict_text, referral_text = wording(verdict, result["referral"], top, mal_p, mal_t,
+                                              lang, (routing or {}).get("second_opinion"))
         if routing:
             routing = {**routing, "text": routing_text(routing, lang)}
         quality = result.get("quality")
@@ -197,6 +199,20 @@ class AnalysisService:
             routing["unserved"] = unserved
         return model, routing
 
+    def _second_opinion(self, model: ServedModel, img: Image.Image) -> dict[str, Any]:
+        """The model of the other kind of photo, asked as well (photo alone): its own
+        referral (:func:`decide`, its detectors aside as the router's are trusted) and
+        malignant score; ``urgent`` when that referral is."""
+        b = model.assess(img)
+        classes = list(model.info.classes)
+        _, referral, _ = decide(
+            b.probs, False, model.uncertain_threshold, self.settings.top_k, b.malignant_p,
+            b.malignant_t,
+            {c: self.conditions.get(c, {}).get("urgency", "routine") for c in classes}, classes)
+        return {"model": model.name, "image_type": model.image_type,
+                "malignant_probability": b.malignant_p, "malignant_threshold": b.malignant_t,
+                "urgent": referral == "urgent"}
+
     def metadata_inputs(self) -> dict[str, Any] | None:
         """What the page may ask (optional age, sex, body site): from the first served model
         that weighs metadata, else ``None``."""
@@ -225,6 +241,10 @@ class AnalysisService:
         a = model.assess(img, row)
         not_skin = is_not_skin(routing["image_type"] == "not_skin" if self.router else None,
                                a.out_of_distribution, self.settings.model_detectors)
+        other = second_opinion_type(list(self.models), routing,
+                                    self.settings.second_opinion_below)
+        if other is not None and not not_skin:
+            routing["second_opinion"] = self._second_opinion(self.models[other], img)
         t_unsure = model.uncertain_threshold_for(used)
         classes = list(model.info.classes)
         # A photo of a kind no served model was trained on is answered "not sure" (its
@@ -233,7 +253,7 @@ class AnalysisService:
             a.probs, not_skin, math.inf if routing.get("unserved") else t_unsure,
             self.settings.top_k, a.malignant_p, a.malignant_t,
             {c: self.conditions.get(c, {}).get("urgency", "routine") for c in classes},
-            classes)
+            classes, bool(routing.get("second_opinion", {}).get("urgent")))
         conditions = [] if not_skin else [
             self._condition(classes[i], float(a.probs[i]), model=model) for i in order]
         heat = None if not_skin else model.heatmap(np.ascontiguousarray(a.arr[..., :3]),

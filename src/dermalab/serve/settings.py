@@ -19,6 +19,10 @@ class ServeSettings:
     # types and on non-skin photos, while each model's own detectors know one type only and
     # their false alarms add up (bench/app_models.py measures both ways). True: either says.
     model_detectors: bool = False
+    # when the router picks a skin model with a probability below this, the model of the
+    # other kind of photo checks for a possibly malignant lesion too (None: never); chosen by
+    # bench/closeups.py on validation close-ups
+    second_opinion_below: float | None = 0.95
     database_url: str | None = None  # default sqlite:///<run_dir>/serving/history.db
     image_store: str | None = None  # folder or s3://bucket/prefix; default <run_dir>/serving/
     max_upload_bytes: int = 15 * 1024 * 1024

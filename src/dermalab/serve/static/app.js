@@ -388,6 +388,7 @@ async function showSpot(id) {
   $("spot-advice").className = "referral " + (s.advice === "urgent" ? "urgent" : "routine");
   const fmt = new Intl.DateTimeFormat(locale(), {dateStyle: "medium",
                                                           timeStyle: "short"});
+  showComparison(s.analyses.filter((a) => a.verdict !== "not_skin"), fmt);
   const tl = $("spot-timeline"); tl.replaceChildren();
   s.analyses.forEach((a) => {
     const fig = document.createElement("figure");
@@ -407,6 +408,28 @@ async function showSpot(id) {
   $("spot-disclaimer").textContent = s.disclaimer;
   $("spot-view").scrollIntoView({behavior: "smooth", block: "nearest"});
 }
+
+// The earlier and the latest photo of the open spot, one over the other: the slider uncovers
+// the latest from the right (arrow keys move it; a range input is keyboard-operable).
+function showComparison(shots, fmt) {
+  $("spot-compare").hidden = shots.length < 2;
+  if (shots.length < 2) return;
+  const [a, b] = shots.slice(-2);
+  const when = (x) => fmt.format(new Date(x.created_at));
+  $("compare-before").src = "/v1/analyses/" + encodeURIComponent(a.id) + "/photo";
+  $("compare-before").alt = msg("page.compare_before", {date: when(a)});
+  $("compare-after").src = "/v1/analyses/" + encodeURIComponent(b.id) + "/photo";
+  $("compare-after").alt = msg("page.compare_after", {date: when(b)});
+  $("compare-caption").textContent = msg("page.compare_caption", {before: when(a),
+                                                                 after: when(b)});
+  setComparison();
+}
+
+function setComparison() {
+  // CSSOM, not a style attribute: the Content Security Policy allows it
+  $("compare-after").style.clipPath = `inset(0 0 0 ${$("compare-slider").value}%)`;
+}
+$("compare-slider").addEventListener("input", setComparison);
 
 // 128 random bits as hex (crypto.randomUUID needs HTTPS; a page on a LAN address has none).
 function randomId() {
@@ -500,12 +523,17 @@ async function analyseOnDevice() {
       const router = await device.loadRouter(onDevice.router, onDevice.runtime);
       routed = {probabilities: await device.route(img, router),
                 modelDetectors: router.bundle.model_detectors,
+                secondOpinionBelow: router.bundle.second_opinion_below,
                 served: onDevice.models.map((m) => m.image_type)};
     }
     const [info, chosenBy] = localModel(routed && routed.probabilities);
     const model = await device.loadModel(info, onDevice.runtime);
     $("status").textContent = msg("page.analysing");
-    const facts = await device.analyse(img, model, chosenBy, routed, aboutRow());
+    const other = (type) => {
+      const m = onDevice.models.find((x) => x.image_type === type);
+      return m ? device.loadModel(m, onDevice.runtime) : null;
+    };
+    const facts = await device.analyse(img, model, chosenBy, routed, aboutRow(), other);
     const entry = {id: crypto.randomUUID(), created_at: new Date().toISOString(),
                    filename: chosen.name, facts: {...facts, id: undefined},
                    texts: model.bundle.texts, image_type: model.bundle.image_type};

@@ -405,16 +405,18 @@ export function smallMahalanobis(x, means, precision) {
 // the "not sure" threshold, else ``uncertain``; the referral is urgent when the malignant
 // classes' summed probability reaches its operating point, routine when uncertain, else the
 // top condition's own urgency.
-export function referralReason(verdict, malP, malT) {
+export function referralReason(verdict, malP, malT, secondUrgent = false) {
   if (verdict === "not_skin") return "not_skin";
   if (malP !== null && malT !== null && malP >= malT) return "malignant";
+  if (secondUrgent) return "second_opinion";
   return verdict === "uncertain" ? "uncertain" : "condition";
 }
 
 // ``routedNotSkin``: null without a router; else whether the router found the photo is not of
 // skin, which then decides alone unless ``modelDetectors`` (ServeSettings.model_detectors).
+// ``secondUrgent``: the model of the other kind of photo, asked as well, refers urgently.
 export function decide(bundle, probs, oodScore, colourScore, urgencyOf, routedNotSkin = null,
-                       modelDetectors = false) {
+                       modelDetectors = false, secondUrgent = false) {
   const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0] || a[1] - b[1])
     .slice(0, bundle.top_k).map(([, i]) => i);
   const detectors = oodScore > bundle.ood.threshold || colourScore > bundle.colour.threshold;
@@ -429,9 +431,9 @@ export function decide(bundle, probs, oodScore, colourScore, urgencyOf, routedNo
   if (!notSkin) {
     conditions = order.map((i) => ({class_name: bundle.classes[i], probability: probs[i]}));
     verdict = probs[order[0]] >= bundle.uncertain_threshold ? "ok" : "uncertain";
-    const reason = referralReason(verdict, malP, malT);
-    referral = reason === "malignant" ? "urgent" : reason === "uncertain" ? "routine"
-      : urgencyOf(conditions[0].class_name);
+    const reason = referralReason(verdict, malP, malT, secondUrgent);
+    referral = reason === "malignant" || reason === "second_opinion" ? "urgent"
+      : reason === "uncertain" ? "routine" : urgencyOf(conditions[0].class_name);
   }
   return {verdict, referral, conditions, top_index: order[0],
           malignant_probability: malP, malignant_threshold: malT,
@@ -479,6 +481,18 @@ export function unservedType(served, probabilities, chosenBy) {
   return top !== "not_skin" && !served.includes(top) ? top : null;
 }
 
+// ``second_opinion_type`` (serve/answer.py): the other served skin type to ask as well when
+// the router (not the person) chose a skin model with a probability below ``line``; else null.
+export function secondOpinionType(served, routing, line) {
+  const probs = routing.probabilities || {};
+  const kind = routing.image_type;
+  if (line === null || line === undefined || routing.chosen_by !== "router"
+      || kind === "not_skin" || routing.unserved || (probs[kind] || 0) >= line) return null;
+  const others = served.filter((k) => k !== kind);
+  if (!others.length) return null;
+  return others.reduce((a, b) => ((probs[b] || 0) > (probs[a] || 0) ? b : a));
+}
+
 // -- wording: AnalysisService.localize ------------------------------------------------------
 // Python's f"{p:.0%}" (ties to even).
 export function percent(p) {
@@ -497,26 +511,38 @@ export function localize(facts, bundle, lang) {
   // included: serve/conditions.py), so they are used as they are.
   const conditions = facts.conditions.map((c) => (
     {class_name: c.class_name, probability: c.probability, ...T.conditions[c.class_name]}));
+  const routing = facts.routing || {};
+  const second = routing.second_opinion || null;
   const reason = referralReason(facts.verdict, facts.malignant_probability,
-                                facts.malignant_threshold);
+                                facts.malignant_threshold, !!(second && second.urgent));
   // A possibly malignant answer says so in its headline too (AnalysisService's wording).
   const flag = reason === "malignant" ? "_malignant" : "";
   const malignant = percent(facts.malignant_probability || 0);
+  const other = second ? {model: msg(`model.${second.image_type}`),
+                          type: msg(`image_type.${second.image_type}`),
+                          probability: percent(second.malignant_probability || 0)} : null;
   let verdictText;
   if (facts.verdict === "not_skin") verdictText = msg("verdict.not_skin");
+  else if (reason === "second_opinion") {
+    verdictText = facts.verdict === "ok"
+      ? msg("verdict.ok_second", {name: conditions[0].name, ...other,
+                                  top: percent(conditions[0].probability)})
+      : msg("verdict.uncertain_second", other);
+  }
   else if (facts.verdict === "ok") {
     verdictText = msg(`verdict.ok${flag}`, {name: conditions[0].name, malignant,
                                             probability: percent(conditions[0].probability)});
   } else verdictText = msg(`verdict.uncertain${flag}`, {malignant});
   const referralText = reason === "condition" ? msg(`referral.${facts.referral}`)
-    : msg(`referral.${reason}`, {probability: percent(facts.malignant_probability || 0)});
+    : reason === "second_opinion" ? msg("referral.second_opinion", other)
+      : msg(`referral.${reason}`, {probability: percent(facts.malignant_probability || 0)});
   const model = msg(`model.${bundle.image_type}`);
-  const routing = facts.routing || {};
-  const routingText = routing.unserved
+  const routingText = (routing.unserved
     ? msg("routing.unserved", {type: msg(`image_type.${routing.unserved}`), model,
                                probability: percent((routing.probabilities || {})[
                                  routing.unserved] || 0)})
-    : msg("routing.ondevice", {model});
+    : msg("routing.ondevice", {model}))
+    + (second ? " " + msg("routing.second", {model: other.model}) : "");
   return {...facts, conditions, verdict_text: verdictText, referral_text: referralText,
           disclaimer: msg("disclaimer"), language: lang,
           routing: {...routing, text: routingText}};

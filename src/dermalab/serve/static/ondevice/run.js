@@ -3,7 +3,7 @@
 // browser only (IndexedDB), until deleted.
 import {
   camFromFeatureMap, chooseType, colourStatistics, decide, localize, mahalanobisScore,
-  unservedType,
+  secondOpinionType, unservedType,
   normalize, overlay, pillowResize, prepareMahalanobis, resizeForModel, routeProbabilities,
   routerInput, servedProbabilities, shrinkLikeServer, smallMahalanobis,
 } from "./core.js";
@@ -151,12 +151,28 @@ async function heatmapPng(img, model, fmap, dims, classIndex) {
   });
 }
 
+// The model of the other kind of photo asked as well (``AnalysisService._second_opinion``):
+// its own referral, photo alone, its detectors aside as the router's are trusted.
+async function secondOpinion(img, model) {
+  const b = model.bundle;
+  const arr = resizeForModel(img.data, img.width, img.height, b.image_size, b.resize_mode);
+  const x = normalize(arr, b.image_size, b.mean, b.std);
+  const out = await model.session.run(
+    {image: new model.ort.Tensor("float32", x, [1, 3, b.image_size, b.image_size])});
+  const {probs} = servedProbabilities(b, out.logits.data, null);
+  const f = decide(b, probs, 0, 0, (c) => b.texts.en.conditions[c].urgency, false, false);
+  return {model: b.name, image_type: b.image_type, malignant_probability: f.malignant_probability,
+          malignant_threshold: f.malignant_threshold, urgent: f.referral === "urgent"};
+}
+
 // Analyse a decoded photo with a loaded model: the facts of an analysis (as the server's,
 // worded later by ``localize``), the heat-map and timings. ``routed``: the router's answer
-// ({probabilities, modelDetectors}) when the server has one, else null.
-// ``metadata``: the person's optional {age, sex, localization}, weighed as the server weighs
-// it when the model was fitted with it.
-export async function analyse(img, model, chosenBy, routed = null, metadata = null) {
+// ({probabilities, modelDetectors, served, secondOpinionBelow}) when the server has one, else
+// null. ``metadata``: the person's optional {age, sex, localization}, weighed as the server
+// weighs it when the model was fitted with it. ``loadOther(type)``: the loaded model of
+// another served type (or null when it cannot run here), for a second opinion.
+export async function analyse(img, model, chosenBy, routed = null, metadata = null,
+                              loadOther = null) {
   const b = model.bundle;
   const t0 = performance.now();
   const arr = resizeForModel(img.data, img.width, img.height, b.image_size, b.resize_mode);
@@ -177,9 +193,17 @@ export async function analyse(img, model, chosenBy, routed = null, metadata = nu
   // A kind of photo no served model was trained on is answered "not sure" (as the server).
   const unserved = routed ? unservedType(routed.served || [b.image_type], routed.probabilities,
                                          chosenBy) : null;
+  // When the router is unsure of the kind of photo, the other model checks it too (as the
+  // server: ``second_opinion_type``); it can only make the referral urgent.
+  const otherType = routed && loadOther ? secondOpinionType(
+    routed.served || [b.image_type],
+    {image_type: routedNotSkin ? "not_skin" : b.image_type, chosen_by: chosenBy,
+     probabilities: routed.probabilities, unserved}, routed.secondOpinionBelow) : null;
+  const otherModel = otherType ? await loadOther(otherType) : null;
+  const second = otherModel ? await secondOpinion(img, otherModel) : null;
   const facts = decide(unserved ? {...line, uncertain_threshold: Infinity} : line, probs, ood,
                        colour, (c) => en[c].urgency, routedNotSkin,
-                       routed ? routed.modelDetectors : false);
+                       routed ? routed.modelDetectors : false, !!(second && second.urgent));
   facts.uncertain_threshold = line.uncertain_threshold;
   facts.heatmap_png = facts.verdict === "not_skin" ? null
     : await heatmapPng(img, model, out.feature_map.data, out.feature_map.dims, facts.top_index);
@@ -188,6 +212,7 @@ export async function analyse(img, model, chosenBy, routed = null, metadata = nu
                    chosen_by: chosenBy, on_device: true,
                    probabilities: routed ? routed.probabilities : null};
   if (unserved) facts.routing.unserved = unserved;
+  if (second && facts.verdict !== "not_skin") facts.routing.second_opinion = second;
   facts.probabilities = probs;
   facts.metadata_used = used;
   facts.timing_ms = {model: t1 - t0, total: performance.now() - t0};
