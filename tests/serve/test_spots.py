@@ -40,6 +40,9 @@ def _set_malignant(db: Path, analysis_id: str, p: float | None, threshold: float
     res.update(malignant_probability=p, malignant_threshold=threshold)
     con.execute("update analyses set result_json = ? where id = ?",
                 (json.dumps(res), analysis_id))
+    if p is not None and threshold is not None:  # the referral such a score gives
+        con.execute("update analyses set referral = ? where id = ?",
+                    ("urgent" if p >= threshold else "routine", analysis_id))
     con.commit()
     con.close()
 
@@ -117,6 +120,26 @@ def test_the_spot_advice_does_not_flip_on_a_small_change(client: TestClient,
     _set_malignant(tmp_path / "h.db", rows[3]["id"], 0.38, 0.42)  # within the band: urgent
     hist = client.get(f"/v1/spots/{sid}?lang=ko", headers=who).json()
     assert hist["advice"] == "urgent" and "37%" in hist["advice_text"]  # the lower line, 42 - 5
+
+
+def test_the_spot_advice_agrees_with_the_last_urgent_referral(client: TestClient,
+                                                                tmp_path: Path) -> None:
+    """A last photo referred urgently below the line (by the other model's second opinion)
+    makes the spot's advice urgent too: the spot view never says "keep watching" under a
+    result that says "see a dermatologist soon"."""
+    who = _signup(client, "urgent@example.org")
+    rows = [_analyse(client, who, "mole", i) for i in range(2)]
+    sid = rows[0]["spot"]["id"]
+    for row in rows:
+        _set_malignant(tmp_path / "h.db", row["id"], 0.20, 0.42)
+    con = sqlite3.connect(tmp_path / "h.db")
+    con.execute("update analyses set referral = 'routine' where id = ?", (rows[1]["id"],))
+    con.commit()
+    assert client.get(f"/v1/spots/{sid}", headers=who).json()["advice"] == "routine"
+    con.execute("update analyses set referral = 'urgent' where id = ?", (rows[1]["id"],))
+    con.commit()
+    con.close()
+    assert client.get(f"/v1/spots/{sid}", headers=who).json()["advice"] == "urgent"
 
 
 @pytest.mark.parametrize(("points", "want"), [

@@ -410,15 +410,20 @@ class AnalysisService:
     def _spot_advice(entries: list[dict[str, Any]], lang: str) -> dict[str, Any]:
         """What changed since the previous photo, in words, and the spot's advice after the
         last one, with hysteresis (:func:`spot_urgency`): it stays urgent until the malignant
-        probability falls clearly below the line, so a wavering score does not flip it."""
+        probability falls clearly below the line, so a wavering score does not flip it; and
+        it is urgent whenever the last scored photo's own referral was."""
         scored = [(e["malignant_probability"], e["malignant_threshold"]) for e in entries]
         urgent = spot_urgency(scored)[-1] if entries else None
         # An unscored last photo keeps the advice of the last scored one, and so its line.
-        lines = [e["malignant_threshold"] for e in entries
-                 if e["malignant_probability"] is not None and e["malignant_threshold"] is not None]
+        scored_entries = [e for e in entries if e["malignant_probability"] is not None
+                          and e["malignant_threshold"] is not None]
         out: dict[str, Any] = {"advice": None, "advice_text": None, "change": None}
-        if urgent is not None and lines:
-            line = float(lines[-1])
+        if urgent is not None and scored_entries:
+            last = scored_entries[-1]
+            line = float(last["malignant_threshold"])
+            # that photo's own urgent referral (a second opinion's, say) is never
+            # contradicted by a routine advice for its spot
+            urgent = urgent or last["referral"] == "urgent"
             out["advice"] = "urgent" if urgent else "routine"
             out["advice_text"] = t(f"spot.advice_{out['advice']}", lang,
                                    threshold=percent(line),
