@@ -14,7 +14,8 @@ router before close-up views), ``closeup`` with the centre crops of
 photos flagged is measured beside (a close-up router must not let more through).
 
 Rules for the referral (every piece from the service: ``ImageRouter.route``,
-``ServedModel.assess``, ``answer.routed_type``, ``answer.is_not_skin``, ``answer.decide``,
+``service.second_opinion`` (a model's own referral for a photo alone: ``ServedModel.assess``
+and ``answer.decide``), ``answer.routed_type``, ``answer.is_not_skin``,
 ``answer.second_opinion_type``):
 
 - ``routed``: the answer of the model the router picks (what ``dermalab serve`` does);
@@ -49,15 +50,15 @@ from common import WORK, fmt, machine, repo_relative, write_results
 from dermalab.core.runs import load_run
 from dermalab.data.prepare import prepare_data
 from dermalab.deploy.router import ImageRouter
-from dermalab.deploy.router_fit import CLOSEUPS, fit_router_for_runs
+from dermalab.deploy.router_fit import CLOSEUPS, closeup_views, fit_router_for_runs
 from dermalab.serve.answer import (
-    decide,
     is_not_skin,
     load_conditions,
     routed_type,
     second_opinion_type,
 )
 from dermalab.serve.models import ServedModel
+from dermalab.serve.service import second_opinion
 
 ZOOMS = {"clinical": (1.0, 0.5, 0.33), "dermoscopic": (1.0, 0.5)}
 LINES = (0.6, 0.8, 0.9, 0.95, 1.01)  # 1.01: always both
@@ -73,16 +74,6 @@ def wilson(k: int, n: int) -> list[float] | None:
 
     ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
     return [float(ci.low), float(ci.high)]
-
-
-def centre_crop(img: Image.Image, share: float) -> Image.Image:
-    """The middle ``share`` of each side."""
-    if share >= 1.0:
-        return img
-    w, h = img.size
-    cw, ch = max(1, round(w * share)), max(1, round(h * share))
-    left, top = (w - cw) // 2, (h - ch) // 2
-    return img.crop((left, top, left + cw, top + ch))
 
 
 def held_out(run_dir: Path, split: str, limit: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -105,20 +96,16 @@ def assess_views(photos: list[tuple[str, str]], zooms: tuple[float, ...],
     rows = []
     for path, label in photos:
         with Image.open(path) as im:
-            photo = ImageOps.exif_transpose(im).convert("RGB")
-        for z in zooms:
-            img = centre_crop(photo, z)
+            photo = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        for z, view in zip(zooms, closeup_views(photo, zooms), strict=True):
+            img = Image.fromarray(view)
             row: dict[str, Any] = {"zoom": z, "malignant": label in malignant,
                                    "melanoma": label in MELANOMA, "routes": {}, "urgent": {}}
             for name, router in routers.items():
                 row["routes"][name] = router.route(img).probabilities
             for kind, model in models.items():
-                a = model.assess(img)
-                classes = list(model.info.classes)
-                _, referral, _ = decide(a.probs, is_not_skin(False, a.out_of_distribution, False),
-                                        model.uncertain_threshold, 3, a.malignant_p,
-                                        a.malignant_t, urgency, classes)
-                row["urgent"][kind] = referral == "urgent"
+                # each model's own referral for the view, photo alone (the served rule)
+                row["urgent"][kind] = second_opinion(model, img, urgency, 3)["urgent"]
             rows.append(row)
     return rows
 
@@ -157,18 +144,13 @@ def table(views: dict[str, list[dict[str, Any]]], routers: list[str]) -> dict[st
             for kind, rows in views.items():
                 for z in ZOOMS[kind]:
                     sub = [r for r in rows if r["zoom"] == z]
-                    answered = [referral(r, router, line) for r in sub]
+                    answered = [(*referral(r, router, line), r) for r in sub]
                     cells[f"{kind} x{z:g}"] = {
-                        "to_clinical": share([k == "clinical" for k, _ in answered]),
-                        "to_dermoscopic": share([k == "dermoscopic" for k, _ in answered]),
-                        "malignant_urgent": share([u for (_, u), r in zip(answered, sub,
-                                                                          strict=True)
-                                                   if r["malignant"]]),
-                        "melanoma_urgent": share([u for (_, u), r in zip(answered, sub,
-                                                                         strict=True)
-                                                  if r["melanoma"]]),
-                        "benign_urgent": share([u for (_, u), r in zip(answered, sub,
-                                                                       strict=True)
+                        "to_clinical": share([k == "clinical" for k, _, _ in answered]),
+                        "to_dermoscopic": share([k == "dermoscopic" for k, _, _ in answered]),
+                        "malignant_urgent": share([u for _, u, r in answered if r["malignant"]]),
+                        "melanoma_urgent": share([u for _, u, r in answered if r["melanoma"]]),
+                        "benign_urgent": share([u for _, u, r in answered
                                                 if not r["malignant"]])}
             out[key] = cells
     return out
@@ -179,6 +161,14 @@ def closeup_sensitivity(cells: dict[str, Any]) -> float:
     parts = [cells[f"clinical x{z:g}"]["malignant_urgent"] for z in (0.5, 0.33)]
     n = sum(p["n"] for p in parts)
     return sum((p["share"] or 0.0) * p["n"] for p in parts) / n if n else 0.0
+
+
+def false_urgent_rise(val: dict[str, Any], key: str) -> float:
+    """How much a rule raises the false-urgent share of whole benign dermoscopic photos over
+    the plain router's routed answer (validation)."""
+    def benign(k: str) -> float:
+        return float(val[k]["dermoscopic x1"]["benign_urgent"]["share"])
+    return benign(key) - benign("plain / routed")
 
 
 def not_skin_flagged(routers: dict[str, ImageRouter]) -> dict[str, Any]:
@@ -206,11 +196,10 @@ def choose_rule(val: dict[str, Any], not_skin: dict[str, Any]) -> str:
     validation whose dermoscopic benign false-urgent share (whole photos) rises by at most
     :data:`MAX_FALSE_URGENT_RISE` over the plain router's ``routed`` and whose router flags at
     most 0.02 fewer non-skin photos than the plain one; ties go to the earlier (plainer)."""
-    base = val["plain / routed"]["dermoscopic x1"]["benign_urgent"]["share"]
     best, best_s = "plain / routed", closeup_sensitivity(val["plain / routed"])
     for key, cells in val.items():
         router = key.split(" / ")[0]
-        rise = cells["dermoscopic x1"]["benign_urgent"]["share"] - base
+        rise = false_urgent_rise(val, key)
         lost = not_skin["plain"]["share"] - not_skin[router]["share"]
         s = closeup_sensitivity(cells)
         if rise <= MAX_FALSE_URGENT_RISE and lost <= 0.02 and s > best_s + 1e-9:
@@ -246,13 +235,12 @@ def markdown(report: dict[str, Any], split: str = "test") -> list[str]:
         md.append(f"| {router} | {cell_text(c)} | {missed} |")
     if "val" in report:
         val = report["val"]
-        base = val["plain / routed"]["dermoscopic x1"]["benign_urgent"]["share"]
         md += ["", "## The choice (validation)", "",
                "| router / rule | malignant close-ups urgent (x0.5 and x0.33) | rise of "
                "false-urgent on whole benign dermoscopic photos | router's non-skin flagged |",
                "| --- | --- | --- | --- |"]
         for key, cells in val.items():
-            rise = cells["dermoscopic x1"]["benign_urgent"]["share"] - base
+            rise = false_urgent_rise(val, key)
             mark = " **(chosen)**" if key == chosen else ""
             md.append(f"| {key}{mark} | {fmt(closeup_sensitivity(cells))} | {rise:+.3f} | "
                       f"{fmt(report['not_skin_flagged'][key.split(' / ')[0]]['share'])} |")

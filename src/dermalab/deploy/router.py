@@ -159,6 +159,7 @@ def fit_router(fit: Mapping[str, Sequence[np.ndarray]], val: Mapping[str, Sequen
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import confusion_matrix
+    from sklearn.utils.class_weight import compute_class_weight
 
     types = [t for t in TYPES if fit.get(t)]
     if "not_skin" not in types or len(types) < 2:
@@ -185,10 +186,10 @@ def fit_router(fit: Mapping[str, Sequence[np.ndarray]], val: Mapping[str, Sequen
     x, y = feats(fit)
     shift, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     # balanced class weights, the non-skin one times not_skin_weight
-    balanced = len(y) / (len(types) * np.bincount(y, minlength=len(types)))
+    balanced = compute_class_weight("balanced", classes=np.arange(len(types)), y=y)
     balanced[types.index("not_skin")] *= not_skin_weight
-    clf = LogisticRegression(C=c, max_iter=3000)
-    clf.fit((x - shift) / scale, y, sample_weight=balanced[y])
+    clf = LogisticRegression(C=c, class_weight=dict(enumerate(balanced)), max_iter=3000)
+    clf.fit((x - shift) / scale, y)
     weights = {"shift": shift, "scale": scale, "coef": clf.coef_, "intercept": clf.intercept_}
     if len(types) == 2:  # sklearn's binary form: one row for class 1; make it a 2-way softmax
         weights["coef"] = np.concatenate([-clf.coef_ / 2, clf.coef_ / 2])

@@ -82,6 +82,20 @@ def check_models(settings: ServeSettings) -> None:
         ImageRouter.check(settings.router)
 
 
+def second_opinion(model: ServedModel, img: Image.Image, urgency: dict[str, str], top_k: int
+                   ) -> dict[str, Any]:
+    """A model asked about a photo alone beside the one that answers (``routing``'s
+    ``second_opinion``): its own referral (:func:`decide`, its detectors aside as the
+    router's are trusted) and malignant score; ``urgent`` when that referral is. The page's
+    twin: ``secondOpinion`` in ``static/ondevice/run.js``."""
+    b = model.assess(img)
+    _, referral, _ = decide(b.probs, False, model.uncertain_threshold, top_k, b.malignant_p,
+                            b.malignant_t, urgency, list(model.info.classes))
+    return {"model": model.name, "image_type": model.image_type,
+            "malignant_probability": b.malignant_p, "malignant_threshold": b.malignant_t,
+            "urgent": referral == "urgent"}
+
+
 class AnalysisService:
     """Loads the models, the router, the thresholds, condition information and stores once."""
 
@@ -199,19 +213,9 @@ class AnalysisService:
             routing["unserved"] = unserved
         return model, routing
 
-    def _second_opinion(self, model: ServedModel, img: Image.Image) -> dict[str, Any]:
-        """The model of the other kind of photo, asked as well (photo alone): its own
-        referral (:func:`decide`, its detectors aside as the router's are trusted) and
-        malignant score; ``urgent`` when that referral is."""
-        b = model.assess(img)
-        classes = list(model.info.classes)
-        _, referral, _ = decide(
-            b.probs, False, model.uncertain_threshold, self.settings.top_k, b.malignant_p,
-            b.malignant_t,
-            {c: self.conditions.get(c, {}).get("urgency", "routine") for c in classes}, classes)
-        return {"model": model.name, "image_type": model.image_type,
-                "malignant_probability": b.malignant_p, "malignant_threshold": b.malignant_t,
-                "urgent": referral == "urgent"}
+    def urgency(self, classes: list[str]) -> dict[str, str]:
+        """Each class's own referral urgency (condition information; default routine)."""
+        return {c: self.conditions.get(c, {}).get("urgency", "routine") for c in classes}
 
     def metadata_inputs(self) -> dict[str, Any] | None:
         """What the page may ask (optional age, sex, body site): from the first served model
@@ -244,7 +248,9 @@ class AnalysisService:
         other = second_opinion_type(list(self.models), routing,
                                     self.settings.second_opinion_below)
         if other is not None and not not_skin:
-            routing["second_opinion"] = self._second_opinion(self.models[other], img)
+            second = self.models[other]
+            routing["second_opinion"] = second_opinion(
+                second, img, self.urgency(list(second.info.classes)), self.settings.top_k)
         t_unsure = model.uncertain_threshold_for(used)
         classes = list(model.info.classes)
         # A photo of a kind no served model was trained on is answered "not sure" (its
@@ -252,8 +258,8 @@ class AnalysisService:
         verdict, referral, order = decide(
             a.probs, not_skin, math.inf if routing.get("unserved") else t_unsure,
             self.settings.top_k, a.malignant_p, a.malignant_t,
-            {c: self.conditions.get(c, {}).get("urgency", "routine") for c in classes},
-            classes, bool(routing.get("second_opinion", {}).get("urgent")))
+            self.urgency(classes), classes,
+            bool(routing.get("second_opinion", {}).get("urgent")))
         conditions = [] if not_skin else [
             self._condition(classes[i], float(a.probs[i]), model=model) for i in order]
         heat = None if not_skin else model.heatmap(np.ascontiguousarray(a.arr[..., :3]),

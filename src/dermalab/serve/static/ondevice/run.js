@@ -151,14 +151,21 @@ async function heatmapPng(img, model, fmap, dims, classIndex) {
   });
 }
 
-// The model of the other kind of photo asked as well (``AnalysisService._second_opinion``):
-// its own referral, photo alone, its detectors aside as the router's are trusted.
-async function secondOpinion(img, model) {
+// The model's input for a decoded photo and its outputs (logits, features, feature map).
+async function infer(img, model) {
   const b = model.bundle;
   const arr = resizeForModel(img.data, img.width, img.height, b.image_size, b.resize_mode);
   const x = normalize(arr, b.image_size, b.mean, b.std);
   const out = await model.session.run(
     {image: new model.ort.Tensor("float32", x, [1, 3, b.image_size, b.image_size])});
+  return {arr, out};
+}
+
+// The model of the other kind of photo asked as well (``service.second_opinion``): its own
+// referral, photo alone, its detectors aside as the router's are trusted.
+async function secondOpinion(img, model) {
+  const b = model.bundle;
+  const {out} = await infer(img, model);
   const {probs} = servedProbabilities(b, out.logits.data, null);
   const f = decide(b, probs, 0, 0, (c) => b.texts.en.conditions[c].urgency, false, false);
   return {model: b.name, image_type: b.image_type, malignant_probability: f.malignant_probability,
@@ -175,10 +182,7 @@ export async function analyse(img, model, chosenBy, routed = null, metadata = nu
                               loadOther = null) {
   const b = model.bundle;
   const t0 = performance.now();
-  const arr = resizeForModel(img.data, img.width, img.height, b.image_size, b.resize_mode);
-  const x = normalize(arr, b.image_size, b.mean, b.std);
-  const out = await model.session.run(
-    {image: new model.ort.Tensor("float32", x, [1, 3, b.image_size, b.image_size])});
+  const {arr, out} = await infer(img, model);
   const t1 = performance.now();
   const {probs, used} = servedProbabilities(b, out.logits.data, metadata);
   const ood = mahalanobisScore(out.features.data, model.mahalanobis);
