@@ -25,15 +25,12 @@ from dermalab.data.photo_quality import assess as assess_photo
 from dermalab.deploy.router import ImageRouter
 from dermalab.serve.accounts import AccountStore
 from dermalab.serve.answer import (
-    ADVICE_BAND,
     decide,
     is_not_skin,
     load_conditions,
-    percent,
     routed_type,
     routing_text,
     second_opinion_type,
-    spot_urgency,
     unserved_type,
     wording,
 )
@@ -48,6 +45,7 @@ from dermalab.serve.ondevice import (
 )
 from dermalab.serve.settings import ServeSettings
 from dermalab.serve.store import OPEN, Analysis, HistoryStore, ImageStore, Owner, make_engine, now
+from dermalab.serve.timeline import spot_view
 from dermalab.serve.uploads import UploadError, clean_photo, decode_upload, lesion_summary
 
 #: The photo key of an analysis whose photo was not kept (not skin).
@@ -364,7 +362,7 @@ class AnalysisService:
             top = res["conditions"][0] if res["conditions"] else None
             items.append({"id": r.id, "created_at": res["created_at"], "filename": r.filename,
                           "verdict": r.verdict, "referral": r.referral,
-                          "top_condition": (self._condition(top["class_name"], 0.0, lang)["name"]
+                          "top_condition": (self._condition_name(top["class_name"], lang)
                                             if top else None),
                           "top_probability": top["probability"] if top else None,
                           "spot": names.get(r.spot_id) if r.spot_id else None})
@@ -377,70 +375,18 @@ class AnalysisService:
 
     def spot(self, spot_id: str, lang: str = DEFAULT_LANGUAGE, owner: Owner = OPEN
              ) -> dict[str, Any] | None:
-        """One of ``owner``'s spots over time: every analysis of it oldest first, with the top
-        condition and malignant probability, and a warning when the malignant probability
-        crossed its operating point (from below to at-or-above) between the last two photos.
-        ``None`` for another owner's spot."""
+        """One of ``owner``'s spots over time (:func:`~dermalab.serve.timeline.spot_view`):
+        every analysis of it oldest first, the warning when the malignant probability crossed
+        its line between the last two photos, and the advice. ``None`` for another owner's
+        spot."""
         found = self.history.spot(spot_id, owner)
         if found is None:
             return None
         sp, rows = found
-        entries: list[dict[str, Any]] = []
-        for r in rows:
-            res = json.loads(r.result_json)
-            top = res["conditions"][0] if res["conditions"] else None
-            mal_p, mal_t = res.get("malignant_probability"), res.get("malignant_threshold")
-            prev = entries[-1] if entries else None
-            above = mal_p is not None and mal_t is not None and mal_p >= mal_t
-            entries.append({
-                "id": r.id, "created_at": res["created_at"], "verdict": r.verdict,
-                "referral": r.referral,
-                "top_condition": (self._condition(top["class_name"], 0.0, lang)["name"]
-                                  if top else None),
-                "top_probability": top["probability"] if top else None,
-                "malignant_probability": mal_p, "malignant_threshold": mal_t,
-                "above_threshold": above if mal_p is not None else None,
-                "crossed": bool(prev is not None and prev["above_threshold"] is False
-                                and above)})
-        warning = None
-        if len(entries) >= 2 and entries[-1]["crossed"]:
-            last, before = entries[-1], entries[-2]
-            warning = t("spot.crossed", lang, before=percent(before["malignant_probability"]),
-                        now=percent(last["malignant_probability"]),
-                        threshold=percent(last["malignant_threshold"]))
-        return {"id": sp.id, "name": sp.name, "analyses": entries, "warning": warning,
-                **self._spot_advice(entries, lang),
-                "disclaimer": t("disclaimer", lang), "language": lang}
+        return spot_view(sp.id, sp.name, rows, lang, self._condition_name)
 
-    @staticmethod
-    def _spot_advice(entries: list[dict[str, Any]], lang: str) -> dict[str, Any]:
-        """What changed since the previous photo, in words, and the spot's advice after the
-        last one, with hysteresis (:func:`spot_urgency`): it stays urgent until the malignant
-        probability falls clearly below the line, so a wavering score does not flip it; and
-        it is urgent whenever the last scored photo's own referral was."""
-        scored = [(e["malignant_probability"], e["malignant_threshold"]) for e in entries]
-        urgent = spot_urgency(scored)[-1] if entries else None
-        # An unscored last photo keeps the advice of the last scored one, and so its line.
-        scored_entries = [e for e in entries if e["malignant_probability"] is not None
-                          and e["malignant_threshold"] is not None]
-        out: dict[str, Any] = {"advice": None, "advice_text": None, "change": None}
-        if urgent is not None and scored_entries:
-            last = scored_entries[-1]
-            line = float(last["malignant_threshold"])
-            # that photo's own urgent referral (a second opinion's, say) is never
-            # contradicted by a routine advice for its spot
-            urgent = urgent or last["referral"] == "urgent"
-            out["advice"] = "urgent" if urgent else "routine"
-            out["advice_text"] = t(f"spot.advice_{out['advice']}", lang,
-                                   threshold=percent(line),
-                                   low=percent(max(0.0, line - ADVICE_BAND)))
-        pair = [e for e in entries if e["malignant_probability"] is not None][-2:]
-        if len(pair) == 2:
-            out["change"] = t("spot.change", lang,
-                              before=percent(pair[0]["malignant_probability"]),
-                              now=percent(pair[1]["malignant_probability"]),
-                              threshold=percent(pair[1]["malignant_threshold"]))
-        return out
+    def _condition_name(self, cls: str, lang: str) -> str:
+        return str(self._condition(cls, 0.0, lang)["name"])
 
     def delete(self, analysis_id: str, owner: Owner = OPEN) -> bool:
         """Delete one of ``owner``'s analyses and its stored image."""
