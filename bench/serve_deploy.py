@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,6 +69,7 @@ def main() -> None:
     for workers in (1, 2):
         with tempfile.TemporaryDirectory() as tmp, \
                 deployment([str(run)], Path(tmp), workers=workers, extra_args=limits) as dep:
+            backend = json.loads(urllib.request.urlopen(dep.url + "/healthz").read())["backend"]
             for clients in args.clients:
                 rows.append({"workers": workers, **load(dep.url, images, clients,
                                                          args.requests)})
@@ -76,9 +79,10 @@ def main() -> None:
                                   if r["workers"] == 1 and r["clients"] == c), 2)
              for c in args.clients}
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "run": run.name,
+              "backend": backend,
               "rows": rows, "throughput_ratio_2_vs_1_workers": ratio}
     md = [f"# The deployment profile under load ({report['date']}, "
-          f"{report['machine']['cpus']} CPUs)", "",
+          f"{report['machine']['cpus']} CPUs, backend {backend})", "",
           "nginx -> dermalab workers, PostgreSQL, SeaweedFS S3, Redis on 127.0.0.1; uploads of "
           "real HAM10000 test photos through the proxy, each client a signed-in account. "
           "Target (issue 52): 0 errors; p95 <= 250 ms at 4 clients.", "",

@@ -137,7 +137,7 @@ def results_index() -> str:
           "in `bench/results/` (each written by the script named in it; run a benchmark with "
           "nothing else on the machine).", "", block.strip(), "", "## Every result file", ""]
     md += [f"- [{name}]({name})" for name in files]
-    md += ["- [serve_load_ensemble/serve_load.md](serve_load_ensemble/serve_load.md)", ""]
+    md.append("")
     return "\n".join(md)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -337,3 +340,21 @@ def test_lesion_summary_measures_in_the_photos_own_pixels() -> None:
     png = Image.open(io.BytesIO(base64.b64decode(out["outline_png"].split(",", 1)[1])))
     assert max(png.size) == 384
     assert lesion_summary(Image.fromarray(photo), np.zeros((h, w), bool)) is None
+
+
+def test_the_server_runs_each_request_on_one_thread() -> None:
+    """``dermalab serve`` sets every numerical thread pool of its process to one thread
+    (concurrent requests then run side by side instead of fighting for cores); checked in a
+    fresh process, so this one keeps its threads."""
+    code = ("import torch, threadpoolctl\n"
+            "from dermalab.serve.app import one_thread_per_request\n"
+            "before = torch.get_num_threads()\n"
+            "one_thread_per_request()\n"
+            "pools = threadpoolctl.threadpool_info()\n"
+            "print(before, torch.get_num_threads(), len(pools),"
+            " max(p['num_threads'] for p in pools))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "OMP_NUM_THREADS": "2"}).stdout.split()
+    before, after, pools, most = map(int, out)
+    assert before == 2 and after == 1
+    assert pools >= 1 and most == 1  # numpy's BLAS at least, all limited to one thread

@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``dermalab serve RUN_DIR [RUN_DIR...] | MODELS.yaml``."""
     import uvicorn
 
-    from dermalab.serve.app import create_app
+    from dermalab.serve.app import create_app, one_thread_per_request
     from dermalab.serve.service import check_models
     from dermalab.serve.settings import ServeSettings
 
@@ -82,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # of --forwarded-allow-ips passes it on (X-Forwarded-For from anyone else is ignored, or a
     # client could rotate it to escape every per-address limit).
     proxied = bool(args.forwarded_allow_ips)
+    one_thread_per_request()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1,
                 proxy_headers=proxied,
                 forwarded_allow_ips=args.forwarded_allow_ips if proxied else None)
