@@ -13,6 +13,9 @@ from PIL import Image
 
 from tests.s3server import S3Server, seaweedfs, weed_binary
 
+# The trained runs shared by the serving, deployment and CLI tests (session fixtures).
+pytest_plugins = ["tests.served_runs"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DERMALAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 HAM_DIR = SHARED_DATA / "ham10000_200x150"

@@ -180,3 +180,21 @@ def test_host_the_page_for_a_clinic(own_folder: tuple[Path, str]) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_where_to_change_what_names_real_files_and_at_most_three_each() -> None:
+    """The README's table of common changes (issue 53): each row's source files exist, and a
+    change touches at most three of them."""
+    text = (REPO / "README.md").read_text()
+    table = text.split("| to add | source files it touches |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    assert {r.split("|")[1].strip() for r in rows} >= {
+        "a metric", "a loss", "a dataset format", "an endpoint", "an export format"}
+    path = r"`([a-z_/]+(?:\.py|/))`"
+    for row in rows:
+        cell = row.split("|")[2]
+        for f in re.findall(path, cell):
+            assert (REPO / "src" / "dermalab" / f).exists(), f"{row}: no src/dermalab/{f}"
+        # "`a.py` or `b.py`": one file of the two is touched
+        touched = re.findall(path, re.sub(path + r" or " + path, r"`\1`", cell))
+        assert 1 <= len(set(touched)) <= 3, row

@@ -248,20 +248,14 @@ def test_onnx_parity_on_real_ham_images(run: Path) -> None:
     assert par["max_abs_diff"] < 1e-3 and par["argmax_agreement"] == 1.0
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-
-
 def test_report_renders_in_a_real_browser(run: Path) -> None:
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
+    from tests.browser import ARGS, CHROMIUM, playwright_api
+
+    playwright = playwright_api()
     shot = run / "report_screenshot.png"
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=CHROMIUM_ARGS)
+                                    args=ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto((run / "report.html").resolve().as_uri())
         titles = page.locator("section h2").all_inner_texts()

@@ -18,21 +18,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dermalab.serve.app import create_app
-from dermalab.serve.settings import ServeSettings
 from dermalab.serve.store import make_engine, now
-from tests.conftest import HAM_DIR
-
-XRW = {"X-Requested-With": "dermalab"}
-
-
-def _photo(i: int = 0) -> bytes:
-    return (sorted((HAM_DIR / "images").glob("ISIC_00243*.jpg"))[i]).read_bytes()
-
-
-def _settings(run: Path, tmp: Path, **kw: object) -> ServeSettings:
-    base: dict[str, object] = {"database_url": f"sqlite:///{tmp / 'h.db'}",
-                               "image_store": str(tmp / "uploads")}
-    return ServeSettings(run_dir=str(run), **{**base, **kw})  # type: ignore[arg-type]
+from tests.serve.helpers import XRW, photo, serve_settings, signup
 
 
 @pytest.fixture
@@ -42,25 +29,18 @@ def app_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(skin_run: Path, app_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(_settings(skin_run, app_dir))) as c:
+    with TestClient(create_app(serve_settings(skin_run, app_dir))) as c:
         yield c
 
 
-def _signup(c: TestClient, email: str) -> dict[str, str]:
-    r = c.post("/v1/auth/signup", json={"email": email, "password": "a long password"})
-    assert r.status_code == 201, r.text
-    c.cookies.clear()  # API clients below use the bearer token
-    return {"Authorization": f"Bearer {r.json()['token']}"}
-
-
 def _upload(c: TestClient, who: dict[str, str], i: int = 0) -> str:
-    r = c.post("/v1/analyses", files={"file": (f"p{i}.jpg", _photo(i))}, headers=who)
+    r = c.post("/v1/analyses", files={"file": (f"p{i}.jpg", photo(i))}, headers=who)
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
 
 
 def test_two_users_never_reach_each_others_analyses(client: TestClient) -> None:
-    alice, bob = _signup(client, "alice@example.org"), _signup(client, "bob@example.org")
+    alice, bob = signup(client, "alice@example.org"), signup(client, "bob@example.org")
     a1, a2 = _upload(client, alice, 0), _upload(client, alice, 1)
     b1 = _upload(client, bob, 2)
     assert [i["id"] for i in client.get("/v1/analyses", headers=alice).json()["items"]] \
@@ -84,7 +64,7 @@ def test_two_users_never_reach_each_others_analyses(client: TestClient) -> None:
 
 
 def test_no_session_is_401_on_every_private_path(client: TestClient) -> None:
-    alice = _signup(client, "carol@example.org")
+    alice = signup(client, "carol@example.org")
     aid = _upload(client, alice)
     for method, path in (("GET", "/v1/analyses"), ("GET", f"/v1/analyses/{aid}"),
                          ("GET", f"/v1/analyses/{aid}/photo"),
@@ -106,7 +86,7 @@ def test_cookie_writes_need_the_csrf_token(client: TestClient) -> None:
     assert "httponly" in r.headers["set-cookie"].lower()
     assert "samesite=strict" in r.headers["set-cookie"].lower()
     csrf = r.json()["csrf_token"]
-    files = {"file": ("p.jpg", _photo())}
+    files = {"file": ("p.jpg", photo())}
     # what a foreign page's form can send: the cookie, no header
     forged = client.post("/v1/analyses", files=files, headers={"Origin": "https://evil.test"})
     assert forged.status_code == 403
@@ -123,7 +103,7 @@ def test_cookie_writes_need_the_csrf_token(client: TestClient) -> None:
 def test_anonymous_analyses_move_into_the_account(client: TestClient) -> None:
     anon = client.post("/v1/auth/anonymous", headers=XRW).json()
     csrf = {"X-CSRF-Token": anon["csrf_token"]}
-    aid = client.post("/v1/analyses", files={"file": ("p.jpg", _photo())},
+    aid = client.post("/v1/analyses", files={"file": ("p.jpg", photo())},
                       headers=csrf).json()["id"]
     r = client.post("/v1/auth/signup", json={"email": "dan@example.org",
                                              "password": "a long password"}, headers=csrf)
@@ -135,7 +115,7 @@ def test_anonymous_analyses_move_into_the_account(client: TestClient) -> None:
 
 
 def test_sign_in_errors_and_rate_limit(skin_run: Path, app_dir: Path) -> None:
-    with TestClient(create_app(_settings(skin_run, app_dir, rate_signin="3/minute"))) as c:
+    with TestClient(create_app(serve_settings(skin_run, app_dir, rate_signin="3/minute"))) as c:
         assert c.post("/v1/auth/signup", json={"email": "erin@example.org",
                                                "password": "short"}).status_code == 422
         assert c.post("/v1/auth/signup", json={"email": "not-an-email",
@@ -146,7 +126,8 @@ def test_sign_in_errors_and_rate_limit(skin_run: Path, app_dir: Path) -> None:
         # the three sign-up attempts count against this address: the fourth try is refused
         r = c.post("/v1/auth/signin", json={"email": "erin@example.org", "password": "wrong!!"})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
-    with TestClient(create_app(_settings(skin_run, app_dir / "b", rate_signin="3/minute"))) as c:
+    with TestClient(create_app(serve_settings(skin_run, app_dir / "b",
+                                              rate_signin="3/minute"))) as c:
         c.post("/v1/auth/signup", json={"email": "erin@example.org", "password": "long enough"})
         c.cookies.clear()
         wrong = c.post("/v1/auth/signin", json={"email": "erin@example.org", "password": "nope"})
@@ -161,8 +142,8 @@ def test_device_sessions_have_their_own_limit(skin_run: Path, app_dir: Path) -> 
     """Phones behind one address (a carrier's NAT) each start a device session: those count
     against their own, looser limit, and neither spends the sign-in budget nor is spent by it."""
     xrw = {"X-Requested-With": "dermalab"}
-    with TestClient(create_app(_settings(skin_run, app_dir, rate_signin="2/minute",
-                                         rate_device="4/minute"))) as c:
+    with TestClient(create_app(serve_settings(skin_run, app_dir, rate_signin="2/minute",
+                                              rate_device="4/minute"))) as c:
         starts = [c.post("/v1/auth/anonymous", headers=xrw).status_code for _ in range(5)]
         assert starts == [201, 201, 201, 201, 429]
         signins = [c.post("/v1/auth/signin", json={"email": "x@example.org",
@@ -190,15 +171,15 @@ def test_account_errors_speak_the_page_language(client: TestClient) -> None:
 
 
 def test_upload_rate_limit(skin_run: Path, app_dir: Path) -> None:
-    with TestClient(create_app(_settings(skin_run, app_dir, rate_upload="2/minute"))) as c:
-        who = _signup(c, "fay@example.org")
+    with TestClient(create_app(serve_settings(skin_run, app_dir, rate_upload="2/minute"))) as c:
+        who = signup(c, "fay@example.org")
         _upload(c, who, 0), _upload(c, who, 1)
-        r = c.post("/v1/analyses", files={"file": ("p.jpg", _photo(2))}, headers=who)
+        r = c.post("/v1/analyses", files={"file": ("p.jpg", photo(2))}, headers=who)
         assert r.status_code == 429 and "retry-after" in r.headers
 
 
 def _gps_jpeg() -> bytes:
-    img = Image.open(io.BytesIO(_photo())).convert("RGB")
+    img = Image.open(io.BytesIO(photo())).convert("RGB")
     exif = Image.Exif()
     exif[0x010F] = "PhoneMaker"  # Make
     exif[0x0110] = "Model X"  # Model
@@ -213,8 +194,8 @@ def _gps_jpeg() -> bytes:
 
 
 def test_stored_photo_has_no_metadata_and_is_upright(client: TestClient, app_dir: Path) -> None:
-    who = _signup(client, "gus@example.org")
-    w, h = Image.open(io.BytesIO(_photo())).size
+    who = signup(client, "gus@example.org")
+    w, h = Image.open(io.BytesIO(photo())).size
     r = client.post("/v1/analyses", files={"file": ("gps.jpg", _gps_jpeg())}, headers=who)
     assert r.status_code == 201
     stored = list((app_dir / "uploads").iterdir())
@@ -229,7 +210,7 @@ def test_stored_photo_has_no_metadata_and_is_upright(client: TestClient, app_dir
 
 
 def test_delete_my_account_leaves_nothing(client: TestClient, app_dir: Path) -> None:
-    alice, bob = _signup(client, "hal@example.org"), _signup(client, "ivy@example.org")
+    alice, bob = signup(client, "hal@example.org"), signup(client, "ivy@example.org")
     mine = [_upload(client, alice, i) for i in range(2)]
     theirs = _upload(client, bob, 2)
     assert len(list((app_dir / "uploads").iterdir())) == 3
@@ -258,9 +239,9 @@ def test_delete_my_account_leaves_nothing(client: TestClient, app_dir: Path) -> 
 def test_delete_my_account_in_s3(skin_run: Path, app_dir: Path, s3_env: str) -> None:
     import boto3
 
-    settings = _settings(skin_run, app_dir, image_store=f"s3://{s3_env}/photos")
+    settings = serve_settings(skin_run, app_dir, image_store=f"s3://{s3_env}/photos")
     with TestClient(create_app(settings)) as c:
-        alice, bob = _signup(c, "jo@example.org"), _signup(c, "kim@example.org")
+        alice, bob = signup(c, "jo@example.org"), signup(c, "kim@example.org")
         for i in range(2):
             _upload(c, alice, i)
         theirs = _upload(c, bob, 2)
@@ -279,7 +260,7 @@ def test_a_first_visit_asks_for_its_session_without_an_error(client: TestClient)
     r = client.get("/v1/auth/session?optional=1")
     assert (r.status_code, r.content, r.headers["cache-control"]) == (204, b"", "no-store")
     assert client.get("/v1/auth/session").status_code == 401  # API clients still get 401
-    who = _signup(client, "opt@example.org")
+    who = signup(client, "opt@example.org")
     assert client.get("/v1/auth/session?optional=1", headers=who).json()["email"] == (
         "opt@example.org")
 
@@ -293,12 +274,12 @@ def test_the_installed_app_is_named_in_the_phone_language(client: TestClient) ->
 
 
 def test_sign_out_everywhere_ends_every_session_of_the_account(client: TestClient) -> None:
-    phone = _signup(client, "max@example.org")
+    phone = signup(client, "max@example.org")
     r = client.post("/v1/auth/signin", json={"email": "max@example.org",
                                              "password": "a long password"})
     laptop = {"Authorization": f"Bearer {r.json()['token']}"}
     client.cookies.clear()
-    other = _signup(client, "ned@example.org")
+    other = signup(client, "ned@example.org")
     assert client.get("/v1/auth/session", headers=laptop).status_code == 200
     assert client.post("/v1/auth/signout-everywhere", headers=phone).status_code == 204
     for who in (phone, laptop):
@@ -307,7 +288,7 @@ def test_sign_out_everywhere_ends_every_session_of_the_account(client: TestClien
 
 
 def test_download_my_data(client: TestClient) -> None:
-    who = _signup(client, "lee@example.org")
+    who = signup(client, "lee@example.org")
     ids = [_upload(client, who, i) for i in range(2)]
     r = client.get("/v1/account/export", headers=who)
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
@@ -323,7 +304,7 @@ def test_download_my_data(client: TestClient) -> None:
 
 def test_retention_purges_old_analyses_with_their_photos(client: TestClient,
                                                           app_dir: Path) -> None:
-    who = _signup(client, "max@example.org")
+    who = signup(client, "max@example.org")
     aid = _upload(client, who)
     svc = client.app.state.service  # type: ignore[attr-defined]
     assert svc.purge_older_than(30, at=now() + timedelta(days=29)) == 0
@@ -334,9 +315,9 @@ def test_retention_purges_old_analyses_with_their_photos(client: TestClient,
 
 
 def test_orphans_are_swept_at_start_up(skin_run: Path, app_dir: Path) -> None:
-    settings = _settings(skin_run, app_dir)
+    settings = serve_settings(skin_run, app_dir)
     with TestClient(create_app(settings)) as c:
-        who = _signup(c, "ned@example.org")
+        who = signup(c, "ned@example.org")
         keep, lost = _upload(c, who, 0), _upload(c, who, 1)
     (app_dir / "uploads" / f"{lost}.jpg").unlink()  # crashed before the photo was written
     (app_dir / "uploads" / "stray.jpg").write_bytes(b"left by a cut-short deletion")
@@ -372,8 +353,8 @@ def test_security_headers_hosts_and_docs(client: TestClient) -> None:
 
 
 def test_open_mode_keeps_the_single_user_install(skin_run: Path, app_dir: Path) -> None:
-    with TestClient(create_app(_settings(skin_run, app_dir, open=True))) as c:
-        aid = c.post("/v1/analyses", files={"file": ("p.jpg", _photo())}).json()["id"]
+    with TestClient(create_app(serve_settings(skin_run, app_dir, open=True))) as c:
+        aid = c.post("/v1/analyses", files={"file": ("p.jpg", photo())}).json()["id"]
         assert c.get("/v1/analyses").json()["total"] == 1
         assert c.get(f"/v1/analyses/{aid}/photo").status_code == 200
         assert c.get("/healthz").json()["mode"] == "open"
@@ -424,7 +405,7 @@ def test_chunked_upload_over_the_limit_is_refused_while_streaming(skin_run: Path
 
 def test_announced_length_over_the_limit_is_refused_at_once(skin_run: Path,
                                                             app_dir: Path) -> None:
-    settings = _settings(skin_run, app_dir, max_upload_bytes=1024 * 1024, open=True)
+    settings = serve_settings(skin_run, app_dir, max_upload_bytes=1024 * 1024, open=True)
     with TestClient(create_app(settings)) as c:
         r = c.post("/v1/analyses", content=b"x" * (2 * 1024 * 1024),
                    headers={"Content-Type": "multipart/form-data; boundary=b"})

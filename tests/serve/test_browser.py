@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 
+from tests.browser import ARGS, CHROMIUM, axe_problems, playwright_api, split_photo_id
 from tests.conftest import HAM_DIR
 from tests.webserver import dermalab_server
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def _playwright() -> Any:
-    """Playwright's sync API, or skip when it or Debian's chromium is missing."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
-    return sync_api
-
-
-def _test_id(run: Path, k: int) -> str:
-    """The ``k``-th test image of the run's split."""
-    with open(run / "splits.csv") as f:
-        return [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"][k]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +25,9 @@ def server(skin_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                                       {"width": 390, "height": 844}], ids=["desktop", "phone"])
 def test_upload_and_see_the_result(server: str, skin_run: Path, viewport: dict,
                                    tmp_path: Path) -> None:
-    sync_api = _playwright()
+    sync_api = playwright_api()
 
-    test_id = _test_id(skin_run, 0)
+    test_id = split_photo_id(skin_run, 0)
     photo = HAM_DIR / "images" / f"{test_id}.jpg"
     shot = skin_run / f"web_{viewport['width']}.png"
     with sync_api.sync_playwright() as p:
@@ -75,11 +56,11 @@ def test_upload_and_see_the_result(server: str, skin_run: Path, viewport: dict,
 def test_the_page_in_korean_at_phone_width(server: str, skin_run: Path) -> None:
     """A Korean phone (locale ko-KR): the page, verdict, referral and care text are Korean,
     percentages are formatted for the locale and nothing overflows sideways."""
-    sync_api = _playwright()
+    sync_api = playwright_api()
     import re
 
     hangul = re.compile(r"[가-힣]")
-    test_id = _test_id(skin_run, 1)
+    test_id = split_photo_id(skin_run, 1)
     shot = skin_run / "web_390_ko.png"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
@@ -121,9 +102,9 @@ def test_the_page_in_korean_at_phone_width(server: str, skin_run: Path) -> None:
 def test_sign_up_analyse_sign_out_and_it_is_gone(server: str, skin_run: Path) -> None:
     """A visitor gets a private device session, creates an account (the device's analysis
     moves into it), signs out, and the page and the API then show nothing of it."""
-    sync_api = _playwright()
+    sync_api = playwright_api()
 
-    test_id = _test_id(skin_run, 2)
+    test_id = split_photo_id(skin_run, 2)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 390, "height": 844})
@@ -222,9 +203,9 @@ def test_the_page_works_by_keyboard_and_keeps_each_photo_apart(server: str, skin
     at least 16 px (no zoom on focus) and 44 px tall; the result is brought into view; the
     spot name does not stick to the next photo; a file that is not a photo is said at once,
     with Analyse disabled and the previous result gone."""
-    sync_api = _playwright()
+    sync_api = playwright_api()
 
-    photo = HAM_DIR / "images" / f"{_test_id(skin_run, 3)}.jpg"
+    photo = HAM_DIR / "images" / f"{split_photo_id(skin_run, 3)}.jpg"
     notes = tmp_path / "notes.txt"
     notes.write_text("not a photo")
     with sync_api.sync_playwright() as p:
@@ -271,9 +252,9 @@ def test_the_page_works_by_keyboard_and_keeps_each_photo_apart(server: str, skin
 def test_find_a_dermatologist_near_me(server: str, skin_run: Path) -> None:
     """After a result, the person allows their location (granted here, placed in Busan) and
     the nearest clinics of the directory are listed, nearest first; a typed city works too."""
-    sync_api = _playwright()
+    sync_api = playwright_api()
 
-    test_id = _test_id(skin_run, 1)
+    test_id = split_photo_id(skin_run, 1)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         context = browser.new_context(viewport={"width": 390, "height": 844},
@@ -310,9 +291,9 @@ def test_a_phone_photo_of_a_rash_meets_the_clinical_model(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     """Both models behind one page (a models file): a DermNet psoriasis photo is answered
     with conditions by the clinical-photo model, and the page says which model answered."""
-    from tests.serve.conftest import dermnet_photos
+    from tests.served_runs import dermnet_photos
 
-    sync_api = _playwright()
+    sync_api = playwright_api()
     state = tmp_path_factory.mktemp("web2")
     models = state / "models.yaml"
     models.write_text(f"models:\n  - run: {skin_run}\n  - run: {clinical_run}\n"
@@ -342,25 +323,15 @@ def test_a_phone_photo_of_a_rash_meets_the_clinical_model(
     assert shot.stat().st_size > 20_000
 
 
-def _axe_problems(page: Any, state: str) -> list[str]:
-    """Serious and critical axe-core violations on the page as it is now, one line each."""
-    from axe_playwright_python.sync_playwright import Axe
-
-    results = Axe().run(page).response  # injected by evaluate(), so the page's CSP allows it
-    return [f"{state}: {v['id']} ({v['impact']}) on "
-            f"{', '.join(str(n['target']) for n in v['nodes'][:3])}: {v['help']}"
-            for v in results["violations"] if v["impact"] in ("serious", "critical")]
-
-
 @pytest.mark.parametrize("locale", ["en-GB", "ko-KR"])
 def test_no_serious_accessibility_violation_in_any_state(server: str, skin_run: Path,
                                                          locale: str) -> None:
     """axe-core on first visit, the body map, the result, a spot's history with its
     comparison and the signed-in account, at phone and desktop width, in English and Korean:
     no serious or critical violation."""
-    sync_api = _playwright()
+    sync_api = playwright_api()
 
-    photo = HAM_DIR / "images" / f"{_test_id(skin_run, 4)}.jpg"
+    photo = HAM_DIR / "images" / f"{split_photo_id(skin_run, 4)}.jpg"
     problems: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
@@ -371,7 +342,7 @@ def test_no_serious_accessibility_violation_in_any_state(server: str, skin_run: 
             page.goto(server)
             page.wait_for_selector(f"html[lang={locale[:2]}]", state="attached")
             sync_api.expect(page.locator("#account-status")).not_to_be_empty()
-            problems += _axe_problems(page, f"{locale} {width}px first visit")
+            problems += axe_problems(page, f"{locale} {width}px first visit")
             assert errors == [], errors  # a first visit is not an error (no 401 logged)
             # The body map, by keyboard: Tab from its summary reaches a region, Enter on the
             # upper back names the spot after it.
@@ -385,24 +356,24 @@ def test_no_serious_accessibility_violation_in_any_state(server: str, skin_run: 
             assert page.input_value("#spot") == want
             assert page.get_attribute("#body-map .region[data-part=upper_back]",
                                       "aria-pressed") == "true"
-            problems += _axe_problems(page, f"{locale} {width}px body map")
+            problems += axe_problems(page, f"{locale} {width}px body map")
             page.set_input_files("#file", str(photo))
             page.fill("#spot", "left arm")
             page.click("#analyse")
             page.wait_for_selector("#result:not([hidden])", timeout=60_000)
-            problems += _axe_problems(page, f"{locale} {width}px result")
+            problems += axe_problems(page, f"{locale} {width}px result")
             page.set_input_files("#file", str(photo))  # a second photo: the comparison shows
             page.fill("#spot", "left arm")
             page.click("#analyse")
             sync_api.expect(page.locator("#history tr")).to_have_count(2, timeout=60_000)
             page.click("#see-spot")
             page.wait_for_selector("#spot-compare:not([hidden])")
-            problems += _axe_problems(page, f"{locale} {width}px spot history and comparison")
+            problems += axe_problems(page, f"{locale} {width}px spot history and comparison")
             page.fill("#email", f"a11y{width}{locale[:2]}@example.org")
             page.fill("#password", "a long password")
             page.click("#sign-up")
             page.wait_for_selector("#sign-out:not([hidden])")
-            problems += _axe_problems(page, f"{locale} {width}px account")
+            problems += axe_problems(page, f"{locale} {width}px account")
             page.close()
         browser.close()
     assert problems == []

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from dermalab.core.errors import DermalabError
 from dermalab.serve.app import create_app
 from dermalab.serve.clinics import EARTH_RADIUS_KM, haversine_km, load_directory
-from tests.serve.test_accounts import _settings
+from tests.serve.helpers import serve_settings
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "clinics.example.yaml"
 
@@ -112,7 +112,7 @@ def test_bad_files_are_named(tmp_path: Path) -> None:
 
 
 def test_the_clinic_api(skin_run: Path, tmp_path: Path) -> None:
-    with TestClient(create_app(_settings(skin_run, tmp_path, clinics=str(EXAMPLE)))) as c:
+    with TestClient(create_app(serve_settings(skin_run, tmp_path, clinics=str(EXAMPLE)))) as c:
         near_busan = c.get("/v1/clinics", params={"lat": 35.10, "lon": 129.03}).json()
         assert near_busan["configured"] is True
         names = [i["name"] for i in near_busan["items"]]
@@ -132,7 +132,7 @@ def test_the_clinic_api(skin_run: Path, tmp_path: Path) -> None:
         assert c.get("/v1/clinics", params={"city": "x", "urgency": "soon"}).status_code == 422
         cities = c.get("/v1/clinics/cities").json()
         assert (cities["configured"], cities["cities"]) == (True, ["Busan", "Seoul"])
-    with TestClient(create_app(_settings(skin_run, tmp_path))) as c:
+    with TestClient(create_app(serve_settings(skin_run, tmp_path))) as c:
         none = c.get("/v1/clinics", params={"lat": 35.1, "lon": 129.0}).json()
         assert none["configured"] is False and none["items"] == []
         assert "dermatologist" in none["advice"]

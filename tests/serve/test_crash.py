@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve.test_accounts import XRW, _photo
+from tests.serve.helpers import XRW, photo
 from tests.webserver import spawn_server, stop, wait_healthy
 
 
@@ -23,7 +23,7 @@ def _uploader(url: str, token: str, done: list[int], halt: threading.Event, i: i
                       headers={"Authorization": f"Bearer {token}"}) as c:
         while not halt.is_set():
             try:
-                r = c.post("/v1/analyses", files={"file": (f"p{i}.jpg", _photo(i % 4))})
+                r = c.post("/v1/analyses", files={"file": (f"p{i}.jpg", photo(i % 4))})
             except httpx.HTTPError:
                 return  # the server was killed under this request
             if r.status_code == 201:

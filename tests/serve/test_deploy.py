@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests import localstack
-from tests.serve.test_accounts import XRW, _photo
+from tests.serve.helpers import XRW, photo
 
 pytestmark = pytest.mark.skipif(bool(localstack.missing()),
                                 reason="the deployment profile needs "
@@ -54,7 +54,7 @@ def test_two_workers_migrate_one_database_once(dep: localstack.Deployment) -> No
 def test_each_owner_sees_only_their_own_on_every_worker(dep: localstack.Deployment) -> None:
     with httpx.Client(base_url=dep.url, timeout=60) as c:
         alice, bob = _session(c), _session(c)
-        r = c.post("/v1/analyses", headers=alice, files={"file": ("a.jpg", _photo(0))})
+        r = c.post("/v1/analyses", headers=alice, files={"file": ("a.jpg", photo(0))})
         assert r.status_code == 201, r.text
         path = f"/v1/analyses/{r.json()['id']}"
         assert [c.get(path, headers=alice).status_code for _ in range(6)] == [200] * 6
@@ -98,7 +98,7 @@ def test_a_worker_killed_mid_upload_loses_nothing(dep: localstack.Deployment) ->
         with httpx.Client(base_url=dep.url, timeout=60, headers=auth) as u:
             while not halt.is_set():
                 try:
-                    r = u.post("/v1/analyses", files={"file": (f"p{k}.jpg", _photo(k % 4))})
+                    r = u.post("/v1/analyses", files={"file": (f"p{k}.jpg", photo(k % 4))})
                 except httpx.HTTPError:
                     continue
                 if r.status_code == 201:

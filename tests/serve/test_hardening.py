@@ -14,8 +14,7 @@ from fastapi.testclient import TestClient
 
 from dermalab.serve.app import create_app
 from dermalab.serve.settings import ServeSettings
-
-XRW = {"X-Requested-With": "dermalab"}
+from tests.serve.helpers import XRW
 
 
 def _settings(run: Path, tmp: Path, **kw: object) -> ServeSettings:

@@ -23,7 +23,7 @@ from dermalab.serve.app import create_app
 from dermalab.serve.service import AnalysisService
 from dermalab.serve.settings import ServeSettings
 from tests.conftest import HAM_DIR
-from tests.serve.conftest import dermnet_photos
+from tests.served_runs import dermnet_photos
 
 
 def _settings(tmp: Path, skin_run: Path, clinical_run: Path, router: Path | None,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.browser import ARGS, CHROMIUM, playwright_api, split_photo_id
 from tests.conftest import HAM_DIR
-from tests.serve.test_browser import ARGS, CHROMIUM, _playwright, _test_id
 from tests.webserver import dermalab_server
 
 JPEG_SOI = b"\xff\xd8\xff"
@@ -66,8 +66,8 @@ def _same_photo_on_the_server(page: Any) -> dict[str, Any]:
 
 def test_analyse_on_this_device_and_nothing_is_uploaded(server: str, exported_run: Path
                                                         ) -> None:
-    sync_api = _playwright()
-    photo = HAM_DIR / "images" / f"{_test_id(exported_run, 1)}.jpg"
+    sync_api = playwright_api()
+    photo = HAM_DIR / "images" / f"{split_photo_id(exported_run, 1)}.jpg"
     shot = exported_run / "web_ondevice_390.png"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
@@ -128,8 +128,8 @@ def test_installable_and_on_device_analysis_works_offline(server: str, exported_
                                                           ) -> None:
     """One visit with on-device analysis on, then the network goes: the page reloads from
     the service worker's cache and analyses a photo on the device."""
-    sync_api = _playwright()
-    photo = HAM_DIR / "images" / f"{_test_id(exported_run, 2)}.jpg"
+    sync_api = playwright_api()
+    photo = HAM_DIR / "images" / f"{split_photo_id(exported_run, 2)}.jpg"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         context = browser.new_context(viewport={"width": 390, "height": 844})
@@ -176,9 +176,9 @@ def test_the_page_routes_on_the_device_as_the_server_does(
     in the browser and sends a DermNet psoriasis photo to the model the server's router picks,
     with the server's verdict and conditions, and the photo is still not uploaded."""
     from dermalab.deploy.export import export_onnx
-    from tests.serve.conftest import dermnet_photos
+    from tests.served_runs import dermnet_photos
 
-    sync_api = _playwright()
+    sync_api = playwright_api()
     state = tmp_path_factory.mktemp("web_ondevice_router")
     clinical = state / "clinical"
     shutil.copytree(clinical_run, clinical, ignore=shutil.ignore_patterns("history.db",

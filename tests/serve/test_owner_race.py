@@ -24,7 +24,7 @@ from dermalab.serve.service import AnalysisService
 from dermalab.serve.settings import ServeSettings
 from dermalab.serve.store import make_engine
 from dermalab.serve.uploads import UploadError
-from tests.serve.test_accounts import XRW, _photo
+from tests.serve.helpers import XRW, photo
 from tests.webserver import spawn_server, stop, wait_healthy
 
 
@@ -57,7 +57,7 @@ def test_uploads_racing_account_deletion_leave_nothing(skin_run: Path, tmp_path:
                 def upload(k: int, auth: dict[str, str] = auth, codes: list[int] = codes
                            ) -> None:
                     with httpx.Client(base_url=url, timeout=60, headers=auth) as u:
-                        r = u.post("/v1/analyses", files={"file": (f"p{k}.jpg", _photo(k % 4))},
+                        r = u.post("/v1/analyses", files={"file": (f"p{k}.jpg", photo(k % 4))},
                                    data={"spot": "left arm"})
                         codes.append(r.status_code)
 
@@ -91,7 +91,7 @@ def test_an_upload_for_a_deleted_owner_is_refused_and_keeps_nothing(
     user = service.accounts.anonymous()
     service.delete_account(user)
     with pytest.raises(UploadError) as err:
-        service.analyze(_photo(0), "p.jpg", owner=user, spot="left arm")
+        service.analyze(photo(0), "p.jpg", owner=user, spot="left arm")
     assert err.value.status == 401 and err.value.key == "upload.owner_gone"
     _, owners, refs, files = _db_state(tmp_path / "h.db", tmp_path / "uploads")
     assert not owners and not refs and not files
@@ -110,7 +110,7 @@ def test_the_row_taken_while_the_photo_is_written_takes_the_photo(
 
     monkeypatch.setattr(service.images, "put", put_then_delete_owner)
     with pytest.raises(UploadError):
-        service.analyze(_photo(1), "p.jpg", owner=user)
+        service.analyze(photo(1), "p.jpg", owner=user)
     assert not any((tmp_path / "uploads").iterdir())
 
 

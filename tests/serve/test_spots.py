@@ -14,18 +14,18 @@ from fastapi.testclient import TestClient
 
 from dermalab.serve.app import create_app
 from dermalab.serve.store import now
-from tests.serve.test_accounts import XRW, _photo, _settings, _signup
+from tests.serve.helpers import XRW, photo, serve_settings, signup
 
 
 @pytest.fixture
 def client(skin_run: Path, tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(_settings(skin_run, tmp_path))) as c:
+    with TestClient(create_app(serve_settings(skin_run, tmp_path))) as c:
         yield c
 
 
 def _analyse(c: TestClient, who: dict[str, str], spot: str | None, i: int = 0) -> dict:
     data = {"spot": spot} if spot is not None else {}
-    r = c.post("/v1/analyses", files={"file": (f"p{i}.jpg", _photo(i))}, data=data,
+    r = c.post("/v1/analyses", files={"file": (f"p{i}.jpg", photo(i))}, data=data,
                headers=who)
     assert r.status_code == 201, r.text
     return dict(r.json())
@@ -48,7 +48,7 @@ def _set_malignant(db: Path, analysis_id: str, p: float | None, threshold: float
 
 
 def test_a_named_spot_collects_its_photos_over_time(client: TestClient) -> None:
-    ann = _signup(client, "ann@example.org")
+    ann = signup(client, "ann@example.org")
     first = _analyse(client, ann, "Left shoulder mole", 0)
     assert first["spot"]["name"] == "Left shoulder mole"
     second = _analyse(client, ann, "  left shoulder   MOLE ", 1)  # the same spot
@@ -65,10 +65,10 @@ def test_a_named_spot_collects_its_photos_over_time(client: TestClient) -> None:
     assert client.get(f"/v1/analyses/{other['id']}", headers=ann).json()["spot"]["name"] == "back"
     listed = client.get("/v1/analyses", headers=ann).json()["items"]
     assert {i["spot"] for i in listed} == {"Left shoulder mole", "back", None}
-    assert client.post("/v1/analyses", files={"file": ("p.jpg", _photo(0))},
+    assert client.post("/v1/analyses", files={"file": ("p.jpg", photo(0))},
                        data={"spot": "x" * 121}, headers=ann).status_code == 422
 
-    bob = _signup(client, "bob@example.org")
+    bob = signup(client, "bob@example.org")
     assert client.get("/v1/spots", headers=bob).json()["items"] == []
     assert client.get(f"/v1/spots/{first['spot']['id']}", headers=bob).status_code == 404
     mine = _analyse(client, bob, "Left shoulder mole")  # same name: bob's own spot
@@ -79,7 +79,7 @@ def test_a_named_spot_collects_its_photos_over_time(client: TestClient) -> None:
 
 def test_the_warning_says_when_the_malignant_probability_crossed(client: TestClient,
                                                                   tmp_path: Path) -> None:
-    who = _signup(client, "cy@example.org")
+    who = signup(client, "cy@example.org")
     a = _analyse(client, who, "mole", 0)
     b = _analyse(client, who, "mole", 1)
     sid = a["spot"]["id"]
@@ -102,7 +102,7 @@ def test_the_spot_advice_does_not_flip_on_a_small_change(client: TestClient,
                                                          tmp_path: Path) -> None:
     """Issue 51: a score wavering around the line (42%, 41%) kept flipping the advice. Urgent
     from the line on, routine again only below line - 5 points; what changed is said."""
-    who = _signup(client, "dot@example.org")
+    who = signup(client, "dot@example.org")
     rows = [_analyse(client, who, "mole", i) for i in range(4)]
     sid = rows[0]["spot"]["id"]
     for row in rows:  # photos not yet "taken" carry no score, so the advice is the last one's
@@ -127,7 +127,7 @@ def test_the_spot_advice_agrees_with_the_last_urgent_referral(client: TestClient
     """A last photo referred urgently below the line (by the other model's second opinion)
     makes the spot's advice urgent too: the spot view never says "keep watching" under a
     result that says "see a dermatologist soon"."""
-    who = _signup(client, "urgent@example.org")
+    who = signup(client, "urgent@example.org")
     rows = [_analyse(client, who, "mole", i) for i in range(2)]
     sid = rows[0]["spot"]["id"]
     for row in rows:
@@ -164,7 +164,7 @@ def _spot_rows(db: Path) -> list[tuple[str, str | None]]:
 def test_spots_move_with_the_device_and_go_with_the_account(client: TestClient,
                                                             tmp_path: Path) -> None:
     db = tmp_path / "h.db"
-    acct = _signup(client, "dee@example.org")
+    acct = signup(client, "dee@example.org")
     _analyse(client, acct, "Mole", 0)
     r = client.post("/v1/auth/anonymous", headers=XRW)
     device = {"Authorization": f"Bearer {r.json()['token']}"}
@@ -187,7 +187,7 @@ def test_spots_move_with_the_device_and_go_with_the_account(client: TestClient,
 
 
 def test_retention_removes_spots_left_empty(client: TestClient, tmp_path: Path) -> None:
-    who = _signup(client, "eve@example.org")
+    who = signup(client, "eve@example.org")
     _analyse(client, who, "mole", 0)
     svc = client.app.state.service  # type: ignore[attr-defined]
     assert svc.purge_older_than(30, at=now() + timedelta(days=29)) == 0

@@ -63,7 +63,7 @@ class Setup:
         self.root = root
         self.cache = root / "cache"
         if (HAM_DIR / "HAM10000_metadata.csv").is_file():
-            from tests.serve.conftest import write_ham_subset
+            from tests.served_runs import write_ham_subset
 
             self.data = write_ham_subset(root / "ham")
         else:

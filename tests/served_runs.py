@@ -1,4 +1,8 @@
-"""A small model trained on real HAM10000 images, with serving thresholds fitted."""
+"""The served runs the serving, deployment and CLI tests share (a pytest plugin of the root
+``conftest.py``, so every test folder sees them; each is trained once per session): a small
+dermoscopic model on real HAM10000 images (``skin_run``), a small clinical one on DermNet
+photos (``clinical_run``) and the image-type router between them (``router_dir``), with their
+serving thresholds fitted."""
 
 from __future__ import annotations
 
