@@ -331,3 +331,16 @@ def test_an_unsure_router_asks_the_other_model_too(skin_run: Path, clinical_run:
     never = AnalysisService(_settings(tmp_path / "never", skin_run, clinical_run, router_dir,
                                       open=True, second_opinion_below=None))
     assert "second_opinion" not in never.analyze(photo, "spot.jpg")["routing"]
+    # The API answers it too, and keeps it with the stored analysis (its schema once dropped
+    # the field, so only the referral said a second model had looked)
+    with TestClient(create_app(_settings(tmp_path / "api", skin_run, clinical_run, router_dir,
+                                         open=True, second_opinion_below=1.01))) as c:
+        r = c.post("/v1/analyses", files={"file": ("spot.jpg", photo)},
+                   headers={"X-Requested-With": "dermalab"})
+        assert r.status_code == 201, r.text
+        sent = r.json()["routing"]["second_opinion"]
+        assert set(sent) == set(second) and sent["urgent"] == second["urgent"]
+        assert sent["image_type"] == other and sent["model"] == svc.models[other].name
+        assert sent["malignant_probability"] == pytest.approx(second["malignant_probability"])
+        stored = c.get(f"/v1/analyses/{r.json()['id']}").json()["routing"]["second_opinion"]
+        assert stored == sent

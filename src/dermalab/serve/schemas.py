@@ -60,6 +60,20 @@ class ModelRef(BaseModel):
                                               "answers for.")
 
 
+class SecondOpinion(BaseModel):
+    """The other skin model's own check of the photo, asked when the router was unsure."""
+
+    model: str = Field(description="The other model's name.")
+    image_type: Literal["dermoscopic", "clinical"] = Field(
+        description="The kind of photo that model was trained on.")
+    malignant_probability: float | None = Field(
+        description="Its summed probability of the malignant classes (null: it has none).")
+    malignant_threshold: float | None = Field(
+        description="Its line for 'see a dermatologist soon' (null: it has none).")
+    urgent: bool = Field(description="Whether its own answer would refer urgently; if so, "
+                                     "this answer's referral is urgent too.")
+
+
 class Routing(BaseModel):
     """Why that model answered."""
 
@@ -76,6 +90,11 @@ class Routing(BaseModel):
         None, description="The kind of skin photo the router found when no served model was "
                           "trained on it (e.g. a phone photo with only the dermoscopy model): "
                           "the answer is then 'uncertain'. Null otherwise.")
+    second_opinion: SecondOpinion | None = Field(
+        None, description="When the router chose a skin model with a probability below the "
+                          "server's --second-opinion-below: the other skin model's check of "
+                          "the same photo (it can only raise the referral to urgent; the "
+                          "conditions stay the answering model's). Null otherwise.")
     text: str = Field(description="Which model answered and why, in plain words.")
 
 
