@@ -245,6 +245,9 @@ def test_model_card_health_page_and_openapi(client: TestClient) -> None:
     sw = client.get("/sw.js")
     assert sw.headers["content-type"].startswith("text/javascript")
     assert '"dermalab-ort-none"' in sw.text  # the cache is named after the runtime served
+    # it keeps the page's texts in every language, each under its own address
+    assert '"/v1/messages?lang=en", "/v1/messages?lang=ko"' in sw.text
+    assert client.get("/v1/messages?lang=ko").json()["language"] == "ko"
     assert client.get("/manifest.webmanifest").json()["start_url"] == "/"
     assert "Not a diagnosis" in client.get("/").text
     spec = client.app.openapi()  # /openapi.json is served with --docs only

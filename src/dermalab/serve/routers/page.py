@@ -8,7 +8,7 @@ from importlib import resources
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
-from dermalab.core.i18n import t
+from dermalab.core.i18n import LANGUAGE_NAMES, t
 from dermalab.serve.dependencies import (
     Language,
     Service,
@@ -32,11 +32,15 @@ def index() -> str:
 @page.get("/sw.js")
 def service_worker(svc: Service) -> Response:
     """The service worker, at the root so its scope is the whole page (offline use). Its
-    cache is named after the ONNX Runtime Web version served, so an upgrade replaces it."""
+    cache is named after the ONNX Runtime Web version served, so an upgrade replaces it, and
+    it keeps the page's texts in every language (``/v1/messages?lang=XX``), so a language
+    chosen while offline is there too."""
+    texts = ", ".join(f'"/v1/messages?lang={code}"' for code in LANGUAGE_NAMES)
     text = (
         _STATIC.joinpath("sw.js")
         .read_text("utf-8")
         .replace('"dermalab-ort-unknown"', f'"dermalab-ort-{svc.ort_version or "none"}"', 1)
+        .replace('"/v1/messages",', f'"/v1/messages", {texts},', 1)
     )
     return Response(text, media_type="text/javascript", headers=REVALIDATE)
 

@@ -112,7 +112,10 @@ $("delete-account").addEventListener("click", async () => {
 });
 
 async function loadMessages() {
-  const res = await fetch("/v1/messages", {headers: headers()});
+  // The chosen language in the address, not only in a header: the service worker keeps one
+  // copy per address, so each language's texts are there offline.
+  const res = await fetch("/v1/messages" + (lang ? "?lang=" + encodeURIComponent(lang) : ""),
+                          {headers: headers()});
   if (!res.ok) return;
   const body = await res.json();
   lang = body.language;
