@@ -6,7 +6,15 @@ and reports p50/p95/max latency and the status codes. Also measures how often th
 a photo "not skin": the non-skin photos bundled with scikit-image (should be flagged) and the
 run's HAM10000 test images (should not be). Writes ``bench/results/serve_load.json`` and ``.md``.
 
+With ``--clinical RUN --router DIR`` it serves the app's two models behind the image-type
+router instead, and the uploads mix the dermoscopic run's HAM10000 test photos, the clinical
+run's test photos and their phone close-up stand-ins (centre crops keeping half of each side,
+as ``bench/closeups.py``), a third each: latency is also reported for the answers that asked
+the other model for a second opinion (the router unsure) and those that did not. Writes
+``serve_load_app.{json,md}``.
+
     .venv/bin/python bench/serve_load.py RUN_DIR [--requests 300] [--clients 4]
+    .venv/bin/python bench/serve_load.py RUN_DIR --clinical RUN --router DIR
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 
 from tests.webserver import dermalab_server  # noqa: E402
 
@@ -88,7 +97,14 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--data", default=str(REPO.parent / "shared/data/ham10000_200x150"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--clinical", help="a clinical-photo run served beside RUN_DIR")
+    ap.add_argument("--router", help="the image-type router for --clinical")
     args = ap.parse_args()
+    if bool(args.clinical) != bool(args.router):
+        raise SystemExit("--clinical and --router go together")
+    if args.clinical:
+        app_load(args)
+        return
     run = Path(args.run_dir)
     with open(run / "splits.csv") as f:
         test_ids = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"]
@@ -127,7 +143,7 @@ def main() -> None:
              "test_images": sum(metrics.get("split", {}).get("counts", {}).get("test", {})
                                 .values())}
     report = {
-        "run": str(run.resolve()), "model": model, "backend": backend,
+        "run": repo_path(run), "model": model, "backend": backend,
         "clients": args.clients,
         "requests": args.requests, "wall_seconds": round(wall, 2),
         "throughput_rps": round(args.requests / wall, 2),
@@ -168,6 +184,115 @@ def main() -> None:
           f"test photos wrongly flagged; {o['ham_uncertain']} HAM10000 test photos 'uncertain'."]
     (out / "serve_load.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
+
+
+def clinical_photos(run_dir: str, n: int) -> dict[str, bytes]:
+    """``n`` of a clinical run's test photos as uploaded (JPEG), and as many close-up
+    stand-ins (the centre crop keeping half of each side, re-encoded)."""
+    from PIL import Image
+
+    from dermalab.core.runs import load_run
+    from dermalab.data.prepare import prepare_data
+
+    run = load_run(Path(run_dir), command="bench serve_load")
+    data = prepare_data(run.config.data, run.info.image_size, split_path=run.paths.splits,
+                        progress=False, write=False)
+    samples = [s for s in data.samples("test") if s.path][:n]
+    out: dict[str, bytes] = {}
+    for k, sample in enumerate(samples):
+        img = Image.open(str(sample.path)).convert("RGB")
+        w, h = img.size
+        crop = img.crop((w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2))
+        for kind, pic in (("clinical", img), ("closeup", crop)):
+            buf = io.BytesIO()
+            pic.save(buf, "JPEG", quality=92)
+            out[f"{kind}-{k}"] = buf.getvalue()
+    return out
+
+
+def percentiles(lat_s: list[float]) -> dict[str, float | int]:
+    """p50/p95/max in ms of latencies in seconds, and how many."""
+    lat = np.array(lat_s) * 1000
+    if not len(lat):
+        return {"n": 0}
+    return {"n": len(lat), "p50": round(float(np.percentile(lat, 50)), 1),
+            "p95": round(float(np.percentile(lat, 95)), 1), "max": round(float(lat.max()), 1)}
+
+
+def app_load(args: argparse.Namespace) -> None:
+    """The two-model app under load (see the module docstring)."""
+    run = Path(args.run_dir)
+    with open(run / "splits.csv") as f:
+        test_ids = [r["sample_id"] for r in csv.DictReader(f) if r["split"] == "test"]
+    third = args.requests // 3
+    photos = {f"dermoscopic-{k}": (Path(args.data) / "images" / f"{i}.jpg").read_bytes()
+              for k, i in enumerate(test_ids[:third])}
+    photos.update(clinical_photos(args.clinical, third))
+    limits = ("--rate-upload", "100000/minute", "--rate-signin", "1000/minute",
+              "--router", args.router)
+    names = sorted(photos, key=lambda n: (int(n.rsplit("-", 1)[1]), n))  # interleaved kinds
+    with tempfile.TemporaryDirectory() as tmp, \
+            dermalab_server(run, Path(tmp), extra_args=limits,
+                            more_runs=(args.clinical,)) as url:
+        backend = json.loads(urllib.request.urlopen(url + "/healthz").read())["backend"]
+        tokens = [sign_up(url, k) for k in range(args.clients)]
+        for n in names[:8]:  # warm-up
+            post(url, f"{n}.jpg", photos[n], tokens[0])
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(args.clients) as pool:
+            results = list(pool.map(
+                lambda k: post(url, f"{names[k]}.jpg", photos[names[k]],
+                               tokens[k % len(tokens)]), range(len(names))))
+        wall = time.perf_counter() - t0
+    codes = Counter(r[0] for r in results)
+    groups: dict[str, list[float]] = {"all": []}
+    for name, (code, seconds, payload) in zip(names, results, strict=True):
+        if code != 201:
+            continue
+        routing = payload.get("routing") or {}
+        answered = (payload.get("model") or {}).get("image_type", "none")
+        keys = ["all", f"photo {name.rsplit('-', 1)[0]}", f"answered by {answered}",
+                "with a second opinion" if routing.get("second_opinion")
+                else "without a second opinion"]
+        for key in keys:
+            groups.setdefault(key, []).append(seconds)
+    report = {"run": repo_path(run), "clinical": repo_path(Path(args.clinical)),
+              "router": repo_path(Path(args.router)), "backend": backend,
+              "clients": args.clients, "requests": len(names), "wall_seconds": round(wall, 2),
+              "throughput_rps": round(len(names) / wall, 2),
+              "latency_ms": {k: percentiles(v) for k, v in groups.items()},
+              "status_codes": {str(k): v for k, v in codes.items()},
+              "errors": sum(v for k, v in codes.items() if k != 201),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "date": time.strftime("%Y-%m-%d")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_load_app.json").write_text(json.dumps(report, indent=2))
+    md = [f"# The app's two models under load ({report['date']}, {os.cpu_count()} CPUs, "
+          f"backend {backend})", "",
+          f"{len(names)} uploads from {args.clients} concurrent signed-in clients on 127.0.0.1 "
+          f"to `dermalab serve` with the dermoscopic run `{report['run']}`, the clinical run "
+          f"`{report['clinical']}` and the router `{report['router']}`: a third each "
+          "HAM10000 test photos, clinical test photos and their close-up stand-ins (centre "
+          "crop, half of each side). Each answer carries calibrated probabilities, the OOD "
+          "check and a Grad-CAM heat-map; a second opinion (the router unsure) adds the other "
+          "model's assessment. Target (issues 49, 52): p95 <= 250 ms at 4 clients.", "",
+          f"Throughput {report['throughput_rps']} requests/s; status codes "
+          f"{report['status_codes']}.", "",
+          "| answers | n | p50 ms | p95 ms | max ms |", "| --- | --- | --- | --- | --- |"]
+    md += [f"| {k} | {v['n']} | {v.get('p50', '–')} | {v.get('p95', '–')} | "
+           f"{v.get('max', '–')} |" for k, v in report["latency_ms"].items()]
+    (out / "serve_load_app.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def repo_path(p: Path) -> str:
+    """``p`` relative to the repository where it lies inside it (result files name no machine's
+    folders)."""
+    try:  # not resolved: a run folder reached through a link stays under the repository
+        return Path(os.path.abspath(p)).relative_to(REPO).as_posix()
+    except ValueError:
+        return p.as_posix()
 
 
 if __name__ == "__main__":

@@ -14,16 +14,16 @@ from pathlib import Path
 from tests.s3server import free_ports
 
 
-def spawn_server(run_dir: Path, log: Path, args: tuple[str, ...] = ()
-                 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``dermalab serve run_dir *args`` on a free port (its own process group, output
-    appended to ``log``); returns the process and its URL, not yet healthy."""
+def spawn_server(run_dir: Path, log: Path, args: tuple[str, ...] = (),
+                 more_runs: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``dermalab serve run_dir *more_runs *args`` on a free port (its own process
+    group, output appended to ``log``); returns the process and its URL, not yet healthy."""
     port = free_ports(1)[0]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dermalab", "serve", str(run_dir), "--port", str(port),
-             *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env=os.environ.copy())
+            [sys.executable, "-m", "dermalab", "serve", str(run_dir), *more_runs,
+             "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env=os.environ.copy())
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -54,13 +54,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def dermalab_server(run_dir: Path, state_dir: Path, timeout: float = 180.0,
-                    extra_args: tuple[str, ...] = ()) -> Iterator[str]:
-    """Start the server (history and uploads in ``state_dir``); yield its URL once healthy."""
+                    extra_args: tuple[str, ...] = (), more_runs: tuple[str, ...] = ()
+                    ) -> Iterator[str]:
+    """Start the server (history and uploads in ``state_dir``; ``more_runs`` served beside
+    ``run_dir``, which then need a ``--router`` in ``extra_args``); yield its URL once
+    healthy."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "server.log"
     proc, url = spawn_server(run_dir, log, ("--db", f"sqlite:///{state_dir / 'history.db'}",
                                             "--images", str(state_dir / "uploads"),
-                                            *extra_args))
+                                            *extra_args), more_runs)
     try:
         wait_healthy(proc, url, log, timeout)
         yield url
