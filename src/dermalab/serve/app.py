@@ -46,16 +46,17 @@ def one_thread_per_request() -> None:
     A server answers several requests side by side; when each also spreads its own kernels
     over every core, the thread pools fight (OpenBLAS and OpenMP threads spin while they wait)
     and the cores spend their time switching. ``bench/serve_load.py`` at 4 clients on 2 CPUs,
-    the default 2-member model (2026-12-07): p95 286 -> 157 ms, 21 -> 33 requests/s (157 ms
-    with these limits set by environment variables; with the OOD detector's per-class products
-    cached as well, 125 ms and 43/s). Called by ``dermalab serve``, not at import: a test
-    process that also trains keeps its threads.
+    the default 2-member model (2026-12-07): p95 286 -> 157 ms and 21 -> 33 requests/s with
+    these limits alone (set by environment variables then); 125 ms and 43/s with the OOD
+    detector's per-class products cached as well. Called by ``dermalab serve``, not at import:
+    a test process that also trains keeps its threads.
     """
     import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
-    threadpool_limits(limits=1)
+    threadpool_limits(limits=1)  # kept until restored; nothing here restores it
+
 
 # 'wasm-unsafe-eval': ONNX Runtime Web compiles its WebAssembly (on-device analysis); it allows
 # no JavaScript eval. COEP + COOP make the page cross-origin isolated, which WebAssembly threads
