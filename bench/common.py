@@ -123,17 +123,21 @@ def finished_runs(work: Path, recipes: dict[str, Any]) -> list[tuple[str, Path]]
 
 
 def repo_relative(path: str) -> str:
-    """A path inside the checkout as written from its root (results carry no home paths)."""
-    p = Path(path).resolve()
+    """A path inside the checkout as written from its root (results carry no home paths).
+    Made absolute without following links, so a run folder reached through a link inside the
+    checkout (``bench/work`` may be one) is still written from the root."""
+    p = Path(os.path.abspath(path))
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
 
 
-def write_results(name: str, report: dict[str, Any], markdown: list[str]) -> None:
-    """``bench/results/<name>.json`` and ``.md``."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text("\n".join(markdown) + "\n")
-    print((RESULTS / f"{name}.md").read_text())
+def write_results(name: str, report: dict[str, Any], markdown: list[str],
+                  out: Path = RESULTS) -> None:
+    """``<out>/<name>.json`` and ``.md`` (``out``: ``bench/results`` unless a bench is told
+    otherwise)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text("\n".join(markdown) + "\n")
+    print((out / f"{name}.md").read_text())
 
 
 def fmt(x: float | None, nd: int = 3) -> str:

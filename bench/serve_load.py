@@ -38,7 +38,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
 
+from common import machine, repo_relative, write_results  # noqa: E402
 from tests.webserver import dermalab_server  # noqa: E402
 
 NON_SKIN = ["astronaut", "coffee", "rocket", "chelsea", "camera", "cell", "coins", "horse",
@@ -143,7 +145,7 @@ def main() -> None:
              "test_images": sum(metrics.get("split", {}).get("counts", {}).get("test", {})
                                 .values())}
     report = {
-        "run": repo_path(run), "model": model, "backend": backend,
+        "run": repo_relative(str(run)), "model": model, "backend": backend,
         "clients": args.clients,
         "requests": args.requests, "wall_seconds": round(wall, 2),
         "throughput_rps": round(args.requests / wall, 2),
@@ -193,6 +195,7 @@ def clinical_photos(run_dir: str, n: int) -> dict[str, bytes]:
 
     from dermalab.core.runs import load_run
     from dermalab.data.prepare import prepare_data
+    from dermalab.deploy.router_fit import closeup_views
 
     run = load_run(Path(run_dir), command="bench serve_load")
     data = prepare_data(run.config.data, run.info.image_size, split_path=run.paths.splits,
@@ -201,8 +204,7 @@ def clinical_photos(run_dir: str, n: int) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for k, sample in enumerate(samples):
         img = Image.open(str(sample.path)).convert("RGB")
-        w, h = img.size
-        crop = img.crop((w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2))
+        crop = Image.fromarray(closeup_views(np.asarray(img), (0.5,))[0])
         for kind, pic in (("clinical", img), ("closeup", crop)):
             buf = io.BytesIO()
             pic.save(buf, "JPEG", quality=92)
@@ -256,18 +258,14 @@ def app_load(args: argparse.Namespace) -> None:
                 else "without a second opinion"]
         for key in keys:
             groups.setdefault(key, []).append(seconds)
-    report = {"run": repo_path(run), "clinical": repo_path(Path(args.clinical)),
-              "router": repo_path(Path(args.router)), "backend": backend,
+    report = {"run": repo_relative(str(run)), "clinical": repo_relative(args.clinical),
+              "router": repo_relative(args.router), "backend": backend,
               "clients": args.clients, "requests": len(names), "wall_seconds": round(wall, 2),
               "throughput_rps": round(len(names) / wall, 2),
               "latency_ms": {k: percentiles(v) for k, v in groups.items()},
               "status_codes": {str(k): v for k, v in codes.items()},
               "errors": sum(v for k, v in codes.items() if k != 201),
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "date": time.strftime("%Y-%m-%d")}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_load_app.json").write_text(json.dumps(report, indent=2))
+              "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     md = [f"# The app's two models under load ({report['date']}, {os.cpu_count()} CPUs, "
           f"backend {backend})", "",
           f"{len(names)} uploads from {args.clients} concurrent signed-in clients on 127.0.0.1 "
@@ -282,17 +280,7 @@ def app_load(args: argparse.Namespace) -> None:
           "| answers | n | p50 ms | p95 ms | max ms |", "| --- | --- | --- | --- | --- |"]
     md += [f"| {k} | {v['n']} | {v.get('p50', '–')} | {v.get('p95', '–')} | "
            f"{v.get('max', '–')} |" for k, v in report["latency_ms"].items()]
-    (out / "serve_load_app.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
-
-
-def repo_path(p: Path) -> str:
-    """``p`` relative to the repository where it lies inside it (result files name no machine's
-    folders)."""
-    try:  # not resolved: a run folder reached through a link stays under the repository
-        return Path(os.path.abspath(p)).relative_to(REPO).as_posix()
-    except ValueError:
-        return p.as_posix()
+    write_results("serve_load_app", report, md, Path(args.out))
 
 
 if __name__ == "__main__":
