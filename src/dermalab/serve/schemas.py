@@ -145,8 +145,9 @@ class AnalysisOut(BaseModel):
                           "parameter (en, ko); English when neither names a supported one.")
     quality: dict[str, Any] | None = Field(
         default=None, description="Checks of the photo itself (dermalab.data.photo_quality): "
-                                  "'issues' (blurred, dark, bright, glare; empty when fine), "
-                                  "the measures behind them, and 'text', what to do, in the "
+                                  "'issues' (blurred, dark, bright; glare and small_spot when "
+                                  "their lines are set: both were measured and are off), the "
+                                  "measures behind them, and 'text', what to do, in the "
                                   "answer's language. Advice only: the analysis is given "
                                   "either way.")
     photo_kept: bool = Field(default=True, description="Whether the photo is stored with the "
