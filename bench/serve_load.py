@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -162,12 +161,8 @@ def main() -> None:
             "ham_wrongly_flagged": sum(v == "not_skin" for v in ham_flags),
             "ham_uncertain": sum(v == "uncertain" for v in ham_flags),
         },
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(), "date": time.strftime("%Y-%m-%d"),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_load.json").write_text(json.dumps(report, indent=2))
     o = report["ood"]
     md = [f"# Web service load ({report['date']}, {os.cpu_count()} CPUs, backend {backend})", "",
           f"{args.requests} uploads of real HAM10000 test photos from {args.clients} concurrent "
@@ -184,8 +179,7 @@ def main() -> None:
           f"Not-skin detection: {o['non_skin_flagged']}/{o['non_skin_photos']} scikit-image "
           f"non-skin photos flagged; {o['ham_wrongly_flagged']}/{o['ham_test_images']} HAM10000 "
           f"test photos wrongly flagged; {o['ham_uncertain']} HAM10000 test photos 'uncertain'."]
-    (out / "serve_load.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results("serve_load", report, md, Path(args.out))
 
 
 def clinical_photos(run_dir: str, n: int) -> dict[str, bytes]:
