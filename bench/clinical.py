@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,22 +50,78 @@ CONFIG = REPO / "configs" / "clinical_two_source.yaml"
 TARGET = {"balanced_accuracy": 0.70, "roc_auc_macro": 0.93, "malignant_sensitivity": 0.85,
           "malignant_specificity": 0.70, "skin_type_gap": 0.08}
 #: What a reader of a row must know about how it was measured (said under its table).
-NOTES: dict[int, str] = {
-    101: "seed 101's wall time includes light work beside it on the 2 CPUs (package installs, "
-         "docs builds and about 12 minutes of a deprioritised test run that was then "
-         "stopped); its epochs took 161-197 s where 150-170 s is expected",
-    303: "seed 303's wall time includes about 25 minutes of deprioritised (nice 19) test runs "
-         "beside it on the 2 CPUs (config, data and CLI tests, and a browser test that timed "
-         "out), and edits and lint; its epochs took 173-329 s where 155-180 s is expected",
+NOTES: dict[tuple[str, int], str] = {
+    ("scale05", 101): "seed 101's wall time includes light work beside it on the 2 CPUs "
+                      "(package installs, docs builds and about 12 minutes of a deprioritised "
+                      "test run that was then stopped); its epochs took 161-197 s where "
+                      "150-170 s is expected",
+    ("scale05", 303): "seed 303's wall time includes about 25 minutes of deprioritised (nice "
+                      "19) test runs beside it on the 2 CPUs (config, data and CLI tests, and "
+                      "a browser test that timed out), and edits and lint; its epochs took "
+                      "173-329 s where 155-180 s is expected",
+    ("default", 202): "seed 202's wall time includes about 20 minutes of deprioritised (nice "
+                      "5) work beside it on the 2 CPUs (bench/spot_size.py and trials of it, "
+                      "unit tests, mypy); its epochs 6-11 took 188-278 s where 155-185 s is "
+                      "expected",
 }
+#: name -> (what changes, overrides of configs/clinical_two_source.yaml)
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "default": ("the recipe as configured (EfficientNet-Lite0, 256 px, DermNet NZ + "
-                "Fitzpatrick17k)", []),
-    # phone close-ups: training crops down to a tenth of the area (each side down to about
-    # 0.32), so a spot photographed from near is not new to the model (bench/closeups.py)
-    "scale01": ("training crops down to 10% of the area instead of 50% "
-                "(`data.augment.scale_min=0.1`)", ["data.augment.scale_min=0.1"]),
+                "Fitzpatrick17k, training crops down to 10% of the area)", []),
+    # what the default was until the scale lever's three seeds agreed on validation
+    # (docs/decisions/2026-12-07-phone-closeups.md)
+    "scale05": ("the previous default: training crops down to 50% of the area "
+                "(`data.augment.scale_min=0.5`)", ["data.augment.scale_min=0.5"]),
 }
+#: Recipes whose test split is read: the default, and the default it replaced, on the same
+#: seeds beside it. Any other recipe is a lever: validation only.
+FINAL = ("default", "scale05")
+
+
+def final_block(recipe: str, runs: list[Path]) -> dict[str, Any]:
+    """A final recipe's test rows and the pooled interval of their seed-mean."""
+    rows = [final_row(recipe, int(r.name[1:]), r,
+                      json.loads((r / "metrics.json").read_text())) for r in runs]
+    loaded = load_run(runs[0])
+    data = prepare_data(loaded.config.data, loaded.info.image_size,
+                        split_path=runs[0] / "splits.csv", progress=False, write=False)
+    test_ids = Predictions.load(runs[0] / "predictions_test.npz").ids
+    fns = []
+    for r in runs:
+        test, d, classes = answers(r)
+        fns.append(metric_functions(np.asarray(test.targets), d.probabilities(test.logits), 15,
+                                    d.deployment_prior(), d.malignant_indices(classes),
+                                    d.malignant_threshold))
+    targets = np.asarray(Predictions.load(runs[0] / "predictions_test.npz").targets)
+    pool = (pooled_intervals(fns, data.units(test_ids), targets, 1000) if len(runs) > 1
+            else {})
+    return {"rows": rows, "pooled_ci": pool}
+
+
+def decision_table(done: list[tuple[str, Path]]) -> list[str]:
+    """Every recipe's validation numbers beside the default's on the same seed: how the
+    default was chosen (and how a lever is judged)."""
+    val = {(recipe, int(run.name[1:])): lever_row(recipe, int(run.name[1:]), run, json.loads(
+        (run / "metrics.json").read_text())) for recipe, run in done}
+    md = ["## How the default was chosen (validation only)", "",
+          "Each recipe beside the default on the same seed and split; for a lever this is all "
+          "that is read (its test split is not).", "",
+          "| recipe | seed | what changes | val served bal. acc | val acc | val AUC | val "
+          "malignant sens / spec | default's val bal. acc | default's val malignant sens / "
+          "spec |", "|" + " --- |" * 9]
+    others = sorted(k for k in val if k[0] != "default")
+    for recipe, seed in others:
+        r, b = val[(recipe, seed)], val.get(("default", seed), {})
+        md.append(f"| {recipe} | {seed} | {RECIPES[recipe][0]} | "
+                  f"{fmt(r['val_balanced_accuracy'])} | {fmt(r['val_accuracy'])} | "
+                  f"{fmt(r['val_roc_auc_macro'])} | {fmt(r['val_malignant_sensitivity'], 2)} "
+                  f"/ {fmt(r['val_malignant_specificity'], 2)} | "
+                  f"{fmt(b.get('val_balanced_accuracy'))} | "
+                  f"{fmt(b.get('val_malignant_sensitivity'), 2)} / "
+                  f"{fmt(b.get('val_malignant_specificity'), 2)} |")
+    if not others:
+        md.append("| (none measured yet) | | | | | | | | |")
+    return md
 
 
 def main() -> None:
@@ -74,38 +131,25 @@ def main() -> None:
     if not args.table_only:
         train_recipes(work, str(CONFIG), RECIPES, args.recipe or ["default"], args.seeds)
     done = finished_runs(work, RECIPES)
-    runs = [run for recipe, run in done if recipe == "default"]
-    levers = [lever_row(recipe, int(run.name[1:]), run,
-                        json.loads((run / "metrics.json").read_text()))
-              for recipe, run in done if recipe != "default"]
-    base = {r["seed"]: r for r in (lever_row("default", int(run.name[1:]), run,
-                                             json.loads((run / "metrics.json").read_text()))
-                                   for run in runs)}
-    if not runs:
+    runs = {name: [run for recipe, run in done if recipe == name] for name in FINAL}
+    if not runs["default"]:
         raise SystemExit(f"no finished run under {work}/default")
-    rows = [final_row("default", int(r.name[1:]), r,
-                      json.loads((r / "metrics.json").read_text())) for r in runs]
-    loaded = load_run(runs[0])
-    data = prepare_data(loaded.config.data, loaded.info.image_size,
-                        split_path=runs[0] / "splits.csv", progress=False, write=False)
-    test_ids = Predictions.load(runs[0] / "predictions_test.npz").ids
-    units = data.units(test_ids)
-    fns = []
-    for r in runs:
-        test, d, classes = answers(r)
-        fns.append(metric_functions(np.asarray(test.targets), d.probabilities(test.logits), 15,
-                                    d.deployment_prior(), d.malignant_indices(classes),
-                                    d.malignant_threshold))
-    targets = np.asarray(Predictions.load(runs[0] / "predictions_test.npz").targets)
-    pool = pooled_intervals(fns, units, targets, 1000) if len(runs) > 1 else {}
-    tables = subgroup_tables(runs)
+    # the previous default on the default's seeds only, so the two are compared like for like
+    seeds = {r.name for r in runs["default"]}
+    runs["scale05"] = [r for r in runs["scale05"] if r.name in seeds]
+    final = {name: final_block(name, r) for name, r in runs.items() if r}
+    rows = final["default"]["rows"]
+    tables = subgroup_tables(runs["default"])
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "config": repo_relative(str(CONFIG)), "target": TARGET,
               "protocol": "served answer for a photo alone on the combined test split "
                           "(each source split on its own, near-duplicates grouped); 95% "
                           "group-stratified bootstrap intervals; pooled over seeds",
-              "final": {"default": {"rows": rows, "pooled_ci": pool}},
-              "subgroups": tables, "levers": levers}
+              "final": final, "subgroups": tables,
+              "subgroups_previous": subgroup_tables(runs["scale05"]) if runs["scale05"] else None,
+              "levers": [lever_row(recipe, int(run.name[1:]), run,
+                                   json.loads((run / "metrics.json").read_text()))
+                         for recipe, run in done if recipe not in FINAL]}
     md = [f"# Clinical photos on two atlases: the served answer ({report['date']}, "
           f"{report['machine']['cpus']} CPUs)", "",
           "Recipe `configs/clinical_two_source.yaml` (DermNet NZ + Fitzpatrick17k, one lay "
@@ -115,25 +159,21 @@ def main() -> None:
           f"malignant sensitivity >= {TARGET['malignant_sensitivity']} at specificity >= "
           f"{TARGET['malignant_specificity']}, skin-type gap <= {TARGET['skin_type_gap']}.",
           "", "## Per seed (test)", ""]
-    md += final_table_rows(rows, pool, [NOTES[r["seed"]] for r in rows if r["seed"] in NOTES])
-    md += subgroup_markdown(tables, TARGET["skin_type_gap"], "melanoma, basal cell carcinoma, "
-                            "actinic keratosis/SCC, rare skin cancers")
-    md += ["", "## Levers (validation only; their test split is not read)", "",
-           "Beside each, the default recipe's run of the same seed on the same split.", "",
-           "| recipe | seed | what changes | val served bal. acc | val acc | val AUC | val "
-           "malignant sens / spec | default's val bal. acc | default's val malignant sens / "
-           "spec |", "|" + " --- |" * 9]
-    for r in sorted(levers, key=lambda r: (r["recipe"], r["seed"])):
-        b = base.get(r["seed"], {})
-        md.append(f"| {r['recipe']} | {r['seed']} | {RECIPES[r['recipe']][0]} | "
-                  f"{fmt(r['val_balanced_accuracy'])} | {fmt(r['val_accuracy'])} | "
-                  f"{fmt(r['val_roc_auc_macro'])} | {fmt(r['val_malignant_sensitivity'], 2)} "
-                  f"/ {fmt(r['val_malignant_specificity'], 2)} | "
-                  f"{fmt(b.get('val_balanced_accuracy'))} | "
-                  f"{fmt(b.get('val_malignant_sensitivity'), 2)} / "
-                  f"{fmt(b.get('val_malignant_specificity'), 2)} |")
-    if not levers:
-        md.append("| (none measured yet) | | | | | | | | |")
+    for name, block in final.items():
+        notes = [NOTES[(name, r["seed"])] for r in block["rows"] if (name, r["seed"]) in NOTES]
+        md += [f"### {name}: {RECIPES[name][0]}", "",
+               *final_table_rows(block["rows"], block["pooled_ci"], notes)]
+    malignant = "melanoma, basal cell carcinoma, actinic keratosis/SCC, rare skin cancers"
+    md += subgroup_markdown(tables, TARGET["skin_type_gap"], malignant)
+    previous = report["subgroups_previous"]
+    gap = (previous.get("skin_type") or {}).get("gap") if previous else None
+    if gap:
+        ci = gap["pooled_ci"]
+        md += [f"The previous default (scale05) on the same seeds: labelled skin-type gap "
+               f"{gap['worst']} vs {gap['best']} {gap['difference']:.3f}"
+               + (f" [pooled 95% {ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+               + " (its per-group tables: `subgroups_previous` in clinical.json).", ""]
+    md += decision_table(done)
     write_results("clinical", report, md)
 
 

@@ -82,12 +82,16 @@ def clinical_rows() -> list[str]:
     if not path.is_file():
         return []
     c = json.loads(path.read_text())
-    block = c["final"]["default"]
-    rows, pool = block["rows"], block.get("pooled_ci", {})
-    seeds = ", ".join(str(r["seed"]) for r in rows)
-    gap = (c.get("subgroups", {}).get("skin_type") or {}).get("gap")
-    return [_row(f"Clinical photos `clinical_two_source` (seeds {seeds})", rows, pool,
-                 _gap(gap, "labelled types"))]
+    out = []
+    for name, block in c["final"].items():
+        rows, pool = block["rows"], block.get("pooled_ci", {})
+        seeds = ", ".join(str(r["seed"]) for r in rows)
+        tables = c.get("subgroups" if name == "default" else "subgroups_previous") or {}
+        label = ("Clinical photos `clinical_two_source`" if name == "default" else
+                 f"Clinical photos, the previous default `{name}`")
+        out.append(_row(f"{label} (seeds {seeds})", rows, pool,
+                        _gap((tables.get("skin_type") or {}).get("gap"), "labelled types")))
+    return out
 
 
 def block() -> str:
