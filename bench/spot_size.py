@@ -39,9 +39,6 @@ Results: ``bench/results/spot_size.{json,md}``; the chosen line is the module's
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -51,17 +48,15 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from closeups import held_out, wilson
-from common import REPO, WORK, machine, repo_relative, write_results
+from closeups import held_out, share
+from common import WORK, machine, repo_relative, write_results
+from photo_quality import SHARED, SKIN_GROUPS, half, photos
 
-from dermalab.core.skin import skin_type_group
 from dermalab.data import photo_quality as pq
 from dermalab.serve.answer import decide, is_not_skin, load_conditions
 from dermalab.serve.models import ServedModel
 
-SHARED = Path(os.environ.get("DERMALAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 ZOOMS = (1.0, 0.7, 0.5, 0.35, 0.25)
-SKIN_GROUPS = ("I-II", "III-IV", "V-VI")
 #: The most dermoscopic photos as taken the check may flag, on validation: the bound of the
 #: other photo checks (bench/photo_quality.py).
 MAX_FALSE_ALARMS = 0.03
@@ -173,11 +168,6 @@ def youden_line(rows: list[dict[str, Any]], bounds: list[list[float | None]]
     return (None if best_t is None else round(best_t, 4)), best
 
 
-def rate(flags: list[bool]) -> dict[str, Any]:
-    k, n = int(sum(flags)), len(flags)
-    return {"share": k / n if n else None, "ci": wilson(k, n), "n": n}
-
-
 def measure(rows: list[dict[str, Any]], line: float) -> dict[str, Any]:
     """What the check does at ``line`` on one split's views."""
     by_zoom = {}
@@ -188,41 +178,31 @@ def measure(rows: list[dict[str, Any]], line: float) -> dict[str, Any]:
             "true_share_median": float(np.median([r["true_share"] for r in z])),
             "estimate_median": float(np.median([r["estimate"] for r in z
                                                 if r["estimate"] is not None] or [np.nan])),
-            "answer_changed": rate([r["changed"] for r in z]),
-            "top_condition_right": rate([r["correct"] for r in z]),
-            "flagged": rate([flagged(r, line) for r in z]),
-            "malignant_still_urgent": rate([r["urgent"] for r in mal])}
+            "answer_changed": share([r["changed"] for r in z]),
+            "top_condition_right": share([r["correct"] for r in z]),
+            "flagged": share([flagged(r, line) for r in z]),
+            "malignant_still_urgent": share([r["urgent"] for r in mal])}
     changed = [r for r in rows if r["changed"]]
     lost = [r for r in rows if r["malignant"] and r["urgent_as_taken"] and not r["urgent"]]
-    return {"zoom": by_zoom, "changed_caught": rate([flagged(r, line) for r in changed]),
-            "curve": {str(t): {"as_taken_flagged": rate([flagged(r, t) for r in rows
+    return {"zoom": by_zoom, "changed_caught": share([flagged(r, line) for r in changed]),
+            "curve": {str(t): {"as_taken_flagged": share([flagged(r, t) for r in rows
                                                           if r["zoom"] == 1.0])["share"],
-                               "changed_caught": rate([flagged(r, t) for r in changed])["share"],
-                               "urgent_lost_caught": rate([flagged(r, t) for r in lost])["share"]}
+                               "changed_caught": share([flagged(r, t) for r in changed])["share"],
+                               "urgent_lost_caught": share([flagged(r, t) for r in lost])["share"]}
                       for t in CURVE},
-            "as_taken_flagged": rate([flagged(r, line) for r in rows if r["zoom"] == 1.0]),
-            "urgent_lost_caught": rate([flagged(r, line) for r in lost])}
-
-
-def half(path: Path) -> str:
-    """A photo's half (as ``bench/photo_quality.py`` splits them: by a hash of its name)."""
-    return "val" if hashlib.sha1(path.name.encode()).digest()[0] % 2 == 0 else "test"
+            "as_taken_flagged": share([flagged(r, line) for r in rows if r["zoom"] == 1.0]),
+            "urgent_lost_caught": share([flagged(r, line) for r in lost])}
 
 
 def clinical_estimates(per_source: int) -> dict[str, dict[str, list[float | None]]]:
-    """Spot estimates of clinical photos as taken, per group (DermNet NZ; Fitzpatrick17k per
-    skin type) and half."""
-    dermnet = sorted((SHARED / "dermnetnz_subset").rglob("*.jpg"))
-    fitz_dir = SHARED / "fitzpatrick17k_subset"
-    with open(fitz_dir / "fitzpatrick17k_subset.csv", newline="") as f:
-        fitz = sorted((fitz_dir / "images" / f"{r['md5hash']}.jpg",
-                       skin_type_group(r["fitzpatrick_scale"])) for r in csv.DictReader(f))
-    fitz = [(p, g) for p, g in fitz if p.is_file()]
-    step = lambda xs: xs[:: max(1, len(xs) // per_source)][:per_source]  # noqa: E731
-    groups = {"DermNet NZ": step(dermnet)}
-    for g in SKIN_GROUPS:  # every photo of the rarest group
-        group = [p for p, gg in fitz if gg == g]
-        groups[f"Fitzpatrick17k {g}"] = group if g == "V-VI" else step(group)
+    """Spot estimates of clinical photos as taken (``bench/photo_quality.py``'s photos and
+    halves), per group (DermNet NZ; Fitzpatrick17k per skin type) and half."""
+    sources = photos(per_source)
+    groups: dict[str, list[Path]] = {"DermNet NZ": [p for p, _ in
+                                                    sources["clinical (DermNet NZ)"]]}
+    for g in SKIN_GROUPS:
+        groups[f"Fitzpatrick17k {g}"] = [p for p, gg in sources["clinical (Fitzpatrick17k)"]
+                                         if gg == g]
     out: dict[str, dict[str, list[float | None]]] = {}
     for name, files in groups.items():
         out[name] = {"val": [], "test": []}
@@ -327,7 +307,7 @@ def main() -> None:
         "share_ratio_median": float(np.median([r["estimate"] / r["true_share"]
                                                for r in as_taken])),
         "val": measure(rows["val"], at), "test": measure(rows["test"], at),
-        "clinical_flagged": {k: rate([e is not None and e < at for e in g["test"]])
+        "clinical_flagged": {k: share([e is not None and e < at for e in g["test"]])
                              for k, g in clinical.items()}}
     report["wall_min"] = (time.time() - start) / 60
     write_results("spot_size", report, markdown(report))
