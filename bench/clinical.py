@@ -68,7 +68,7 @@ NOTES: dict[tuple[str, int], str] = {
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "default": ("the recipe as configured (EfficientNet-Lite0, 256 px, DermNet NZ + "
                 "Fitzpatrick17k, training crops down to 10% of the area)", []),
-    # what the default was until the scale lever's three seeds agreed on validation
+    # what the default was until the scale lever's two seeds agreed on validation
     # (docs/decisions/2026-12-07-phone-closeups.md)
     "scale05": ("the previous default: training crops down to 50% of the area "
                 "(`data.augment.scale_min=0.5`)", ["data.augment.scale_min=0.5"]),
