@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,33 @@ def test_killed_two_process_run_resumes_on_two_and_on_one(setup: Setup,
     assert got1[0] == _history(killed)[0]  # the epoch done on 2 processes is kept as it was
     m1 = json.loads((on_one / "metrics.json").read_text())
     assert m1["processes"] == 1 and m1["n"] == ma["n"]
+
+
+def test_a_command_leaves_its_process_group_before_the_interpreter_exits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torchrun worker whose gloo group outlives the command can abort at exit (SIGABRT after a
+    finished run, seen in CI), so ``main`` destroys the group once the command returned; a failed
+    command leaves it alone (its peers may still be inside a collective)."""
+    import argparse
+
+    import torch.distributed as dist
+
+    from dermalab import cli
+    from dermalab.core.errors import DermalabError
+
+    def command(fail: bool) -> Callable[[argparse.Namespace], int]:
+        def run(_: argparse.Namespace) -> int:
+            dist.init_process_group("gloo", init_method=f"file://{tmp_path / str(fail)}",
+                                    rank=0, world_size=1)
+            if fail:
+                raise DermalabError("bad input")
+            return 0
+        return run
+
+    for fail, code in ((False, 0), (True, 2)):
+        parser = argparse.ArgumentParser()
+        parser.set_defaults(func=command(fail))
+        monkeypatch.setattr(cli, "build_parser", lambda p=parser: p)
+        assert cli.main([]) == code
+        assert dist.is_initialized() is fail
+    dist.destroy_process_group()

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dermalab`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
     except DermalabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -49,6 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `dermalab data list | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    _leave_process_group()
+    return code
+
+
+def _leave_process_group() -> None:
+    """Destroy the torchrun process group before the interpreter exits.
+
+    A worker that exits with its gloo group alive can abort in the group's destructor
+    ("terminate called without an active exception", SIGABRT after a finished run: seen in CI;
+    pytorch/pytorch#190489). Only after a command returned: a rank that failed must not wait on
+    peers that may still be inside a collective (torchtitan#1342)."""
+    dist = sys.modules.get("torch.distributed")  # never import torch for a command that did not
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 __all__ = ["build_parser", "main", "serve_models"]
