@@ -26,6 +26,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # A named dataset that is not already in place would be downloaded: in tests that goes to a
 # closed port on 127.0.0.1 (one clear error), never to the dataset's real host.
 os.environ.setdefault("DERMALAB_MIRROR", "http://127.0.0.1:9")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several workers share the cores: one compute thread each (and in the processes they start),
+    # else every worker's thread pool claims every core and they spin against each other.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 CLASS_COLOURS = {"akiec": (200, 60, 60), "bcc": (60, 200, 60), "nv": (60, 60, 200)}
 
@@ -68,6 +75,23 @@ def write_photo_dataset(root: Path, per_class: int = 20, n_classes: int = 3) -> 
     """``root/<class>/img_<i>.jpg``: each class is crops of a different photo."""
     names = list(CLASS_COLOURS)[:n_classes]
     return write_folder_dataset(root, per_class, dict.fromkeys(names, (0, 0, 0)), photos=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the modules with the most ``slow`` tests first; the rest keep their order, and so
+    does every module's tests. Under ``pytest -n`` (the README's test command) each worker
+    takes whole modules in this order, so the long ones start at once and the short ones fill
+    the gaps at the end, instead of one worker finishing the DDP module alone while the other
+    waits."""
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    slow: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first.setdefault(module(item), i)
+        slow[module(item)] = slow.get(module(item), 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: (-slow[module(item)], first[module(item)]))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -122,6 +122,7 @@ def own_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return root, _run(blocks(DOC.read_text())["own-folder"], root)
 
 
+@pytest.mark.slow
 def test_train_on_your_own_folder(own_folder: tuple[Path, str]) -> None:
     root, out = own_folder
     run = root / "runs" / "my_model"
@@ -131,6 +132,7 @@ def test_train_on_your_own_folder(own_folder: tuple[Path, str]) -> None:
     assert list((run / "explain").glob("*.png"))  # explain wrote its overlays
 
 
+@pytest.mark.slow
 def test_analyse_a_photo(own_folder: tuple[Path, str]) -> None:
     root, _ = own_folder
     out = _run(blocks(DOC.read_text())["predict"], root)
@@ -138,6 +140,7 @@ def test_analyse_a_photo(own_folder: tuple[Path, str]) -> None:
     assert (root / "runs" / "my_model" / "export" / "model.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_host_the_page_for_a_clinic(own_folder: tuple[Path, str]) -> None:
     root, _ = own_folder
     port = free_ports(1)[0]

@@ -135,6 +135,7 @@ def test_bias_correction_removes_the_mean_error_of_the_int8_weights(tmp_path: Pa
     np.testing.assert_allclose(mean_logits(corrected, rounded), ref, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_export_quantize_cli(skin_run: Path, tmp_path: Path) -> None:
     """The CLI writes model.int8.onnx beside the FP32 export and records its check on
     validation images in model.json."""

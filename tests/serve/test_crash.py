@@ -30,6 +30,7 @@ def _uploader(url: str, token: str, done: list[int], halt: threading.Event, i: i
                 done.append(1)
 
 
+@pytest.mark.slow
 def test_kill_9_with_uploads_in_flight_leaves_nothing_half_stored(skin_run: Path,
                                                                    tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -78,11 +79,11 @@ def test_kill_9_with_uploads_in_flight_leaves_nothing_half_stored(skin_run: Path
 @pytest.mark.parametrize(("own", "grace"), [(True, 0.0), (False, 600.0)])
 def test_orphan_grace_depends_on_whether_the_stores_are_shared(skin_run: Path, own: bool,
                                                                 grace: float) -> None:
-    from dermalab.serve.service import AnalysisService
+    from dermalab.serve.retention import RetentionService
     from dermalab.serve.settings import ServeSettings
 
     kw = {} if own else {"database_url": "sqlite://"}
-    svc = AnalysisService.__new__(AnalysisService)
+    svc = RetentionService.__new__(RetentionService)
     svc.settings = ServeSettings(run_dir=str(skin_run), **kw)  # type: ignore[arg-type]
     assert svc.orphan_grace_s == grace
     svc.settings = ServeSettings(run_dir=str(skin_run), orphan_grace_s=5.0)

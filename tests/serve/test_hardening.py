@@ -133,6 +133,7 @@ def _signin_statuses(url: str, forwarded: list[str], email: str | None = None,
     return out
 
 
+@pytest.mark.slow
 def test_a_forged_forwarded_for_does_not_escape_the_rate_limit(skin_run: Path,
                                                                tmp_path: Path) -> None:
     """A real server: X-Forwarded-For is ignored unless it comes from --forwarded-allow-ips,

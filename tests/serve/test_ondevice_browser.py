@@ -184,6 +184,7 @@ def test_installable_and_on_device_analysis_works_offline(server: str, exported_
         browser.close()
 
 
+@pytest.mark.slow
 def test_the_page_routes_on_the_device_as_the_server_does(
         exported_run: Path, clinical_run: Path, router_dir: Path,
         tmp_path_factory: pytest.TempPathFactory) -> None:
