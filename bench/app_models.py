@@ -189,15 +189,15 @@ def watermark_attention(run: Path, limit: int = 200) -> dict[str, Any]:
 def detection(derm: Path, clinical: Path, router: Path) -> dict[str, Any]:
     """Route and assess every held-out image in process (the service's own code path)."""
     from dermalab.data.negatives import negative_images
-    from dermalab.serve.service import AnalysisService
+    from dermalab.serve.service import build_services
     from dermalab.serve.settings import ServeSettings
     from dermalab.serve.uploads import decode_upload
 
     tmp = Path(tempfile.mkdtemp())
-    svc = AnalysisService(ServeSettings(run_dir=str(derm), more_runs=(str(clinical),),
-                                        router=str(router), open=True,
-                                        database_url=f"sqlite:///{tmp / 'h.db'}",
-                                        image_store=str(tmp / "u")))
+    svc = build_services(ServeSettings(run_dir=str(derm), more_runs=(str(clinical),),
+                                       router=str(router), open=True,
+                                       database_url=f"sqlite:///{tmp / 'h.db'}",
+                                       image_store=str(tmp / "u"))).analysis
     import io
 
     from PIL import Image

@@ -128,7 +128,7 @@ def test_crop_through_the_cli_the_export_and_the_web_service(
         r = c.post("/v1/analyses", files={"file": ("p.jpg", Path(photos[0]).read_bytes())})
         assert r.status_code == 201, r.text
         body = r.json()
-        svc = c.app.state.service  # type: ignore[attr-defined]
+        svc = c.app.state.services.analysis  # type: ignore[attr-defined]
         from dermalab.data.images import open_rgb
 
         # The service prepares an upload exactly as predict does (crop by its segmenter).
@@ -145,6 +145,7 @@ def test_crop_through_the_cli_the_export_and_the_web_service(
             assert top["probability"] == pytest.approx(float(want.max()), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_mask_channel_and_raw_plus_masked(ham_masked: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from dermalab.core.config import load_config

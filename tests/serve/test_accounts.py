@@ -306,7 +306,7 @@ def test_retention_purges_old_analyses_with_their_photos(client: TestClient,
                                                           app_dir: Path) -> None:
     who = signup(client, "max@example.org")
     aid = _upload(client, who)
-    svc = client.app.state.service  # type: ignore[attr-defined]
+    svc = client.app.state.services.retention  # type: ignore[attr-defined]
     assert svc.purge_older_than(30, at=now() + timedelta(days=29)) == 0
     assert client.get(f"/v1/analyses/{aid}", headers=who).status_code == 200
     assert svc.purge_older_than(30, at=now() + timedelta(days=31)) == 1  # a month later

@@ -4,9 +4,10 @@ in ``test_app.py`` stay the acceptance layer."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -16,7 +17,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dermalab.serve.app import create_app
-from dermalab.serve.dependencies import get_service
+from dermalab.serve.dependencies import get_history, get_service
+from dermalab.serve.interfaces import AnalysisHistory, PhotoAnalysis
 from dermalab.serve.schemas import DISCLAIMER, AnalysisOut, ModelCard
 from dermalab.serve.settings import ServeSettings
 from dermalab.serve.uploads import decode_upload
@@ -33,6 +35,7 @@ class StubService:
     ondevice_router = None
     ort_dir = None
     ort_version = None
+    clinics = None
 
     def __init__(self) -> None:
         # --open mode: the contract of the analyses routes, without accounts (tests/serve/
@@ -44,6 +47,7 @@ class StubService:
         self.spots: list[str | None] = []
         self.image_types: list[str | None] = []
         self.metadata: list[dict[str, Any] | None] = []
+        self.history = StubHistory(self.rows)
 
     def metadata_inputs(self) -> dict[str, Any] | None:
         return None
@@ -75,6 +79,24 @@ class StubService:
         self.rows[aid] = res
         return res
 
+    def model_card(self) -> dict[str, Any]:
+        return {"name": "stub", "image_type": "dermoscopic", "backbone": "stub",
+                "classes": {"nv": "Naevus"}, "image_size": 64,
+                "training_data": "none", "test_metrics": {"accuracy": None},
+                "calibration": {"temperature": 1.0}, "malignant_operating_point": None,
+                "inference_backend": "stub", "intended_use": "tests",
+                "limitations": ["a stub"], "disclaimer": DISCLAIMER}
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        return [self.model_card()]
+
+
+class StubHistory:
+    """The history's interface over the stub's analyses."""
+
+    def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+        self.rows = rows
+
     def get(self, analysis_id: str, lang: str = "en", owner: Any = None) -> dict[str, Any] | None:
         return self.rows.get(analysis_id)
 
@@ -89,16 +111,31 @@ class StubService:
     def delete(self, analysis_id: str, owner: Any = None) -> bool:
         return self.rows.pop(analysis_id, None) is not None
 
-    def model_card(self) -> dict[str, Any]:
-        return {"name": "stub", "image_type": "dermoscopic", "backbone": "stub",
-                "classes": {"nv": "Naevus"}, "image_size": 64,
-                "training_data": "none", "test_metrics": {"accuracy": None},
-                "calibration": {"temperature": 1.0}, "malignant_operating_point": None,
-                "inference_backend": "stub", "intended_use": "tests",
-                "limitations": ["a stub"], "disclaimer": DISCLAIMER}
+    def photo(self, analysis_id: str, owner: Any) -> bytes | None:
+        return None
 
-    def model_cards(self) -> list[dict[str, Any]]:
-        return [self.model_card()]
+    def spots(self, owner: Any) -> list[dict[str, Any]]:
+        return []
+
+    def spot(self, spot_id: str, lang: str = "en", owner: Any = None) -> dict[str, Any] | None:
+        return None
+
+
+@pytest.mark.parametrize(("interface", "make"), [
+    (PhotoAnalysis, lambda: StubService()), (AnalysisHistory, lambda: StubService().history)])
+def test_the_stubs_satisfy_the_interfaces_the_routes_use(interface: type,
+                                                         make: Callable[[], object]) -> None:
+    """The stub has every member the routes may use, and its methods take the protocol's
+    parameters (by name, in order), so these tests call the routes as the real services
+    are called."""
+    stub = make()
+    missing = [m for m in vars(interface) if not m.startswith("_") and not hasattr(stub, m)]
+    assert not missing and isinstance(stub, interface), missing
+    for name, member in vars(interface).items():
+        if name.startswith("_") or not inspect.isfunction(member):
+            continue
+        want = list(inspect.signature(member).parameters)[1:]
+        assert list(inspect.signature(getattr(stub, name)).parameters) == want, name
 
 
 @pytest.fixture
@@ -110,6 +147,7 @@ def stub() -> StubService:
 def client(stub: StubService) -> Iterator[TestClient]:
     app = create_app(None)
     app.dependency_overrides[get_service] = lambda: stub
+    app.dependency_overrides[get_history] = lambda: stub.history
     with TestClient(app) as c:
         yield c
 
@@ -275,9 +313,10 @@ def test_unexpected_errors_hide_internals(stub: StubService) -> None:
     def boom(limit: int, offset: int, lang: str = "en", owner: Any = None) -> dict[str, Any]:
         raise RuntimeError("secret internal state")
 
-    stub.page = boom  # type: ignore[method-assign]
+    stub.history.page = boom  # type: ignore[method-assign]
     app = create_app(None)
     app.dependency_overrides[get_service] = lambda: stub
+    app.dependency_overrides[get_history] = lambda: stub.history
     with TestClient(app, raise_server_exceptions=False) as c:
         r = c.get("/v1/analyses")
     assert r.status_code == 500 and r.json() == {"detail": "internal error"}

@@ -20,7 +20,7 @@ from dermalab.core.errors import DermalabError
 from dermalab.data.negatives import load_photo, negative_images
 from dermalab.deploy.router import TYPES, ImageRouter, predict_proba, router_input
 from dermalab.serve.app import create_app
-from dermalab.serve.service import AnalysisService
+from dermalab.serve.service import build_services
 from dermalab.serve.settings import ServeSettings
 from tests.conftest import HAM_DIR
 from tests.served_runs import dermnet_photos
@@ -213,9 +213,9 @@ def test_a_type_not_served_is_refused(skin_run: Path, tmp_path: Path) -> None:
 def test_several_models_need_a_router_and_distinct_types(
         skin_run: Path, clinical_run: Path, tmp_path: Path) -> None:
     with pytest.raises(DermalabError, match="router fit"):
-        AnalysisService(_settings(tmp_path, skin_run, clinical_run, None))
+        build_services(_settings(tmp_path, skin_run, clinical_run, None))
     with pytest.raises(DermalabError, match="second dermoscopic model"):
-        AnalysisService(ServeSettings(run_dir=str(skin_run), more_runs=(str(skin_run),)))
+        build_services(ServeSettings(run_dir=str(skin_run), more_runs=(str(skin_run),)))
     with pytest.raises(DermalabError, match="not a router folder"):
         ImageRouter.load(tmp_path)
 
@@ -273,6 +273,7 @@ def test_close_up_views_are_centre_crops() -> None:
         closeup_views(image, (1.5,))
 
 
+@pytest.mark.slow
 def test_the_router_learns_close_ups_and_reports_them(
         skin_run: Path, clinical_run: Path, router_dir: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,8 +313,8 @@ def test_an_unsure_router_asks_the_other_model_too(skin_run: Path, clinical_run:
     # a phone photo: the clinical model answers, the dermoscopy model (which has malignant
     # classes) is the other
     photo = dermnet_photos("Psoriasis")[70].read_bytes()
-    svc = AnalysisService(_settings(tmp_path, skin_run, clinical_run, router_dir, open=True,
-                                    second_opinion_below=1.01))
+    svc = build_services(_settings(tmp_path, skin_run, clinical_run, router_dir, open=True,
+                                   second_opinion_below=1.01)).analysis
     first = svc.analyze(photo, "spot.jpg")
     chosen, other = first["model"]["image_type"], "dermoscopic"
     assert chosen == "clinical"
@@ -328,8 +329,8 @@ def test_an_unsure_router_asks_the_other_model_too(skin_run: Path, clinical_run:
     assert "looked at it too" in urgent["referral_text"]
     assert [c["class_name"] for c in urgent["conditions"]] == \
         [c["class_name"] for c in first["conditions"]]
-    never = AnalysisService(_settings(tmp_path / "never", skin_run, clinical_run, router_dir,
-                                      open=True, second_opinion_below=None))
+    never = build_services(_settings(tmp_path / "never", skin_run, clinical_run, router_dir,
+                                     open=True, second_opinion_below=None)).analysis
     assert "second_opinion" not in never.analyze(photo, "spot.jpg")["routing"]
     # The API answers it too, and keeps it with the stored analysis (its schema once dropped
     # the field, so only the referral said a second model had looked)

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from dermalab.serve.migrations import upgrade
-from dermalab.serve.service import AnalysisService
+from dermalab.serve.service import Services, build_services
 from dermalab.serve.settings import ServeSettings
 from dermalab.serve.store import make_engine
 from dermalab.serve.uploads import UploadError
@@ -80,37 +80,37 @@ def test_uploads_racing_account_deletion_leave_nothing(skin_run: Path, tmp_path:
 
 
 @pytest.fixture()
-def service(skin_run: Path, tmp_path: Path) -> AnalysisService:
-    return AnalysisService(ServeSettings(run_dir=str(skin_run),
-                                         database_url=f"sqlite:///{tmp_path / 'h.db'}",
-                                         image_store=str(tmp_path / "uploads")))
+def service(skin_run: Path, tmp_path: Path) -> Services:
+    return build_services(ServeSettings(run_dir=str(skin_run),
+                                        database_url=f"sqlite:///{tmp_path / 'h.db'}",
+                                        image_store=str(tmp_path / "uploads")))
 
 
 def test_an_upload_for_a_deleted_owner_is_refused_and_keeps_nothing(
-        service: AnalysisService, tmp_path: Path) -> None:
-    user = service.accounts.anonymous()
-    service.delete_account(user)
+        service: Services, tmp_path: Path) -> None:
+    user = service.accounts.start_device().user_id
+    service.accounts.delete_account(user)
     with pytest.raises(UploadError) as err:
-        service.analyze(photo(0), "p.jpg", owner=user, spot="left arm")
+        service.analysis.analyze(photo(0), "p.jpg", owner=user, spot="left arm")
     assert err.value.status == 401 and err.value.key == "upload.owner_gone"
     _, owners, refs, files = _db_state(tmp_path / "h.db", tmp_path / "uploads")
     assert not owners and not refs and not files
 
 
 def test_the_row_taken_while_the_photo_is_written_takes_the_photo(
-        service: AnalysisService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        service: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The owner's deletion lands between the row and the photo: the upload deletes its photo
     and says it kept nothing."""
-    user = service.accounts.anonymous()
-    put = service.images.put
+    user = service.accounts.start_device().user_id
+    put = service.history.images.put
 
     def put_then_delete_owner(key: str, data: bytes) -> None:
         put(key, data)
-        service.delete_account(user)
+        service.accounts.delete_account(user)
 
-    monkeypatch.setattr(service.images, "put", put_then_delete_owner)
+    monkeypatch.setattr(service.history.images, "put", put_then_delete_owner)
     with pytest.raises(UploadError):
-        service.analyze(photo(1), "p.jpg", owner=user)
+        service.analysis.analyze(photo(1), "p.jpg", owner=user)
     assert not any((tmp_path / "uploads").iterdir())
 
 

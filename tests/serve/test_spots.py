@@ -189,7 +189,7 @@ def test_spots_move_with_the_device_and_go_with_the_account(client: TestClient,
 def test_retention_removes_spots_left_empty(client: TestClient, tmp_path: Path) -> None:
     who = signup(client, "eve@example.org")
     _analyse(client, who, "mole", 0)
-    svc = client.app.state.service  # type: ignore[attr-defined]
+    svc = client.app.state.services.retention  # type: ignore[attr-defined]
     assert svc.purge_older_than(30, at=now() + timedelta(days=29)) == 0
     assert len(_spot_rows(tmp_path / "h.db")) == 1
     assert svc.purge_older_than(30, at=now() + timedelta(days=31)) == 1

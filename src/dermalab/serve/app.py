@@ -32,7 +32,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from dermalab.core.i18n import negotiate
 from dermalab.serve import routers
 from dermalab.serve.ratelimit import RateLimits
-from dermalab.serve.service import AnalysisService
+from dermalab.serve.retention import RetentionService
+from dermalab.serve.service import build_services
 from dermalab.serve.settings import ServeSettings
 from dermalab.serve.uploads import UploadError
 
@@ -193,11 +194,11 @@ class SessionBeforeUpload:
 
         from dermalab.serve.dependencies import session_token
 
-        svc = getattr(getattr(scope.get("app"), "state", None), "service", None)
-        if svc is None or svc.settings.open:  # no service of our own (tests), or --open
+        services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+        if services is None or services.analysis.settings.open:  # tests' own services; --open
             return True
-        token, _ = session_token(StarletteRequest(scope), svc.settings.cookie_secure)
-        return token is not None and await run_in_threadpool(svc.accounts.lookup,
+        token, _ = session_token(StarletteRequest(scope), services.analysis.settings.cookie_secure)
+        return token is not None and await run_in_threadpool(services.accounts.lookup,
                                                              token) is not None
 
 
@@ -205,7 +206,8 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
     """The app; the model is loaded once at start-up (lifespan) and shared by requests.
 
     With ``settings=None`` no model is loaded: the caller provides the service through
-    ``app.dependency_overrides[dermalab.serve.dependencies.get_service]`` (API tests).
+    ``app.dependency_overrides[dermalab.serve.dependencies.get_service]`` and its siblings
+    (API tests).
     """
     opts = settings or ServeSettings(run_dir="unused")
 
@@ -213,11 +215,12 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
         if settings is not None:
-            svc = AnalysisService(settings)
-            app.state.service = svc
-            svc.sweep_orphans()
+            services = build_services(settings)
+            app.state.services = services
+            services.retention.sweep_orphans()
             if settings.retention_days is not None:
-                task = asyncio.create_task(_retention(svc, settings.retention_days))
+                task = asyncio.create_task(_retention(services.retention,
+                                                      settings.retention_days))
         yield
         if task is not None:
             task.cancel()
@@ -265,13 +268,13 @@ def create_app(settings: ServeSettings | None) -> FastAPI:
     return app
 
 
-async def _retention(svc: AnalysisService, days: int) -> None:
+async def _retention(retention: RetentionService, days: int) -> None:
     """Delete analyses older than ``days`` (with their photos) now and every hour."""
     from starlette.concurrency import run_in_threadpool
 
     while True:
         try:
-            n = await run_in_threadpool(svc.purge_older_than, days)
+            n = await run_in_threadpool(retention.purge_older_than, days)
             if n:
                 log.info("retention: deleted %d analyses older than %d days", n, days)
         except Exception:  # keep the schedule; the next run retries

@@ -1,8 +1,10 @@
-"""What every route depends on: the service, the caller (who owns what it touches) and the
-language.
+"""What every route depends on: the service of its concern, the caller (who owns what it
+touches) and the language.
 
-``Service = Annotated[AnalysisService, Depends(get_service)]``: the app holds one service
-(loaded at start-up); tests replace it with ``app.dependency_overrides[get_service]``.
+The app holds one of each service (:class:`~dermalab.serve.service.Services`, built at
+start-up): ``Service`` answers photos, ``History`` keeps each owner's analyses, photos and
+spots, ``Accounts`` holds users and sessions. Tests replace one with
+``app.dependency_overrides[get_service]`` (or ``get_history``, ``get_accounts``).
 
 ``Caller`` resolves the session from ``Authorization: Bearer <token>`` (API clients) or the
 ``dermalab_session`` cookie (the page). No valid session -> 401. A cookie-authenticated write
@@ -20,8 +22,11 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request
 
 from dermalab.core.i18n import negotiate
+from dermalab.serve.account_service import AccountService
 from dermalab.serve.accounts import SessionInfo
-from dermalab.serve.service import AnalysisService
+from dermalab.serve.interfaces import AnalysisHistory, PhotoAnalysis
+from dermalab.serve.service import Services
+from dermalab.serve.settings import ServeSettings
 from dermalab.serve.store import OPEN, Owner
 
 SESSION_COOKIE = "dermalab_session"
@@ -38,15 +43,40 @@ CSRF_HEADER = "x-csrf-token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def get_service(request: Request) -> AnalysisService:
-    """The app's service (set by the lifespan of :func:`dermalab.serve.app.create_app`)."""
-    svc: AnalysisService | None = getattr(request.app.state, "service", None)
-    if svc is None:
+def _services(request: Request) -> Services:
+    """The app's services (set by the lifespan of :func:`dermalab.serve.app.create_app`)."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
         raise HTTPException(503, "the model is not loaded")
-    return svc
+    return services
 
 
-Service = Annotated[AnalysisService, Depends(get_service)]
+def get_service(request: Request) -> PhotoAnalysis:
+    """The analysis service: models, router, answers."""
+    return _services(request).analysis
+
+
+def get_history(request: Request) -> AnalysisHistory:
+    """Each owner's analyses, photos and spots."""
+    return _services(request).history
+
+
+def get_accounts(request: Request) -> AccountService:
+    """Users and sessions."""
+    return _services(request).accounts
+
+
+Service = Annotated[PhotoAnalysis, Depends(get_service)]
+History = Annotated[AnalysisHistory, Depends(get_history)]
+Accounts = Annotated[AccountService, Depends(get_accounts)]
+
+
+def get_settings(svc: Service) -> ServeSettings:
+    """How the app was started."""
+    return svc.settings
+
+
+Settings = Annotated[ServeSettings, Depends(get_settings)]
 
 
 @dataclass(frozen=True)
@@ -75,21 +105,21 @@ def session_token(request: Request, secure: bool = False) -> tuple[str | None, b
     return (cookie, True) if cookie else (None, False)
 
 
-def optional_caller(request: Request, svc: Service) -> CallerInfo | None:
+def optional_caller(request: Request, settings: Settings) -> CallerInfo | None:
     """The caller if a valid session is presented (no 401), for sign-up/sign-in."""
-    if svc.settings.open:
+    if settings.open:
         return CallerInfo(OPEN)
-    token, via_cookie = session_token(request, svc.settings.cookie_secure)
-    info = svc.accounts.lookup(token) if token else None
+    token, via_cookie = session_token(request, settings.cookie_secure)
+    info = get_accounts(request).lookup(token) if token else None
     if info is None or token is None:
         return None
     return CallerInfo(info.user_id, info, token, via_cookie)
 
 
-def get_caller(request: Request, svc: Service) -> CallerInfo:
+def get_caller(request: Request, settings: Settings) -> CallerInfo:
     """The authenticated caller (401 without a session; 403 for a cookie write without the
     session's CSRF token)."""
-    caller = optional_caller(request, svc)
+    caller = optional_caller(request, settings)
     if caller is None:
         raise HTTPException(401, "sign in, or start a private session on this device first",
                             headers={"WWW-Authenticate": "Bearer"})

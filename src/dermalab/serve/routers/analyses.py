@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from dermalab.serve.dependencies import (
     Caller,
+    History,
     Language,
     Service,
 )
@@ -101,8 +102,9 @@ def create_analysis(
     responses=NOT_FOUND,
     summary="One of your analyses",
 )
-def get_analysis(svc: Service, lang: Language, caller: Caller, analysis_id: str) -> dict[str, Any]:
-    res = svc.get(analysis_id, lang, owner=caller.owner)
+def get_analysis(history: History, lang: Language, caller: Caller, analysis_id: str
+                 ) -> dict[str, Any]:
+    res = history.get(analysis_id, lang, owner=caller.owner)
     if res is None:
         raise HTTPException(404, "no such analysis")
     return res
@@ -114,8 +116,8 @@ def get_analysis(svc: Service, lang: Language, caller: Caller, analysis_id: str)
     response_class=Response,
     summary="The stored photo of one of your analyses (no metadata)",
 )
-def get_photo(svc: Service, caller: Caller, analysis_id: str) -> Response:
-    data = svc.photo(analysis_id, owner=caller.owner)
+def get_photo(history: History, caller: Caller, analysis_id: str) -> Response:
+    data = history.photo(analysis_id, owner=caller.owner)
     if data is None:
         raise HTTPException(404, "no such photo")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
@@ -123,13 +125,13 @@ def get_photo(svc: Service, caller: Caller, analysis_id: str) -> Response:
 
 @analyses.get("", response_model=AnalysisPage, summary="Your history, newest first")
 def list_analyses(
-    svc: Service,
+    history: History,
     lang: Language,
     caller: Caller,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
-    return svc.page(limit, offset, lang, owner=caller.owner)
+    return history.page(limit, offset, lang, owner=caller.owner)
 
 
 @analyses.delete(
@@ -138,7 +140,7 @@ def list_analyses(
     responses=NOT_FOUND,
     summary="Delete one of your analyses and its photo",
 )
-def delete_analysis(svc: Service, caller: Caller, analysis_id: str) -> Response:
-    if not svc.delete(analysis_id, owner=caller.owner):
+def delete_analysis(history: History, caller: Caller, analysis_id: str) -> Response:
+    if not history.delete(analysis_id, owner=caller.owner):
         raise HTTPException(404, "no such analysis")
     return Response(status_code=204)

@@ -8,12 +8,13 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 
 from dermalab.core.i18n import t
-from dermalab.serve.accounts import AccountError, Issued, normalise_email
+from dermalab.serve.accounts import AccountError, Issued, SessionInfo, normalise_email
 from dermalab.serve.dependencies import (
+    Accounts,
     Caller,
     Language,
     MaybeCaller,
-    Service,
+    Settings,
     cookie_name,
 )
 from dermalab.serve.routers._common import (
@@ -34,7 +35,8 @@ PAGE_HEADER = "x-dermalab-page"
 
 
 def _session_response(
-    svc: Service,
+    settings: Settings,
+    accounts: Accounts,
     request: Request,
     response: Response,
     issued: Issued,
@@ -45,13 +47,13 @@ def _session_response(
     (which says so with ``X-Dermalab-Page``) does not: its session stays in the HttpOnly
     cookie, out of reach of any script."""
     response.set_cookie(
-        cookie_name(svc.settings.cookie_secure),
+        cookie_name(settings.cookie_secure),
         issued.token,
         httponly=True,
         samesite="strict",
-        secure=svc.settings.cookie_secure,
+        secure=settings.cookie_secure,
         path="/",
-        max_age=svc.accounts.session_days * 86400,
+        max_age=accounts.session_days * 86400,
     )
     response.headers["Cache-Control"] = "no-store"
     return {
@@ -68,8 +70,8 @@ def _account_error(exc: AccountError, lang: str) -> HTTPException:
     return HTTPException(exc.status, exc.localized(lang))
 
 
-def _no_accounts(svc: Service) -> None:
-    if svc.settings.open:
+def _no_accounts(settings: Settings) -> None:
+    if settings.open:
         raise HTTPException(409, "this is a single-user install (--open): no accounts")
 
 
@@ -79,15 +81,16 @@ def _no_accounts(svc: Service) -> None:
     status_code=201,
     summary="A private session for this device, without an account",
 )
-def start_anonymous(request: Request, response: Response, svc: Service) -> dict[str, Any]:
-    _no_accounts(svc)
+def start_anonymous(request: Request, response: Response, settings: Settings,
+                    accounts: Accounts) -> dict[str, Any]:
+    _no_accounts(settings)
     # A custom header: a cross-site form cannot send it, so no other site can swap this
     # browser's session for a fresh one.
     if request.headers.get("x-requested-with") != "dermalab":
         raise HTTPException(403, "send X-Requested-With: dermalab")
     rate_limit(request, "device", f"ip:{client_address(request)}")
-    uid = svc.accounts.anonymous()
-    return _session_response(svc, request, response, svc.accounts.issue(uid), None, True)
+    return _session_response(settings, accounts, request, response, accounts.start_device(),
+                             None, True)
 
 
 @auth.post(
@@ -100,21 +103,21 @@ def start_anonymous(request: Request, response: Response, svc: Service) -> dict[
 def sign_up(
     request: Request,
     response: Response,
-    svc: Service,
+    settings: Settings,
+    accounts: Accounts,
     body: Credentials,
     caller: MaybeCaller,
     lang: Language,
 ) -> dict[str, Any]:
-    _no_accounts(svc)
+    _no_accounts(settings)
     rate_limit(request, "signin", f"ip:{client_address(request)}")
+    device, token = _device(caller)
     try:
-        uid = svc.accounts.sign_up(body.email, body.password)
+        issued = accounts.sign_up(body.email, body.password, device, token)
     except AccountError as exc:
         raise _account_error(exc, lang) from None
-    _adopt(svc, caller, uid)
-    return _session_response(
-        svc, request, response, svc.accounts.issue(uid), normalise_email(body.email), False
-    )
+    return _session_response(settings, accounts, request, response, issued,
+                             normalise_email(body.email), False)
 
 
 @auth.post(
@@ -126,12 +129,13 @@ def sign_up(
 def sign_in(
     request: Request,
     response: Response,
-    svc: Service,
+    settings: Settings,
+    accounts: Accounts,
     body: Credentials,
     caller: MaybeCaller,
     lang: Language,
 ) -> dict[str, Any]:
-    _no_accounts(svc)
+    _no_accounts(settings)
     email, ip = normalise_email(body.email), client_address(request)
     # Per address, and per account from this address: wrong passwords sent from other
     # addresses cannot lock the owner out (red-team finding C). Across addresses only
@@ -140,23 +144,17 @@ def sign_in(
     limits = getattr(request.app.state, "limits", None)
     if limits is not None:
         limits.check("signin_failures", f"email:{email}")
-    uid = svc.accounts.authenticate(body.email, body.password)
-    if uid is None:
+    issued = accounts.sign_in(body.email, body.password, *_device(caller))
+    if issued is None:
         if limits is not None:
             limits.count("signin_failures", f"email:{email}")
         raise HTTPException(401, t("account.wrong_password", lang))
-    _adopt(svc, caller, uid)
-    return _session_response(
-        svc, request, response, svc.accounts.issue(uid), normalise_email(body.email), False
-    )
+    return _session_response(settings, accounts, request, response, issued, email, False)
 
 
-def _adopt(svc: Service, caller: MaybeCaller, uid: str) -> None:
-    """Move the calling anonymous device's analyses into account ``uid``."""
-    if caller is not None and caller.session is not None and caller.session.anonymous:
-        if caller.token:
-            svc.accounts.revoke(caller.token)
-        svc.attach(caller.session.user_id, uid)
+def _device(caller: MaybeCaller) -> tuple[SessionInfo | None, str | None]:
+    """The calling device's session and token (its analyses move into the account)."""
+    return (caller.session, caller.token) if caller is not None else (None, None)
 
 
 @auth.get(
@@ -165,13 +163,13 @@ def _adopt(svc: Service, caller: MaybeCaller, uid: str) -> None:
     responses={401: {"model": Problem}},
     summary="The current session (or open mode)",
 )
-def current_session(svc: Service, caller: MaybeCaller, response: Response,
+def current_session(settings: Settings, caller: MaybeCaller, response: Response,
                     optional: Annotated[bool, Query(
                         description="204 instead of 401 when there is no session (the page "
                                     "asks this on a first visit, which is not an error)")] = False
                     ) -> Any:
     response.headers["Cache-Control"] = "no-store"
-    if svc.settings.open:
+    if settings.open:
         return {"mode": "open"}
     if caller is None or caller.session is None:
         if optional:
@@ -188,25 +186,25 @@ def current_session(svc: Service, caller: MaybeCaller, response: Response,
 
 
 @auth.post("/signout", status_code=204, responses=AUTH, summary="End this session")
-def sign_out(svc: Service, caller: Caller) -> Response:
+def sign_out(settings: Settings, accounts: Accounts, caller: Caller) -> Response:
     if caller.token:
-        svc.accounts.revoke(caller.token)
+        accounts.sign_out(caller.token)
     out = Response(status_code=204)
-    forget_cookie(out, svc)
+    forget_cookie(out, settings)
     return out
 
 
 @auth.post("/signout-everywhere", status_code=204, responses=AUTH,
            summary="End every session of this account, on every device")
-def sign_out_everywhere(svc: Service, caller: Caller) -> Response:
-    svc.accounts.revoke_all(caller.user_id)
+def sign_out_everywhere(settings: Settings, accounts: Accounts, caller: Caller) -> Response:
+    accounts.sign_out_everywhere(caller.user_id)
     out = Response(status_code=204)
-    forget_cookie(out, svc)
+    forget_cookie(out, settings)
     return out
 
 
-def forget_cookie(out: Response, svc: Service) -> None:
-    secure = svc.settings.cookie_secure
+def forget_cookie(out: Response, settings: Settings) -> None:
+    secure = settings.cookie_secure
     out.delete_cookie(
         cookie_name(secure), path="/", secure=secure, httponly=True, samesite="strict"
     )

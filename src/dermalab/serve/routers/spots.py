@@ -8,8 +8,8 @@ from fastapi import APIRouter, HTTPException
 
 from dermalab.serve.dependencies import (
     Caller,
+    History,
     Language,
-    Service,
 )
 from dermalab.serve.routers._common import (
     AUTH,
@@ -24,8 +24,8 @@ spots = APIRouter(prefix="/v1/spots", tags=["spots"], responses=AUTH)
 
 
 @spots.get("", response_model=SpotList, summary="Your named spots")
-def list_spots(svc: Service, caller: Caller) -> dict[str, Any]:
-    return {"items": svc.spots(caller.owner)}
+def list_spots(history: History, caller: Caller) -> dict[str, Any]:
+    return {"items": history.spots(caller.owner)}
 
 
 @spots.get(
@@ -34,8 +34,9 @@ def list_spots(svc: Service, caller: Caller) -> dict[str, Any]:
     responses=NOT_FOUND,
     summary="One of your spots over time, with a warning when it changed",
 )
-def get_spot(svc: Service, lang: Language, caller: Caller, spot_id: str) -> dict[str, Any]:
-    res = svc.spot(spot_id, lang, owner=caller.owner)
+def get_spot(history: History, lang: Language, caller: Caller, spot_id: str
+             ) -> dict[str, Any]:
+    res = history.spot(spot_id, lang, owner=caller.owner)
     if res is None:
         raise HTTPException(404, "no such spot")
     return res
