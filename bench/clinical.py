@@ -39,11 +39,10 @@ from common import (
     write_results,
 )
 from quality import final_row, final_table_rows, lever_row
-from subgroups import answers, subgroup_markdown, subgroup_tables
+from subgroups import answers, split_data, subgroup_markdown, subgroup_tables
 
 from dermalab.core.intervals import pooled_intervals
-from dermalab.core.runs import Predictions, load_run
-from dermalab.data.prepare import prepare_data
+from dermalab.core.runs import Predictions
 from dermalab.evaluate.served import metric_functions
 
 CONFIG = REPO / "configs" / "clinical_two_source.yaml"
@@ -82,9 +81,7 @@ def final_block(recipe: str, runs: list[Path]) -> dict[str, Any]:
     """A final recipe's test rows and the pooled interval of their seed-mean."""
     rows = [final_row(recipe, int(r.name[1:]), r,
                       json.loads((r / "metrics.json").read_text())) for r in runs]
-    loaded = load_run(runs[0])
-    data = prepare_data(loaded.config.data, loaded.info.image_size,
-                        split_path=runs[0] / "splits.csv", progress=False, write=False)
+    data = split_data(runs[0])
     test_ids = Predictions.load(runs[0] / "predictions_test.npz").ids
     fns = []
     for r in runs:
@@ -130,6 +127,8 @@ def main() -> None:
     work = Path(args.work)
     if not args.table_only:
         train_recipes(work, str(CONFIG), RECIPES, args.recipe or ["default"], args.seeds)
+    if args.train_only:
+        return
     done = finished_runs(work, RECIPES)
     runs = {name: [run for recipe, run in done if recipe == name] for name in FINAL}
     if not runs["default"]:

@@ -136,6 +136,8 @@ def main() -> None:
     work = Path(args.work)
     if not args.table_only:
         train_recipes(work, str(CONFIG), RECIPES, args.recipe, args.seeds)
+    if args.train_only:
+        return
     found = finished_runs(work, RECIPES)
     rows = [row(recipe, run) for recipe, run in found]
     by_recipe: dict[str, list[Path]] = {}

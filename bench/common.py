@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -20,6 +21,12 @@ SHARED = Path(os.environ.get("DERMALAB_SHARED_DATA", REPO.parent / "shared" / "d
 HAM = SHARED / "ham10000_200x150"
 RESULTS = REPO / "bench" / "results"
 WORK = REPO / "bench" / "work"  # run directories (git-ignored); reruns reuse finished runs
+#: What the tables read from a finished run, kept (committed) under ``KEPT/<path in WORK>``: the
+#: run folders are not committed (their weights are large), and a fresh checkout starts without
+#: them, so a multi-seed table whose seeds took several sessions would otherwise lose its seeds.
+KEPT = RESULTS / "kept"
+KEPT_FILES = ("metrics.json", "decision.json", "config.yaml", "splits.csv", "history.csv",
+              "predictions_val.npz", "predictions_test.npz")
 #: Overrides of configs/ham10000_default.yaml that give back one model: the default trains an
 #: ensemble of 2 runs since 2026-12-01 (model.members). Every recipe measured before, and every
 #: benchmark that times or inspects one training run, pins it.
@@ -71,6 +78,7 @@ def train_run(run_dir: Path, config: str | None, sets: list[str], data: str | No
     """
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
+        keep_run(run_dir)
         return json.loads(metrics.read_text())
     if (run_dir / "checkpoints" / "last.pt").is_file():
         cmd = [*dermalab_cmd(), *command, "--resume", str(run_dir), "--no-progress"]
@@ -91,7 +99,20 @@ def train_run(run_dir: Path, config: str | None, sets: list[str], data: str | No
     res: dict[str, Any] = json.loads(metrics.read_text())
     res["bench_wall_seconds"] = round(time.perf_counter() - t0, 1)
     metrics.write_text(json.dumps(res, indent=2))
+    keep_run(run_dir)
     return res
+
+
+def keep_run(run_dir: Path) -> None:
+    """Copy what the tables read from a finished run under ``WORK`` (:data:`KEPT_FILES`) to
+    :data:`KEPT`; runs elsewhere are not kept."""
+    if not run_dir.resolve().is_relative_to(WORK.resolve()):
+        return
+    dest = KEPT / run_dir.resolve().relative_to(WORK.resolve())
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in KEPT_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dest / name)
 
 
 def recipe_parser(doc: str, recipes: dict[str, Any], work: Path) -> argparse.ArgumentParser:
@@ -101,6 +122,8 @@ def recipe_parser(doc: str, recipes: dict[str, Any], work: Path) -> argparse.Arg
     ap.add_argument("--recipe", nargs="+", default=[], choices=sorted(recipes))
     ap.add_argument("--seeds", nargs="+", type=int, default=[42])
     ap.add_argument("--table-only", action="store_true", help="only rebuild the tables")
+    ap.add_argument("--train-only", action="store_true",
+                    help="only train (and keep) the runs; the tables are left as they are")
     ap.add_argument("--work", default=str(work))
     return ap
 
@@ -117,9 +140,15 @@ def train_recipes(work: Path, config: str, recipes: dict[str, tuple[str, list[st
 
 def finished_runs(work: Path, recipes: dict[str, Any]) -> list[tuple[str, Path]]:
     """``(recipe, run directory)`` of every finished run (``metrics.json`` present) under
-    ``work/<recipe>/s<seed>`` whose recipe is still known."""
-    return [(m.parent.parent.name, m.parent) for m in sorted(work.glob("*/s*/metrics.json"))
-            if m.parent.parent.name in recipes]
+    ``work/<recipe>/s<seed>`` whose recipe is still known; a run that is not there but was kept
+    (:func:`keep_run`) is read from :data:`KEPT` (its tables' files only, no weights)."""
+    found = {m.parent.relative_to(work): m.parent for m in work.glob("*/s*/metrics.json")}
+    if work.resolve().is_relative_to(WORK.resolve()):
+        kept = KEPT / work.resolve().relative_to(WORK.resolve())
+        for m in kept.glob("*/s*/metrics.json"):
+            found.setdefault(m.parent.relative_to(kept), m.parent)
+    return [(rel.parent.name, found[rel]) for rel in sorted(found)
+            if rel.parent.name in recipes]
 
 
 def repo_relative(path: str) -> str:

@@ -265,6 +265,8 @@ def main() -> None:
     work = Path(args.work)
     if not args.table_only:
         train_recipes(work, args.config, RECIPES, args.recipe, args.seeds, str(HAM))
+    if args.train_only:
+        return
     finals: dict[str, list[dict[str, Any]]] = {}
     final_runs: dict[str, list[Path]] = {}
     levers: list[dict[str, Any]] = []

@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 from common import fmt, pm
 
+from dermalab.core.config import load_config
 from dermalab.core.decision import Decision
 from dermalab.core.intervals import pooled_intervals
-from dermalab.core.runs import Predictions, load_run
-from dermalab.data.prepare import prepare_data
+from dermalab.core.runs import Predictions
+from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.evaluate.analysis import (
     GAP_MIN_SUPPORT,
     gap_function,
@@ -40,6 +41,15 @@ GROUP_METRICS = ("balanced_accuracy", "malignant_sensitivity", "malignant_specif
                  "malignant_auc")
 
 
+def split_data(run: Path) -> PreparedData:
+    """The run's data as it was split, from its config, ``metrics.json`` and ``splits.csv``
+    (no weights: a kept run, ``common.keep_run``, serves)."""
+    cfg = load_config(str(run / "config.yaml"), [])
+    size = int(json.loads((run / "metrics.json").read_text())["image_size"])
+    return prepare_data(cfg.data, size, split_path=run / "splits.csv", progress=False,
+                        write=False)
+
+
 def answers(run: Path) -> tuple[Predictions, Decision, list[str]]:
     test = Predictions.load(run / "predictions_test.npz")
     d = Decision.from_json(json.loads((run / "decision.json").read_text())["decision"])
@@ -50,9 +60,7 @@ def subgroup_tables(runs: list[Path], reps: int = 1000) -> dict[str, Any]:
     """Per attribute and group, each served metric per seed and the pooled 95% interval of its
     seed-mean (one resample of the group's test units applied to every seed), and the gap
     between the worst and best group's balanced accuracy with its pooled interval."""
-    loaded = load_run(runs[0])
-    data = prepare_data(loaded.config.data, loaded.info.image_size,
-                        split_path=runs[0] / "splits.csv", progress=False, write=False)
+    data = split_data(runs[0])
     loaded_answers = [answers(r) for r in runs]
     ids = loaded_answers[0][0].ids
     if any(a[0].ids != ids for a in loaded_answers):
