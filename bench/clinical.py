@@ -62,6 +62,12 @@ NOTES: dict[tuple[str, int], str] = {
                       "5) work beside it on the 2 CPUs (bench/spot_size.py and trials of it, "
                       "unit tests, mypy); its epochs 6-11 took 188-278 s where 155-185 s is "
                       "expected",
+    ("default", 303): "seed 303 was trained in a checkout without the other seeds' run "
+                      "folders (read from bench/results/kept once they exist there); its wall "
+                      "time includes about 8 minutes of deprioritised (nice 19) unit tests "
+                      "beside it on the 2 CPUs (epochs 5-8), and edits and commits; its "
+                      "epochs took 143-211 s after the first (64 s), the slowest (181-211 s) "
+                      "with nothing beside them",
 }
 #: name -> (what changes, overrides of configs/clinical_two_source.yaml)
 RECIPES: dict[str, tuple[str, list[str]]] = {
