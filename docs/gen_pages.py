@@ -2,7 +2,8 @@
 
 - ``reference/config.md``: every config key with its type, default, choices and the comment
   beside it in ``dermalab.core.config`` (the dataclasses are the one source of the keys);
-- ``results/``: every file of ``bench/results/`` (the benchmarks' own tables, never retyped)
+- ``results/``: every file of ``bench/results/`` but ``kept/`` (the benchmarks' own tables,
+  never retyped)
   and ``results/index.md``, the README's headline table (``scripts/readme_results.py``) with
   the list of benchmarks.
 """
@@ -143,7 +144,8 @@ def results_index() -> str:
 
 def copy_results() -> None:
     for path in sorted(RESULTS.rglob("*")):
-        if path.is_file():
+        # kept/: the runs' raw outputs the tables are computed from, not pages to read
+        if path.is_file() and "kept" not in path.relative_to(RESULTS).parts[:1]:
             rel = path.relative_to(RESULTS)
             with mkdocs_gen_files.open(f"results/{rel.as_posix()}", "wb") as out:
                 out.write(path.read_bytes())
