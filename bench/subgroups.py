@@ -21,7 +21,7 @@ from common import fmt, pm
 from dermalab.core.config import load_config
 from dermalab.core.decision import Decision
 from dermalab.core.intervals import pooled_intervals
-from dermalab.core.runs import Predictions
+from dermalab.core.runs import Predictions, RunPaths, read_metrics
 from dermalab.data.prepare import PreparedData, prepare_data
 from dermalab.evaluate.analysis import (
     GAP_MIN_SUPPORT,
@@ -44,10 +44,10 @@ GROUP_METRICS = ("balanced_accuracy", "malignant_sensitivity", "malignant_specif
 def split_data(run: Path) -> PreparedData:
     """The run's data as it was split, from its config, ``metrics.json`` and ``splits.csv``
     (no weights: a kept run, ``common.keep_run``, serves)."""
-    cfg = load_config(str(run / "config.yaml"), [])
-    size = int(json.loads((run / "metrics.json").read_text())["image_size"])
-    return prepare_data(cfg.data, size, split_path=run / "splits.csv", progress=False,
-                        write=False)
+    paths = RunPaths(run)
+    cfg = load_config(str(paths.config), [])
+    return prepare_data(cfg.data, int(read_metrics(paths)["image_size"]),
+                        split_path=paths.splits, progress=False, write=False)
 
 
 def answers(run: Path) -> tuple[Predictions, Decision, list[str]]:

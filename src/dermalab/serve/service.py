@@ -102,7 +102,6 @@ class AnalysisService:
         self.primary = next(iter(models.values()))
         self.router = ImageRouter.load(settings.router) if settings.router else None
         self.renderer = renderer
-        self.conditions = renderer.conditions
         self.history = history
         from dermalab.serve.clinics import load_directory
 
@@ -124,7 +123,7 @@ class AnalysisService:
             self.ondevice_off = {m.name: "onnxruntime-web is not installed (scripts/setup.sh "
                                  "installs it with npm)" for m in self.models.values()}
         else:
-            self.ondevice, self.ondevice_off = bundles(self.models, self.conditions,
+            self.ondevice, self.ondevice_off = bundles(self.models, self.renderer.conditions,
                                                        self.settings.top_k,
                                                        self.settings.int8_min_agreement)
             if self.router is not None and self.ondevice:
@@ -136,10 +135,6 @@ class AnalysisService:
     def backend(self) -> str:
         """``onnxruntime`` or ``torch`` (the first model's)."""
         return self.primary.backend
-
-    def localize(self, result: dict[str, Any], lang: str) -> dict[str, Any]:
-        """An analysis with every plain-language field in ``lang`` (:class:`Renderer`)."""
-        return self.renderer.localize(result, lang)
 
     def choose(self, img: Image.Image, image_type: str | None = None
                ) -> tuple[ServedModel, dict[str, Any]]:
@@ -168,7 +163,8 @@ class AnalysisService:
 
     def urgency(self, classes: list[str]) -> dict[str, str]:
         """Each class's own referral urgency (condition information; default routine)."""
-        return {c: self.conditions.get(c, {}).get("urgency", "routine") for c in classes}
+        return {c: self.renderer.conditions.get(c, {}).get("urgency", "routine")
+                for c in classes}
 
     def metadata_inputs(self) -> dict[str, Any] | None:
         """What the page may ask (optional age, sex, body site): from the first served model
@@ -224,7 +220,7 @@ class AnalysisService:
             lesion = lesion_summary(img, mask)
         analysis_id = str(uuid.uuid4())
         created = now()
-        result: dict[str, Any] = self.localize({
+        result: dict[str, Any] = self.renderer.localize({
             "id": analysis_id, "created_at": created, "filename": filename[:255],
             "verdict": verdict, "referral": referral, "conditions": conditions,
             "malignant_probability": a.malignant_p, "malignant_threshold": a.malignant_t,
@@ -244,7 +240,7 @@ class AnalysisService:
             "photo_kept": verdict != "not_skin"}, DEFAULT_LANGUAGE)
         keep = verdict != "not_skin"
         self.history.record(result, clean_photo(img) if keep else None, owner, spot)
-        return result if lang == DEFAULT_LANGUAGE else self.localize(result, lang)
+        return result if lang == DEFAULT_LANGUAGE else self.renderer.localize(result, lang)
 
     def model_card(self) -> dict[str, Any]:
         """The first model's card."""
